@@ -1,0 +1,97 @@
+"""Differentiable masked attention (DMA, G-Rerank Sec. 3.2) as additive attention biases; pure torch.
+
+The mask M [B, n] enters the reader as `log M_i` added to the attention logit of every query position toward
+every key token of passage i. These functions build that bias, plus the causal/padding parts the readers need,
+as fp32 tensors that readers pass to transformers as 4D float `attention_mask`s (used verbatim, see reader.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gr_train.gumbel import NEG_BIAS
+
+
+def passage_key_bias(log_M: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """The DMA bias of every passage key token, passages laid side by side as the reader sees them.
+
+    Args:
+        log_M: [B, n] fp32, log of the clamped mask (gumbel.log_mask); NEG_BIAS for padded candidates.
+        token_mask: [B, n, L] bool, True on the real tokens of each passage, False on padding.
+    Returns:
+        [B, n*L] fp32: log_M[b, i] on the real tokens of passage i, NEG_BIAS on padding tokens.
+        Padding gets no gradient (masked_fill), so d/d log_M[b, i] sums over passage i's real tokens only.
+    """
+    B, n, L = token_mask.shape
+    bias = log_M.float().unsqueeze(-1).expand(B, n, L)
+    bias = bias.masked_fill(~token_mask, NEG_BIAS)
+    return bias.reshape(B, n * L)
+
+
+def cross_attention_bias(log_M: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """FiD decoder cross-attention mask: the passage key bias, broadcast over heads and decoder positions.
+
+    Args:
+        log_M: [B, n] fp32; token_mask: [B, n, L] bool (see passage_key_bias).
+    Returns:
+        [B, 1, 1, n*L] fp32 additive mask.
+    """
+    return passage_key_bias(log_M, token_mask)[:, None, None, :]
+
+
+def causal_bias(token_mask: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention with key padding: 0 where key j <= query t and key j is a real token, else NEG_BIAS.
+
+    Works for left and right padding. A query row with no visible key (a left pad) stays finite (all NEG_BIAS);
+    its output is never read.
+
+    Args:
+        token_mask: [B, T] bool, True on real tokens.
+    Returns:
+        [B, 1, T, T] fp32 additive mask.
+    """
+    B, T = token_mask.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=token_mask.device).tril()
+    allowed = causal.unsqueeze(0) & token_mask.unsqueeze(1)  # [B, T(query), T(key)]
+    bias = torch.zeros(B, T, T, dtype=torch.float32, device=token_mask.device)
+    return bias.masked_fill(~allowed, NEG_BIAS).unsqueeze(1)
+
+
+def answer_bias(key_bias: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """Decoder-only answer pass: T query tokens attend to S cached passage keys and causally to each other.
+
+    Key columns are ordered [passage keys (S = n*L), query keys (T)], matching the cache the queries extend.
+
+    Args:
+        key_bias: [B, S] fp32, bias on the cached passage keys (passage_key_bias; may require grad).
+        query_mask: [B, T] bool, True on real query tokens.
+    Returns:
+        [B, 1, T, S + T] fp32 additive mask: key_bias on passage columns (same for every query row),
+        causal_bias on query columns.
+    """
+    B, T = query_mask.shape
+    passage_part = key_bias.float()[:, None, None, :].expand(B, 1, T, key_bias.shape[-1])
+    return torch.cat([passage_part, causal_bias(query_mask)], dim=-1)
+
+
+def fused_bias(log_M: torch.Tensor, token_mask: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """One-pass equivalent of (parallel passage encoding, answer pass) for a sequence [passages..., query].
+
+    Passage rows see only their own passage, causally (block diagonal), and never M: passage states do not
+    depend on the mask. Query rows are answer_bias rows.
+
+    Args:
+        log_M: [B, n] fp32; token_mask: [B, n, L] bool; query_mask: [B, T] bool.
+    Returns:
+        [B, 1, n*L + T, n*L + T] fp32 additive mask.
+    """
+    B, n, L = token_mask.shape
+    T = query_mask.shape[1]
+    S = n * L
+    full = torch.full((B, S + T, S + T), NEG_BIAS, dtype=torch.float32, device=token_mask.device)
+    # Block diagonal: passage i's rows x passage i's columns get that passage's own causal/padding mask.
+    within = causal_bias(token_mask.reshape(B * n, L)).reshape(B, n, L, L)
+    for i in range(n):
+        full[:, i * L : (i + 1) * L, i * L : (i + 1) * L] = within[:, i]
+    query_rows = answer_bias(passage_key_bias(log_M, token_mask), query_mask)[:, 0]  # [B, T, S + T]
+    return torch.cat([full[:, :S], query_rows], dim=1).unsqueeze(1)

@@ -1,0 +1,278 @@
+"""Typed run configuration: dataclass sections, YAML files, `section.key=value` overrides.
+
+Each section is read by the module of the same name (`cfg.gumbel` by gumbel.py, `cfg.reader` by reader.py, ...).
+Load with `load_config(path, overrides)`; unknown keys and type mismatches fail with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+
+@dataclass
+class RunSection:
+    run_dir: str = "runs/default"  # where checkpoints, TensorBoard logs, results and config.yaml go
+    seed: int = 0  # seeds data order, model init and Gumbel noise
+    device: str = "cpu"  # torch device for the single-process runtime ("cpu", "cuda")
+    progress: bool = True  # tqdm progress bars on long loops
+    num_threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (one per core)
+
+
+@dataclass
+class SyntheticSection:
+    """The embedded multi-hop data generator (synthetic.py)."""
+
+    n_works: int = 30  # vocabulary size of each entity type (works, people, towns); one token each
+    n_people: int = 30
+    n_towns: int = 30
+    n_chains: int = 5  # chains (bridge + answer passage) per question; 1 gold chain, the rest distractors
+    one_hop_fraction: float = 0.3  # share of one-hop questions in the stream and in generated files
+    n_train: int = 3000  # questions written to train.jsonl by `demo` / `generate`
+    n_dev: int = 300  # questions written to dev.jsonl
+    curriculum: list[list[int]] = field(default_factory=list)  # [[steps, n_chains], ...] before n_chains (reader training)
+
+
+@dataclass
+class DataSection:
+    train_path: str | None = None  # FiD JSON/JSONL file; None = the synthetic stream (reader pre-training)
+    dev_path: str | None = None  # FiD JSON/JSONL file with is_gold labels, used for evaluation
+    n_candidates: int = 10  # candidates per question seen by reranker and reader; extra ones are cut (counted, logged)
+    shuffle: bool = True  # reshuffle the training file every epoch
+
+
+@dataclass
+class ReaderSection:
+    kind: str = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
+    name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config` (random weights)
+    model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
+    passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
+    answer_max_tokens: int = 8  # target tokens, T
+    attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
+    trainable: bool = False  # true only for reader pre-training (objective.name=reader)
+    aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
+
+
+@dataclass
+class RerankerSection:
+    kind: str = "cross_encoder"  # cross_encoder | rankt5 | bi_encoder
+    name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config`
+    model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
+    tokenizer_path: str | None = None  # tokenizer folder when it differs from name_or_path (demo: built locally)
+    max_tokens: int = 64  # tokens per (question, passage) pair
+    score_scale: float = 20.0  # bi_encoder: w = scale * cos(q, d)
+    score_token: str = "<extra_id_10>"  # rankt5: w = logit of this token at the first decoder step
+    gradient_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+
+
+@dataclass
+class GumbelSection:
+    """Relaxed top-k mask (gumbel.py): M = max_j softmax((kappa * w + G_j) / tau)."""
+
+    k: int = 2  # passages kept (number of softmax samples during training, top-k at inference)
+    tau: float = 0.5  # temperature at step 0
+    tau_end: float | None = None  # temperature at max_steps; None = constant
+    kappa: float = 1.0  # score scale at step 0
+    kappa_end: float | None = None  # score scale at max_steps; None = constant
+    schedule: str = "linear"  # interpolation of tau and kappa: linear | cosine | exponential
+    noise: bool = True  # false = the paper's no-noise ablation
+    eps: float = 1e-9  # M is clamped at eps before log M enters the attention logits
+
+
+@dataclass
+class ObjectiveSection:
+    name: str = "gumbel"  # gumbel (G-Rerank) | reader (reader pre-training, all passages visible)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 0  # linear warm-up
+    lr_schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at max_steps)
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 1000  # optimizer steps
+    micro_batch_size: int = 16  # questions per forward/backward
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    log_every_steps: int = 10  # TensorBoard scalars
+    eval_every_steps: int = 0  # dev evaluation during training; 0 = only at the end
+    save_every_steps: int = 0  # checkpoints step-NNNNNN/; 0 = only final/
+    separation_min_std: float = 0.05  # per-question score std below which scores "did not separate" (reported)
+
+
+@dataclass
+class EvalSection:
+    ks: list[int] = field(default_factory=lambda: [2, 5])  # Recall/NDCG cut-offs
+    reader_k: int = 0  # passages given to the reader for EM/F1; 0 = gumbel.k
+    max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
+    batch_size: int = 32
+
+
+@dataclass
+class DemoSection:
+    reader_path: str | None = None  # demo reader folder; None = the one shipped in gr_train/assets/demo_reader
+    reader_config: str | None = None  # reader pre-training recipe used when training it; None = configs/demo_reader.yaml
+    train_reader: bool = False  # retrain the demo reader even if reader_path exists
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    data: DataSection = field(default_factory=DataSection)
+    reader: ReaderSection = field(default_factory=ReaderSection)
+    reranker: RerankerSection = field(default_factory=RerankerSection)
+    gumbel: GumbelSection = field(default_factory=GumbelSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    demo: DemoSection = field(default_factory=DemoSection)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` coerced to annotation `tp` (int → float only), or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {tp}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept any text that is a plain float literal.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _apply(cfg: RunConfig, data: dict, source: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    sections = _section_types(RunConfig)
+    for sec_name, values in data.items():
+        if sec_name not in sections:
+            raise ConfigError(f"{source}: unknown section '{sec_name}' (known: {', '.join(sections)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{sec_name}' must be a mapping")
+        section = getattr(cfg, sec_name)
+        hints = _section_types(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key '{sec_name}.{key}' (known: {', '.join(hints)})")
+            setattr(section, key, _check_type(value, hints[key], f"{source}: {sec_name}.{key}"))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` → (section, key, YAML-parsed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}': expected section.key=value")
+    path, raw = text.split("=", 1)
+    section, key = path.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from None
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← overrides. Raises ConfigError naming the file/override and key."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        _apply(cfg, data, str(path))
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        _apply(cfg, {section: {key: value}}, f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    g = cfg.gumbel
+    if g.k < 1:
+        raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
+    if g.tau <= 0 or (g.tau_end is not None and g.tau_end <= 0):
+        raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
+    if g.schedule not in ("linear", "cosine", "exponential"):
+        raise ConfigError(f"gumbel.schedule: unknown '{g.schedule}' (linear | cosine | exponential)")
+    if cfg.reader.kind not in ("demo_fid", "fid_t5", "causal_lm"):
+        raise ConfigError(f"reader.kind: unknown '{cfg.reader.kind}' (demo_fid | fid_t5 | causal_lm)")
+    if cfg.reranker.kind not in ("cross_encoder", "rankt5", "bi_encoder"):
+        raise ConfigError(f"reranker.kind: unknown '{cfg.reranker.kind}' (cross_encoder | rankt5 | bi_encoder)")
+    if cfg.objective.name not in ("gumbel", "reader"):
+        raise ConfigError(f"objective.name: unknown '{cfg.objective.name}' (gumbel | reader)")
+    if cfg.optim.lr_schedule not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"optim.lr_schedule: unknown '{cfg.optim.lr_schedule}' (constant | linear | cosine)")
+    if cfg.data.n_candidates < 1:
+        raise ConfigError("data.n_candidates: must be >= 1")
+    for i, item in enumerate(cfg.synthetic.curriculum):
+        if len(item) != 2 or item[0] < 0 or item[1] < 1:
+            raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (every key, defaults included) as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,289 @@
+"""The demo reader: a 0.7M-parameter FiD-style encoder-decoder in plain torch that learns two-hop reading on CPU.
+
+Why not HF T5 here: small HF T5 variants trained from scratch stayed at chance on the two-hop data; what worked
+(DESIGN.md) is a 2-layer passage encoder and a *single* decoder layer applied `n_iterations` times with tied
+weights, with deep supervision: after the first iteration, the last question position must predict the
+intermediate entity. The DMA bias enters the decoder cross-attention exactly as in the HF FiD reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gr_train.attention import passage_key_bias
+from gr_train.gumbel import NEG_BIAS
+from gr_train.reader import Passage, Reader
+
+
+@dataclass
+class DemoFiDConfig:
+    vocab_size: int = 128
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 512
+    encoder_layers: int = 2
+    n_iterations: int = 3  # the one decoder layer is applied this many times (tied weights)
+    max_passage_tokens: int = 16
+    max_decoder_tokens: int = 16
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an additive float bias (fp32) on the logits."""
+
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.h, self.dh = h, d // h
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, d] queries, mem: [B, S, d] keys/values, bias: broadcastable to [B, h, T, S] → [B, T, d]."""
+        B, T, _ = x.shape
+        S = mem.shape[1]
+        q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        k = self.k(mem).view(B, S, self.h, self.dh).transpose(1, 2)
+        v = self.v(mem).view(B, S, self.h, self.dh).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.dh) + bias
+        attn = torch.softmax(logits, dim=-1).to(v.dtype)
+        return self.o((attn @ v).transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; cross-attention only in the decoder."""
+
+    def __init__(self, c: DemoFiDConfig, cross: bool):
+        super().__init__()
+        d = c.d_model
+        self.ln1, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, c.n_heads)
+        self.cross = cross
+        if cross:
+            self.ln2 = nn.LayerNorm(d)
+            self.cross_attn = Attention(d, c.n_heads)
+        self.ff = nn.Sequential(nn.Linear(d, c.d_ff), nn.GELU(), nn.Linear(c.d_ff, d))
+
+    def forward(self, x, self_bias, mem=None, cross_bias=None):
+        h = self.ln1(x)
+        x = x + self.self_attn(h, h, self_bias)
+        if self.cross:
+            x = x + self.cross_attn(self.ln2(x), mem, cross_bias)
+        return x + self.ff(self.ln3(x))
+
+
+class DemoFiDModel(nn.Module):
+    def __init__(self, c: DemoFiDConfig):
+        super().__init__()
+        self.config = c
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.enc_pos = nn.Embedding(c.max_passage_tokens, c.d_model)
+        self.dec_pos = nn.Embedding(c.max_decoder_tokens, c.d_model)
+        self.encoder = nn.ModuleList(Block(c, cross=False) for _ in range(c.encoder_layers))
+        self.enc_ln = nn.LayerNorm(c.d_model)
+        self.decoder = Block(c, cross=True)
+        self.dec_ln = nn.LayerNorm(c.d_model)
+        # One scale for token and position embeddings (GPT-2 style): with torch's N(0, 1) default for positions
+        # and 0.02 for tokens, positions drown the tokens and the copy/hop takes far longer to emerge.
+        for emb in (self.embed, self.enc_pos, self.dec_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask: [N, L] → passage token states [N, L, d]; each passage attends only to itself."""
+        L = ids.shape[1]
+        x = self.embed(ids) + self.enc_pos(torch.arange(L, device=ids.device))
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).masked_fill(~mask, NEG_BIAS)
+        bias = bias[:, None, None, :]  # [N, 1, 1, L]
+        for block in self.encoder:
+            x = block(x, bias)
+        return self.enc_ln(x)
+
+    def decode(self, dec_ids, dec_mask, mem, cross_bias):
+        """dec_ids, dec_mask: [B, T]; mem: [B, S, d]; cross_bias: [B, S] fp32 → (logits [B, T, V],
+        logits after the first iteration [B, T, V])."""
+        B, T = dec_ids.shape
+        x = self.embed(dec_ids) + self.dec_pos(torch.arange(T, device=dec_ids.device))
+        causal = torch.ones(T, T, dtype=torch.bool, device=dec_ids.device).tril()
+        keep = causal[None] & dec_mask[:, None, :]
+        self_bias = torch.zeros(keep.shape, dtype=torch.float32, device=x.device).masked_fill(~keep, NEG_BIAS)
+        self_bias = self_bias[:, None]  # [B, 1, T, T]
+        cross = cross_bias[:, None, None, :]  # [B, 1, 1, S]
+        first = None
+        for i in range(self.config.n_iterations):
+            x = self.decoder(x, self_bias, mem, cross)
+            if i == 0:
+                first = self.dec_ln(x) @ self.embed.weight.T
+        return self.dec_ln(x) @ self.embed.weight.T, first
+
+
+def _token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V], labels [B, T] with -100 ignored → per-row token-mean CE [B] (0 for rows without labels)."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    count = (labels != -100).sum(-1)
+    return ce.sum(-1) / count.clamp_min(1)
+
+
+class DemoFiDReader(Reader):
+    """Reader interface over DemoFiDModel with a word-level tokenizer (synthetic.build_tokenizer)."""
+
+    def __init__(self, model: DemoFiDModel, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.L = min(passage_max_tokens, model.config.max_passage_tokens)
+        self.answer_max_tokens = answer_max_tokens
+
+    @classmethod
+    def build(cls, cfg, tokenizer=None) -> "DemoFiDReader":
+        """From cfg.name_or_path (a folder written by `save`) or from cfg.model_config (random init)."""
+        if cfg.name_or_path:
+            return cls.load(cfg.name_or_path, cfg)
+        if tokenizer is None:
+            raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
+        c = DemoFiDConfig(**{"vocab_size": len(tokenizer), **cfg.model_config})
+        return cls(DemoFiDModel(c), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps(self.model.config.__dict__, indent=2))
+        self.tokenizer.save_pretrained(path)
+
+    @classmethod
+    def load(cls, path: str | Path, cfg) -> "DemoFiDReader":
+        from safetensors.torch import load_file
+        from transformers import PreTrainedTokenizerFast
+
+        path = Path(path)
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: no demo reader here (model.safetensors missing)")
+        c = DemoFiDConfig(**json.loads((path / "config.json").read_text()))
+        model = DemoFiDModel(c)
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def tokenize(self, questions, passages: list[list[Passage]], targets=None, intermediates=None):
+        """passage_ids/passage_mask [B, n, L]: question [SEP] title text [EOS]; dec_ids/dec_mask [B, T]:
+        [BOS] question [ANS] target...; labels [B, T] (-100 off target); aux_labels [B, T]: the intermediate
+        entity at the last question position (deep supervision), -100 elsewhere."""
+        tk = self.tokenizer
+        sep, eos, bos, ans, pad = (tk.convert_tokens_to_ids(t) for t in ("[SEP]", "[EOS]", "[BOS]", "[ANS]", "[PAD]"))
+        B = len(questions)
+        n = max(1, max(len(p) for p in passages))
+        L = self.L
+        pid = torch.full((B, n, L), pad, dtype=torch.long)
+        for b, (q, ps) in enumerate(zip(questions, passages)):
+            qi = self._ids(q)
+            for i, (title, text) in enumerate(ps or [("", "")]):
+                ids = (qi + [sep] + self._ids(title) + self._ids(text))[: L - 1] + [eos]
+                pid[b, i, : len(ids)] = torch.tensor(ids)
+        rows, lab_rows, aux_rows = [], [], []
+        for b, q in enumerate(questions):
+            prompt = [bos] + self._ids(q) + [ans]
+            target = (self._ids(targets[b])[: self.answer_max_tokens - 1] + [eos]) if targets else []
+            seq = prompt + target[:-1]
+            labels = [-100] * (len(prompt) - 1) + target
+            aux = [-100] * len(seq)
+            if intermediates is not None and intermediates[b]:
+                aux[len(prompt) - 2] = self._ids(intermediates[b])[0]
+            rows.append(seq)
+            lab_rows.append(labels + [-100] * (len(seq) - len(labels)))
+            aux_rows.append(aux)
+        T = max(len(r) for r in rows)
+        if T > self.model.config.max_decoder_tokens:
+            raise ValueError(f"demo reader: decoder input of {T} tokens exceeds max_decoder_tokens")
+
+        def pad_to(rs, value):
+            return torch.tensor([r + [value] * (T - len(r)) for r in rs], dtype=torch.long)
+
+        dec_ids = pad_to(rows, pad)
+        return {
+            "passage_ids": pid,
+            "passage_mask": pid != pad,
+            "dec_ids": dec_ids,
+            "dec_mask": pad_to([[1] * len(r) for r in rows], 0).bool(),
+            "prompt_len": torch.tensor([len(self._ids(q)) + 2 for q in questions]),
+            "labels": pad_to(lab_rows, -100),
+            "aux_labels": pad_to(aux_rows, -100),
+        }
+
+    # -- forward ------------------------------------------------------------------------------------------
+
+    def _encode(self, inputs):
+        B, n, L = inputs["passage_ids"].shape
+        H = self.model.encode(inputs["passage_ids"].view(B * n, L), inputs["passage_mask"].view(B * n, L))
+        return H.view(B, n * L, -1)
+
+    @torch.no_grad()
+    def encode_passages(self, inputs):
+        """→ H [B, n*L, d], no autograd graph."""
+        return self._encode(inputs)
+
+    def _cross_bias(self, inputs, log_M):
+        B, n, _ = inputs["passage_ids"].shape
+        if log_M is None:
+            log_M = torch.zeros(B, n)
+        return passage_key_bias(log_M.to(inputs["passage_ids"].device), inputs["passage_mask"])
+
+    def decoder_logits(self, H, inputs, log_M):
+        """(logits [B, T, V], first-iteration logits [B, T, V])."""
+        return self.model.decode(inputs["dec_ids"], inputs["dec_mask"], H, self._cross_bias(inputs, log_M))
+
+    def answer_loss(self, states, inputs, log_M):
+        logits, _ = self.decoder_logits(states, inputs, log_M)
+        return _token_mean_ce(logits, inputs["labels"])
+
+    def answer_loss_naive(self, inputs, log_M):
+        logits, _ = self.decoder_logits(self._encode(inputs), inputs, log_M)
+        return _token_mean_ce(logits, inputs["labels"])
+
+    def training_loss(self, inputs, log_M=None, aux_weight: float = 1.0):
+        """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd."""
+        logits, first = self.decoder_logits(self._encode(inputs), inputs, log_M)
+        return _token_mean_ce(logits, inputs["labels"]), aux_weight * _token_mean_ce(first, inputs["aux_labels"])
+
+    @torch.no_grad()
+    def generate(self, states, inputs, log_M=None, max_new_tokens: int | None = None):
+        """Greedy decoding after the prompt ([BOS] question [ANS]); stops at [EOS]."""
+        max_new = max_new_tokens or self.answer_max_tokens
+        eos = self.tokenizer.convert_tokens_to_ids("[EOS]")
+        pad = self.tokenizer.convert_tokens_to_ids("[PAD]")
+        bias = self._cross_bias(inputs, log_M)
+        B = states.shape[0]
+        lens = inputs["prompt_len"].clone()
+        T = int(lens.max()) + max_new
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        for b in range(B):
+            ids[b, : lens[b]] = inputs["dec_ids"][b, : lens[b]]
+        done = torch.zeros(B, dtype=torch.bool)
+        out = [[] for _ in range(B)]
+        for _ in range(max_new):
+            cur = int(lens.max())
+            mask = torch.arange(cur)[None, :] < lens[:, None]
+            logits, _ = self.model.decode(ids[:, :cur], mask, states, bias)
+            nxt = logits[torch.arange(B), lens - 1].argmax(-1)
+            for b in range(B):
+                if done[b]:
+                    continue
+                if nxt[b] == eos:
+                    done[b] = True
+                else:
+                    out[b].append(int(nxt[b]))
+                    ids[b, lens[b]] = nxt[b]
+                    lens[b] += 1
+            if done.all():
+                break
+        return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]

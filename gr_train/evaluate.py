@@ -1,0 +1,162 @@
+"""Evaluation with hard top-k: Recall/NDCG@k and MRR (all, direct, indirect gold passages), reader EM/F1 with
+the k selected passages, the soft-vs-hard loss gap, and whether the reranker's scores separate.
+
+Run as `gr-train evaluate --config X data.dev_path=FILE reranker.name_or_path=DIR` on any FiD-format file with
+`is_gold` labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm import tqdm
+
+from gr_train import gumbel as G
+from gr_train import ranking
+from gr_train.objectives import collate
+
+KINDS = ("all", "direct", "indirect")
+
+
+def _batches(items: list, size: int, desc: str, progress: bool):
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    return tqdm(chunks, desc=desc, leave=False, disable=not progress)
+
+
+@torch.no_grad()
+def score_records(reranker, records, n: int, batch_size: int = 32, progress: bool = False) -> list[torch.Tensor]:
+    """Reranker scores of each record's first n candidates: a list of [min(n, len(ctxs))] fp32 tensors."""
+    was_training = reranker.training
+    reranker.eval()
+    out = []
+    for chunk in _batches(records, batch_size, "score", progress):
+        batch = collate(chunk, n, reranker=reranker, reader=None)
+        w = reranker(batch.reranker_inputs).float().cpu()
+        out.extend(w[b, : int(batch.valid[b].sum())] for b in range(len(chunk)))
+    reranker.train(was_training)
+    return out
+
+
+def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
+    """{kind: {recall@k, ndcg@k, mrr, questions}} for kind in all | direct | indirect.
+
+    A question counts towards a kind only if it has at least one passage of that kind among its candidates.
+    """
+    n = max(len(s) for s in scores)
+    B = len(records)
+    S = torch.full((B, n), float("-inf"))
+    valid = torch.zeros(B, n, dtype=torch.bool)
+    rel = {kind: torch.zeros(B, n, dtype=torch.bool) for kind in KINDS}
+    for b, (rec, s) in enumerate(zip(records, scores)):
+        m = len(s)
+        S[b, :m] = s
+        valid[b, :m] = True
+        for kind in KINDS:
+            rel[kind][b, :m] = torch.tensor(rec.relevance("gold" if kind == "all" else kind)[:m])
+    table = {}
+    for kind in KINDS:
+        row = {}
+        for k in ks:
+            row[f"recall@{k}"], count = ranking.nanmean(ranking.recall_at_k(S, rel[kind], k, valid))
+            row[f"ndcg@{k}"], _ = ranking.nanmean(ranking.ndcg_at_k(S, rel[kind], k, valid))
+        row["mrr"], _ = ranking.nanmean(ranking.mrr(S, rel[kind], valid))
+        row["questions"] = count
+        table[kind] = row
+    return table
+
+
+@torch.no_grad()
+def reader_answers(reader, records, select: Callable, batch_size: int = 32, progress: bool = False) -> list[str]:
+    """Greedy reader answers when each record's reader sees `select(b, record) -> list of ctx indices`."""
+    preds = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        qs = [r.question for r in chunk]
+        ps = [[(r.ctxs[i].title, r.ctxs[i].text) for i in select(start + j, r)] for j, r in enumerate(chunk)]
+        n = max(len(p) for p in ps)
+        valid = torch.tensor([[i < len(p) for i in range(n)] for p in ps], dtype=torch.bool)
+        ps = [p + [("", "")] * (n - len(p)) for p in ps]
+        inputs = reader.tokenize(qs, ps)
+        log_M = G.log_mask(valid.float(), valid=valid) if n > 0 else None
+        preds.extend(reader.generate(reader.encode_passages(inputs), inputs, log_M))
+    return preds
+
+
+def answer_metrics(records, preds: list[str]) -> dict:
+    em = [ranking.exact_match(p, r.answers) for p, r in zip(preds, records)]
+    f1 = [ranking.f1_score(p, r.answers) for p, r in zip(preds, records)]
+    return {"em": sum(em) / len(em), "f1": sum(f1) / len(f1), "questions": len(em)}
+
+
+@torch.no_grad()
+def soft_hard_gap(reranker, reader, records, cfg, batch_size: int = 32) -> dict:
+    """Mean answer loss under the training mask (relaxed top-k at the final tau/kappa) and under hard top-k.
+
+    A large gap means training optimised a mask that inference does not use.
+    """
+    from gr_train.objectives import gumbel_tau_kappa
+
+    tau, kappa = gumbel_tau_kappa(cfg, cfg.train.max_steps)
+    gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
+    soft, hard = [], []
+    for start in range(0, len(records), batch_size):
+        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, reranker, reader)
+        w = reranker(batch.reranker_inputs).float()
+        states = reader.encode_passages(batch.reader_inputs)
+        M_soft = G.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
+        M_hard = G.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
+        for M, out in ((M_soft, soft), (M_hard, hard)):
+            out.append(reader.answer_loss(states, batch.reader_inputs, G.log_mask(M, cfg.gumbel.eps, batch.valid)))
+    s, h = torch.cat(soft).mean().item(), torch.cat(hard).mean().item()
+    return {"loss_soft": s, "loss_hard": h, "gap": h - s}
+
+
+def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:
+    """Per-question std of the scores; `separated` is False when the median std is below `min_std`."""
+    stds = torch.tensor([s.std(unbiased=False).item() if len(s) > 1 else 0.0 for s in scores])
+    return {"w_std_median": stds.median().item(), "w_std_mean": stds.mean().item(),
+            "separated": bool(stds.median().item() >= min_std)}
+
+
+def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
+    """Everything above for one reranker on `records` (requires is_gold labels)."""
+    n = cfg.data.n_candidates
+    if cfg.eval.max_questions:
+        records = records[: cfg.eval.max_questions]
+    scores = score_records(reranker, records, n, cfg.eval.batch_size, progress)
+    result = {"questions": len(records), "n_candidates": n, "ranking": ranking_metrics(records, scores, cfg.eval.ks)}
+    result["scores"] = score_spread(scores, cfg.train.separation_min_std)
+    if reader is not None:
+        k = cfg.eval.reader_k or cfg.gumbel.k
+        tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
+        preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress)
+        result["reader"] = dict(answer_metrics(records, preds), k=k)
+        result["loss"] = soft_hard_gap(reranker, reader, records, cfg, cfg.eval.batch_size)
+    return result
+
+
+def reader_reference(reader, records, batch_size: int = 32) -> dict:
+    """Reader EM with fixed passage sets: all candidates, all but the indirect gold ones (the bridge removed: a
+    reader that does the hop falls to chance among the answer-typed distractors), gold only, direct only, none."""
+    selections = {
+        "all": lambda b, r: list(range(len(r.ctxs))),
+        "no_indirect": lambda b, r: [i for i, p in enumerate(r.ctxs) if not p.indirect],
+        "gold": lambda b, r: [i for i, p in enumerate(r.ctxs) if p.is_gold],
+        "direct": lambda b, r: [i for i, p in enumerate(r.ctxs) if p.direct],
+        "none": lambda b, r: [],
+    }
+    return {name: answer_metrics(records, reader_answers(reader, records, sel, batch_size))["em"]
+            for name, sel in selections.items()}
+
+
+def format_table(results: dict[str, dict], ks: list[int]) -> str:
+    """Markdown table, one row per named result (e.g. untrained / trained)."""
+    cols = [f"R@{k} {kind}" for k in ks for kind in KINDS] + ["MRR", "EM", "F1", "w_std"]
+    lines = ["| reranker | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        cells = [r["ranking"][kind][f"recall@{k}"] for k in ks for kind in KINDS]
+        cells += [r["ranking"]["all"]["mrr"], r.get("reader", {}).get("em", float("nan")),
+                  r.get("reader", {}).get("f1", float("nan")), r["scores"]["w_std_median"]]
+        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)

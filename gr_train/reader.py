@@ -1,0 +1,499 @@
+"""Frozen readers that turn a passage mask M into an answer loss: FiD (T5) and decoder-only HF causal LMs.
+
+Every reader splits its forward in two (DESIGN.md, "The cost structure"):
+  1. `encode_passages(inputs)` runs the n*L passage tokens under torch.no_grad() (passage states depend only on
+     the passage), and
+  2. `answer_loss(states, inputs, log_M)` runs the T answer tokens with autograd, attending to the cached passage
+     states with `log_M[b, i]` added to the attention logits of every key token of passage i (DMA).
+`answer_loss_naive` does both under autograd; it exists for benchmarks and equivalence tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DynamicCache,
+    EncoderDecoderCache,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from gr_train.attention import answer_bias, causal_bias, cross_attention_bias, fused_bias, passage_key_bias
+from gr_train.gumbel import NEG_BIAS
+
+Passage = tuple[str, str]  # (title, text)
+
+
+class Reader(nn.Module):
+    """Interface shared by all readers. Shapes: B questions, n passages, L passage tokens, T target tokens.
+
+    `log_M` is always [B, n] fp32 (see gumbel.log_mask): log of the clamped mask, NEG_BIAS for padded candidates.
+    """
+
+    tokenizer: Any
+
+    def tokenize(
+        self, questions: list[str], passages: list[list[Passage]], targets: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Build model inputs. Every question has the same number n of passages (callers pad with ("", "")
+        and mask them through log_M). An empty passage list means "no passages": the reader encodes the
+        question alone as a single passage. Targets are required for answer_loss, not for generate."""
+        raise NotImplementedError
+
+    def encode_passages(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """Passage states under torch.no_grad(); the result holds no autograd graph."""
+        raise NotImplementedError
+
+    def answer_loss(self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
+        """Token-mean cross-entropy of the target per question, [B] fp32, differentiable w.r.t. log_M."""
+        raise NotImplementedError
+
+    def answer_loss_naive(self, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
+        """Same value as answer_loss(encode_passages(inputs), inputs, log_M), with the passage encoding under
+        autograd too (the naive path the benchmark compares against)."""
+        raise NotImplementedError
+
+    def generate(
+        self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor | None = None, max_new_tokens: int = 8
+    ) -> list[str]:
+        """Greedy answers, one string per question; log_M None = every passage fully visible."""
+        raise NotImplementedError
+
+
+def build_reader(cfg, tokenizer=None) -> Reader:
+    """Reader from `cfg.reader` (config.ReaderSection), frozen (requires_grad False) unless cfg.trainable."""
+    if cfg.kind == "demo_fid":
+        from gr_train.demo_reader import DemoFiDReader
+
+        reader = DemoFiDReader.build(cfg, tokenizer)
+    elif cfg.kind == "fid_t5":
+        reader = FiDT5Reader.build(cfg, tokenizer)
+    elif cfg.kind == "causal_lm":
+        reader = CausalLMReader.build(cfg, tokenizer)
+    else:
+        raise ValueError(f"reader.kind: unknown '{cfg.kind}'")
+    reader.requires_grad_(bool(cfg.trainable))
+    if not cfg.trainable:
+        reader.eval()
+    return reader
+
+
+# Tiny architectures for readers built from scratch (tests, debugging); cfg.model_config overrides any key.
+TINY_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
+_TINY_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=512)
+# Other model types get no tiny defaults: give their sizes in cfg.model_config.
+TINY_CAUSAL = {
+    "llama": _TINY_LLAMA_LIKE,
+    "qwen2": _TINY_LLAMA_LIKE,
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+}
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer that needs no download and no training: <pad>=0, </s>=1, <unk>=2, then the 256 bytes.
+
+    For readers built from scratch (tests, debugging). Any string round-trips through encode/decode.
+    """
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-question mean cross-entropy of the target tokens.
+
+    logits [B, T, V], labels [B, T] (-100 = ignore) → [B] fp32.
+    """
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, T]
+    return ce.sum(-1) / (labels != -100).sum(-1).clamp_min(1)
+
+
+def _pad(seqs: list[list[int]], length: int, pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to `length` → ids [N, length] long, mask [N, length] bool. Padding by hand keeps the
+    side independent of the tokenizer's own `padding_side` (LLM tokenizers often default to left)."""
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        seq = seq[:length]
+        span = slice(length - len(seq), length) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = True
+    return ids, mask
+
+
+def _passage_texts(questions: list[str], passages: list[list[Passage]], fmt: str, empty: str) -> list[str]:
+    """Flatten B questions x n passages into B*n strings (row-major). All questions must have the same n;
+    n = 0 everywhere means "no passages": one input per question, `empty` formatted with the question."""
+    if len(questions) != len(passages):
+        raise ValueError(f"tokenize: {len(questions)} questions but {len(passages)} passage lists")
+    counts = {len(ps) for ps in passages}
+    if len(counts) != 1:
+        raise ValueError(f"tokenize: every question needs the same number of passages (pad with ('', '')): {counts}")
+    if counts == {0}:
+        return [empty.format(q=q) for q in questions]
+    return [fmt.format(q=q, t=t, x=x) for q, ps in zip(questions, passages) for t, x in ps]
+
+
+def _target_ids(tokenizer, targets: list[str], max_tokens: int, prefix: str = "") -> list[list[int]]:
+    """Target token ids without the tokenizer's special tokens, cut to max_tokens - 1, then eos."""
+    ids = tokenizer([prefix + t for t in targets], add_special_tokens=False)["input_ids"]
+    return [seq[: max_tokens - 1] + [tokenizer.eos_token_id] for seq in ids]
+
+
+def _greedy(logits: torch.Tensor, step, eos_id: int, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding loop shared by the readers. logits [B, V] predict the first token; step(token [B]) feeds a
+    token and returns the next logits. Stops when every row has produced eos. → [B, <= max_new_tokens] long,
+    eos repeated after a row's eos (decoded away as a special token)."""
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    generated = []
+    for i in range(max_new_tokens):
+        token = logits.argmax(-1).masked_fill(done, eos_id)
+        generated.append(token)
+        done = done | (token == eos_id)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            break
+        logits = step(token)
+    return torch.stack(generated, dim=1)
+
+
+def _load_tokenizer(cfg, tokenizer):
+    """The given tokenizer, else the one saved with cfg.name_or_path, else byte_level_tokenizer()."""
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path) if cfg.name_or_path else byte_level_tokenizer()
+    return tokenizer
+
+
+@dataclass
+class FiDStates:
+    """FiD passage states from encode_passages; no autograd graph."""
+
+    hidden: torch.Tensor  # [B, n*L, d] encoder outputs, passages side by side
+    token_mask: torch.Tensor  # [B, n, L] bool
+
+
+class FiDT5Reader(Reader):
+    """FiD on a T5 encoder-decoder (Izacard & Grave 2021); the DMA bias goes into the decoder cross-attention.
+
+    Each "question: q title: t context: x" is encoded independently ([B*n, L] → [B, n*L, d]); the decoder
+    cross-attends to all n*L states with `log M_i` added on passage i's keys. The bias is passed as a 4D float
+    `attention_mask` together with `encoder_outputs`, so T5 never runs its encoder on it and the decoder's
+    create_bidirectional_mask returns it as-is (masking_utils._preprocess_mask_arguments); eager adds it to the
+    logits after the (zero) cross-attention position bias, sdpa folds it into that bias (create_position_bias_mask).
+    """
+
+    def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.passage_max_tokens = passage_max_tokens
+        self.answer_max_tokens = answer_max_tokens
+        config = model.config
+        start = getattr(config, "decoder_start_token_id", None)
+        if start is None and model.generation_config is not None:
+            start = model.generation_config.decoder_start_token_id
+        # T5 starts decoding from the pad token; transformers 5 configs built from scratch no longer set it.
+        self.decoder_start_id = config.pad_token_id if start is None else start
+
+    @classmethod
+    def build(cls, cfg, tokenizer=None) -> "FiDT5Reader":
+        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config."""
+        tokenizer = _load_tokenizer(cfg, tokenizer)
+        if cfg.name_or_path:
+            model = T5ForConditionalGeneration.from_pretrained(
+                cfg.name_or_path, attn_implementation=cfg.attn_implementation
+            )
+        else:
+            ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+            config = T5Config(**{**TINY_T5, **ids, **cfg.model_config})
+            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+
+    def tokenize(self, questions, passages, targets=None):
+        """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded); with targets, also
+        labels [B, T] (T <= answer_max_tokens, eos last, -100 on padding)."""
+        B = len(questions)
+        texts = _passage_texts(questions, passages, "question: {q} title: {t} context: {x}", "question: {q}")
+        L = self.passage_max_tokens
+        ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
+        passage_ids, passage_mask = _pad(ids, L, self.tokenizer.pad_token_id)
+        inputs = {"passage_ids": passage_ids.view(B, -1, L), "passage_mask": passage_mask.view(B, -1, L)}
+        if targets is not None:
+            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens)
+            labels, target_mask = _pad(target, max(map(len, target)), self.tokenizer.pad_token_id)
+            inputs["labels"] = labels.masked_fill(~target_mask, -100)
+        return inputs
+
+    def _encode(self, inputs) -> FiDStates:
+        ids, mask = inputs["passage_ids"], inputs["passage_mask"]
+        B, n, L = ids.shape
+        hidden = self.model.encoder(input_ids=ids.view(B * n, L), attention_mask=mask.view(B * n, L)).last_hidden_state
+        return FiDStates(hidden=hidden.reshape(B, n * L, -1), token_mask=mask)
+
+    def encode_passages(self, inputs) -> FiDStates:
+        """Encoder over the B*n passages under no_grad → FiDStates(hidden [B, n*L, d], token_mask [B, n, L])."""
+        with torch.no_grad():
+            return self._encode(inputs)
+
+    def _cross_bias(self, states: FiDStates, log_M: torch.Tensor) -> torch.Tensor:
+        # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
+        return cross_attention_bias(log_M, states.token_mask).to(states.hidden.dtype)
+
+    def answer_logits(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder logits of the target, [B, T, V], differentiable w.r.t. log_M [B, n]."""
+        labels = inputs["labels"]
+        start = torch.full_like(labels[:, :1], self.decoder_start_id)
+        decoder_input_ids = torch.cat([start, labels[:, :-1]], dim=1)
+        decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, self.model.config.pad_token_id)
+        out = self.model(
+            encoder_outputs=(states.hidden,),
+            attention_mask=self._cross_bias(states, log_M),
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        return out.logits
+
+    def answer_loss(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
+
+    def answer_loss_naive(self, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        return token_mean_ce(self.answer_logits(self._encode(inputs), inputs, log_M), inputs["labels"])
+
+    @torch.no_grad()
+    def generate_ids(self, states: FiDStates, inputs, log_M=None, max_new_tokens: int = 8) -> torch.Tensor:
+        """Greedy decoding with the cross-attention bias, one token per step on a growing decoder cache
+        (model.generate refuses a 4D attention_mask: generation/utils.py, "must be 2D"). → [B, <= max_new_tokens]."""
+        B, n, _ = states.token_mask.shape
+        if log_M is None:
+            log_M = torch.zeros(B, n, device=states.hidden.device)
+        bias = self._cross_bias(states, log_M)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            out = self.model(
+                encoder_outputs=(states.hidden,),
+                attention_mask=bias,
+                decoder_input_ids=token[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+            return out.logits[:, -1]
+
+        start = torch.full((B,), self.decoder_start_id, dtype=torch.long, device=states.hidden.device)
+        return _greedy(step(start), step, self.tokenizer.eos_token_id, max_new_tokens)
+
+    def generate(self, states: FiDStates, inputs, log_M=None, max_new_tokens: int = 8) -> list[str]:
+        ids = self.generate_ids(states, inputs, log_M, max_new_tokens)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@dataclass
+class PassageCache:
+    """Decoder-only passage states from encode_passages: per-layer keys/values of all passages, no autograd graph."""
+
+    keys: tuple[torch.Tensor, ...]  # per layer [B, kv_heads, n*L, head_dim], positions 0..L-1 within each passage
+    values: tuple[torch.Tensor, ...]  # per layer [B, kv_heads, n*L, head_dim]
+    token_mask: torch.Tensor  # [B, n, L] bool
+
+    def fresh_cache(self) -> DynamicCache:
+        """A new Cache holding these states. The answer pass appends its own keys to the cache it is given, so each
+        call gets its own (baselines run several answer passes on one encoding). No config: every layer a full
+        DynamicLayer, i.e. sliding-window layers would see all passages too."""
+        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+
+
+class CausalLMReader(Reader):
+    """Any HF decoder-only LM (Llama, Qwen2, GPT-2, ...) reading passages encoded in parallel.
+
+    Passages ("title: t context: x", [B*n, L]) are encoded like separate documents: positions 0..L-1 each, causal
+    attention within the passage only; their per-layer K,V are laid side by side ([B, kv_heads, n*L, head_dim]).
+    The query ("question: q\\nanswer:" left-padded, then target tokens + eos) continues at position L, attending
+    causally to itself and to every passage token with `log M_i` added on passage i's keys. Both passes use a
+    4D float `attention_mask`, which transformers uses verbatim (masking_utils._preprocess_mask_arguments) with
+    eager and sdpa, gradient included.
+    """
+
+    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.passage_max_tokens = passage_max_tokens
+        self.answer_max_tokens = answer_max_tokens
+        # Pads are masked out everywhere, so any id will do where the tokenizer has no pad token (GPT-2, Llama).
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @classmethod
+    def build(cls, cfg, tokenizer=None) -> "CausalLMReader":
+        """From `cfg.name_or_path` (hub id or local folder), else a random model of `model_config["model_type"]`
+        (llama | qwen2 | gpt2 | any AutoConfig type; default llama) from TINY_CAUSAL + cfg.model_config."""
+        tokenizer = _load_tokenizer(cfg, tokenizer)
+        if cfg.name_or_path:
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation)
+        else:
+            overrides = dict(cfg.model_config)
+            model_type = overrides.pop("model_type", "llama")
+            ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+
+    def tokenize(self, questions, passages, targets=None):
+        """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
+        such as BOS included); prompt_ids, prompt_mask [B, P] (left-padded, so every prompt ends at P-1); with
+        targets also target_ids, target_mask, labels [B, T] (right-padded, eos last, labels -100 on padding)."""
+        B = len(questions)
+        # "No passages" is one empty passage: only special tokens (BOS), or nothing, which is fully masked.
+        texts = _passage_texts(questions, passages, "title: {t} context: {x}", "")
+        L = self.passage_max_tokens
+        ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
+        passage_ids, passage_mask = _pad(ids, L, self.pad_id)
+        prompts = self.tokenizer([f"question: {q}\nanswer:" for q in questions], add_special_tokens=False)["input_ids"]
+        prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
+        inputs = {
+            "passage_ids": passage_ids.view(B, -1, L),
+            "passage_mask": passage_mask.view(B, -1, L),
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+        }
+        if targets is not None:
+            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, prefix=" ")
+            target_ids, target_mask = _pad(target, max(map(len, target)), self.pad_id)
+            labels = target_ids.masked_fill(~target_mask, -100)
+            inputs.update(target_ids=target_ids, target_mask=target_mask, labels=labels)
+        return inputs
+
+    def _mask(self, bias: torch.Tensor) -> torch.Tensor:
+        # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
+        return bias.to(self.model.dtype)
+
+    def encode_passages(self, inputs) -> PassageCache:
+        """Block-causal prefill of the B*n passages under no_grad → PassageCache, K,V [B, kv_heads, n*L, head_dim]."""
+        ids, mask = inputs["passage_ids"], inputs["passage_mask"]
+        B, n, L = ids.shape
+        positions = torch.arange(L, device=ids.device).expand(B * n, L)
+        with torch.no_grad():
+            # The base model: no LM head over the n*L passage tokens.
+            out = self.model.base_model(
+                input_ids=ids.view(B * n, L),
+                attention_mask=self._mask(causal_bias(mask.view(B * n, L))),
+                position_ids=positions,
+                use_cache=True,
+            )
+        keys, values = [], []
+        for layer in out.cache.layers:
+            k, v = layer.keys, layer.values  # [B*n, kv_heads, L, head_dim]
+            _, h, _, d = k.shape
+            keys.append(k.view(B, n, h, L, d).transpose(1, 2).reshape(B, h, n * L, d))
+            values.append(v.view(B, n, h, L, d).transpose(1, 2).reshape(B, h, n * L, d))
+        return PassageCache(keys=tuple(keys), values=tuple(values), token_mask=mask)
+
+    @staticmethod
+    def _query(inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prompt, target] → ids, mask [B, P + T]."""
+        ids = torch.cat([inputs["prompt_ids"], inputs["target_ids"]], dim=1)
+        return ids, torch.cat([inputs["prompt_mask"], inputs["target_mask"]], dim=1)
+
+    @staticmethod
+    def _query_positions(query_mask: torch.Tensor, L: int) -> torch.Tensor:
+        """The query continues after a passage: its first real token is at position L. [B, T] → [B, T] long."""
+        return L + (query_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+    def _target_logits(self, logits: torch.Tensor, inputs) -> torch.Tensor:
+        """Logits over the query → the ones predicting target tokens: positions P-1 .. P+T-2. → [B, T, V]."""
+        P, T = inputs["prompt_ids"].shape[1], inputs["target_ids"].shape[1]
+        return logits[:, P - 1 : P + T - 1]
+
+    def answer_logits(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of the target tokens, [B, T, V], differentiable w.r.t. log_M [B, n]."""
+        if self.model.is_activation_checkpointing and self.model.training:
+            # Checkpointed layers silently drop the cache in training mode (modeling_layers.GradientCheckpointingLayer),
+            # so the answer would not see the passages.
+            raise RuntimeError("answer_loss with gradient checkpointing needs reader.eval(); or use answer_loss_naive")
+        query_ids, query_mask = self._query(inputs)
+        L = states.token_mask.shape[-1]
+        bias = answer_bias(passage_key_bias(log_M, states.token_mask), query_mask)
+        out = self.model(
+            input_ids=query_ids,
+            attention_mask=self._mask(bias),
+            position_ids=self._query_positions(query_mask, L),
+            cache=states.fresh_cache(),
+            use_cache=True,
+        )
+        return self._target_logits(out.logits, inputs)
+
+    def answer_loss(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
+
+    def answer_loss_naive(self, inputs, log_M: torch.Tensor) -> torch.Tensor:
+        """One forward over [passage_1 .. passage_n, query] under autograd with the block mask of fused_bias."""
+        ids, mask = inputs["passage_ids"], inputs["passage_mask"]
+        B, n, L = ids.shape
+        query_ids, query_mask = self._query(inputs)
+        positions = torch.cat(
+            [torch.arange(L, device=ids.device).repeat(n).expand(B, n * L), self._query_positions(query_mask, L)], dim=1
+        )
+        out = self.model(
+            input_ids=torch.cat([ids.view(B, n * L), query_ids], dim=1),
+            attention_mask=self._mask(fused_bias(log_M, mask, query_mask)),
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=query_ids.shape[1],
+        )
+        return token_mean_ce(self._target_logits(out.logits, inputs), inputs["labels"])
+
+    @torch.no_grad()
+    def generate_ids(self, states: PassageCache, inputs, log_M=None, max_new_tokens: int = 8) -> torch.Tensor:
+        """Greedy decoding after the prompt, one token per step on a growing cache. → [B, <= max_new_tokens]."""
+        B, n, L = states.token_mask.shape
+        if log_M is None:
+            log_M = torch.zeros(B, n, device=states.token_mask.device)
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        cache = states.fresh_cache()
+        key_bias = passage_key_bias(log_M, states.token_mask)  # [B, n*L], grows by one column per token
+        positions = self._query_positions(prompt_mask, L)
+        logits = self.model(
+            input_ids=prompt_ids,
+            attention_mask=self._mask(answer_bias(key_bias, prompt_mask)),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        prompt_bias = torch.zeros_like(prompt_mask, dtype=torch.float32).masked_fill(~prompt_mask, NEG_BIAS)
+        key_bias = torch.cat([key_bias, prompt_bias], dim=1)
+        position = positions[:, -1:]
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            nonlocal key_bias, position
+            key_bias = torch.cat([key_bias, key_bias.new_zeros(B, 1)], dim=1)
+            position = position + 1
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=self._mask(key_bias[:, None, None, :]),
+                position_ids=position,
+                cache=cache,
+                use_cache=True,
+            )
+            return out.logits[:, -1]
+
+        return _greedy(logits, step, self.tokenizer.eos_token_id, max_new_tokens)
+
+    def generate(self, states: PassageCache, inputs, log_M=None, max_new_tokens: int = 8) -> list[str]:
+        ids = self.generate_ids(states, inputs, log_M, max_new_tokens)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -1,0 +1,404 @@
+"""Rerankers: score the n candidate passages of each question, w = R(q, d_i) → w: [B, n] fp32 (DESIGN.md step 1).
+
+Kinds (`cfg.reranker.kind`): cross_encoder (sequence-classification logit of the pair), rankt5 (logit of a score token
+at the first decoder step of a T5), bi_encoder (scaled cosine of mean-pooled embeddings). `build_reranker(cfg)` builds
+one from a HF folder / hub id or from a tiny config; `Reranker.save` writes a plain HF folder that loads back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
+
+from gr_train.config import RerankerSection
+
+Passage = tuple[str, str]  # (title, text)
+
+# Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
+SETTINGS_FILE = "gr_train_reranker.json"
+
+# Tiny defaults used when building from scratch (no name_or_path); cfg.model_config overrides them.
+TINY_ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16}
+
+# Files that mark a local folder as holding a tokenizer. Checked explicitly because transformers 5.24's
+# AutoTokenizer on a folder without any of them silently returns an empty-vocabulary tokenizer (all [UNK]).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def passage_text(title: str, text: str) -> str:
+    """The passage as the reranker reads it: "title text", or just the text when there is no title."""
+    return f"{title} {text}" if title else text
+
+
+def _check_candidates(questions: list[str], passages: list[list[Passage]]) -> tuple[int, int]:
+    """(B, n) of a batch; every question must have the same n >= 1 (callers pad with ("", ""))."""
+    B = len(questions)
+    if B == 0 or len(passages) != B:
+        raise ValueError(f"reranker: got {B} questions and {len(passages)} passage lists (need the same, >= 1)")
+    counts = {len(row) for row in passages}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"reranker: every question needs the same number n >= 1 of candidates, got {sorted(counts)}")
+    return B, counts.pop()
+
+
+class Reranker(nn.Module):
+    """Scores (question, passage) pairs. Shapes: B questions, n candidates, L tokens.
+
+    Subclasses set `kind`, the HF auto class they load (`auto_class`) and the config keys that change w besides
+    the weights (`scoring_keys`, saved in SETTINGS_FILE and checked on load).
+    """
+
+    kind: str
+    auto_class: Any
+    scoring_keys: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+
+    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+        """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens."""
+        raise NotImplementedError
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """w: [B, n] fp32, one independent score per (question, candidate) pair."""
+        raise NotImplementedError
+
+    def score(self, questions: list[str], passages: list[list[Passage]]) -> torch.Tensor:
+        """tokenize + forward on the model's device. Returns w: [B, n] fp32."""
+        device = next(self.model.parameters()).device
+        return self({k: v.to(device) for k, v in self.tokenize(questions, passages).items()})
+
+    def _encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenizer call shared by all kinds: pad to the longest, truncate to max_tokens, [N, L] tensors."""
+        return dict(
+            self.tokenizer(
+                texts,
+                pairs,
+                padding=True,
+                truncation=True,
+                max_length=self.cfg.max_tokens,
+                return_tensors="pt",
+            )
+        )
+
+    def shift_parameters(self) -> list[nn.Parameter]:
+        """Parameters that add the same constant to every candidate's score. Listwise objectives (G-Rerank's
+        softmax over candidates) are invariant to them, so they get exactly zero gradient there."""
+        return []
+
+    def settings(self) -> dict[str, Any]:
+        """What SETTINGS_FILE holds: kind, max_tokens and the kind's scoring keys."""
+        scoring = {key: getattr(self.cfg, key) for key in self.scoring_keys}
+        return {"kind": self.kind, "max_tokens": self.cfg.max_tokens, **scoring}
+
+    def save(self, path: str | Path) -> None:
+        """Write a plain HF folder (model + tokenizer save_pretrained) plus SETTINGS_FILE."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (path / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Reranker":
+        """Rebuild a reranker written by `save`, with the saved kind and scoring settings."""
+        settings = json.loads((Path(path) / SETTINGS_FILE).read_text())
+        return build_reranker(RerankerSection(name_or_path=str(path), **settings))
+
+
+class CrossEncoderReranker(Reranker):
+    """BERT / XLM-R / BGE-style cross-encoder: w = logits[..., 0] of the pair (question, title + " " + text)."""
+
+    kind = "cross_encoder"
+    auto_class = AutoModelForSequenceClassification
+
+    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+        """Returns input_ids / attention_mask (/ token_type_ids when the tokenizer makes them): [B, n, L]."""
+        B, n = _check_candidates(questions, passages)
+        firsts = [q for q in questions for _ in range(n)]
+        seconds = [passage_text(title, text) for row in passages for title, text in row]
+        return {k: v.view(B, n, -1) for k, v in self._encode(firsts, seconds).items()}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        B, n, L = inputs["input_ids"].shape
+        logits = self.model(**{k: v.reshape(B * n, L) for k, v in inputs.items()}).logits  # [B*n, 1]
+        return logits[:, 0].float().view(B, n)
+
+    def shift_parameters(self) -> list[nn.Parameter]:
+        """The bias of the output layer (the last Linear with one output: BERT `classifier`, XLM-R
+        `classifier.out_proj`)."""
+        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+        return [heads[-1].bias] if heads and heads[-1].bias is not None else []
+
+
+class RankT5Reranker(Reranker):
+    """RankT5 (Zhuang et al. 2023): w = logit of `cfg.score_token` at the first decoder step.
+
+    Input "Query: {q} Document: {title} {text}"; the decoder sees only its start token.
+    """
+
+    kind = "rankt5"
+    auto_class = AutoModelForSeq2SeqLM
+    scoring_keys = ("score_token",)
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
+        super().__init__(model, tokenizer, cfg)
+        vocab = tokenizer.get_vocab()
+        if cfg.score_token not in vocab:
+            raise ValueError(
+                f"reranker.score_token: the tokenizer has no token '{cfg.score_token}' "
+                f"(RankT5 scores with the logit of that token; vocabulary size {len(vocab)})"
+            )
+        self.score_token_id = vocab[cfg.score_token]
+        if self.score_token_id >= model.config.vocab_size:
+            raise ValueError(
+                f"reranker.score_token: '{cfg.score_token}' has id {self.score_token_id}, "
+                f"outside the model's vocabulary of {model.config.vocab_size}"
+            )
+        self._freeze_single_step_self_attention()
+
+    def _freeze_single_step_self_attention(self) -> None:
+        """Freeze the decoder self-attention's query/key projections and position bias.
+
+        With one decoder position the self-attention softmax is over a single key, so it equals 1 whatever q, k
+        and the bias are: their gradient is exactly 0. Frozen, AdamW's weight decay cannot shrink them either.
+        T5-family layout only (decoder.block[i].layer[0].SelfAttention); other layouts keep them trainable.
+        """
+        decoder = self.model.get_decoder()
+        for block in getattr(decoder, "block", []):
+            attention = getattr(block.layer[0], "SelfAttention", None)
+            if attention is None:
+                continue
+            for name in ("q", "k", "relative_attention_bias"):
+                if isinstance(getattr(attention, name, None), nn.Module):
+                    getattr(attention, name).requires_grad_(False)
+
+    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+        """Returns input_ids / attention_mask: [B, n, L]."""
+        B, n = _check_candidates(questions, passages)
+        texts = [
+            f"Query: {q} Document: {passage_text(title, text)}"
+            for q, row in zip(questions, passages)
+            for title, text in row
+        ]
+        return {k: v.view(B, n, -1) for k, v in self._encode(texts).items()}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        B, n, L = inputs["input_ids"].shape
+        start = torch.full((B * n, 1), self.model.config.decoder_start_token_id, device=inputs["input_ids"].device)
+        logits = self.model(
+            input_ids=inputs["input_ids"].reshape(B * n, L),
+            attention_mask=inputs["attention_mask"].reshape(B * n, L),
+            decoder_input_ids=start,
+            use_cache=False,  # one decoder step; a cache would only be built and thrown away
+        ).logits  # [B*n, 1, V]
+        return logits[:, 0, self.score_token_id].float().view(B, n)
+
+
+class BiEncoderReranker(Reranker):
+    """Dual encoder: w = score_scale * cos(mean_pool(q), mean_pool(d)); one encoding per question, B*n passages."""
+
+    kind = "bi_encoder"
+    auto_class = AutoModel
+    scoring_keys = ("score_scale",)
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
+        super().__init__(model, tokenizer, cfg)
+        # Mean pooling reads the token states only; a BERT-style pooler on top would get no gradient. Frozen
+        # rather than removed, so the exported folder stays a complete AutoModel checkpoint.
+        if getattr(model, "pooler", None) is not None:
+            model.pooler.requires_grad_(False)
+
+    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+        """Returns q_* tensors [B, Lq] for the questions and p_* tensors [B, n, L] for the passages."""
+        B, n = _check_candidates(questions, passages)
+        q = self._encode(list(questions))
+        p = self._encode([passage_text(title, text) for row in passages for title, text in row])
+        return {**{f"q_{k}": v for k, v in q.items()}, **{f"p_{k}": v.view(B, n, -1) for k, v in p.items()}}
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean of the last hidden states over non-pad tokens, fp32. inputs [N, L] → [N, d]."""
+        hidden = self.model(**inputs).last_hidden_state.float()  # [N, L, d]
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        B, n, L = inputs["p_input_ids"].shape
+        q = self.embed({k[2:]: v for k, v in inputs.items() if k.startswith("q_")})  # [B, d]
+        d = self.embed({k[2:]: v.reshape(B * n, L) for k, v in inputs.items() if k.startswith("p_")})  # [B*n, d]
+        cos = torch.cosine_similarity(q.unsqueeze(1), d.view(B, n, -1), dim=-1)  # [B, n]
+        return self.cfg.score_scale * cos
+
+
+RERANKERS: dict[str, type[Reranker]] = {
+    cls.kind: cls for cls in (CrossEncoderReranker, RankT5Reranker, BiEncoderReranker)
+}
+
+
+def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
+    """Reranker from `cfg` (config.RerankerSection): fp32, in eval mode, trainable. Seeds are the caller's job.
+
+    name_or_path set: from_pretrained (local folder or hub id); tokenizer from cfg.tokenizer_path, else the same
+    folder, else the `tokenizer` argument. A folder written by Reranker.save must agree with cfg on kind and
+    scoring settings. name_or_path None: random weights from a tiny config overridden by cfg.model_config
+    (which may name a `model_type`); the tokenizer (cfg.tokenizer_path or the argument) sets the vocabulary size.
+    """
+    if cfg.kind not in RERANKERS:
+        raise ValueError(f"reranker.kind: unknown '{cfg.kind}' ({' | '.join(RERANKERS)})")
+    cls = RERANKERS[cfg.kind]
+    if cfg.name_or_path:
+        _check_saved_settings(cfg, cls)
+        tokenizer = _pretrained_tokenizer(cfg, tokenizer)
+        extra = {"num_labels": 1} if cls is CrossEncoderReranker else {}
+        # dtype: transformers 5 defaults to "auto" (a bf16 checkpoint would load as bf16); trainable weights stay fp32.
+        model = cls.auto_class.from_pretrained(cfg.name_or_path, dtype=torch.float32, **extra)
+    else:
+        if cfg.tokenizer_path:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
+        if tokenizer is None:
+            raise ValueError(
+                "reranker: building from reranker.model_config needs a tokenizer (it sets the vocabulary size): "
+                "set reranker.tokenizer_path or pass tokenizer= to build_reranker"
+            )
+        model = cls.auto_class.from_config(_scratch_config(cfg, cls, tokenizer))
+    reranker = cls(model, tokenizer, cfg)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    # from_pretrained returns eval mode and from_config train mode; one mode for both, so that building twice
+    # gives the same scores. The training recipe calls .train().
+    return reranker.eval()
+
+
+def _check_saved_settings(cfg: RerankerSection, cls: type[Reranker]) -> None:
+    """A folder written by Reranker.save computes w with its saved kind and settings; cfg must not disagree."""
+    settings_path = Path(cfg.name_or_path) / SETTINGS_FILE
+    if not settings_path.is_file():
+        return
+    saved = json.loads(settings_path.read_text())
+    for key in ("kind", *cls.scoring_keys):
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ValueError(
+                f"reranker.{key} is {getattr(cfg, key)!r} but {cfg.name_or_path} was saved with {saved[key]!r}: "
+                f"set reranker.{key}={saved[key]}"
+            )
+
+
+def _pretrained_tokenizer(cfg: RerankerSection, tokenizer: Any) -> Any:
+    if cfg.tokenizer_path:
+        return AutoTokenizer.from_pretrained(cfg.tokenizer_path)
+    folder = Path(cfg.name_or_path)
+    if folder.is_dir():
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return AutoTokenizer.from_pretrained(folder)
+    else:  # a hub id
+        try:
+            return AutoTokenizer.from_pretrained(cfg.name_or_path)
+        except OSError:
+            if tokenizer is None:
+                raise
+    if tokenizer is None:
+        raise ValueError(
+            f"reranker: no tokenizer in '{cfg.name_or_path}': set reranker.tokenizer_path or pass tokenizer="
+        )
+    return tokenizer
+
+
+def _scratch_config(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any):
+    """HF config: tiny defaults for the kind ← cfg.model_config; vocabulary and special ids from the tokenizer."""
+    overrides = dict(cfg.model_config)
+    model_type = overrides.pop("model_type", "t5" if cls is RankT5Reranker else "bert")
+    vocab_size = overrides.pop("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"reranker.model_config.vocab_size: {vocab_size} < the tokenizer's {len(tokenizer)} tokens")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("reranker: the tokenizer has no pad token (needed to batch candidates)")
+    special = {"pad_token_id": tokenizer.pad_token_id}
+    if cls is RankT5Reranker:
+        # T5 convention: the decoder starts from the pad token.
+        special.update(eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    if cls is CrossEncoderReranker:
+        special["num_labels"] = 1
+    defaults = TINY_T5 if cls is RankT5Reranker else TINY_ENCODER
+    return AutoConfig.for_model(model_type, **{**defaults, **special, **overrides, "vocab_size": vocab_size})
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing on every layer, non-reentrant (recomputes in backward; active in train mode only)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns until v6
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def build_word_tokenizer(texts: Iterable[str], style: str = "bert", extra_ids: int = 100) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer trained on `texts`, built without downloads (tests, the demo).
+
+    style "bert": [PAD] [UNK] [CLS] [SEP]; single "[CLS] A [SEP]", pair "[CLS] A [SEP] B [SEP]" with token type ids.
+    style "t5": <pad> </s> <unk> and <extra_id_0> .. <extra_id_{extra_ids-1}>; "A </s>" (RankT5 scores with
+    <extra_id_10>, so extra_ids <= 10 gives a tokenizer without it). Lower-cases; unknown words map to the unk token.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    if style == "bert":
+        pad, unk, specials = "[PAD]", "[UNK]", ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    elif style == "t5":
+        pad, unk, specials = "<pad>", "<unk>", ["<pad>", "</s>", "<unk>"]
+        specials += [f"<extra_id_{i}>" for i in range(extra_ids)]
+    else:
+        raise ValueError(f"build_word_tokenizer: unknown style '{style}' (bert | t5)")
+    tok = Tokenizer(models.WordLevel(unk_token=unk))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+    ids = {s: tok.token_to_id(s) for s in specials}
+    if style == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+        )
+        # transformers 5 tokenizers return token_type_ids only when asked to by model_input_names.
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token=pad,
+            unk_token=unk,
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", ids["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=pad,
+        unk_token=unk,
+        eos_token="</s>",
+        extra_special_tokens=specials[3:],
+        model_input_names=["input_ids", "attention_mask"],
+    )

@@ -1,0 +1,136 @@
+"""The embedded multi-hop data: a deterministic generator of two-hop and one-hop questions, and its tokenizer.
+
+A question about work W ("birthplace-of-creator W") needs two passages: the bridge "W created-by P" (gold,
+*indirect*: it does not contain the answer) and "P born-in T" (gold, *direct*: it contains the answer T).
+Every question comes with n_chains - 1 distractor chains built the same way, so every candidate looks like an
+answer-bearing or bridge passage (hard distractors). Facts are re-randomised for every question: a reader must
+read them, it cannot memorise them. Entity vocabularies are small and reused (30 of each, one token each): the
+recipe that made a 0.7M-parameter reader learn the hop on CPU (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from gr_train.data import Passage, Record
+
+TWO_HOP = "birthplace-of-creator"  # W -> P (created-by) -> T (born-in)
+BORN = "birthplace-of"  # P -> T, one hop
+CREATOR = "creator-of"  # W -> P, one hop
+CREATED_BY = "created-by"
+BORN_IN = "born-in"
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]", "[BOS]", "[ANS]", "[MASK]"]
+
+
+def entity_names(cfg) -> tuple[list[str], list[str], list[str]]:
+    """Works W00.., people P00.., towns T00.. (cfg: config.SyntheticSection)."""
+    return (
+        [f"W{i:02d}" for i in range(cfg.n_works)],
+        [f"P{i:02d}" for i in range(cfg.n_people)],
+        [f"T{i:02d}" for i in range(cfg.n_towns)],
+    )
+
+
+def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_fraction: float) -> Record:
+    """One question with n_chains chains (2 * n_chains candidate passages, shuffled)."""
+    works, people, towns = entity_names(cfg)
+    if n_chains > min(len(works), len(people), len(towns)):
+        raise ValueError(f"synthetic: n_chains={n_chains} exceeds the entity vocabulary")
+    ws, ps, ts = rng.sample(works, n_chains), rng.sample(people, n_chains), rng.sample(towns, n_chains)
+    chains = list(zip(ws, ps, ts))
+    w, p, t = chains[0]  # the gold chain; the others are distractors
+    r = rng.random()
+    if r >= one_hop_fraction:
+        question, answer, intermediate, gold = f"{TWO_HOP} {w}", t, p, {"bridge", "answer"}
+    elif r < one_hop_fraction / 2:
+        question, answer, intermediate, gold = f"{BORN} {p}", t, None, {"answer"}
+    else:
+        question, answer, intermediate, gold = f"{CREATOR} {w}", p, None, {"bridge"}
+    ctxs = []
+    for j, (cw, cp, ct) in enumerate(chains):
+        for kind, text in (("bridge", f"{cw} {CREATED_BY} {cp}"), ("answer", f"{cp} {BORN_IN} {ct}")):
+            is_gold = j == 0 and kind in gold
+            ctxs.append(Passage(title="", text=text, is_gold=is_gold, has_answer=answer in text.split()))
+    rng.shuffle(ctxs)
+    return Record(id=qid, question=question, answers=[answer], ctxs=ctxs, intermediate=intermediate)
+
+
+def generate(cfg, n: int, seed: int, n_chains: int | None = None, prefix: str = "q") -> list[Record]:
+    """n questions, deterministic in `seed`. Used for the demo's train/dev files."""
+    rng = random.Random(seed)
+    chains = n_chains or cfg.n_chains
+    return [make_question(rng, cfg, chains, f"{prefix}{i}", cfg.one_hop_fraction) for i in range(n)]
+
+
+def chains_at_step(cfg, step: int) -> int:
+    """Curriculum: cfg.curriculum = [[steps, n_chains], ...] run in order, then cfg.n_chains."""
+    start = 0
+    for steps, chains in cfg.curriculum:
+        if step < start + steps:
+            return chains
+        start += steps
+    return cfg.n_chains
+
+
+def stream(cfg, seed: int, batch_size: int, start_step: int = 0) -> Iterator[list[Record]]:
+    """Endless fresh batches for reader pre-training; batch s is a pure function of (seed, s), so a resumed run
+    sees exactly the batches an uninterrupted one would."""
+    step = start_step
+    while True:
+        rng = random.Random(f"{seed}-{step}")
+        chains = chains_at_step(cfg, step)
+        yield [make_question(rng, cfg, chains, f"s{step}-{i}", cfg.one_hop_fraction) for i in range(batch_size)]
+        step += 1
+
+
+def vocabulary(cfg) -> list[str]:
+    works, people, towns = entity_names(cfg)
+    return SPECIAL_TOKENS + [TWO_HOP, BORN, CREATOR, CREATED_BY, BORN_IN] + works + people + towns
+
+
+def build_tokenizer(cfg):
+    """Word-level tokenizer over the generator's vocabulary, built locally (no download).
+
+    Single inputs encode as `[CLS] a [SEP]`, pairs as `[CLS] a [SEP] b [SEP]` (cross-encoder convention).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(vocabulary(cfg))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[EOS]",
+        bos_token="[BOS]",
+        mask_token="[MASK]",
+        additional_special_tokens=["[ANS]"],
+        # transformers 5 returns token_type_ids (BERT segment ids of a pair) only when listed here.
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def write_demo_data(cfg, out_dir: str | Path, seed: int) -> tuple[Path, Path]:
+    """train.jsonl and dev.jsonl (FiD format with is_gold/has_answer) under out_dir; disjoint seeds."""
+    from gr_train.data import save_records
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = out_dir / "train.jsonl"
+    dev = out_dir / "dev.jsonl"
+    save_records(generate(cfg, cfg.n_train, seed=seed * 2 + 1, prefix="train"), train)
+    save_records(generate(cfg, cfg.n_dev, seed=seed * 2 + 2, prefix="dev"), dev)
+    return train, dev

@@ -1,0 +1,238 @@
+"""The training recipe: setup → train → save_checkpoint → cleanup.
+
+objective.name=gumbel trains the reranker through the frozen reader (G-Rerank); objective.name=reader pre-trains
+the demo reader with every passage visible. Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gr_train import checkpoint, synthetic
+from gr_train import gumbel as G
+from gr_train.config import RunConfig, save_config
+from gr_train.data import load_any
+from gr_train.metrics import MetricsWriter, peak_rss_mb
+from gr_train.objectives import OBJECTIVES, SHIFT_INVARIANT, collate
+from gr_train.reader import build_reader
+from gr_train.runtime import build_runtime
+
+log = logging.getLogger("gr_train.train")
+
+
+@dataclass
+class Recipe:
+    cfg: RunConfig
+    reader: torch.nn.Module
+    reranker: torch.nn.Module | None
+    trainable: torch.nn.Module
+    runtime: object
+    writer: MetricsWriter
+    train_records: list | None
+    dev_records: list | None
+    start_step: int = 0
+
+
+def build_models(cfg: RunConfig):
+    """(reader, reranker or None). The demo's word-level tokenizer is built when no model names one."""
+    tokenizer = None
+    if cfg.reader.kind == "demo_fid" and not cfg.reader.name_or_path:
+        tokenizer = synthetic.build_tokenizer(cfg.synthetic)
+    reader = build_reader(cfg.reader, tokenizer)
+    reranker = None
+    if cfg.objective.name != "reader":
+        from gr_train.reranker import build_reranker
+
+        rr_tok = None
+        if not cfg.reranker.name_or_path and not cfg.reranker.tokenizer_path:
+            rr_tok = reader.tokenizer  # tiny demo reranker shares the reader's locally built vocabulary
+        reranker = build_reranker(cfg.reranker, rr_tok)
+    return reader, reranker
+
+
+def load_split(path: str | None, n: int, what: str) -> list | None:
+    if path is None:
+        return None
+    records = load_any(path)
+    cut = sum(len(r.ctxs) > n for r in records)
+    if cut:
+        log.warning("%s %s: %d of %d questions have more than n_candidates=%d candidates; the first %d are used",
+                    what, path, cut, len(records), n, n)
+    return records
+
+
+def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
+    if cfg.run.num_threads > 0:
+        torch.set_num_threads(cfg.run.num_threads)
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    reader, reranker = build_models(cfg)
+    trainable = reader if cfg.objective.name == "reader" else reranker
+    trainable.train()
+    if reranker is not None and cfg.objective.name in SHIFT_INVARIANT:
+        for p in reranker.shift_parameters():
+            p.requires_grad_(False)
+    runtime = build_runtime(trainable, cfg)
+    run_dir = Path(cfg.run.run_dir)
+    train_records = load_split(cfg.data.train_path, cfg.data.n_candidates, "train")
+    if train_records is None and cfg.objective.name != "reader":
+        raise ValueError("data.train_path is required for objective.name=gumbel (the synthetic stream feeds reader "
+                         "pre-training only)")
+    dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    recipe = Recipe(cfg, reader, reranker, trainable, runtime, MetricsWriter(run_dir / "tb", runtime.is_main),
+                    train_records, dev_records)
+    last = checkpoint.latest_checkpoint(run_dir) if resume else None
+    if last is not None:
+        state = checkpoint.load_checkpoint(last, trainable, runtime)
+        recipe.start_step = state["step"]
+        log.info("resumed from %s at step %d", last, recipe.start_step)
+    if runtime.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    return recipe
+
+
+def micro_batches(recipe: Recipe, step: int) -> list[list]:
+    """This rank's grad_accum_steps micro-batches of optimizer step `step`.
+
+    The step's global batch (micro_batch_size * grad_accum_steps * world_size questions) is a pure function of
+    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would (no loader state to
+    save); rank r takes rows [r * accum * mb, (r + 1) * accum * mb) of it.
+    """
+    cfg = recipe.cfg
+    mb, accum, world = cfg.train.micro_batch_size, cfg.train.grad_accum_steps, recipe.runtime.world_size
+    per_step = mb * accum * world
+    if recipe.train_records is None:  # fresh synthetic questions every step (reader pre-training)
+        chosen = next(synthetic.stream(cfg.synthetic, cfg.run.seed, per_step, start_step=step))
+    else:
+        records = recipe.train_records
+        steps_per_epoch = max(1, len(records) // per_step)  # an epoch's tail (< one step) is skipped
+        epoch, index = divmod(step, steps_per_epoch)
+        order = list(range(len(records)))
+        if cfg.data.shuffle:
+            random.Random(cfg.run.seed * 1_000_003 + epoch).shuffle(order)
+        chosen = [records[i] for i in order[index * per_step : (index + 1) * per_step]]
+        while len(chosen) < per_step:  # fewer records than one step needs: wrap around
+            chosen += records[: per_step - len(chosen)]
+    mine = chosen[recipe.runtime.rank * mb * accum : (recipe.runtime.rank + 1) * mb * accum]
+    return [mine[i * mb : (i + 1) * mb] for i in range(accum)]
+
+
+def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | None:
+    """Gumbel noise of optimizer step `step` for the whole global batch: [k, global_batch, n_candidates].
+
+    A pure function of (seed, step): resume reproduces it without saved state, and every rank and micro-batch
+    slices its own rows, so a question's mask does not depend on how the batch is split.
+    """
+    if cfg.objective.name != "gumbel" or not cfg.gumbel.noise:
+        return None
+    gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
+    return G.sample_gumbel((cfg.gumbel.k, global_batch, cfg.data.n_candidates), generator=gen)
+
+
+def train(recipe: Recipe, on_step=None) -> dict:
+    """Run steps start_step..max_steps-1. Returns the last logged scalars. `on_step(step, scalars)` is a hook
+    for tests (e.g. to record per-step losses)."""
+    cfg, runtime = recipe.cfg, recipe.runtime
+    objective = OBJECTIVES[cfg.objective.name]
+    run_dir = Path(cfg.run.run_dir)
+    bar = tqdm(range(recipe.start_step, cfg.train.max_steps), desc=f"train {cfg.objective.name}",
+               disable=not (cfg.run.progress and runtime.is_main), initial=recipe.start_step, total=cfg.train.max_steps)
+    last: dict = {}
+    low_spread_steps = 0
+    mb_size, accum = cfg.train.micro_batch_size, cfg.train.grad_accum_steps
+    for step in bar:
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        loss_total = 0.0
+        noise = step_noise(cfg, step, mb_size * accum * runtime.world_size)
+        for i, mb in enumerate(micro_batches(recipe, step)):
+            batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
+                            intermediates=cfg.objective.name == "reader")
+            rows = (runtime.rank * accum + i) * mb_size
+            mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
+            out = objective(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"step {step}: non-finite loss {out.loss.item()}")
+            runtime.backward(out.loss)
+            loss_total += out.loss.item() / cfg.train.grad_accum_steps
+            for k, v in {**out.metrics, **out.timings}.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.train.grad_accum_steps
+        t1 = time.perf_counter()
+        scalars = {"train/loss": loss_total, **sums, **runtime.step()}
+        t2 = time.perf_counter()
+        questions = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * runtime.world_size
+        scalars.update({"time/optimizer": t2 - t1, "time/step": t2 - t0, "perf/queries_per_s": questions / (t2 - t0)})
+        if "train/w_std" in scalars and scalars["train/w_std"] < cfg.train.separation_min_std:
+            low_spread_steps += 1
+        if on_step is not None:
+            on_step(step, scalars)
+        done = step + 1
+        if done % cfg.train.log_every_steps == 0 or done == cfg.train.max_steps:
+            scalars["perf/peak_rss_mb"] = peak_rss_mb()
+            recipe.writer.log(scalars, done)
+            bar.set_postfix(loss=f"{loss_total:.3f}")
+        if cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0 and recipe.dev_records:
+            eval_during_training(recipe, done)
+        if cfg.train.save_every_steps and done % cfg.train.save_every_steps == 0 and done < cfg.train.max_steps:
+            save(recipe, f"step-{done:06d}", done)
+        last = scalars
+    if "train/w_std" in last:
+        # "Scores never separate" is a failure mode of G-Rerank from a fresh reranker (DESIGN.md): report it.
+        last["train/low_spread_fraction"] = low_spread_steps / max(1, cfg.train.max_steps - recipe.start_step)
+        if last["train/w_std"] < cfg.train.separation_min_std:
+            log.warning("reranker scores did not separate: final per-question score std %.4f < %.4f "
+                        "(try a larger gumbel.kappa)", last["train/w_std"], cfg.train.separation_min_std)
+    return last
+
+
+def eval_during_training(recipe: Recipe, step: int) -> dict:
+    from gr_train.evaluate import evaluate
+
+    cfg = recipe.cfg
+    if recipe.reranker is None:
+        return {}
+    result = evaluate(cfg, recipe.reranker, None, recipe.dev_records)
+    scalars = {f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
+               for kind, row in result["ranking"].items() for m, v in row.items() if m != "questions"}
+    scalars["eval/w_std"] = result["scores"]["w_std_median"]
+    recipe.writer.log(scalars, step)
+    recipe.trainable.train()
+    return result
+
+
+def save(recipe: Recipe, name: str, step: int) -> Path | None:
+    if not recipe.runtime.is_main:
+        return None
+    state = {"step": step, "objective": recipe.cfg.objective.name}
+    return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.trainable, recipe.runtime, recipe.cfg, state)
+
+
+def save_checkpoint(recipe: Recipe) -> Path | None:
+    """final/: the trainable module's weights, plus an exported model folder (reranker or demo reader)."""
+    path = save(recipe, "final", recipe.cfg.train.max_steps)
+    if path is not None:
+        if recipe.reranker is not None and recipe.trainable is recipe.reranker:
+            recipe.reranker.save(path / "reranker")
+        elif hasattr(recipe.reader, "save"):
+            recipe.reader.save(path / "reader")
+    return path
+
+
+def cleanup(recipe: Recipe) -> None:
+    recipe.writer.close()
+
+
+def main(cfg: RunConfig, resume: bool = True, on_step=None) -> dict:
+    recipe = setup(cfg, resume)
+    scalars = train(recipe, on_step) if recipe.start_step < cfg.train.max_steps else {}
+    path = save_checkpoint(recipe)
+    cleanup(recipe)
+    return {"final": str(path) if path else None, "last": scalars, "recipe": recipe}
+

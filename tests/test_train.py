@@ -1,0 +1,139 @@
+"""The recipe on tiny models: gradient flow, split invariance, TensorBoard, checkpoints and exact resume."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gr_train import checkpoint, objectives, synthetic, train
+from gr_train.config import load_config
+from gr_train.metrics import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(tmp_path, *overrides):
+    data = tmp_path / "data"
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"run.run_dir={tmp_path / 'run'}", "run.progress=false",
+        "synthetic.n_train=48", "synthetic.n_dev=16",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}",
+        "train.max_steps=6", "train.micro_batch_size=4", "train.log_every_steps=1", "optim.lr=1e-3",
+        *overrides,
+    ])
+    if not data.exists():
+        synthetic.write_demo_data(cfg.synthetic, data, seed=0)
+    cfg.data.train_path, cfg.data.dev_path = str(data / "train.jsonl"), str(data / "dev.jsonl")
+    return cfg
+
+
+def test_gradient_reaches_every_reranker_parameter_and_no_reader_parameter(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    noise = train.step_noise(cfg, 0, 8)
+    out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
+    out.loss.backward()
+    trainable = [(n, p) for n, p in recipe.reranker.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"zero gradient for reranker parameter {name}"
+    assert all(not p.requires_grad and p.grad is None for p in recipe.reader.parameters())
+    for key in ("train/mask_entropy", "train/mask_sum", "train/w_std", "train/tau", "train/kappa"):
+        assert math.isfinite(out.metrics[key])
+
+
+def step_gradients(cfg, micro, accum):
+    """Gradient of one optimizer step's loss over the same 8 questions split as accum x micro."""
+    cfg.train.micro_batch_size, cfg.train.grad_accum_steps = micro, accum
+    recipe = train.setup(cfg, resume=False)
+    noise = train.step_noise(cfg, 0, micro * accum)
+    for i, mb in enumerate(train.micro_batches(recipe, 0)):
+        batch = objectives.collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader)
+        out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0,
+                                noise[:, i * micro : (i + 1) * micro, : batch.valid.shape[1]])
+        recipe.runtime.backward(out.loss)
+    return {n: p.grad.clone() for n, p in recipe.reranker.named_parameters() if p.requires_grad}
+
+
+def test_step_gradient_is_invariant_to_the_micro_batch_split(tmp_path):
+    no_dropout = ("reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, "
+                  "num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 32, "
+                  "hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}")
+    a = step_gradients(tiny_cfg(tmp_path, no_dropout), 8, 1)
+    b = step_gradients(tiny_cfg(tmp_path, no_dropout), 4, 2)
+    c = step_gradients(tiny_cfg(tmp_path, no_dropout), 2, 4)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-4), name
+        assert torch.allclose(a[name], c[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_recipe_trains_logs_and_saves(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    before = {n: p.detach().clone() for n, p in train.setup(cfg, resume=False).reranker.named_parameters()}
+    out = train.main(cfg, resume=False)
+    final = Path(out["final"])
+    assert (final / "model.safetensors").is_file() and (final / "config.yaml").is_file()
+    assert (final / "reranker" / "gr_train_reranker.json").is_file()
+    recipe = out["recipe"]
+    changed = [n for n, p in recipe.reranker.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert len(changed) == sum(1 for p in recipe.reranker.parameters() if p.requires_grad)
+    scalars = read_scalars(Path(cfg.run.run_dir) / "tb")
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/mask_entropy", "train/mask_sum",
+                "train/w_std", "perf/queries_per_s"):
+        assert len(scalars[tag]) == cfg.train.max_steps, tag
+    assert load_config(Path(cfg.run.run_dir) / "config.yaml") == cfg
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    ref_losses = {}
+    cfg = tiny_cfg(tmp_path / "a", "train.save_every_steps=3")
+    train.main(cfg, resume=False, on_step=lambda s, sc: ref_losses.__setitem__(s, sc["train/loss"]))
+
+    cfg = tiny_cfg(tmp_path / "b", "train.save_every_steps=3")
+
+    def crash_after_checkpoint(step, scalars):
+        if step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.main(cfg, resume=False, on_step=crash_after_checkpoint)
+    assert [p.name for p in checkpoint.list_checkpoints(cfg.run.run_dir)] == ["step-000003"]
+    resumed = {}
+    train.main(cfg, resume=True, on_step=lambda s, sc: resumed.__setitem__(s, sc["train/loss"]))
+    assert sorted(resumed) == [3, 4, 5]
+    for s in resumed:
+        assert resumed[s] == pytest.approx(ref_losses[s], abs=1e-6)
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    first = train.save(recipe, "step-000001", 1)
+    good = {k: v.clone() for k, v in recipe.reranker.state_dict().items()}
+    with torch.no_grad():
+        for p in recipe.reranker.parameters():
+            p.add_(1.0)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)  # fails after model.safetensors is written
+    with pytest.raises(OSError, match="disk full"):
+        train.save(recipe, "step-000002", 2)
+    with pytest.raises(OSError, match="disk full"):
+        train.save(recipe, "step-000001", 1)  # overwriting the existing one fails too
+    monkeypatch.undo()
+    assert checkpoint.latest_checkpoint(cfg.run.run_dir) == first
+    fresh = train.setup(cfg, resume=True)
+    assert fresh.start_step == 1
+    for k, v in fresh.reranker.state_dict().items():
+        assert torch.equal(v, good[k]), k
