@@ -43,9 +43,9 @@ def cmd_evaluate(args) -> None:
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.dev_path:
         raise ConfigError("evaluate: set data.dev_path=FILE (FiD JSON/JSONL with is_gold labels)")
+    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")  # bad data fails before model loading
     torch.manual_seed(cfg.run.seed)
     reader, reranker = build_models(cfg)
-    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     result = evaluate(cfg, reranker, None if args.no_reader else reader, records, cfg.run.progress)
     out = Path(args.output) if args.output else Path(cfg.run.run_dir) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)

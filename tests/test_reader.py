@@ -170,39 +170,51 @@ def test_from_pretrained_local_folder(family, tmp_path):
     )
 
 
+def _teacher_forced(reader, states, inputs, ids, valid, log_M):
+    """answer_logits with `ids` [B, t] as the target (valid [B, t] bool marks the real tokens)."""
+    forced = dict(inputs, labels=ids.masked_fill(~valid, -100), target_ids=ids, target_mask=valid)
+    return reader.answer_logits(states, forced, log_M)
+
+
 @families
-def test_generate_is_greedy_under_the_mask(family, monkeypatch):
+def test_generate_is_greedy_under_the_mask(family):
     reader = make_reader(family)
     inputs = reader.tokenize(QUESTIONS, PASSAGES)
     states = reader.encode_passages(inputs)
     log_M = gumbel.log_mask(torch.tensor([[1.0, 0.0, 1.0], [0.3, 1.0, 0.7]]))
-    # Record the logits of every decoding step (tiny random T5 repeats one token, so argmax alone says little).
-    step_logits = []
-
-    def recording_greedy(logits, step, eos_id, max_new_tokens):
-        def recording_step(token):
-            step_logits.append(step(token))
-            return step_logits[-1]
-
-        step_logits.append(logits)
-        return greedy(logits, recording_step, eos_id, max_new_tokens)
-
-    greedy = reader_module._greedy
-    monkeypatch.setattr(reader_module, "_greedy", recording_greedy)
     ids = reader.generate_ids(states, inputs, log_M, max_new_tokens=4)
-    assert ids.shape[0] == 2 and 1 <= ids.shape[1] <= 4 and len(step_logits) == ids.shape[1]
-    # Teacher-forcing the generated tokens reproduces every step's logits and its argmax: the incremental cache,
-    # positions and masks agree with the one-pass answer computation.
+    assert ids.shape[0] == 2 and 1 <= ids.shape[1] <= 4
     eos = reader.tokenizer.eos_token_id
     valid = torch.cumsum((ids == eos).long(), dim=1) - (ids == eos).long() == 0  # up to and including the first eos
-    forced = reader.answer_logits(
-        states, dict(inputs, labels=ids.masked_fill(~valid, -100), target_ids=ids, target_mask=valid), log_M
-    )
-    torch.testing.assert_close(torch.stack(step_logits, dim=1)[valid], forced[valid], **TOL)
-    assert torch.equal(forced.argmax(-1)[valid], ids[valid])
+    argmax = _teacher_forced(reader, states, inputs, ids, valid, log_M).argmax(-1)
+    assert torch.equal(argmax[valid], ids[valid])
     texts = reader.generate(states, inputs, log_M, max_new_tokens=4)
     assert texts == reader.tokenizer.batch_decode(ids, skip_special_tokens=True)
     assert reader.generate(states, inputs, None, 4) == reader.generate(states, inputs, torch.zeros(2, 3), 4)
+
+
+@families
+def test_incremental_decoding_matches_teacher_forcing(family, monkeypatch):
+    """Feed a fixed, varied token sequence through generate's step function (tiny random models tend to repeat
+    one token, which would hide a broken cache): every step's logits equal the one-pass teacher-forced logits,
+    so the incremental cache, positions and masks are right."""
+    reader = make_reader(family)
+    inputs = reader.tokenize(QUESTIONS, PASSAGES)
+    states = reader.encode_passages(inputs)
+    log_M = gumbel.log_mask(torch.tensor([[1.0, 0.0, 1.0], [0.3, 1.0, 0.7]]))
+    tokens = torch.randint(3, len(reader.tokenizer), (2, 5), generator=torch.Generator().manual_seed(0))
+    step_logits = []
+
+    def forced_greedy(logits, step, eos_id, max_new_tokens):
+        step_logits.append(logits)
+        for t in range(tokens.shape[1] - 1):
+            step_logits.append(step(tokens[:, t]))
+        return tokens
+
+    monkeypatch.setattr(reader_module, "_greedy", forced_greedy)
+    assert torch.equal(reader.generate_ids(states, inputs, log_M), tokens)
+    forced = _teacher_forced(reader, states, inputs, tokens, torch.ones_like(tokens, dtype=torch.bool), log_M)
+    torch.testing.assert_close(torch.stack(step_logits, dim=1), forced, **TOL)
 
 
 def test_fid_single_passage_matches_plain_t5():
