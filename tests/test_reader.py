@@ -32,7 +32,8 @@ FAMILIES = {
 TOL = dict(rtol=0, atol=1e-5)
 
 
-def make_reader(family: str, attn: str = "eager", name_or_path: str | None = None, passage_max_tokens: int = 40):
+def make_reader(family: str, attn: str = "eager", name_or_path: str | None = None, passage_max_tokens: int = 72):
+    """A frozen tiny reader (byte-level tokenizer); 72 bytes hold the longest FiD input in full."""
     kind, model_config = FAMILIES[family]
     torch.manual_seed(0)
     cfg = ReaderSection(kind=kind, name_or_path=name_or_path, model_config=dict(model_config),
@@ -54,6 +55,15 @@ def _state_tensors(states) -> list[torch.Tensor]:
 
 
 families = pytest.mark.parametrize("family", list(FAMILIES))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they made every op ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @families

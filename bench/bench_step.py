@@ -1,0 +1,151 @@
+"""One G-Rerank training step: passage encoding without autograd versus the naive path, time and peak memory.
+
+    python bench/bench_step.py                      # fid_t5 and causal_lm readers, n = 10 and 40
+    python bench/bench_step.py --readers fid_t5 --n 10 40 --repeat 5
+
+Paths, for the same reranker, reader, batch and Gumbel noise:
+  naive    the whole reader under autograd: reader parameters require grad (as when a framework only leaves
+           them out of the optimizer), passages encoded with a graph, backward through everything;
+  no_grad  gr-train's step: passages encoded under torch.no_grad(), only the answer pass (T tokens) and the
+           reranker carry autograd (objectives.gumbel);
+  cached   as no_grad, with the passage states computed once and reused (encoding not timed), the case of
+           several objectives or epochs over one encoding.
+Each (reader, n, path) runs in a fresh subprocess so that peak RSS is its own: memory = peak RSS during the
+steps minus RSS before the first step. Results print as a Markdown table (paste into BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+
+READERS = {
+    # ~12M-parameter T5 (random weights): big enough that the encoder dominates, small enough for 2 CPU cores.
+    "fid_t5": {"kind": "fid_t5", "model_config": {"d_model": 256, "d_kv": 32, "d_ff": 1024, "num_layers": 4,
+                                                   "num_decoder_layers": 4, "num_heads": 8}},
+    # ~10M-parameter Llama-style decoder-only reader with parallel passage encoding.
+    "causal_lm": {"kind": "causal_lm", "model_config": {"model_type": "llama", "hidden_size": 256,
+                                                         "intermediate_size": 1024, "num_hidden_layers": 4,
+                                                         "num_attention_heads": 8, "num_key_value_heads": 4}},
+}
+WORDS = "the of river town born church record album band film village station founded king county player".split()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def batch_records(B: int, n: int, words: int, seed: int):
+    from gr_train.data import Passage, Record
+
+    rng = random.Random(seed)
+    text = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    return [Record(f"q{b}", text(12), [text(2)], [Passage(text(3), text(words), is_gold=i < 2) for i in range(n)])
+            for b in range(B)]
+
+
+def worker(args) -> dict:
+    import torch
+
+    from gr_train import gumbel as G
+    from gr_train import objectives
+    from gr_train.config import load_config
+    from gr_train.reader import build_reader
+    from gr_train.reranker import build_reranker, build_word_tokenizer
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = READERS[args.reader]
+    cfg = load_config(None, [f"reader.kind={spec['kind']}", f"reader.passage_max_tokens={args.L}",
+                             "reader.answer_max_tokens=8", f"gumbel.k={args.k}", f"data.n_candidates={args.n}",
+                             "reranker.max_tokens=64"])
+    cfg.reader.model_config = dict(spec["model_config"])
+    cfg.reranker.model_config = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                 "intermediate_size": 128, "max_position_embeddings": 128}
+    reader = build_reader(cfg.reader)
+    records = batch_records(args.batch, args.n, args.words, seed=1)
+    tok = build_word_tokenizer([r.question for r in records] + [c.text for r in records for c in r.ctxs])
+    reranker = build_reranker(cfg.reranker, tok)
+    reranker.train()
+    opt = torch.optim.AdamW([p for p in reranker.parameters() if p.requires_grad], lr=1e-4)
+    if args.path == "naive":
+        reader.requires_grad_(True)  # the whole reader under autograd; its grads are computed, never applied
+    batch = objectives.collate(records, args.n, reranker, reader)
+    noise = G.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
+    cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None
+
+    def step():
+        w = reranker(batch.reranker_inputs)
+        M = G.relaxed_topk_mask(w, args.k, 0.5, 1.0, valid=batch.valid, gumbel_noise=noise)
+        log_M = G.log_mask(M, 1e-9, batch.valid)
+        if args.path == "naive":
+            loss = reader.answer_loss_naive(batch.reader_inputs, log_M).mean()
+        else:
+            states = cached if cached is not None else reader.encode_passages(batch.reader_inputs)
+            loss = reader.answer_loss(states, batch.reader_inputs, log_M).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        reader.zero_grad(set_to_none=True)
+        return loss.item()
+
+    base = rss_mb()
+    loss = step()  # warm-up (allocator, first-call overheads), counted in peak memory
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"reader": args.reader, "n": args.n, "path": args.path, "step_s": sorted(times)[len(times) // 2],
+            "peak_mb_over_base": peak - base, "loss": loss,
+            "reader_params_m": sum(p.numel() for p in reader.parameters()) / 1e6,
+            "passage_tokens": int(batch.reader_inputs.get("passage_mask", batch.valid).sum())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--readers", nargs="+", default=list(READERS))
+    p.add_argument("--n", nargs="+", type=int, default=[10, 40])
+    p.add_argument("--paths", nargs="+", default=["naive", "no_grad", "cached"])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--L", type=int, default=128, help="passage tokens")
+    p.add_argument("--words", type=int, default=100, help="words per generated passage")
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--reader", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    rows = []
+    for reader in args.readers:
+        for n in args.n:
+            for path in args.paths:
+                cmd = [sys.executable, __file__, "--worker", "--reader", reader, "--path", path, "--n", str(n),
+                       "--batch", str(args.batch), "--L", str(args.L), "--words", str(args.words), "--k", str(args.k),
+                       "--repeat", str(args.repeat), "--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), file=sys.stderr)
+    print("| reader | params | n | passage tokens | path | step (s) | peak memory over base (MB) | loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['reader']} | {r['reader_params_m']:.1f}M | {r['n']} | {r['passage_tokens']} | {r['path']} | "
+              f"{r['step_s']:.3f} | {r['peak_mb_over_base']:.0f} | {r['loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
