@@ -60,6 +60,7 @@ def worker(args) -> dict:
     from gr_train.reranker import build_reranker, build_word_tokenizer
 
     torch.manual_seed(0)
+    args.n = args.n[0]  # the worker runs one n
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = READERS[args.reader]

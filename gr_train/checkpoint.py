@@ -1,13 +1,16 @@
 """Checkpoints: atomic save, exact resume, and the final export.
 
 Layout: `<run_dir>/step-000500/` and `<run_dir>/final/`, each holding
-  model.safetensors   the trainable module only (the frozen reader comes from its own source),
-  engine.pt           optimizer + LR scheduler state,
+  model.safetensors   the trainable module only, full (gathered) fp32 weights: the frozen reader comes from its
+                      own source, so a checkpoint is small and does not depend on the number of ranks,
+  engine.pt           optimizer state by parameter name (full AdamW moments, step) + LR scheduler state
+                      (runtime.py; the same for the local and the ZeRO-3 engine),
   trainer_state.json  step and data position (the data order and Gumbel noise are pure functions of seed and
-                      step, so the step is the whole RNG state; torch's global RNG is saved too for dropout),
+                      step, so the step is the whole RNG state of the data); each rank's torch RNG (dropout),
   config.yaml         the resolved config.
-A checkpoint is written to a temporary folder and renamed into place: a crash during save leaves the previous
-checkpoint untouched and never a half-written one under a final name.
+Saving is collective (every rank takes part in gathering its slices); rank 0 writes. A checkpoint is written to
+a temporary folder and renamed into place: a crash during save leaves the previous checkpoint untouched and
+never a half-written one under a final name. With several nodes, run_dir must be on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -34,13 +37,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_files(tmp: Path, module, runtime, cfg, trainer_state: dict) -> None:
+def _write_files(tmp: Path, weights: dict, engine: dict, cfg, trainer_state: dict) -> None:
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, tmp / "model.safetensors")
-    torch.save(runtime.state_dict(), tmp / "engine.pt")
-    state = dict(trainer_state, torch_rng=torch.get_rng_state().tolist())
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+    torch.save(engine, tmp / "engine.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
     save_config(cfg, tmp / "config.yaml")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -48,15 +49,24 @@ def _write_files(tmp: Path, module, runtime, cfg, trainer_state: dict) -> None:
     _fsync_dir(tmp)
 
 
-def save_checkpoint(run_dir: str | Path, name: str, module, runtime, cfg, trainer_state: dict) -> Path:
-    """Write `<run_dir>/<name>/` atomically (name: step-NNNNNN or final). Returns the folder."""
+def save_checkpoint(run_dir: str | Path, name: str, runtime, cfg, trainer_state: dict) -> Path | None:
+    """Write `<run_dir>/<name>/` atomically (name: step-NNNNNN or final). Every rank calls it (the runtime
+    gathers the trainable module's weights and optimizer state); rank 0 writes. Returns the folder on rank 0,
+    None elsewhere."""
+    weights = runtime.module_state_dict()
+    engine = runtime.state_dict()
+    rng = runtime.all_gather_object(torch.get_rng_state().tolist())
+    if not runtime.is_main:
+        runtime.barrier()
+        return None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    _write_files(tmp, module, runtime, cfg, trainer_state)
+    trainer_state = dict(trainer_state, world_size=runtime.world_size, torch_rng=rng[0], torch_rng_per_rank=rng)
+    _write_files(tmp, weights, engine, cfg, trainer_state)
     if final.exists():  # replacing (e.g. final/ of an earlier run): move the old one aside first
         old = run_dir / f".{name}.old-{os.getpid()}"
         os.replace(final, old)
@@ -65,6 +75,7 @@ def save_checkpoint(run_dir: str | Path, name: str, module, runtime, cfg, traine
     else:
         os.replace(tmp, final)
     _fsync_dir(run_dir)
+    runtime.barrier()  # the other ranks go on once the checkpoint is in place
     return final
 
 
@@ -82,17 +93,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, module, runtime=None) -> dict:
-    """Load weights (and engine state when `runtime` is given) in place; returns the trainer state."""
+def load_checkpoint(path: str | Path, runtime) -> dict:
+    """Load weights and engine state into `runtime` (into the trainable module it was prepared with). Every rank
+    reads the full files and keeps its slice, so the checkpoint loads onto any number of ranks. Returns the
+    trainer state.
+
+    Each rank gets back its own torch RNG stream when the world size is unchanged (exact resume, dropout
+    included); on another world size every rank continues from rank 0's.
+    """
     path = Path(path)
-    for f in ("model.safetensors", "trainer_state.json"):
+    for f in ("model.safetensors", "engine.pt", "trainer_state.json"):
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path}: not a complete checkpoint ({f} missing)")
-    missing, unexpected = module.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if runtime is not None:
-        runtime.load_state_dict(torch.load(path / "engine.pt", weights_only=False))
+    try:
+        runtime.load_module_state_dict(load_file(path / "model.safetensors"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    runtime.load_state_dict(torch.load(path / "engine.pt", weights_only=False))
     state = json.loads((path / "trainer_state.json").read_text())
-    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    per_rank = state.pop("torch_rng_per_rank", None)
+    rng = state.pop("torch_rng")
+    if per_rank is not None and len(per_rank) == runtime.world_size:
+        rng = per_rank[runtime.rank]
+    torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
     return state

@@ -131,6 +131,63 @@ class DemoSection:
 
 
 @dataclass
+class RetrievalSection:
+    """Sharded candidate retrieval (retrieval.py; built by ray_jobs/build_index.py, served by shard actors)."""
+
+    kind: str = "bm25"  # bm25 (bm25s tokenization, global corpus statistics) | dense (faiss inner product)
+    corpus_path: str | None = None  # passages: .jsonl {id, title, text} | .tsv (DPR: id, text, title) | .parquet
+    index_dir: str = "runs/index"  # index.json + shard-NNNNN/ folders
+    n_shards: int = 2  # disjoint contiguous corpus slices, one Ray actor each
+    block_size: int = 1024  # shard boundaries are multiples of this many passages (dense: encoder batches line up)
+    top_k: int = 20  # candidates retrieved per question (preprocessing keeps them all)
+    bm25_k1: float = 1.5  # BM25 term-frequency saturation
+    bm25_b: float = 0.75  # BM25 length normalisation
+    bm25_stopwords: str = "en"  # bm25s stopword list; "" = keep every token
+    encoder: str | None = None  # dense: HF encoder folder or hub id; None = the packaged all-MiniLM-L6-v2
+    encoder_max_tokens: int = 256  # dense: tokens per passage or query
+    encoder_batch_size: int = 64  # dense: passages per encoder forward; must divide block_size
+    rescore_margin: int = 16  # dense: extra faiss candidates re-scored in float64 so shards and one index agree
+    query_batch_size: int = 64  # questions per fan-out request to the shard actors
+    max_in_flight: int = 4  # ShardPool.stream: query batches sent and not yet merged (back-pressure on the shards)
+    shard_num_cpus: float = 1.0  # Ray CPUs reserved per shard actor
+    shard_memory_gb: float = 0.0  # Ray memory reserved per shard actor, GiB; 0 = no reservation
+    shard_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per shard actor
+    placement_strategy: str = "SPREAD"  # shard actor placement group: SPREAD | PACK | STRICT_SPREAD | STRICT_PACK
+    max_restarts: int = 3  # Ray restarts a killed shard actor this often; it reloads its shard from index_dir
+    max_task_retries: int = 3  # a search call interrupted by an actor death is retried this often
+
+
+@dataclass
+class PreprocessSection:
+    """Ray Data preprocessing (ray_jobs/preprocess.py): questions → candidates → tokens → Parquet shards."""
+
+    questions_path: str | None = None  # FiD JSON/JSONL, HotpotQA / 2Wiki / MuSiQue JSON(L), or Parquet
+    questions_format: str = "auto"  # auto | fid | hotpotqa | 2wiki | musique | parquet
+    output_dir: str = "runs/preprocessed"  # part-*.parquet, manifest.json, rejects.jsonl
+    tokenize: bool = True  # also store reranker and reader token ids (per candidate, unpadded)
+    num_workers: int = 2  # Ray Data actors fetching candidates and tokenizing; each has one batch in flight
+    worker_num_cpus: float = 1.0  # Ray CPUs reserved per Ray Data task / actor
+    batch_size: int = 64  # questions per Ray Data batch
+    rows_per_file: int = 5000  # questions per output Parquet file (at most)
+
+
+@dataclass
+class RuntimeSection:
+    """The training engine (runtime.py): single process, or DeepSpeed ZeRO-3 over ranks; Ray Train's scaling."""
+
+    engine: str = "local"  # local (one process) | deepspeed (ZeRO-3; start with torchrun, deepspeed or Ray Train)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (DeepSpeed mixed precision; fp32 on CPU)
+    partition_reader: bool = True  # build the frozen reader under zero.Init: no rank ever holds all of it
+    reader_checkpointing: bool = False  # recompute the reader's answer-pass layer activations in backward
+    param_persistence_threshold: int = 0  # ZeRO-3 keeps parameters under this many elements whole on every rank
+    dist_backend: str = ""  # torch.distributed backend; "" = nccl with CUDA, else gloo
+    ds_overrides: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DeepSpeed config
+    num_workers: int = 2  # Ray Train: worker processes (ranks), ScalingConfig.num_workers
+    use_gpu: bool = False  # Ray Train: one GPU per worker
+    cpus_per_worker: float = 1.0  # Ray Train: CPUs reserved per worker
+
+
+@dataclass
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
@@ -143,6 +200,9 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     demo: DemoSection = field(default_factory=DemoSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
+    preprocess: PreprocessSection = field(default_factory=PreprocessSection)
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -260,8 +320,23 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.name: unknown '{cfg.objective.name}' (gumbel | reader)")
     if cfg.optim.lr_schedule not in ("constant", "linear", "cosine"):
         raise ConfigError(f"optim.lr_schedule: unknown '{cfg.optim.lr_schedule}' (constant | linear | cosine)")
+    if cfg.runtime.engine not in ("local", "deepspeed"):
+        raise ConfigError(f"runtime.engine: unknown '{cfg.runtime.engine}' (local | deepspeed)")
+    if cfg.runtime.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"runtime.precision: unknown '{cfg.runtime.precision}' (fp32 | bf16 | fp16)")
+    if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
+        raise ConfigError("runtime.precision: bf16/fp16 need runtime.engine=deepspeed (the local engine is fp32)")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
+    r = cfg.retrieval
+    if r.kind not in ("bm25", "dense"):
+        raise ConfigError(f"retrieval.kind: unknown '{r.kind}' (bm25 | dense)")
+    if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1 or r.query_batch_size < 1:
+        raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight / query_batch_size: must be >= 1")
+    if r.kind == "dense" and r.block_size % r.encoder_batch_size:
+        raise ConfigError(f"retrieval.encoder_batch_size: must divide retrieval.block_size ({r.block_size})")
+    if cfg.preprocess.questions_format not in ("auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"):
+        raise ConfigError(f"preprocess.questions_format: unknown '{cfg.preprocess.questions_format}'")
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")

@@ -512,10 +512,13 @@ def load_any(path: str | os.PathLike, fmt: str = "auto") -> list[Record]:
 
     auto looks at the first record's keys: `ctxs` → fid, `paragraphs` → musique, `context` with `evidences`
     → 2wiki, `context` → hotpotqa. Later records must match it (they are validated as that format).
+    A folder or a `.parquet` file is read as preprocessed Parquet shards (`load_parquet`), whatever fmt says.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format '{fmt}' ({' | '.join(FORMATS)})")
     path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":  # preprocessed shards (ray_jobs/preprocess.py)
+        return load_parquet(path)
     items = _read_items(path)
     if fmt == "auto":
         where, first = items[0]
@@ -538,3 +541,92 @@ def load_any(path: str | os.PathLike, fmt: str = "auto") -> list[Record]:
     if fmt == "musique":
         return _parse_items(path, items, _musique_record)
     return _convert_context(path, items, sep=" " if fmt == "2wiki" else "", dataset=fmt)
+
+
+def parse_item(obj: Any, fmt: str, path: str | os.PathLike, where: str) -> Record:
+    """One raw record (a parsed JSON value) of format fmt (fid | hotpotqa | 2wiki | musique) → Record, or DataError.
+
+    For callers that validate record by record (preprocessing sends bad records to a rejects file instead of
+    failing the file). A FiD record may omit `ctxs` (a question to retrieve candidates for): it gets ctxs = [].
+    """
+    err = _Where(Path(path), where)
+    obj = _object(obj, err, None)
+    if fmt == "fid":
+        if obj.get("ctxs") is None:
+            record = _fid_record({**obj, "ctxs": [{"text": ""}]}, err)
+            record.ctxs = []
+            return record
+        return _fid_record(obj, err)
+    if fmt == "musique":
+        return _musique_record(obj, err)
+    if fmt in ("hotpotqa", "2wiki"):
+        return _context_record(obj, err, sep=" " if fmt == "2wiki" else "", dataset=fmt)[0]
+    raise ValueError(f"unknown data format '{fmt}' (fid | hotpotqa | 2wiki | musique)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preprocessed Parquet shards (written by ray_jobs/preprocess.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Version of the columns below; ray_jobs/preprocess.py writes it into every row and manifest.json.
+PARQUET_SCHEMA_VERSION = 1
+# Columns a training Record needs; token-id columns (reranker_*, reader_*) and provenance are not read here.
+PARQUET_COLUMNS = ("id", "question", "answers", "target", "ctxs", "schema_version")
+
+
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """A `.parquet` file, or every `*.parquet` file in a folder (sorted by name)."""
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise DataError(path, "no Parquet files (expected a .parquet file or a folder of them)")
+    return files
+
+
+def iter_parquet_records(path: str | os.PathLike, rank: int = 0, world_size: int = 1):
+    """Stream Records from preprocessed Parquet shards, one row group in memory at a time.
+
+    The row groups of all files, in file order, are dealt round-robin: rank r reads groups r, r + W, r + 2W, ...,
+    so W ranks read disjoint parts that together are the whole set. Raises DataError on a file of another
+    schema version or with a malformed row (named by file and row).
+    """
+    import pyarrow.parquet as pq
+
+    group = 0
+    for file in parquet_files(path):
+        pf = pq.ParquetFile(file)
+        missing = set(PARQUET_COLUMNS) - set(pf.schema_arrow.names)
+        if missing:
+            raise DataError(file, f"not a preprocessed shard: missing columns {sorted(missing)}")
+        offset = 0
+        for g in range(pf.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            if group % world_size == rank:
+                for i, row in enumerate(pf.read_row_group(g, columns=list(PARQUET_COLUMNS)).to_pylist()):
+                    yield _parquet_record(row, _Where(file, f"row {offset + i}"))
+            group += 1
+            offset += rows
+
+
+def _parquet_record(row: dict, err: _Where) -> Record:
+    if row["schema_version"] != PARQUET_SCHEMA_VERSION:
+        raise err("schema_version", f"{row['schema_version']}, this reader reads {PARQUET_SCHEMA_VERSION}: re-run "
+                                    "ray_jobs.preprocess")
+    err.id = row["id"]
+    if not row["answers"]:
+        raise err("answers", "must not be empty")
+    ctxs = [Passage(c["title"], c["text"], c["is_gold"], c["has_answer"]) for c in row["ctxs"]]
+    if not ctxs:
+        raise err("ctxs", "must not be empty")
+    return Record(row["id"], row["question"], list(row["answers"]), ctxs, row["target"])
+
+
+def load_parquet(path: str | os.PathLike) -> list[Record]:
+    """Every record of preprocessed Parquet shards (see iter_parquet_records); ids must be unique."""
+    records, seen = [], set()
+    for record in iter_parquet_records(path):
+        if record.id in seen:
+            raise DataError(path, "duplicate id across the Parquet shards", record_id=record.id, field="id")
+        seen.add(record.id)
+        records.append(record)
+    return records

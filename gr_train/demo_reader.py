@@ -32,6 +32,14 @@ class DemoFiDConfig:
     n_iterations: int = 3  # the one decoder layer is applied this many times (tied weights)
     max_passage_tokens: int = 16
     max_decoder_tokens: int = 16
+    # Exact-match feature (as in DrQA): each passage token is marked when it equals a token of the question that
+    # precedes the first `sep_token_id` of its input. 0 disables; set from the tokenizer by DemoFiDReader.build.
+    sep_token_id: int = 0
+    match_feature: bool = False
+    # Output layer: "vocab" (tied softmax over the vocabulary) or "pointer" (a copy distribution over the passage
+    # tokens, itself an attention with the DMA bias; answers are extractive). Pointer outputs turn the hop into
+    # attention-logit learning with a direct gradient, which escapes the plateau of the vocab head much sooner.
+    output: str = "vocab"
 
 
 class Attention(nn.Module):
@@ -76,6 +84,15 @@ class Block(nn.Module):
         return x + self.ff(self.ln3(x))
 
 
+def exact_match(ids: torch.Tensor, sep: int) -> torch.Tensor:
+    """[N, L] token ids "question [SEP] passage" → [N, L] bool: passage tokens equal to some question token."""
+    is_sep = ids == sep
+    after = is_sep.long().cumsum(-1) > 0  # at or after the first SEP
+    question = ~after
+    same = ids[:, :, None] == ids[:, None, :]  # [N, L(token), L(question position)]
+    return (same & question[:, None, :]).any(-1) & after & ~is_sep
+
+
 class DemoFiDModel(nn.Module):
     def __init__(self, c: DemoFiDConfig):
         super().__init__()
@@ -83,6 +100,13 @@ class DemoFiDModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.enc_pos = nn.Embedding(c.max_passage_tokens, c.d_model)
         self.dec_pos = nn.Embedding(c.max_decoder_tokens, c.d_model)
+        if c.match_feature:
+            self.match = nn.Embedding(2, c.d_model)
+        if c.output == "pointer":
+            self.ptr_q = nn.Linear(c.d_model, c.d_model)
+            self.ptr_k = nn.Linear(c.d_model, c.d_model)
+        elif c.output != "vocab":
+            raise ValueError(f"demo reader: unknown output '{c.output}' (vocab | pointer)")
         self.encoder = nn.ModuleList(Block(c, cross=False) for _ in range(c.encoder_layers))
         self.enc_ln = nn.LayerNorm(c.d_model)
         self.decoder = Block(c, cross=True)
@@ -96,15 +120,18 @@ class DemoFiDModel(nn.Module):
         """ids, mask: [N, L] → passage token states [N, L, d]; each passage attends only to itself."""
         L = ids.shape[1]
         x = self.embed(ids) + self.enc_pos(torch.arange(L, device=ids.device))
+        if self.config.match_feature:
+            x = x + self.match(exact_match(ids, self.config.sep_token_id).long())
         bias = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).masked_fill(~mask, NEG_BIAS)
         bias = bias[:, None, None, :]  # [N, 1, 1, L]
         for block in self.encoder:
             x = block(x, bias)
         return self.enc_ln(x)
 
-    def decode(self, dec_ids, dec_mask, mem, cross_bias):
-        """dec_ids, dec_mask: [B, T]; mem: [B, S, d]; cross_bias: [B, S] fp32 → (logits [B, T, V],
-        logits after the first iteration [B, T, V])."""
+    def decode(self, dec_ids, dec_mask, mem, cross_bias, mem_ids=None):
+        """dec_ids, dec_mask: [B, T]; mem: [B, S, d]; cross_bias: [B, S] fp32; mem_ids: [B, S] passage token ids
+        (pointer output) → (logits [B, T, V], logits after the first iteration [B, T, V]); for the pointer output
+        the "logits" are log-probabilities."""
         B, T = dec_ids.shape
         x = self.embed(dec_ids) + self.dec_pos(torch.arange(T, device=dec_ids.device))
         causal = torch.ones(T, T, dtype=torch.bool, device=dec_ids.device).tril()
@@ -116,8 +143,20 @@ class DemoFiDModel(nn.Module):
         for i in range(self.config.n_iterations):
             x = self.decoder(x, self_bias, mem, cross)
             if i == 0:
-                first = self.dec_ln(x) @ self.embed.weight.T
-        return self.dec_ln(x) @ self.embed.weight.T, first
+                first = self.output(x, mem, cross_bias, mem_ids)
+        return self.output(x, mem, cross_bias, mem_ids), first
+
+    def output(self, x, mem, cross_bias, mem_ids):
+        """Decoder states x [B, T, d] → [B, T, V]."""
+        h = self.dec_ln(x)
+        if self.config.output == "vocab":
+            return h @ self.embed.weight.T
+        # p(v) = sum over passage tokens j holding v of softmax_j(q . k_j / sqrt(d) + bias_j): DMA applies here too.
+        logits = (self.ptr_q(h) @ self.ptr_k(mem).transpose(1, 2)).float() / math.sqrt(h.shape[-1])
+        attn = torch.softmax(logits + cross_bias[:, None, :], dim=-1)  # [B, T, S]
+        probs = torch.zeros(*attn.shape[:2], self.config.vocab_size, dtype=attn.dtype, device=attn.device)
+        probs = probs.scatter_add(2, mem_ids[:, None, :].expand_as(attn), attn)
+        return torch.log(probs + 1e-9)
 
 
 def _token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -129,6 +168,10 @@ def _token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class DemoFiDReader(Reader):
     """Reader interface over DemoFiDModel with a word-level tokenizer (synthetic.build_tokenizer)."""
+
+    # Read directly, outside the forward of the module that owns them (the tied output projection in decode):
+    # an engine that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
+    params_used_outside_forward = ("model.embed.weight",)
 
     def __init__(self, model: DemoFiDModel, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
         super().__init__()
@@ -144,7 +187,8 @@ class DemoFiDReader(Reader):
             return cls.load(cfg.name_or_path, cfg)
         if tokenizer is None:
             raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
-        c = DemoFiDConfig(**{"vocab_size": len(tokenizer), **cfg.model_config})
+        sep = tokenizer.convert_tokens_to_ids("[SEP]")
+        c = DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
         return cls(DemoFiDModel(c), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def save(self, path: str | Path) -> None:
@@ -240,7 +284,8 @@ class DemoFiDReader(Reader):
 
     def decoder_logits(self, H, inputs, log_M):
         """(logits [B, T, V], first-iteration logits [B, T, V])."""
-        return self.model.decode(inputs["dec_ids"], inputs["dec_mask"], H, self._cross_bias(inputs, log_M))
+        return self.model.decode(inputs["dec_ids"], inputs["dec_mask"], H, self._cross_bias(inputs, log_M),
+                                 inputs["passage_ids"].flatten(1))
 
     def answer_loss(self, states, inputs, log_M):
         logits, _ = self.decoder_logits(states, inputs, log_M)
@@ -273,7 +318,7 @@ class DemoFiDReader(Reader):
         for _ in range(max_new):
             cur = int(lens.max())
             mask = torch.arange(cur)[None, :] < lens[:, None]
-            logits, _ = self.model.decode(ids[:, :cur], mask, states, bias)
+            logits, _ = self.model.decode(ids[:, :cur], mask, states, bias, inputs["passage_ids"].flatten(1))
             nxt = logits[torch.arange(B), lens - 1].argmax(-1)
             for b in range(B):
                 if done[b]:

@@ -6,6 +6,7 @@ the demo reader with every passage visible. Run: `gr-train train --config config
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -40,12 +41,14 @@ class Recipe:
     start_step: int = 0
 
 
-def build_models(cfg: RunConfig):
-    """(reader, reranker or None). The demo's word-level tokenizer is built when no model names one."""
+def build_models(cfg: RunConfig, runtime=None):
+    """(reader, reranker or None). The demo's word-level tokenizer is built when no model names one. With a
+    runtime, the reader is built inside its partitioned_init() (ZeRO-3: no rank holds the whole reader)."""
     tokenizer = None
     if cfg.reader.kind == "demo_fid" and not cfg.reader.name_or_path:
         tokenizer = synthetic.build_tokenizer(cfg.synthetic)
-    reader = build_reader(cfg.reader, tokenizer)
+    with runtime.partitioned_init() if runtime is not None else contextlib.nullcontext():
+        reader = build_reader(cfg.reader, tokenizer)
     reranker = None
     if cfg.objective.name != "reader":
         from gr_train.reranker import build_reranker
@@ -73,13 +76,14 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         torch.set_num_threads(cfg.run.num_threads)
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    reader, reranker = build_models(cfg)
+    runtime = build_runtime(cfg)  # joins the process group under a launcher (runtime.engine=deepspeed)
+    reader, reranker = build_models(cfg, runtime)
     trainable = reader if cfg.objective.name == "reader" else reranker
     trainable.train()
     if reranker is not None and cfg.objective.name in SHIFT_INVARIANT:
         for p in reranker.shift_parameters():
             p.requires_grad_(False)
-    runtime = build_runtime(trainable, cfg)
+    runtime.prepare(trainable, frozen=None if trainable is reader else reader)
     run_dir = Path(cfg.run.run_dir)
     train_records = load_split(cfg.data.train_path, cfg.data.n_candidates, "train")
     if train_records is None and cfg.objective.name != "reader":
@@ -90,12 +94,37 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
                     train_records, dev_records)
     last = checkpoint.latest_checkpoint(run_dir) if resume else None
     if last is not None:
-        state = checkpoint.load_checkpoint(last, trainable, runtime)
+        state = checkpoint.load_checkpoint(last, runtime)
         recipe.start_step = state["step"]
-        log.info("resumed from %s at step %d", last, recipe.start_step)
+        log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
+                 state.get("world_size", 1), runtime.world_size)
+        if state.get("global_batch", global_batch(recipe)) != global_batch(recipe):
+            log.warning("resuming with a global batch of %d questions, saved with %d: the data order and the "
+                        "Gumbel noise differ from the original run (keep micro_batch_size * grad_accum_steps * "
+                        "ranks fixed)", global_batch(recipe), state["global_batch"])
     if runtime.is_main:
         save_config(cfg, run_dir / "config.yaml")
+    recipe.writer.log(model_scalars(recipe), recipe.start_step)
     return recipe
+
+
+def global_batch(recipe: Recipe) -> int:
+    """Questions per optimizer step over all ranks."""
+    return recipe.cfg.train.micro_batch_size * recipe.cfg.train.grad_accum_steps * recipe.runtime.world_size
+
+
+def model_scalars(recipe: Recipe) -> dict[str, float]:
+    """World size, the reader's parameter elements held by each rank (ZeRO-3 partitioning) and parameter
+    checksums of the reader and the trainable module (the frozen reader's must never move). Collective."""
+    runtime = recipe.runtime
+    local, total = runtime.param_elements(recipe.reader)
+    held = runtime.all_gather_object(local)
+    scalars = {"perf/world_size": runtime.world_size, "model/reader_param_elements": total,
+               **{f"model/reader_param_elements_held/rank{r}": n for r, n in enumerate(held)},
+               "model/reader_param_abs_sum": runtime.param_abs_sum(recipe.reader)}
+    if recipe.trainable is not recipe.reader:
+        scalars["model/trainable_param_abs_sum"] = runtime.param_abs_sum(recipe.trainable)
+    return scalars
 
 
 def micro_batches(recipe: Recipe, step: int) -> list[list]:
@@ -160,22 +189,30 @@ def train(recipe: Recipe, on_step=None) -> dict:
             out = objective(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"step {step}: non-finite loss {out.loss.item()}")
+            tb = time.perf_counter()
             runtime.backward(out.loss)
+            sums["time/backward"] = sums.get("time/backward", 0.0) + time.perf_counter() - tb
             loss_total += out.loss.item() / cfg.train.grad_accum_steps
-            for k, v in {**out.metrics, **out.timings}.items():
+            for k, v in out.metrics.items():  # means over the step's micro-batches
                 sums[k] = sums.get(k, 0.0) + v / cfg.train.grad_accum_steps
+            for k, v in out.timings.items():  # seconds per step: summed over its micro-batches
+                sums[k] = sums.get(k, 0.0) + v
         t1 = time.perf_counter()
-        scalars = {"train/loss": loss_total, **sums, **runtime.step()}
+        stepped = runtime.step()
         t2 = time.perf_counter()
-        questions = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * runtime.world_size
-        scalars.update({"time/optimizer": t2 - t1, "time/step": t2 - t0, "perf/queries_per_s": questions / (t2 - t0)})
+        # Means over ranks: each rank holds the same number of questions, so this is the global-batch mean.
+        scalars = {**runtime.mean_across_ranks({"train/loss": loss_total, **sums, "time/optimizer": t2 - t1}),
+                   **stepped}
+        scalars.update({"time/step": t2 - t0, "perf/queries_per_s": global_batch(recipe) / (t2 - t0)})
         if "train/w_std" in scalars and scalars["train/w_std"] < cfg.train.separation_min_std:
             low_spread_steps += 1
         if on_step is not None:
             on_step(step, scalars)
         done = step + 1
         if done % cfg.train.log_every_steps == 0 or done == cfg.train.max_steps:
-            scalars["perf/peak_rss_mb"] = peak_rss_mb()
+            rss = runtime.all_gather_object(peak_rss_mb())
+            scalars["perf/peak_rss_mb"] = rss[0]
+            scalars.update({f"perf/peak_rss_mb/rank{r}": v for r, v in enumerate(rss)})
             recipe.writer.log(scalars, done)
             bar.set_postfix(loss=f"{loss_total:.3f}")
         if cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0 and recipe.dev_records:
@@ -208,25 +245,31 @@ def eval_during_training(recipe: Recipe, step: int) -> dict:
 
 
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
-    if not recipe.runtime.is_main:
-        return None
-    state = {"step": step, "objective": recipe.cfg.objective.name}
-    return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.trainable, recipe.runtime, recipe.cfg, state)
+    """Checkpoint `<run_dir>/<name>/`. Every rank calls it; the path comes back on the main rank, else None."""
+    state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": global_batch(recipe)}
+    return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.runtime, recipe.cfg, state)
 
 
 def save_checkpoint(recipe: Recipe) -> Path | None:
-    """final/: the trainable module's weights, plus an exported model folder (reranker or demo reader)."""
+    """final/: the trainable module's weights, plus an exported model folder (reranker or demo reader),
+    consolidated: the parameters are gathered whole for the export, never written as ZeRO shards."""
     path = save(recipe, "final", recipe.cfg.train.max_steps)
-    if path is not None:
-        if recipe.reranker is not None and recipe.trainable is recipe.reranker:
-            recipe.reranker.save(path / "reranker")
-        elif hasattr(recipe.reader, "save"):
-            recipe.reader.save(path / "reader")
+    if recipe.reranker is not None and recipe.trainable is recipe.reranker:
+        with recipe.runtime.gathered(recipe.reranker):
+            if path is not None:
+                recipe.reranker.save(path / "reranker")
+    elif hasattr(recipe.reader, "save"):
+        with recipe.runtime.gathered(recipe.reader):
+            if path is not None:
+                recipe.reader.save(path / "reader")
+    recipe.runtime.barrier()
     return path
 
 
 def cleanup(recipe: Recipe) -> None:
+    recipe.writer.log(model_scalars(recipe), recipe.cfg.train.max_steps)
     recipe.writer.close()
+    recipe.runtime.close()
 
 
 def main(cfg: RunConfig, resume: bool = True, on_step=None) -> dict:

@@ -9,11 +9,19 @@ from gr_train.evaluate import reader_reference
 from gr_train.reader import build_reader
 
 
-@pytest.fixture
-def reader():
+@pytest.fixture(params=[{}, {"output": "pointer"}, {"match_feature": True}], ids=["vocab", "pointer", "match"])
+def reader(request):
     cfg = ReaderSection(kind="demo_fid", passage_max_tokens=8, answer_max_tokens=4,
-                        model_config={"d_model": 32, "n_heads": 2, "d_ff": 64})
+                        model_config={"d_model": 32, "n_heads": 2, "d_ff": 64, **request.param})
     return build_reader(cfg, synthetic.build_tokenizer(SyntheticSection()))
+
+
+def test_exact_match_feature_marks_passage_tokens_equal_to_question_tokens():
+    from gr_train.demo_reader import exact_match
+
+    # question "a b" [SEP=9] passage "b c a" [EOS] [PAD]
+    ids = torch.tensor([[1, 2, 9, 2, 3, 1, 4, 0]])
+    assert exact_match(ids, 9).tolist() == [[False, False, False, True, False, True, False, False]]
 
 
 @pytest.fixture
@@ -40,8 +48,10 @@ def test_hard_mask_equals_dropping_passages(reader, records):
     sub = inputs_for(reader, records, keep)
     masked, _ = reader.decoder_logits(reader.encode_passages(full), full, G.log_mask(M))
     dropped, _ = reader.decoder_logits(reader.encode_passages(sub), sub, None)
-    assert torch.allclose(masked, dropped, atol=1e-5)
-    # and the mask matters: an all-ones mask gives different logits
+    # compared as output distributions: the pointer head's log-probabilities of tokens absent from every kept
+    # passage sit at log(1e-9) either way and differ only in that floor
+    assert torch.allclose(torch.softmax(masked, -1), torch.softmax(dropped, -1), atol=1e-5)
+    # and the mask matters: an all-ones mask gives different outputs
     ones, _ = reader.decoder_logits(reader.encode_passages(full), full, torch.zeros(len(records), n))
     assert not torch.allclose(ones, dropped, atol=1e-3)
 

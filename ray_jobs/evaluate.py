@@ -1,0 +1,92 @@
+"""Evaluate a reranker on a Ray cluster: the dev set (FiD JSON/JSONL or preprocessed Parquet) is split into
+`preprocess.num_workers` chunks, each scored (and, with the reader, answered from its hard top-k) by one Ray task;
+the driver computes Recall/NDCG@k and MRR (all / direct / indirect), reader EM/F1 and the score spread.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m ray_jobs.evaluate --config configs/x.yaml data.dev_path=runs/pre-dev reranker.name_or_path=DIR
+
+Same numbers as `gr-train evaluate` (gr_train/evaluate.py), less the soft-vs-hard loss gap. Writes
+<run_dir>/eval.json (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import ray
+
+from gr_train.config import RunConfig, load_config
+
+log = logging.getLogger("ray_jobs.evaluate")
+
+
+@ray.remote
+def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[list, list | None]:
+    """(scores of each record's first n candidates, reader answers from its top-k or None) for one chunk."""
+    import torch
+
+    from gr_train import gumbel as G
+    from gr_train.evaluate import reader_answers, score_records
+    from gr_train.train import build_models
+
+    torch.manual_seed(cfg.run.seed)  # a reranker built from a config gets the same weights in every task
+    reader, reranker = build_models(cfg)
+    scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size)
+    if not with_reader:
+        return scores, None
+    k = cfg.eval.reader_k or cfg.gumbel.k
+    tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
+    return scores, reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size)
+
+
+def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> dict:
+    from gr_train.evaluate import answer_metrics, ranking_metrics, score_spread
+    from gr_train.train import load_split
+
+    if not cfg.data.dev_path:
+        raise ValueError("evaluate: set data.dev_path (FiD JSON/JSONL or a preprocessed Parquet folder)")
+    t0 = time.perf_counter()
+    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    if cfg.eval.max_questions:
+        records = records[: cfg.eval.max_questions]
+    workers = max(1, min(cfg.preprocess.num_workers, len(records)))
+    bounds = [len(records) * w // workers for w in range(workers + 1)]
+    chunks = [records[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    task = evaluate_chunk.options(num_cpus=cfg.preprocess.worker_num_cpus)
+    parts = ray.get([task.remote(cfg, chunk, with_reader) for chunk in chunks])
+    scores = [s for part, _ in parts for s in part]
+    result = {"questions": len(records), "n_candidates": cfg.data.n_candidates,
+              "ranking": ranking_metrics(records, scores, cfg.eval.ks),
+              "scores": score_spread(scores, cfg.train.separation_min_std)}
+    if with_reader:
+        preds = [p for _, part in parts for p in part]
+        result["reader"] = dict(answer_metrics(records, preds), k=cfg.eval.reader_k or cfg.gumbel.k)
+    result["wall_s"] = round(time.perf_counter() - t0, 2)
+    out = Path(output) if output else Path(cfg.run.run_dir) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
+    parser.add_argument("--no-reader", action="store_true", help="ranking metrics only")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if not ray.is_initialized():
+        ray.init()  # inside `ray job submit` this connects to the cluster; elsewhere it starts a local one
+    result = run(cfg, not args.no_reader, args.output)
+    print("evaluate summary: " + json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Preprocessing with Ray Data: questions → top-k candidates from the shard actors → has_answer → token ids →
+Parquet shards with a schema version and provenance; bad records go to rejects.jsonl with the reason.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m ray_jobs.preprocess --config configs/x.yaml preprocess.questions_path=/data/nq-train.jsonl
+
+Reads `cfg.preprocess` and `cfg.retrieval` (the index must exist: ray_jobs.build_index). Writes to
+preprocess.output_dir: *.parquet (data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads
+it), rejects.jsonl, config.yaml, manifest.json (counts, config hash, index version). Every input record is either
+written or rejected: the job fails if the counts do not add up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from gr_train.config import RunConfig, load_config, save_config, to_dict
+from gr_train.data import PARQUET_SCHEMA_VERSION, DataError, has_answer, parse_item
+from gr_train.retrieval import QueryEncoder, load_index_meta, passage_string
+from ray_jobs.retrieve import ShardPool, search_all
+
+log = logging.getLogger("ray_jobs.preprocess")
+
+CTX_TYPE = pa.struct([("pid", pa.int64()), ("docid", pa.string()), ("title", pa.string()), ("text", pa.string()),
+                      ("score", pa.float32()), ("is_gold", pa.bool_()), ("has_answer", pa.bool_())])
+BASE_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("answers", pa.list_(pa.string())),
+                         ("target", pa.string()), ("ctxs", pa.list_(CTX_TYPE)), ("schema_version", pa.int32()),
+                         ("config_hash", pa.string()), ("index_version", pa.string())])
+PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id", pa.string()),
+                           ("record", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain steps (no Ray): reading, parsing, attaching candidates, tokenizing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_question_items(path: str, fmt: str) -> list[dict]:
+    """The raw records of a question file as {index, where, raw JSON text}; nothing is parsed or dropped yet.
+
+    JSONL is split by line so that one malformed line is one reject, not a failed file; a JSON list must parse as
+    a whole (DataError otherwise); Parquet rows become JSON objects.
+    """
+    p = Path(path)
+    if fmt == "parquet" or p.suffix == ".parquet":
+        rows = pq.read_table(p).to_pylist()
+        return [{"index": i, "where": f"row {i}", "raw": json.dumps(r, default=str)} for i, r in enumerate(rows)]
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(p, f"cannot read questions: {e}") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(p, f"invalid JSON: {e.msg}", where=f"line {e.lineno} col {e.colno}") from None
+        return [{"index": i, "where": f"record [{i}]", "raw": json.dumps(obj)} for i, obj in enumerate(data)]
+    items = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            items.append({"index": len(items), "where": f"line {lineno}", "raw": line})
+    if not items:
+        raise DataError(p, "empty file: no records")
+    return items
+
+
+def detect_format(obj) -> str:
+    """As data.load_any: `paragraphs` → musique, `context` (+ `evidences`) → hotpotqa (2wiki), else fid."""
+    keys = obj.keys() if isinstance(obj, dict) else ()
+    if "paragraphs" in keys:
+        return "musique"
+    if "context" in keys:
+        return "2wiki" if "evidences" in keys else "hotpotqa"
+    return "fid"
+
+
+def parse_row(item: dict, fmt: str, path: str) -> dict:
+    """{index, where, raw} → {index, where, id, record (JSON of the question fields, "" if rejected), reason (the
+    full message, "" if accepted), kind (the reason without its location, for counting)}."""
+    out = {"index": item["index"], "where": item["where"], "id": "", "record": "", "reason": "", "kind": ""}
+    try:
+        obj = json.loads(item["raw"])
+    except json.JSONDecodeError as e:
+        out["reason"], out["kind"] = f"{path} {item['where']}: invalid JSON: {e.msg}", "invalid JSON"
+        return out
+    if isinstance(obj, dict):
+        out["id"] = str(obj.get("id", obj.get("_id", "")))
+    try:
+        record = parse_item(obj, detect_format(obj) if fmt in ("auto", "parquet") else fmt, path, item["where"])
+    except DataError as e:
+        out["reason"], out["kind"] = str(e), (f"field '{e.field}': " if e.field else "") + e.problem
+        return out
+    labelled = [c for c in record.ctxs if c.is_gold is not None]
+    out["id"] = record.id
+    out["record"] = json.dumps({"id": record.id, "question": record.question, "answers": record.answers,
+                                "target": record.target,
+                                # gold titles label retrieved passages for evaluation; None = unlabelled input
+                                "gold_titles": sorted({c.title for c in labelled if c.is_gold}) if labelled else None})
+    return out
+
+
+def attach_candidates(records: list[dict], hits, provenance: dict) -> list[dict]:
+    """Output rows (BASE_SCHEMA) from parsed question fields and their merged Hits (row q = records[q])."""
+    rows = []
+    for q, rec in enumerate(records):
+        gold = set(rec["gold_titles"]) if rec["gold_titles"] is not None else None
+        ctxs = [{**h, "is_gold": (h["title"] in gold) if gold is not None else None,
+                 "has_answer": has_answer(passage_string(h["title"], h["text"]), rec["answers"])}
+                for h in hits.rows(q)]
+        rows.append({"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
+                     "ctxs": ctxs, "schema_version": PARQUET_SCHEMA_VERSION, **provenance})
+    return rows
+
+
+def _unpadded(values: np.ndarray, mask: np.ndarray) -> list:
+    """A padded [..., L] int array as nested lists, each innermost list cut to its mask's True positions."""
+    if values.ndim == 1:
+        return values[mask].tolist()
+    return [_unpadded(v, m) for v, m in zip(values, mask)]
+
+
+def _mask_key(key: str, inputs: dict) -> str | None:
+    """input_ids / token_type_ids → attention_mask, passage_ids → passage_mask (q_/p_ prefixes kept)."""
+    for suffix, mask in (("input_ids", "attention_mask"), ("token_type_ids", "attention_mask"), ("_ids", "_mask")):
+        if key.endswith(suffix):
+            candidate = key[: -len(suffix)] + mask
+            return candidate if candidate in inputs else None
+    return None
+
+
+def token_columns(prefix: str, inputs: dict) -> dict[str, list]:
+    """Model inputs (dict of [B, ...] tensors) → {prefix_key: per-question nested lists without padding}.
+    Masks are not stored (a list's length is its mask); labels lose their -100 padding."""
+    cols = {}
+    for key, value in inputs.items():
+        if key.endswith("mask") or not hasattr(value, "dim"):
+            continue
+        mask_key = _mask_key(key, inputs)
+        mask = inputs[mask_key] if mask_key else (value != -100 if key == "labels" else None)
+        cols[f"{prefix}_{key}"] = (_unpadded(value.numpy(), mask.numpy().astype(bool)) if mask is not None
+                                   else value.tolist())
+    return cols
+
+
+class Tokenizer:
+    """The configured reranker's and reader's `tokenize` over output rows. Builds the models once per worker
+    (train.build_models: the tokenizers need the models' configs; weights load once per worker, not per batch)."""
+
+    def __init__(self, cfg: RunConfig):
+        from gr_train.train import build_models
+
+        self.cfg = cfg
+        self.reader, self.reranker = build_models(cfg)
+
+    def __call__(self, rows: list[dict]) -> dict[str, list]:
+        questions = [r["question"] for r in rows]
+        n = max(len(r["ctxs"]) for r in rows)
+        passages = [[(c["title"], c["text"]) for c in r["ctxs"]] + [("", "")] * (n - len(r["ctxs"])) for r in rows]
+        targets = [r["target"] if r["target"] is not None else r["answers"][0] for r in rows]
+        cols = token_columns("reader", self.reader.tokenize(questions, passages, targets))
+        if self.reranker is not None:
+            cols.update(token_columns("reranker", self.reranker.tokenize(questions, passages)))
+        return cols
+
+
+def to_table(rows: list[dict], tokens: dict[str, list] | None) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=BASE_SCHEMA)
+    for name, values in (tokens or {}).items():
+        depth, probe = 0, values
+        while isinstance(probe, list) and probe:
+            depth, probe = depth + 1, probe[0]
+        typ = pa.int32()
+        for _ in range(depth - 1):  # depth counts the row level too
+            typ = pa.list_(typ)
+        table = table.append_column(name, pa.array(values, type=typ))
+    return table
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """16 hex digits of the resolved config's sections that decide the output (retrieval, preprocess, reranker,
+    reader, data), so that two outputs with one hash were made the same way."""
+    d = to_dict(cfg)
+    keep = {k: d[k] for k in ("retrieval", "preprocess", "reranker", "reader", "data")}
+    keep["preprocess"] = {k: v for k, v in keep["preprocess"].items() if k not in ("num_workers", "batch_size")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray Data stages (thin wrappers)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _parse_batch(batch: pa.Table, fmt: str, path: str) -> pa.Table:
+    return pa.Table.from_pylist([parse_row(item, fmt, path) for item in batch.to_pylist()], schema=PARSED_SCHEMA)
+
+
+class CandidatesStage:
+    """Ray Data actor: encodes each batch's questions once, fans them out to every shard actor, merges, marks
+    has_answer / is_gold, tokenizes. One actor per worker holds the query encoder and the tokenizers."""
+
+    def __init__(self, actors: list, meta: dict, cfg: RunConfig, provenance: dict):
+        self.actors, self.cfg, self.provenance = actors, cfg, provenance
+        self.encoder = QueryEncoder(meta)
+        self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records = [json.loads(r) for r in batch["record"].to_pylist()]
+        queries = ray.put(self.encoder.encode([r["question"] for r in records]))
+        hits = search_all(self.actors, queries, self.cfg.retrieval.top_k, self.cfg.retrieval.max_task_retries)
+        rows = attach_candidates(records, hits, self.provenance)
+        return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
+
+
+def run(cfg: RunConfig) -> dict:
+    """The whole job on the connected Ray cluster; returns the summary (also written as manifest.json)."""
+    t0 = time.perf_counter()
+    pp, rcfg = cfg.preprocess, cfg.retrieval
+    if not pp.questions_path:
+        raise ValueError("preprocess.questions_path is required")
+    out = Path(pp.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.parquet"), out / "manifest.json", out / "rejects.jsonl"]:
+        old.unlink(missing_ok=True)  # a re-run replaces its output instead of appending to it
+    meta = load_index_meta(rcfg.index_dir)
+    provenance = {"config_hash": config_hash(cfg), "index_version": meta["index_version"]}
+
+    items = read_question_items(pp.questions_path, pp.questions_format)
+    blocks = max(1, min(len(items) // pp.batch_size, 4 * pp.num_workers))
+    parsed = (ray.data.from_items(items, override_num_blocks=blocks)
+              .map_batches(_parse_batch, fn_kwargs={"fmt": pp.questions_format, "path": pp.questions_path},
+                           batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus)
+              .materialize())
+
+    # Rejects and duplicate ids need the whole set: the (index, where, id, reason) columns are small.
+    summary_rows = sorted(parsed.select_columns(["index", "where", "id", "reason", "kind"]).take_all(),
+                          key=lambda r: r["index"])
+    rejects, first_seen, duplicates = [], {}, set()
+    for r in summary_rows:
+        if r["reason"]:
+            rejects.append({"where": r["where"], "id": r["id"], "reason": r["reason"], "kind": r["kind"]})
+        elif r["id"] in first_seen:
+            duplicates.add(r["index"])
+            rejects.append({"where": r["where"], "id": r["id"],
+                            "reason": f"{pp.questions_path} {r['where']} (id {r['id']}): duplicate id, first seen at "
+                                      f"{first_seen[r['id']]}", "kind": "duplicate id"})
+        else:
+            first_seen[r["id"]] = r["where"]
+    with open(out / "rejects.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rejects)
+
+    good = parsed.map_batches(_keep_good, fn_kwargs={"duplicates": sorted(duplicates)}, batch_format="pyarrow",
+                              num_cpus=pp.worker_num_cpus)
+
+    pool = ShardPool(rcfg)
+    try:
+        ds = good.map_batches(CandidatesStage, fn_constructor_kwargs={
+            "actors": pool.actors, "meta": meta, "cfg": cfg, "provenance": provenance}, batch_format="pyarrow",
+            batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus,
+            # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in
+            # flight at the shard actors to num_workers.
+            compute=ray.data.ActorPoolStrategy(size=pp.num_workers, max_tasks_in_flight_per_actor=1))
+        ds.write_parquet(str(out), max_rows_per_file=pp.rows_per_file, ray_remote_args={"num_cpus": pp.worker_num_cpus})
+    finally:
+        pool.shutdown()
+
+    files = sorted(out.glob("*.parquet"))
+    written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    reasons = Counter(r["kind"] for r in rejects)
+    summary = {"schema_version": PARQUET_SCHEMA_VERSION, **provenance, "index_dir": rcfg.index_dir,
+               "questions_path": pp.questions_path, "input": len(items), "written": written,
+               "rejected": len(rejects), "rejects_by_reason": dict(reasons.most_common(20)),
+               "top_k": rcfg.top_k, "files": [f.name for f in files],
+               "wall_s": round(time.perf_counter() - t0, 2)}
+    save_config(cfg, out / "config.yaml")
+    (out / "manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if written + len(rejects) != len(items):
+        raise RuntimeError(f"preprocess: {len(items)} input records but {written} written + {len(rejects)} rejected")
+    return summary
+
+
+def _keep_good(batch: pa.Table, duplicates: list[int]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    keep = pc.and_(pc.equal(batch["reason"], ""), pc.invert(pc.is_in(batch["index"], pa.array(duplicates, pa.int64()))))
+    return batch.filter(keep)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m ray_jobs.preprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if not ray.is_initialized():
+        ray.init()  # inside `ray job submit` this connects to the cluster; elsewhere it starts a local one
+    summary = run(cfg)
+    print("preprocess summary: " + json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

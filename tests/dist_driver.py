@@ -1,0 +1,100 @@
+"""Test driver for multi-process runs (tests/test_distributed.py): the real recipe under a launcher, plus probes.
+
+    torchrun --nproc_per_node 2 tests/dist_driver.py --out DIR [--kill-after-step S] [--kill-in-save NAME]
+        -- --config configs/demo.yaml section.key=value ...
+
+Writes DIR/losses.jsonl (rank 0, one line per step, flushed, so a killed run keeps what it did) and
+DIR/report-rank<r>.json at the end: the reader's parameter elements held by this rank, whether any reader
+parameter got a .grad, whether the reader's / reranker's gathered weights changed during training.
+--kill-after-step S: rank 0 SIGKILLs itself when step S (0-based) is done, i.e. after the checkpoint of step S.
+--kill-in-save NAME: rank 0 SIGKILLs itself while writing checkpoint NAME, after model.safetensors is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from gr_train import checkpoint, train
+from gr_train.config import load_config
+
+
+def gathered_copy(runtime, module) -> dict[str, torch.Tensor]:
+    with runtime.gathered(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--kill-after-step", type=int, default=-1)
+    p.add_argument("--kill-in-save", default="")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.config, args.overrides)
+
+    recipe = train.setup(cfg, resume=not args.no_resume)
+    rt = recipe.runtime
+    if args.kill_in_save and rt.is_main:
+        real_save = checkpoint.torch.save
+
+        def save_then_die(obj, path, *a, **kw):
+            if args.kill_in_save in str(path):
+                os.kill(os.getpid(), signal.SIGKILL)  # model.safetensors is written, engine.pt is not
+            return real_save(obj, path, *a, **kw)
+
+        checkpoint.torch.save = save_then_die
+
+    reader0, reranker0 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    losses = open(out / "losses.jsonl", "a") if rt.is_main else None
+
+    def on_step(step, scalars):
+        if losses is not None:
+            losses.write(json.dumps({"step": step, "loss": scalars["train/loss"], "world_size": rt.world_size}) + "\n")
+            losses.flush()
+        if step == args.kill_after_step and rt.is_main:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if recipe.start_step < cfg.train.max_steps:
+        train.train(recipe, on_step)
+    final = train.save_checkpoint(recipe)
+    held, total = rt.param_elements(recipe.reader)
+    reader1, reranker1 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    report = {
+        "rank": rt.rank, "world_size": rt.world_size, "engine": rt.name, "start_step": recipe.start_step,
+        "reader_elements_held": held, "reader_elements": total,
+        "reader_grads": sum(p.grad is not None for p in recipe.reader.parameters()),
+        "reader_requires_grad": sum(p.requires_grad for p in recipe.reader.parameters()),
+        "reader_changed": [k for k in reader0 if not torch.equal(reader0[k], reader1[k])],
+        "reranker_changed": [k for k in reranker0 if not torch.equal(reranker0[k], reranker1[k])],
+        "reranker_params": [n for n, p in recipe.reranker.named_parameters() if p.requires_grad],
+        "final": str(final) if final else None,
+    }
+    if recipe.start_step:  # resumed: the weights it started from are the checkpoint's, exactly
+        from safetensors.torch import load_file
+
+        saved = load_file(Path(cfg.run.run_dir) / f"step-{recipe.start_step:06d}" / "model.safetensors")
+        report["reranker_matches_checkpoint"] = all(torch.equal(reranker0[k], v) for k, v in saved.items())
+    if cfg.reader.kind == "demo_fid" and cfg.reader.name_or_path:  # loaded from its folder under zero.Init
+        from safetensors.torch import load_file
+
+        source = load_file(Path(cfg.reader.name_or_path) / "model.safetensors")
+        report["reader_matches_source"] = all(torch.equal(reader0[f"model.{k}"], v) for k, v in source.items())
+    (out / f"report-rank{rt.rank}.json").write_text(json.dumps(report, indent=1))
+    train.cleanup(recipe)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

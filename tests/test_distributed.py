@@ -1,0 +1,305 @@
+"""2-rank DeepSpeed ZeRO-3 G-Rerank training on CPU (gloo), started by each launcher, with exact resume.
+
+Every run is a subprocess with a timeout and its own --master_port. The runs share tiny models and one data set:
+  reference   torchrun --nnodes 2 (two agents on localhost, 1 rank each), 5 steps, checkpoints every 2 steps,
+              run through without interruption;
+  killed      the same run under torchrun --nproc_per_node 2, SIGKILLed (rank 0) while writing step-000004
+              (after step-000002);
+  resumed     resumed from step-000002 through the CLI, started by the DeepSpeed launcher from a hostfile
+              (deploy/launch_multinode.sh), to the end;
+  one rank    resumed from step-000004 onto 1 rank (grad_accum_steps 2 keeps the global batch).
+The 2-rank resume reproduces the uninterrupted losses to 1e-6, reranker dropout included (each rank gets its
+own RNG stream back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gr_train import checkpoint, synthetic, train
+from gr_train.config import load_config
+from gr_train.reader import build_reader
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DRIVER = REPO / "tests" / "dist_driver.py"
+MODEL = [
+    "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+    "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+    "intermediate_size: 64, max_position_embeddings: 32}",
+]
+STEPS, SAVE_EVERY = 5, 2
+
+
+def env() -> dict:
+    # One OpenMP thread per rank: 2 ranks on 2 cores. DS_ACCELERATOR skips DeepSpeed's accelerator probing.
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["run.progress=false", f"run.run_dir={run_dir}", f"data.train_path={data / 'train.jsonl'}",
+            f"data.dev_path={data / 'dev.jsonl'}", f"reader.name_or_path={data / 'reader'}", *MODEL,
+            f"train.max_steps={STEPS}", "train.micro_batch_size=4", "train.log_every_steps=1",
+            f"train.save_every_steps={SAVE_EVERY}", "optim.lr=1e-3",
+            "runtime.engine=deepspeed", *extra]
+
+
+def launch(cmd: list[str], log: Path, timeout: int = 300, expect_ok: bool = True, **extra_env: str) -> int:
+    """Run a launcher in its own process group; on timeout the whole group (launcher and ranks) is killed."""
+    return launch_nodes([cmd], [log], timeout, expect_ok, **extra_env)[0]
+
+
+def launch_nodes(cmds: list[list[str]], logs: list[Path], timeout: int = 300, expect_ok: bool = True,
+                 **extra_env: str) -> list[int]:
+    """Run one launcher per (simulated) node at once, each in its own process group; wait for all."""
+    procs = []
+    for cmd, log in zip(cmds, logs):
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env={**env(), **extra_env}, stdout=f,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+    rcs = []
+    for cmd, log, proc in zip(cmds, logs, procs):
+        try:
+            rcs.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            raise AssertionError(f"{' '.join(cmd[:6])} ... timed out after {timeout} s; log {log}:\n"
+                                 + log.read_text()[-4000:]) from None
+        if expect_ok:
+            assert rcs[-1] == 0, f"{' '.join(cmd[:6])} ... failed ({rcs[-1]}); log {log}:\n" + log.read_text()[-4000:]
+    return rcs
+
+
+def torchrun(nproc: int, port: int, *args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(port), *args]
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def reports(out: Path, world: int) -> list[dict]:
+    return [json.loads((out / f"report-rank{r}.json").read_text()) for r in range(world)]
+
+
+def scalars(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "tb" / "scalars.jsonl").read_text().splitlines()]
+
+
+def check_zero3_run(reps: list[dict], run_dir: Path, world: int) -> None:
+    """Reader partitioned (each rank holds ~1/world of it), never given a grad, unchanged; every trainable
+    reranker parameter changed; logs from rank 0 with per-rank memory and the step time split."""
+    for rep in reps:
+        assert rep["engine"] == "deepspeed" and rep["world_size"] == world
+        share = rep["reader_elements_held"] / rep["reader_elements"]
+        assert abs(share - 1 / world) < 0.05, share  # slices are padded to equal size: a little over 1/world
+        assert rep["reader_grads"] == 0 and rep["reader_requires_grad"] == 0
+        assert rep["reader_changed"] == []
+        assert rep["reader_matches_source"] is True  # loaded one gathered submodule at a time
+        assert set(rep["reranker_params"]) <= set(rep["reranker_changed"])
+    rows = scalars(run_dir)
+    tags = set().union(*rows)
+    for r in range(world):
+        assert f"perf/peak_rss_mb/rank{r}" in tags and f"model/reader_param_elements_held/rank{r}" in tags
+    for tag in ("time/passage_encoding", "time/answer_pass", "time/reranker", "time/backward", "time/optimizer",
+                "perf/world_size", "train/loss", "train/grad_norm"):
+        assert tag in tags, tag
+    assert all(math.isfinite(row["train/loss"]) for row in rows if "train/loss" in row)
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3 and ds["train_batch_size"] == 4 * world
+
+
+def check_logged_run(rows: list[dict], world: int, start: int, end: int) -> None:
+    """From rank 0's scalars of one run (start → end): the reader held ~1/world per rank and never moved, the
+    trained module did, the losses are finite."""
+    model_rows = [row for row in rows if "model/reader_param_abs_sum" in row]  # logged at the start and the end
+    assert [row["step"] for row in model_rows] == [start, end]
+    first, last = model_rows
+    assert first["perf/world_size"] == world
+    assert first["model/reader_param_abs_sum"] == last["model/reader_param_abs_sum"]
+    assert first["model/trainable_param_abs_sum"] != last["model/trainable_param_abs_sum"]
+    for r in range(world):
+        held = first[f"model/reader_param_elements_held/rank{r}"] / first["model/reader_param_elements"]
+        assert abs(held - 1 / world) < 0.05, held
+    step_losses = [row["train/loss"] for row in rows if "train/loss" in row]
+    assert len(step_losses) == end - start and all(math.isfinite(v) for v in step_losses)
+
+
+def free_ports(n: int) -> list[str]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [str(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Synthetic questions and a tiny demo reader saved as a folder: the runs load it under zero.Init."""
+    d = tmp_path_factory.mktemp("data")
+    cfg = load_config(overrides=["synthetic.n_train=48", "synthetic.n_dev=16", MODEL[0]])
+    synthetic.write_demo_data(cfg.synthetic, d, 0)
+    torch.manual_seed(0)
+    build_reader(cfg.reader, synthetic.build_tokenizer(cfg.synthetic)).save(d / "reader")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank run under torchrun, multi-node style (2 nodes x 1 rank)."""
+    out = tmp_path_factory.mktemp("reference")
+    args = [str(DRIVER), "--out", str(out), "--no-resume", "--config", "configs/demo.yaml",
+            *overrides(data, out / "run")]
+    # Two torchrun agents, one per simulated node (--nnodes 2), as on a cluster; here both on localhost.
+    launch_nodes([[str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(r), "--nproc_per_node", "1",
+                   "--master_addr", "127.0.0.1", "--master_port", "29731", *args] for r in (0, 1)],
+                 [out / "node0.log", out / "node1.log"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed(data, tmp_path_factory) -> Path:
+    """The same run, rank 0 SIGKILLed in the middle of writing step-000004."""
+    out = tmp_path_factory.mktemp("killed")
+    rc = launch(torchrun(2, 29732, str(DRIVER), "--out", str(out), "--no-resume", "--kill-in-save", "step-000004",
+                         "--config", "configs/demo.yaml", *overrides(data, out / "run")), out / "log.txt",
+                expect_ok=False)
+    assert rc != 0
+    return out
+
+
+def test_torchrun_zero3_partitions_the_reader_and_trains_the_reranker(reference):
+    run_dir = reference / "run"
+    check_zero3_run(reports(reference, 2), run_dir, 2)
+    assert sorted(losses(reference)) == list(range(STEPS))
+    # The consolidated export is a plain HF folder (no ZeRO shards) that transformers loads by itself.
+    from transformers import AutoModelForSequenceClassification
+
+    exported = run_dir / "final" / "reranker"
+    assert not list(run_dir.rglob("*zero_pp_rank*")) and not list(run_dir.rglob("*optim_states*"))
+    model = AutoModelForSequenceClassification.from_pretrained(exported)
+    saved = checkpoint.load_file(run_dir / "final" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[f"model.{name}"]), name
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(reference, killed, data):
+    # Until it was killed, the single-node run (torchrun --nproc_per_node 2) computed what the 2-node one did.
+    ref, got = losses(reference), losses(killed)
+    assert sorted(got) == list(range(4))
+    for step, loss in got.items():
+        assert loss == pytest.approx(ref[step], abs=1e-6), step
+    run_dir = killed / "run"
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["step-000002"]
+    assert list(run_dir.glob(".step-000004.tmp-*")), "the save was not interrupted midway"
+    # The surviving checkpoint is world-size independent: it loads into the single-process engine too.
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides(data, run_dir, "runtime.engine=local"))
+    recipe = train.setup(cfg, resume=True)
+    assert recipe.start_step == 2
+    saved = checkpoint.load_file(run_dir / "step-000002" / "model.safetensors")
+    for name, value in recipe.reranker.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run_then_continues_on_one_rank(
+        reference, killed, data, tmp_path):
+    ref = losses(reference)
+    run_dir = killed / "run"
+    # 2 ranks again, through the CLI, started by the DeepSpeed launcher from a hostfile (deploy/launch_multinode.sh).
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    before = len(scalars(run_dir))
+    launch(["bash", "deploy/launch_multinode.sh", "configs/demo.yaml", *overrides(data, run_dir)],
+           tmp_path / "resume.log", HOSTFILE=str(hostfile), MASTER_PORT="29733", DEEPSPEED=str(BIN / "deepspeed"),
+           NO_SSH="1", NODE_RANK="0")  # no sshd here: the per-node mode, as on clusters without ssh between nodes
+    rows = scalars(run_dir)[before:]
+    got = {row["step"] - 1: row["train/loss"] for row in rows if "train/loss" in row}  # logged at step + 1
+    assert sorted(got) == list(range(2, STEPS))
+    for step, loss in got.items():
+        assert loss == pytest.approx(ref[step], abs=1e-6), step
+    check_logged_run(rows, 2, 2, STEPS)
+    assert (run_dir / "final" / "reranker" / "model.safetensors").is_file()
+
+    # Once more, onto 1 rank from step-000004: same global batch (4 questions x 1 rank x 2 micro-batches), so the
+    # same questions and Gumbel noise and exactly the saved weights; the reranker's dropout masks differ (one
+    # rank's RNG stream now serves both halves), so the loss agrees only up to dropout noise.
+    one = tmp_path / "one_rank"
+    launch(torchrun(1, 29734, str(DRIVER), "--out", str(one), "--config", "configs/demo.yaml",
+                    *overrides(data, run_dir, "train.grad_accum_steps=2")), tmp_path / "one_rank.log")
+    got, rep = losses(one), reports(one, 1)[0]
+    assert sorted(got) == [4] and rep["start_step"] == 4 and rep["world_size"] == 1
+    assert rep["reranker_matches_checkpoint"] is True
+    assert got[4] == pytest.approx(ref[4], abs=1e-2)
+
+
+@pytest.mark.ray
+def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
+    """ray_jobs/train.py on a local Ray: TorchTrainer, 2 workers from runtime.num_workers, gloo."""
+    import tempfile
+
+    run_dir = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix="grt", dir="/tmp")  # AF_UNIX socket paths must stay short (ENV.md P6)
+    launch([sys.executable, "ray_jobs/train.py", "--config", "configs/demo.yaml",
+            *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0", "runtime.num_workers=2")],
+           tmp_path / "ray.log", timeout=300, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled",
+           RAY_USAGE_STATS_ENABLED="0")
+    check_logged_run(scalars(run_dir), 2, 0, 2)
+    assert (run_dir / "final" / "reranker" / "model.safetensors").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_training_job(data, tmp_path):
+    """`ray job submit ... -- python ray_jobs/train.py` against a separate head (ENV.md P3-P6: --block so SIGTERM
+    to its PID stops exactly it, free ports, short temp dir, auth off)."""
+    import tempfile
+    import time
+
+    temp = tempfile.mkdtemp(prefix="grh", dir="/tmp")
+    # PATH: the job's `python` must be the venv's (the head runs entrypoints through the shell).
+    ray_env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
+               "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    gcs, dash, agent, client, rt_env, metrics, agent_grpc = free_ports(7)
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", gcs, "--dashboard-host",
+         "127.0.0.1", "--dashboard-port", dash, "--dashboard-agent-listen-port", agent, "--ray-client-server-port",
+         client, "--runtime-env-agent-port", rt_env, "--metrics-export-port", metrics, "--dashboard-agent-grpc-port",
+         agent_grpc, "--temp-dir", temp, "--disable-usage-stats"],
+        env={**env(), **ray_env}, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
+    run_dir = tmp_path / "run"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", ".", "--",
+           "python", "ray_jobs/train.py", "--config", "configs/demo.yaml",
+           *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0")]
+    try:
+        deadline = time.time() + 90
+        while True:  # the job agent comes up a few seconds after the head (ENV.md P4)
+            rc = launch(cmd, tmp_path / "submit.log", timeout=300, expect_ok=False, **ray_env)
+            text = (tmp_path / "submit.log").read_text()
+            if rc == 0 or time.time() > deadline or not any(
+                    s in text for s in ("No available agent", "Failed to connect", "Connection refused")):
+                break
+            time.sleep(2)
+        assert rc == 0, text[-4000:]
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+    check_logged_run(scalars(run_dir), 2, 0, 2)

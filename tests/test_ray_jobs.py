@@ -1,0 +1,284 @@
+"""Ray: shard actors survive a kill mid-run with every query answered exactly once; preprocess → Parquet → train
+through a real `ray job submit` to a local head."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gr_train import retrieval as R
+from gr_train.config import load_config
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = [f"w{i}" for i in range(400)]
+
+
+def write_corpus(path, n, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            text = " ".join(rng.choices(WORDS, k=12))
+            f.write(json.dumps({"id": f"p{i}", "title": f"T{i % 97}", "text": text}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield
+    ray.shutdown()
+
+
+def test_killed_shard_actor_restarts_and_every_query_is_answered_once(tmp_path, ray_local):
+    from ray_jobs.retrieve import ShardPool
+
+    write_corpus(tmp_path / "corpus.jsonl", 3000)
+    cfg = load_config(None, [f"retrieval.corpus_path={tmp_path / 'corpus.jsonl'}",
+                             f"retrieval.index_dir={tmp_path / 'index'}", "retrieval.n_shards=2",
+                             "retrieval.block_size=64", "retrieval.shard_num_cpus=0.5", "retrieval.max_in_flight=3"])
+    R.build_index(cfg)
+    rng = random.Random(3)
+    queries = [(f"q{i}", " ".join(rng.choices(WORDS, k=3))) for i in range(300)]
+    batches = [queries[i : i + 10] for i in range(0, len(queries), 10)]
+
+    def run(pool, kill_after=None):
+        out = {}
+        stream = pool.stream(((b, [q for _, q in batch]) for b, batch in enumerate(batches)), k=5)
+        for done, (b, hits) in enumerate(stream, start=1):
+            for row, (qid, _) in enumerate(batches[b]):
+                assert qid not in out, f"{qid} answered twice"
+                out[qid] = (hits.ids[row].tolist(), hits.scores[row].tolist())
+            if done == kill_after:
+                ray.kill(pool.actors[0], no_restart=False)  # SIGKILL-like: the actor process dies mid-stream
+        return out
+
+    pool = ShardPool(cfg.retrieval)
+    before = pool.info()
+    clean = run(pool)
+    faulty = run(pool, kill_after=4)
+    after = pool.info()
+    pool.shutdown()
+    assert after[0]["pid"] != before[0]["pid"], "the killed actor was not restarted in a new process"
+    assert after[1]["pid"] == before[1]["pid"]
+    assert (after[0]["start"], after[0]["end"]) == (before[0]["start"], before[0]["end"])  # reloaded its shard
+    assert sorted(faulty) == sorted(q for q, _ in queries)  # every query id exactly once
+    assert faulty == clean
+    # And the actors' merged answers are the in-process single index's.
+    single = R.ShardedIndex(cfg.retrieval.index_dir).search([q for _, q in queries[:20]], k=5)
+    assert [clean[q][0] for q, _ in queries[:20]] == single.ids.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ray job submit → build_index, preprocess → Parquet → train.main
+# ---------------------------------------------------------------------------------------------------------------
+
+TINY = ["reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}"]
+
+
+def write_questions(data, n=30):
+    """Synthetic two-hop questions; their passages (titled uniquely) form the corpus. Adds 3 bad records."""
+    from gr_train import synthetic
+
+    records = synthetic.generate(load_config(REPO / "configs" / "demo.yaml").synthetic, n, seed=0)
+    corpus, lines = [], []
+    for r in records:
+        ctxs = []
+        for j, p in enumerate(r.ctxs):
+            title = f"{r.id}-{j}"
+            corpus.append({"id": title, "title": title, "text": p.text})
+            ctxs.append({"title": title, "text": p.text, "is_gold": p.is_gold})
+        lines.append(json.dumps({"id": r.id, "question": r.question, "answers": r.answers, "ctxs": ctxs}))
+    lines.insert(3, "{not json")
+    lines.insert(5, json.dumps({"id": "no-answers", "question": "who?"}))
+    lines.append(lines[0])  # duplicate id q0
+    (data / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in corpus))
+    (data / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return records
+
+
+def free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return [str(p) for p in ports]
+
+
+def start_head(tmp):
+    """A separate local head (ENV.md P3-P6): --block in its own session, so that it and everything it starts can be
+    stopped by its process group id; free ports; short temp dir; auth off. Returns (process, address, CLI env)."""
+    import tempfile
+
+    bin_dir = Path(sys.executable).parent
+    temp = tempfile.mkdtemp(prefix="grj", dir="/tmp")
+    # No graceful drain on SIGTERM: Ray 2.60 otherwise waits its full 30 s drain window even when idle.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
+    gcs, dash, agent, client, rt_env, metrics, agent_grpc = free_ports(7)
+    log = open(tmp / "head.log", "w")
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--port", gcs,
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--dashboard-agent-listen-port", agent,
+         "--ray-client-server-port", client, "--runtime-env-agent-port", rt_env, "--metrics-export-port", metrics,
+         "--dashboard-agent-grpc-port", agent_grpc, "--temp-dir", temp, "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head.temp_dir = temp
+    return head, f"http://127.0.0.1:{dash}", env
+
+
+def stop_head(head):
+    """SIGTERM to the `ray start --block` process, which stops the raylet, GCS, dashboard and workers it started;
+    never `ray stop` (it would also kill this process's ray.init instance, P5). If it hangs, SIGKILL its own
+    process group (the head was started in a new session, so the group is exactly its processes)."""
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=10)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)  # session logs and sockets
+
+
+def submit(address, env, args, timeout=240):
+    """`ray job submit --address A --working-dir . -- python -m ...`, retried while the job agent is not up."""
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+           "--runtime-env", "deploy/runtime_env.yaml", "--", "python", "-m", *args]
+    deadline = time.time() + 60
+    while True:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        not_ready = "No available agent" in out or "Failed to connect" in out or "Connection refused" in out
+        if proc.returncode == 0 or not not_ready or time.time() > deadline:
+            return proc.returncode, out
+        time.sleep(2)
+
+
+def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
+    from gr_train import train
+    from gr_train.data import load_any
+
+    data = tmp_path / "data"
+    data.mkdir()
+    records = write_questions(data)
+    overrides = [*TINY, f"retrieval.corpus_path={data / 'corpus.jsonl'}", f"retrieval.index_dir={data / 'index'}",
+                 "retrieval.block_size=64", "retrieval.shard_num_cpus=0.5", "retrieval.top_k=10",
+                 f"preprocess.questions_path={data / 'questions.jsonl'}", f"preprocess.output_dir={data / 'out'}",
+                 "preprocess.num_workers=1", "preprocess.worker_num_cpus=0.5", "preprocess.batch_size=16"]
+    # The index is built on the module's local Ray instance (same entrypoint, minus ~25 s of a second job).
+    from ray_jobs import build_index
+
+    built = build_index.main(["--config", str(REPO / "configs" / "demo.yaml"), *overrides])
+    assert built["passages"] == 300 and built["shards"] == [192, 108]
+    head, address, env = start_head(tmp_path)
+    try:
+        rc, out = submit(address, env, ["ray_jobs.preprocess", "--config", "configs/demo.yaml", *overrides])
+        assert rc == 0 and "preprocess summary" in out, out[-3000:]
+    finally:
+        stop_head(head)
+
+    out_dir = data / "out"
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    index = json.loads((data / "index" / "index.json").read_text())
+    assert (manifest["input"], manifest["written"], manifest["rejected"]) == (33, 30, 3)
+    assert manifest["index_version"] == index["index_version"] and len(manifest["config_hash"]) == 16
+    assert manifest["rejects_by_reason"] == {"invalid JSON": 1, "field 'answers': missing": 1, "duplicate id": 1}
+    rejects = [json.loads(line) for line in (out_dir / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["where"], r["id"]) for r in rejects] == [("line 4", ""), ("line 6", "no-answers"), ("line 33", "q0")]
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(out_dir.glob("*.parquet")))
+    assert set(table["index_version"].to_pylist()) == {index["index_version"]}
+    assert set(table["schema_version"].to_pylist()) == {1}
+    assert {"reranker_input_ids", "reader_passage_ids"} <= set(table.column_names)
+    loaded = {r.id: r for r in load_any(out_dir)}
+    assert sorted(loaded) == sorted(r.id for r in records)
+    # The retrieved candidates carry the input's gold labels (by title) and computed has_answer.
+    q0 = loaded["q0"]
+    assert len(q0.ctxs) == 10 and any(p.is_gold for p in q0.ctxs)
+    assert all(p.has_answer == (q0.answers[0] in p.text.split()) for p in q0.ctxs)
+    # Sharded by rank: two ranks read disjoint halves that together are the whole set.
+    from gr_train.data import iter_parquet_records
+
+    ranks = [[r.id for r in iter_parquet_records(out_dir, rank, 2)] for rank in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == sorted(loaded)
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        *TINY, f"run.run_dir={tmp_path / 'run'}", "run.progress=false", f"data.train_path={out_dir}",
+        "train.max_steps=2", "train.micro_batch_size=4", "train.log_every_steps=1"])
+    result = train.main(cfg, resume=False)
+    assert Path(result["final"], "config.yaml").is_file()
+    assert np.isfinite(result["last"]["train/loss"])
+
+    # The evaluate job on the same Parquet (labels carried over), on the module's local Ray instance.
+    from ray_jobs import evaluate
+
+    summary = evaluate.main(["--config", str(REPO / "configs" / "demo.yaml"), *TINY,
+                             f"data.dev_path={out_dir}", f"run.run_dir={tmp_path / 'run'}", "preprocess.num_workers=2",
+                             "preprocess.worker_num_cpus=0.5", "--no-reader"])
+    assert summary["questions"] == 30 and 0.0 <= summary["ranking"]["all"]["recall@5"] <= 1.0
+
+
+def test_question_files_of_every_format_parse_record_by_record(tmp_path):
+    """FiD JSON list, HotpotQA and Parquet questions; a bad record becomes a reject with its reason, not an error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_jobs.preprocess import parse_row, read_question_items
+
+    fid = tmp_path / "q.json"
+    fid.write_text(json.dumps([{"id": 1, "question": "who?", "answers": ["Ann"]},
+                               {"id": 2, "question": "", "answers": ["Bob"]}]))
+    rows = [parse_row(item, "auto", str(fid)) for item in read_question_items(str(fid), "auto")]
+    assert [r["id"] for r in rows] == ["1", "2"] and rows[0]["reason"] == ""
+    assert json.loads(rows[0]["record"]) == {"id": "1", "question": "who?", "answers": ["Ann"], "target": None,
+                                             "gold_titles": None}
+    assert rows[1]["kind"] == "field 'question': must not be empty" and "record [1]" in rows[1]["reason"]
+
+    hotpot = tmp_path / "hotpot.json"
+    hotpot.write_text(json.dumps([{"_id": "h1", "question": "Where was the painter born?", "answer": "Oslo",
+                                   "supporting_facts": [["Anna", 0]],
+                                   "context": [["Anna", ["Anna was born in Oslo."]], ["Bo", ["Bo is a band."]]]}]))
+    (row,) = [parse_row(item, "auto", str(hotpot)) for item in read_question_items(str(hotpot), "auto")]
+    assert json.loads(row["record"])["gold_titles"] == ["Anna"]  # labels retrieved passages titled "Anna"
+
+    parquet = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "question": ["x?", "y?"], "answers": [["1"], []]}), parquet)
+    rows = [parse_row(item, "auto", str(parquet)) for item in read_question_items(str(parquet), "parquet")]
+    assert rows[0]["reason"] == "" and rows[1]["kind"] == "field 'answers': must not be empty"
+
+
+def test_token_columns_drop_padding():
+    import torch
+
+    from ray_jobs.preprocess import to_table, token_columns
+
+    inputs = {"input_ids": torch.tensor([[[5, 6, 0], [7, 0, 0]]]),
+              "attention_mask": torch.tensor([[[1, 1, 0], [1, 0, 0]]]), "labels": torch.tensor([[3, 4, -100]])}
+    cols = token_columns("reranker", inputs)
+    assert cols == {"reranker_input_ids": [[[5, 6], [7]]], "reranker_labels": [[3, 4]]}
+    row = {"id": "q", "question": "?", "answers": ["a"], "target": None, "ctxs": [], "schema_version": 1,
+           "config_hash": "h", "index_version": "v"}
+    table = to_table([row], cols)
+    import pyarrow as pa
+
+    assert table.schema.field("reranker_input_ids").type == pa.list_(pa.list_(pa.int32()))
+    assert table.column("reranker_input_ids").to_pylist() == [[[5, 6], [7]]]

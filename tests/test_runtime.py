@@ -1,0 +1,105 @@
+"""The engine boundary in one process: the generated DeepSpeed config, the runtime config section, the portable
+optimizer state, and activation checkpointing of the reader's answer pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gr_train import objectives, runtime, train
+from gr_train.config import ConfigError, load_config
+from gr_train.reader import build_reader
+
+from test_train import tiny_cfg
+
+
+def test_ds_config_is_generated_from_the_typed_config():
+    cfg = load_config(overrides=["train.micro_batch_size=8", "train.grad_accum_steps=3", "optim.grad_clip=0.5",
+                                 "runtime.engine=deepspeed", "runtime.precision=bf16",
+                                 "runtime.param_persistence_threshold=100",
+                                 "runtime.ds_overrides={zero_optimization: {overlap_comm: true}, flops_profiler: {}}"])
+    ds = runtime.ds_config(cfg, world_size=4)
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 3
+    assert ds["train_batch_size"] == 8 * 3 * 4
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_param_persistence_threshold"] == 100
+    assert zero["overlap_comm"] is True  # merged into the section, the generated keys stay
+    assert ds["flops_profiler"] == {}
+    assert "optimizer" not in ds and "scheduler" not in ds  # client torch AdamW + LambdaLR (no JIT builds)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("runtime.engine=horovod", "runtime.engine"),
+    ("runtime.precision=fp8", "runtime.precision"),
+    ("runtime.precision=bf16", "runtime.precision"),  # bf16 needs the DeepSpeed engine
+    ("runtime.num_workers=two", "runtime.num_workers"),
+])
+def test_bad_runtime_settings_fail_with_the_key_named(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(overrides=[override])
+
+
+def test_optimizer_state_is_saved_by_parameter_name_and_restored_exactly(tmp_path):
+    """engine.pt holds full AdamW moments by parameter name (the format the ZeRO-3 engine writes too), so it loads
+    on any engine and world size; restored into a fresh engine, the next update is identical."""
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    rt = recipe.runtime
+
+    def one_step():
+        batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+        torch.manual_seed(1)  # same dropout
+        out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 4))
+        rt.backward(out.loss)
+        rt.step()
+
+    one_step()
+    one_step()
+    state, weights = rt.state_dict(), rt.module_state_dict()
+    assert state["optimizer"]["step"] == 2
+    names = {n for n, p in recipe.reranker.named_parameters() if p.requires_grad}
+    assert set(state["optimizer"]["exp_avg"]) == names == set(state["optimizer"]["exp_avg_sq"])
+    one_step()
+    expected = {k: v.clone() for k, v in recipe.reranker.state_dict().items()}
+
+    fresh = train.setup(cfg, resume=False)
+    recipe.reranker, recipe.runtime, rt = fresh.reranker, fresh.runtime, fresh.runtime
+    rt.load_module_state_dict(weights)
+    rt.load_state_dict(state)
+    one_step()
+    for k, v in recipe.reranker.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
+    """Recomputing the answer-pass layers in backward changes memory and time, not the numbers."""
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, None, recipe.reader)
+    states = recipe.reader.encode_passages(batch.reader_inputs)
+
+    def loss_and_grad():
+        log_M = torch.linspace(-3, 0, batch.valid.numel()).view_as(batch.valid.float()).requires_grad_(True)
+        loss = recipe.reader.answer_loss(states, batch.reader_inputs, log_M).mean()
+        loss.backward()
+        return loss.detach(), log_M.grad
+
+    plain = loss_and_grad()
+    layers = runtime.answer_pass_layers(recipe.reader)
+    calls = []
+    # A submodule's hook fires in the forward and again in the recompute (the layer's own hook only once).
+    layers[0].self_attn.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
+    runtime.checkpoint_answer_pass(recipe.reader)
+    checkpointed = loss_and_grad()
+    assert torch.equal(plain[0], checkpointed[0])
+    assert torch.allclose(plain[1], checkpointed[1], atol=1e-7)
+    n_iter = recipe.reader.model.config.n_iterations
+    assert len(calls) == 2 * n_iter  # each tied-decoder application ran twice: forward, then recompute
+
+
+def test_reader_checkpointing_refuses_decoder_only_readers():
+    cfg = load_config(overrides=["reader.kind=causal_lm"])
+    with pytest.raises(ValueError, match="reader_checkpointing"):
+        runtime.answer_pass_layers(build_reader(cfg.reader))
