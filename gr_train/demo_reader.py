@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gr_train.attention import passage_key_bias
 from gr_train.gumbel import NEG_BIAS
-from gr_train.reader import Passage, Reader
+from gr_train.reader import Passage, Reader, token_mean_ce
 
 
 @dataclass
@@ -159,13 +158,6 @@ class DemoFiDModel(nn.Module):
         return torch.log(probs + 1e-9)
 
 
-def _token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits [B, T, V], labels [B, T] with -100 ignored → per-row token-mean CE [B] (0 for rows without labels)."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    count = (labels != -100).sum(-1)
-    return ce.sum(-1) / count.clamp_min(1)
-
-
 class DemoFiDReader(Reader):
     """Reader interface over DemoFiDModel with a word-level tokenizer (synthetic.build_tokenizer)."""
 
@@ -289,16 +281,16 @@ class DemoFiDReader(Reader):
 
     def answer_loss(self, states, inputs, log_M):
         logits, _ = self.decoder_logits(states, inputs, log_M)
-        return _token_mean_ce(logits, inputs["labels"])
+        return token_mean_ce(logits, inputs["labels"])
 
     def answer_loss_naive(self, inputs, log_M):
         logits, _ = self.decoder_logits(self._encode(inputs), inputs, log_M)
-        return _token_mean_ce(logits, inputs["labels"])
+        return token_mean_ce(logits, inputs["labels"])
 
     def training_loss(self, inputs, log_M=None, aux_weight: float = 1.0):
         """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd."""
         logits, first = self.decoder_logits(self._encode(inputs), inputs, log_M)
-        return _token_mean_ce(logits, inputs["labels"]), aux_weight * _token_mean_ce(first, inputs["aux_labels"])
+        return token_mean_ce(logits, inputs["labels"]), aux_weight * token_mean_ce(first, inputs["aux_labels"])
 
     @torch.no_grad()
     def generate(self, states, inputs, log_M=None, max_new_tokens: int | None = None):
