@@ -43,18 +43,19 @@ def test_cli_reports_bad_config_without_traceback(capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED_READER / "model.safetensors").is_file(), reason="no shipped demo reader")
-def test_full_demo_raises_gold_recall(tmp_path):
-    """The README demo with its defaults: G-Rerank, from the LM loss alone, lifts gold-passage Recall@5 and the
-    recall of direct (answer-bearing) gold passages above the untrained reranker, and its scores separate.
+def test_full_demo_raises_gold_recall_and_reader_em(tmp_path):
+    """The README demo with its defaults: G-Rerank, from the LM loss alone, lifts gold-passage Recall@k (k = the
+    training k) and the reader's exact match with the top-k above the untrained reranker, and its scores separate.
 
-    Indirect (bridge) recall is recorded in results.json but not asserted: on this data the tiny cross-encoder
-    learns "answer-typed passages first" long before it learns to match the question's entity, and indirect
-    recall falls (see the issue note and README)."""
+    Indirect (bridge) recall is recorded in results.json but not asserted: the untrained bi-encoder already ranks
+    the question's own bridge first, and G-Rerank keeps it only when k leaves room for every answer candidate
+    (see configs/demo.yaml and README)."""
     run = tmp_path / "demo"
     assert cli.main(["demo", f"run.run_dir={run}", "run.progress=false"]) == 0
     r = json.loads((run / "results.json").read_text())
-    before, after = r["untrained"]["ranking"], r["trained"]["ranking"]
-    assert after["all"]["recall@5"] >= before["all"]["recall@5"] + 0.08
-    assert after["direct"]["recall@5"] >= before["direct"]["recall@5"] + 0.3
-    assert r["trained"]["scores"]["separated"]
+    k = r["config"]["k"]
+    before, after = r["untrained"], r["trained"]
+    assert after["ranking"]["all"][f"recall@{k}"] >= before["ranking"]["all"][f"recall@{k}"] + 0.08
+    assert after["reader"]["em"] >= before["reader"]["em"] + 0.1
+    assert after["scores"]["separated"]
     assert r["reader_em"]["two_hop"]["all"] >= 0.8 and r["reader_em"]["two_hop"]["no_indirect"] <= 0.45

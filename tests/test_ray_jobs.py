@@ -83,7 +83,8 @@ def test_killed_shard_actor_restarts_and_every_query_is_answered_once(tmp_path, 
 # ray job submit → build_index, preprocess → Parquet → train.main
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY = ["reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+TINY = ["reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}"]
 

@@ -17,6 +17,7 @@ def tiny_cfg(tmp_path, *overrides):
     data = tmp_path / "data"
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"run.run_dir={tmp_path / 'run'}", "run.progress=false",
+        "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
         "synthetic.n_train=48", "synthetic.n_dev=16",
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
