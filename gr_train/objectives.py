@@ -8,6 +8,7 @@ with every passage visible (the demo reader). The Atlas baselines (EMDR, PDist, 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -70,8 +71,6 @@ def gumbel(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor |
     Passage states are computed under no_grad (they do not depend on M); only the answer pass and the
     reranker carry autograd.
     """
-    import time
-
     t0 = time.perf_counter()
     states = reader.encode_passages(batch.reader_inputs)
     t1 = time.perf_counter()

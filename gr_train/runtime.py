@@ -391,12 +391,15 @@ class DeepSpeedRuntime:
         return local, total
 
     def param_abs_sum(self, module: nn.Module) -> float:
-        """sum |w| over `module`'s parameters in float64, from each rank's slice without gathering (the slices'
-        padding is zeros); parameters ZeRO does not manage count once. Collective."""
+        """sum |w| over `module`'s parameters in float64, from each rank's slice without gathering; parameters
+        ZeRO does not manage count once. Collective. Only the valid part of a slice is read: the padding of the
+        last rank's slice is not guaranteed to be zeros (a resumed run read 3e36 there)."""
         s = torch.zeros((), dtype=torch.float64, device=self.device)
         for p in module.parameters():
             if hasattr(p, "ds_tensor"):
-                s += p.ds_tensor.detach().double().abs().sum()
+                part = p.ds_tensor.numel()
+                valid = max(0, min(p.ds_numel - self.rank * part, part))
+                s += p.ds_tensor.detach().reshape(-1)[:valid].double().abs().sum()
             elif self.is_main:
                 s += p.detach().double().abs().sum()
         self.dist.all_reduce(s)
