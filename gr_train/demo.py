@@ -57,7 +57,8 @@ def run(cfg: RunConfig) -> dict:
     results["trained"] = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
     results["trained_two_hop"] = evaluate(cfg, recipe.reranker, recipe.reader, two_hop)
     results["training"] = {k: v for k, v in last.items() if k.startswith(("train/", "perf/"))}
-    results["config"] = {"k": cfg.gumbel.k, "tau": cfg.gumbel.tau, "kappa": cfg.gumbel.kappa,
+    results["config"] = {"k": cfg.gumbel.k, "tau": cfg.gumbel.tau, "tau_end": cfg.gumbel.tau_end,
+                         "kappa": cfg.gumbel.kappa, "reranker": cfg.reranker.kind,
                          "max_steps": cfg.train.max_steps, "reader": cfg.reader.name_or_path}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = format_table({name: results[name] for name in ("untrained", "trained", "untrained_two_hop",
@@ -67,7 +68,8 @@ def run(cfg: RunConfig) -> dict:
     print(f"\nDemo reader exact match on two-hop dev questions: all passages {em['all']:.2f}, all but the bridge "
           f"{em['no_indirect']:.2f}, gold only {em['gold']:.2f}, direct only {em['direct']:.2f}, none {em['none']:.2f}")
     print(f"Reranker before/after G-Rerank ({cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
-          f"kappa={cfg.gumbel.kappa}, tau={cfg.gumbel.tau}); reader EM uses the top-{cfg.eval.reader_k or cfg.gumbel.k}:")
+          f"kappa={cfg.gumbel.kappa}, tau={cfg.gumbel.tau}"
+          f"{'' if cfg.gumbel.tau_end is None else f'->{cfg.gumbel.tau_end}'}); reader EM uses the top-{cfg.eval.reader_k or cfg.gumbel.k}:")
     print(table)
     if not results["trained"]["scores"]["separated"]:
         print("WARNING: the trained reranker's scores did not separate (median per-question std "
