@@ -90,8 +90,9 @@ def answer_metrics(records, preds: list[str]) -> dict:
 
 
 @torch.no_grad()
-def soft_hard_gap(reranker, reader, records, cfg, batch_size: int = 32) -> dict:
-    """Mean answer loss under the training mask (relaxed top-k at the final tau/kappa) and under hard top-k.
+def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> dict:
+    """Mean answer loss under the training mask (relaxed top-k at the final tau/kappa) and under hard top-k,
+    from the reranker scores of score_records (one [min(n, len(ctxs))] tensor per record).
 
     A large gap means training optimised a mask that inference does not use.
     """
@@ -101,8 +102,10 @@ def soft_hard_gap(reranker, reader, records, cfg, batch_size: int = 32) -> dict:
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
     soft, hard = [], []
     for start in range(0, len(records), batch_size):
-        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, reranker, reader)
-        w = reranker(batch.reranker_inputs).float()
+        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader)
+        w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
+        for b, s in enumerate(scores[start : start + batch_size]):
+            w[b, : len(s)] = s
         states = reader.encode_passages(batch.reader_inputs)
         M_soft = G.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
         M_hard = G.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
@@ -132,7 +135,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
         tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress)
         result["reader"] = dict(answer_metrics(records, preds), k=k)
-        result["loss"] = soft_hard_gap(reranker, reader, records, cfg, cfg.eval.batch_size)
+        result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size)
     return result
 
 

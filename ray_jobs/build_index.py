@@ -10,16 +10,16 @@ one index's). Dense: every shard embeds its slice and writes a faiss index. inde
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 
 import ray
 
-from gr_train.config import RunConfig, load_config
+from gr_train.config import RunConfig
 from gr_train.retrieval import (BM25Builder, CorpusStats, build_dense_shard, corpus_size, index_meta,
                                 read_corpus_slice, shard_dir, write_index_meta)
+from ray_jobs import start_job
 
 log = logging.getLogger("ray_jobs.build_index")
 
@@ -72,14 +72,7 @@ def run(cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.build_index", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if not ray.is_initialized():
-        ray.init()  # inside `ray job submit` this connects to the cluster; elsewhere it starts a local one
+    _, cfg = start_job("build_index", __doc__, argv)
     summary = run(cfg)
     print("build_index summary: " + json.dumps(summary))
     return summary

@@ -11,7 +11,6 @@ Same numbers as `gr-train evaluate` (gr_train/evaluate.py), less the soft-vs-har
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import ray
 
-from gr_train.config import RunConfig, load_config
+from gr_train.config import RunConfig
+from ray_jobs import start_job
 
 log = logging.getLogger("ray_jobs.evaluate")
 
@@ -73,16 +73,11 @@ def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    parser.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
-    parser.add_argument("--no-reader", action="store_true", help="ranking metrics only")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if not ray.is_initialized():
-        ray.init()  # inside `ray job submit` this connects to the cluster; elsewhere it starts a local one
+    def flags(parser):
+        parser.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
+        parser.add_argument("--no-reader", action="store_true", help="ranking metrics only")
+
+    args, cfg = start_job("evaluate", __doc__, argv, flags)
     result = run(cfg, not args.no_reader, args.output)
     print("evaluate summary: " + json.dumps(result))
     return result

@@ -12,7 +12,6 @@ written or rejected: the job fails if the counts do not add up.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -25,10 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from gr_train.config import RunConfig, load_config, save_config, to_dict
+from gr_train.config import RunConfig, save_config, to_dict
 from gr_train.data import PARQUET_SCHEMA_VERSION, DataError, has_answer, parse_item
 from gr_train.retrieval import QueryEncoder, load_index_meta, passage_string
 from ray_jobs.retrieve import ShardPool, search_all
+from ray_jobs import start_job
 
 log = logging.getLogger("ray_jobs.preprocess")
 
@@ -297,14 +297,7 @@ def _keep_good(batch: pa.Table, duplicates: list[int]) -> pa.Table:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.preprocess", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if not ray.is_initialized():
-        ray.init()  # inside `ray job submit` this connects to the cluster; elsewhere it starts a local one
+    _, cfg = start_job("preprocess", __doc__, argv)
     summary = run(cfg)
     print("preprocess summary: " + json.dumps(summary))
     return summary
