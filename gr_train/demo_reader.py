@@ -18,7 +18,7 @@ from torch import nn
 
 from gr_train.attention import passage_key_bias
 from gr_train.gumbel import NEG_BIAS
-from gr_train.reader import Passage, Reader, token_mean_ce
+from gr_train.reader import Passage, Reader, attention_mass, token_mean_ce, visible_log_mask
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Attention(nn.Module):
         super().__init__()
         self.h, self.dh = h, d // h
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.recorded: list[torch.Tensor] | None = None  # set to [] to collect attention probabilities (ADist)
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x: [B, T, d] queries, mem: [B, S, d] keys/values, bias: broadcastable to [B, h, T, S] → [B, T, d]."""
@@ -58,6 +59,8 @@ class Attention(nn.Module):
         v = self.v(mem).view(B, S, self.h, self.dh).transpose(1, 2)
         logits = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.dh) + bias
         attn = torch.softmax(logits, dim=-1).to(v.dtype)
+        if self.recorded is not None:
+            self.recorded.append(attn.detach())
         return self.o((attn @ v).transpose(1, 2).reshape(B, T, -1))
 
 
@@ -286,6 +289,18 @@ class DemoFiDReader(Reader):
     def answer_loss_naive(self, inputs, log_M):
         logits, _ = self.decoder_logits(self._encode(inputs), inputs, log_M)
         return token_mean_ce(logits, inputs["labels"])
+
+    @torch.no_grad()
+    def passage_attention(self, states, inputs, valid):
+        """Cross-attention mass per passage over the decoder iterations (see Reader.passage_attention), [B, n]."""
+        attn = self.model.decoder.cross_attn
+        attn.recorded = []
+        try:
+            self.decoder_logits(states, inputs, visible_log_mask(valid))
+            recorded = attn.recorded
+        finally:
+            attn.recorded = None
+        return attention_mass(recorded, inputs["passage_mask"], inputs["labels"] != -100)
 
     def training_loss(self, inputs, log_M=None, aux_weight: float = 1.0):
         """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd."""

@@ -2,18 +2,35 @@
 
 `noise` is this micro-batch's slice [k, B, n] of the step's Gumbel noise (see train.step_noise), or None.
 
-`gumbel` is G-Rerank (reranker trained through the frozen reader's answer loss); `reader` pre-trains a reader
-with every passage visible (the demo reader). The Atlas baselines (EMDR, PDist, LOOP, ADist) plug in here.
+- `gumbel`: G-Rerank, the reranker trained through the frozen reader's answer loss with the relaxed top-k mask
+  in the reader's attention.
+- The Atlas baselines (Izacard et al. 2023, Sec. 2.2), each from the same frozen reader; p_R = softmax(w) over a
+  question's valid candidates, and the reader's quantities are constants (no gradient into the reader):
+  - `emdr`: -log sum_i p_R(d_i) p_LM(a | q, d_i);
+  - `pdist`: KL(softmax(log p_LM(a | q, d_i) / theta) || p_R);
+  - `loop`: KL(softmax(-log p_LM(a | q, D minus d_i) / theta) || p_R): passages whose removal hurts most;
+  - `adist`: KL(softmax(log A_i / theta) || p_R), A_i the answer's attention mass on passage i (value norms not
+    included: readers expose attention probabilities only).
+  log p_LM is the reader's token-mean log-likelihood (length-normalised, the quantity G-Rerank's loss uses).
+  Per-passage likelihoods reuse one passage encoding: n answer passes, not n full reader passes (DESIGN.md).
+  They depend only on the question and its candidates, so they are computed once per question and cached
+  (objective.cache_reader_targets) across steps, epochs and runs in one process.
+- `supervised`: the labelled upper-bound reference on is_gold: listwise -log sum_{gold} p_R, or per-passage BCE.
+- `reader`: pre-trains a reader with every passage visible (the demo reader).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from gr_train import gumbel as G
+from gr_train.reader import visible_log_mask
 
 
 @dataclass
@@ -104,7 +121,146 @@ def reader_pretrain(batch: Batch, reranker, reader, cfg, step: int, noise) -> Ou
     raise NotImplementedError(f"reader pre-training is implemented for the demo reader only, not {type(reader)}")
 
 
-OBJECTIVES = {"gumbel": gumbel, "reader": reader_pretrain}
-# Objectives whose loss depends on the scores only through a softmax over a question's candidates: adding a
-# constant to every score changes nothing, so the reranker's score bias is frozen for them (zero gradient).
-SHIFT_INVARIANT = {"gumbel"}
+# -- the reader's per-passage quantities (the baselines' targets) -------------------------------------------------
+
+@torch.no_grad()
+def passage_losses(reader, states, inputs, valid: torch.Tensor, leave_out: bool) -> torch.Tensor:
+    """Answer loss (token-mean CE) with passage i alone visible (leave_out False) or with every valid passage
+    but i visible (leave_out True): n answer passes over one encoding. valid [B, n] → [B, n] fp32, nan where
+    not valid."""
+    B, n = valid.shape
+    out = torch.full((B, n), float("nan"), device=valid.device)
+    for i in range(n):
+        one = torch.zeros_like(valid)
+        one[:, i] = True
+        visible = (valid & ~one) if leave_out else one
+        out[:, i] = reader.answer_loss(states, inputs, visible_log_mask(visible)).float()
+    return out.masked_fill(~valid, float("nan"))
+
+
+def _reader_quantity(kind: str, batch: Batch, reader) -> torch.Tensor:
+    """[B, n] (nan on padding): per-passage CE alone (emdr, pdist), CE without the passage (loop), or attention
+    mass with every passage visible (adist)."""
+    states = reader.encode_passages(batch.reader_inputs)
+    if kind == "adist":
+        mass = reader.passage_attention(states, batch.reader_inputs, batch.valid).float()
+        return mass.masked_fill(~batch.valid, float("nan"))
+    return passage_losses(reader, states, batch.reader_inputs, batch.valid, leave_out=kind == "loop")
+
+
+_TARGET_CACHE: dict[tuple, torch.Tensor] = {}
+_TARGET_KIND = {"emdr": "single", "pdist": "single", "loop": "loop", "adist": "adist"}
+
+
+def _reader_key(cfg) -> str:
+    """What determines the frozen reader: its config section, plus the seed when it has random weights."""
+    key = dataclasses.asdict(cfg.reader)
+    if not cfg.reader.name_or_path:
+        key["seed"] = cfg.run.seed
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def reader_quantity(objective: str, batch: Batch, reader, cfg) -> tuple[torch.Tensor, float]:
+    """(the reader's per-passage quantity for `objective`, [B, n] fp32, nan on padding; seconds spent in the
+    reader). Cached per (reader, question, candidates) when cfg.objective.cache_reader_targets."""
+    kind = _TARGET_KIND[objective]
+    t0 = time.perf_counter()
+    if not cfg.objective.cache_reader_targets:
+        return _reader_quantity(kind, batch, reader), time.perf_counter() - t0
+    reader_key = _reader_key(cfg)
+    counts = batch.valid.sum(-1).tolist()
+    keys = [(kind, reader_key, r.id, r.question, r.target_text, tuple((c.title, c.text) for c in r.ctxs[:m]))
+            for r, m in zip(batch.records, counts)]
+    if any(k not in _TARGET_CACHE for k in keys):
+        values = _reader_quantity(kind, batch, reader).cpu()
+        for k, row, m in zip(keys, values, counts):
+            _TARGET_CACHE[k] = row[:m].clone()
+    out = torch.full(batch.valid.shape, float("nan"))
+    for b, (k, m) in enumerate(zip(keys, counts)):
+        out[b, :m] = _TARGET_CACHE[k]
+    return out.to(batch.valid.device), time.perf_counter() - t0
+
+
+def clear_target_cache() -> None:
+    _TARGET_CACHE.clear()
+
+
+# -- reranker-side losses -----------------------------------------------------------------------------------------
+
+def retriever_log_probs(w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log p_R = log_softmax(w) over each question's valid candidates; [B, n] → [B, n], -inf on padding."""
+    return torch.log_softmax(w.float().masked_fill(~valid, float("-inf")), dim=-1)
+
+
+def distill_loss(log_p_r: torch.Tensor, target_logits: torch.Tensor, valid: torch.Tensor, theta: float) -> torch.Tensor:
+    """KL(softmax(target_logits / theta) || p_R) per question, summed over valid candidates. → [B]."""
+    target = torch.softmax((target_logits / theta).masked_fill(~valid, float("-inf")), dim=-1)
+    log_target = torch.log(target.clamp_min(1e-30))
+    return (target * (log_target - log_p_r)).masked_fill(~valid, 0.0).sum(-1)
+
+
+def _score_metrics(w: torch.Tensor, log_p_r: torch.Tensor, batch: Batch) -> dict[str, float]:
+    with torch.no_grad():
+        wv = w.float().masked_fill(~batch.valid, float("nan"))
+        w_std = torch.nanmean((wv - torch.nanmean(wv, -1, keepdim=True)).pow(2), -1).sqrt().mean()
+        p_gold = log_p_r.exp().masked_fill(~batch.gold, 0.0).sum(-1).mean()
+    # per-question score spread (~0 = scores did not separate); retriever probability on gold passages
+    return {"train/w_std": w_std.item(), "train/p_on_gold": p_gold.item()}
+
+
+def _baseline(name: str):
+    def objective(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+        value, reader_seconds = reader_quantity(name, batch, reader, cfg)
+        t0 = time.perf_counter()
+        w = reranker(batch.reranker_inputs)  # [B, n]
+        log_p_r = retriever_log_probs(w, batch.valid)
+        theta = cfg.objective.theta
+        if name == "emdr":  # -log sum_i p_R(d_i) p_LM(a|d_i); p_LM constant
+            loss = -torch.logsumexp((log_p_r - value).masked_fill(~batch.valid, float("-inf")), dim=-1)
+        elif name == "pdist":
+            loss = distill_loss(log_p_r, -value, batch.valid, theta)
+        elif name == "loop":  # removing passage i raises the loss most → highest target probability
+            loss = distill_loss(log_p_r, value, batch.valid, theta)
+        else:  # adist
+            loss = distill_loss(log_p_r, torch.log(value.clamp_min(1e-30)), batch.valid, theta)
+        metrics = _score_metrics(w, log_p_r, batch)
+        metrics["train/reader_quantity_mean"] = torch.nanmean(value).item()
+        return Output(loss.mean(), metrics, {"time/reader_targets": reader_seconds,
+                                             "time/reranker": time.perf_counter() - t0})
+
+    objective.__name__ = name
+    objective.__doc__ = f"Atlas baseline {name} (see the module docstring)."
+    return objective
+
+
+emdr, pdist, loop, adist = (_baseline(name) for name in ("emdr", "pdist", "loop", "adist"))
+
+
+def supervised(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+    """Labelled reference on is_gold: listwise -log sum_{gold} p_R, or BCE per valid candidate. Questions without
+    a gold passage among their candidates add no loss (counted in train/no_gold_fraction)."""
+    w = reranker(batch.reranker_inputs)
+    log_p_r = retriever_log_probs(w, batch.valid)
+    gold = batch.gold & batch.valid
+    has_gold = gold.any(-1)
+    if cfg.objective.supervised_loss == "listwise":
+        per_q = -torch.logsumexp(log_p_r.masked_fill(~gold, float("-inf")), dim=-1)
+    else:
+        bce = F.binary_cross_entropy_with_logits(w.float(), gold.float(), reduction="none")
+        per_q = bce.masked_fill(~batch.valid, 0.0).sum(-1) / batch.valid.sum(-1).clamp_min(1)
+    loss = per_q.masked_fill(~has_gold, 0.0).sum() / has_gold.sum().clamp_min(1) + 0.0 * w.sum()
+    metrics = _score_metrics(w, log_p_r, batch)
+    metrics["train/no_gold_fraction"] = 1.0 - has_gold.float().mean().item()
+    return Output(loss, metrics)
+
+
+OBJECTIVES = {"gumbel": gumbel, "emdr": emdr, "pdist": pdist, "loop": loop, "adist": adist,
+              "supervised": supervised, "reader": reader_pretrain}
+
+
+def shift_invariant(cfg) -> bool:
+    """True when the objective's loss depends on the scores only through a softmax over a question's candidates:
+    adding a constant to every score changes nothing, so the reranker's score bias is frozen (zero gradient)."""
+    name = cfg.objective.name
+    return name in ("gumbel", "emdr", "pdist", "loop", "adist") or (
+        name == "supervised" and cfg.objective.supervised_loss == "listwise")

@@ -64,6 +64,12 @@ class Reader(nn.Module):
         autograd too (the naive path the benchmark compares against)."""
         raise NotImplementedError
 
+    def passage_attention(self, states: Any, inputs: dict[str, torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+        """Attention mass of the answer on each passage, every valid passage visible (Atlas ADist), [B, n] fp32:
+        the attention probabilities of the target tokens' queries summed over passage i's key tokens, averaged over
+        layers, heads and target tokens. Without grad. valid: [B, n] bool (False = padded candidate, masked)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its attention (objective adist)")
+
     def generate(
         self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor | None = None, max_new_tokens: int = 8
     ) -> list[str]:
@@ -121,6 +127,35 @@ def token_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B, T]
     return ce.sum(-1) / (labels != -100).sum(-1).clamp_min(1)
+
+
+def visible_log_mask(valid: torch.Tensor) -> torch.Tensor:
+    """log M of a 0/1 mask: 0 on valid candidates, NEG_BIAS on the rest. valid [B, n] bool → [B, n] fp32."""
+    return torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, NEG_BIAS)
+
+
+def attention_mass(attentions, token_mask: torch.Tensor, query_rows: torch.Tensor, first_key: int = 0) -> torch.Tensor:
+    """Mean attention mass per passage (ADist), from one attention-probability tensor per layer.
+
+    attentions: per layer [B, heads, Q, S], keys first_key .. first_key + n*L - 1 are the passages side by side;
+    token_mask: [B, n, L] bool; query_rows: [B, Q] bool, the query positions to average over (target tokens).
+    → [B, n] fp32: sum over passage i's tokens, mean over layers, heads and the chosen query rows.
+    """
+    B, n, L = token_mask.shape
+    rows = query_rows.float()
+    total = torch.zeros(B, n, device=token_mask.device)
+    for a in attentions:
+        a = a.float()[..., first_key : first_key + n * L].mean(1)  # [B, Q, n*L], mean over heads
+        per_passage = (a * token_mask.view(B, 1, n * L)).view(B, -1, n, L).sum(-1)  # [B, Q, n]
+        total = total + (per_passage * rows[..., None]).sum(1) / rows.sum(1, keepdim=True).clamp_min(1)
+    return total / len(attentions)
+
+
+def _require_attentions(attentions, reader) -> tuple:
+    if not attentions or attentions[0] is None:
+        raise RuntimeError(f"{type(reader).__name__}: the model returned no attention probabilities; objective adist "
+                           "needs reader.attn_implementation=eager")
+    return attentions
 
 
 def _pad(seqs: list[list[int]], length: int, pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,22 +289,38 @@ class FiDT5Reader(Reader):
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
         return cross_attention_bias(log_M, states.token_mask).to(states.hidden.dtype)
 
+    def _decoder_input_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the start token, then the target shifted right (pads for -100). [B, T] → [B, T]."""
+        start = torch.full_like(labels[:, :1], self.decoder_start_id)
+        ids = torch.cat([start, labels[:, :-1]], dim=1)
+        return ids.masked_fill(ids == -100, self.model.config.pad_token_id)
+
     def answer_logits(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder logits of the target, [B, T, V], differentiable w.r.t. log_M [B, n]."""
         labels = inputs["labels"]
-        start = torch.full_like(labels[:, :1], self.decoder_start_id)
-        decoder_input_ids = torch.cat([start, labels[:, :-1]], dim=1)
-        decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, self.model.config.pad_token_id)
         out = self.model(
             encoder_outputs=(states.hidden,),
             attention_mask=self._cross_bias(states, log_M),
-            decoder_input_ids=decoder_input_ids,
+            decoder_input_ids=self._decoder_input_ids(labels),
             use_cache=False,
         )
         return out.logits
 
     def answer_loss(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
+
+    @torch.no_grad()
+    def passage_attention(self, states: FiDStates, inputs, valid: torch.Tensor) -> torch.Tensor:
+        """Decoder cross-attention mass per passage (see Reader.passage_attention), [B, n]."""
+        labels = inputs["labels"]
+        out = self.model(
+            encoder_outputs=(states.hidden,),
+            attention_mask=self._cross_bias(states, visible_log_mask(valid)),
+            decoder_input_ids=self._decoder_input_ids(labels),
+            use_cache=False,
+            output_attentions=True,
+        )
+        return attention_mass(_require_attentions(out.cross_attentions, self), states.token_mask, labels != -100)
 
     def answer_loss_naive(self, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(self._encode(inputs), inputs, log_M), inputs["labels"])
@@ -439,6 +490,25 @@ class CausalLMReader(Reader):
 
     def answer_loss(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
+
+    @torch.no_grad()
+    def passage_attention(self, states: PassageCache, inputs, valid: torch.Tensor) -> torch.Tensor:
+        """Attention mass per passage of the queries that predict target tokens (see Reader.passage_attention)."""
+        query_ids, query_mask = self._query(inputs)
+        L = states.token_mask.shape[-1]
+        bias = answer_bias(passage_key_bias(visible_log_mask(valid), states.token_mask), query_mask)
+        out = self.model(
+            input_ids=query_ids,
+            attention_mask=self._mask(bias),
+            position_ids=self._query_positions(query_mask, L),
+            cache=states.fresh_cache(),
+            use_cache=True,
+            output_attentions=True,
+        )
+        P, T = inputs["prompt_ids"].shape[1], inputs["target_ids"].shape[1]
+        rows = torch.zeros(query_ids.shape, dtype=torch.bool, device=query_ids.device)
+        rows[:, P - 1 : P + T - 1] = inputs["labels"] != -100  # the positions whose logits predict the target
+        return attention_mass(_require_attentions(out.attentions, self), states.token_mask, rows)
 
     def answer_loss_naive(self, inputs, log_M: torch.Tensor) -> torch.Tensor:
         """One forward over [passage_1 .. passage_n, query] under autograd with the block mask of fused_bias."""

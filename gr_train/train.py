@@ -1,7 +1,9 @@
 """The training recipe: setup → train → save_checkpoint → cleanup.
 
-objective.name=gumbel trains the reranker through the frozen reader (G-Rerank); objective.name=reader pre-trains
-the demo reader with every passage visible. Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
+objective.name=gumbel trains the reranker through the frozen reader (G-Rerank); emdr / pdist / loop / adist (Atlas
+baselines) and supervised (is_gold labels) train it from the same reader and data (objectives.py);
+objective.name=reader pre-trains the demo reader with every passage visible.
+Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gr_train import gumbel as G
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_any
 from gr_train.metrics import MetricsWriter, peak_rss_mb
-from gr_train.objectives import OBJECTIVES, SHIFT_INVARIANT, collate
+from gr_train.objectives import OBJECTIVES, collate, shift_invariant
 from gr_train.reader import build_reader
 from gr_train.runtime import build_runtime
 
@@ -80,15 +82,15 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     reader, reranker = build_models(cfg, runtime)
     trainable = reader if cfg.objective.name == "reader" else reranker
     trainable.train()
-    if reranker is not None and cfg.objective.name in SHIFT_INVARIANT:
+    if reranker is not None and shift_invariant(cfg):
         for p in reranker.shift_parameters():
             p.requires_grad_(False)
     runtime.prepare(trainable, frozen=None if trainable is reader else reader)
     run_dir = Path(cfg.run.run_dir)
     train_records = load_split(cfg.data.train_path, cfg.data.n_candidates, "train")
     if train_records is None and cfg.objective.name != "reader":
-        raise ValueError("data.train_path is required for objective.name=gumbel (the synthetic stream feeds reader "
-                         "pre-training only)")
+        raise ValueError(f"data.train_path is required for objective.name={cfg.objective.name} (the synthetic "
+                         "stream feeds reader pre-training only)")
     dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     recipe = Recipe(cfg, reader, reranker, trainable, runtime, MetricsWriter(run_dir / "tb", runtime.is_main),
                     train_records, dev_records)

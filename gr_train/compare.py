@@ -1,0 +1,358 @@
+"""Objective comparison: every objective trained from the same initial reranker, on the same data and budget, over
+several seeds → `compare.json`, `compare.md` (mean ± std over seeds) and `compare.png` (eval recall over steps).
+
+Run as `gr-train compare --config CFG --train FILE --dev FILE --objectives gumbel,pdist --seeds 0,1,2 --out DIR`.
+All runs happen one after another in this process with the local runtime; a distributed comparison is one
+`gr-train train` launch per (objective, seed) with `run.seed=S objective.name=OBJ`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from gr_train import config as config_mod
+from gr_train import train
+from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, validate
+from gr_train.data import DataError
+from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
+
+log = logging.getLogger("gr_train.compare")
+
+RESULT_FILE = "compare_result.json"  # in every run folder: its metrics; present = finished, never retrained
+INIT_FILE = "init.json"  # in every run folder: the checksum of the reranker the run started from
+UNTRAINED = "untrained"
+# Reader-only rows: which of a question's first n_candidates passages the frozen reader sees, no reranker.
+REFERENCES = {
+    "reader: all passages": lambda b, r: list(range(len(r.ctxs))),
+    "reader: gold passages": lambda b, r: [i for i, p in enumerate(r.ctxs) if p.is_gold],
+    "reader: no passages": lambda b, r: [],
+}
+# Per-objective overrides may tune how an objective learns (optim, gumbel, objective settings), never what is
+# compared: the data, the budget, the reader, the metrics or the run layout.
+FIXED_SECTIONS = ("run", "data", "reader", "eval")
+FIXED_KEYS = ("objective.name", "train.max_steps", "train.micro_batch_size", "train.grad_accum_steps")
+
+
+def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir: str | Path,
+                per_objective_overrides: dict[str, list[str]] | None = None) -> dict:
+    """Train and evaluate every (objective, seed); write compare.json, compare.md and compare.png into out_dir.
+
+    Args:
+        cfg: the shared config; data.train_path and data.dev_path (FiD with is_gold labels) must be set.
+            train.eval_every_steps = 0 becomes max_steps // 10 (the plot's points).
+        objectives: objective.name values, e.g. ["gumbel", "pdist", "supervised"].
+        seeds: run.seed values; for one seed every objective starts from the same reranker (checked).
+        out_dir: runs go to <out_dir>/<objective>/seed-<s>/, the untrained and reader-only rows to
+            <out_dir>/untrained/seed-<s>/. A run whose compare_result.json exists is not run again; an unfinished
+            one resumes from its latest step-NNNNNN/ checkpoint (train.save_every_steps).
+        per_objective_overrides: {objective: ["section.key=value", ...]}, e.g. {"pdist": ["optim.lr=1e-4"]}.
+    Returns:
+        The content of compare.json: {"objectives", "seeds", "ks", "rows": {row: {"per_seed": {seed: metrics},
+        "mean": metrics, "std": metrics}}}. Metrics: recall@k / ndcg@k / mrr (suffix _direct / _indirect),
+        em, f1, loss_soft, loss_hard, gap, w_std, s_per_query. std is the sample std over seeds (0 for one seed).
+    """
+    if not seeds or len(set(seeds)) != len(seeds) or len(set(objectives)) != len(objectives):
+        raise ConfigError(f"compare: expected distinct objectives and seeds, got {objectives} and {seeds}")
+    out_dir = Path(out_dir)
+    per_objective_overrides = per_objective_overrides or {}
+    base = base_config(cfg, objectives, per_objective_overrides)
+    dev = labelled_dev(base)
+    rows: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}")
+        for name, metrics in ref["rows"].items():
+            rows.setdefault(name, {})[seed] = metrics
+        for obj in objectives:
+            run_cfg = objective_config(base, obj, seed, out_dir, per_objective_overrides.get(obj, []))
+            result = objective_run(run_cfg, dev, ref["init_checksum"])
+            rows.setdefault(obj, {})[seed] = result["metrics"]
+    order = [UNTRAINED, *objectives, *REFERENCES]
+    summary = {"objectives": list(objectives), "seeds": list(seeds), "ks": list(base.eval.ks),
+               "reader_k": base.eval.reader_k or base.gumbel.k, "max_steps": base.train.max_steps,
+               "global_batch": base.train.micro_batch_size * base.train.grad_accum_steps,
+               "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
+               "rows": {name: aggregate(rows[name]) for name in order}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "compare.json", summary)
+    (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
+    write_plot(out_dir / "compare.png", out_dir, objectives, seeds, plot_k(base), summary["rows"][UNTRAINED])
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def base_config(cfg: RunConfig, objectives: list[str], per_objective_overrides: dict) -> RunConfig:
+    """A validated copy of cfg for the comparison; refuses what would make the runs incomparable."""
+    if not objectives:
+        raise ConfigError("compare: no objectives given")
+    for obj in objectives:
+        if obj not in config_mod.OBJECTIVE_NAMES or obj == "reader":
+            names = " | ".join(n for n in config_mod.OBJECTIVE_NAMES if n != "reader")
+            raise ConfigError(f"compare: unknown reranker objective '{obj}' ({names})")
+    for obj in per_objective_overrides:
+        if obj not in objectives:
+            raise ConfigError(f"compare: overrides given for '{obj}', which is not among the objectives "
+                              f"({', '.join(objectives)})")
+    if cfg.runtime.engine != "local":
+        raise ConfigError("runtime.engine: compare runs every training in this process (local); for a distributed "
+                          "comparison launch `gr-train train` once per objective and seed")
+    if not cfg.data.train_path or not cfg.data.dev_path:
+        raise ConfigError("compare: set data.train_path and data.dev_path (--train FILE --dev FILE)")
+    base = copy.deepcopy(cfg)
+    if base.train.eval_every_steps == 0:  # ~10 points per curve in compare.png
+        base.train.eval_every_steps = max(1, base.train.max_steps // 10)
+    return base
+
+
+def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overrides: list[str]) -> RunConfig:
+    """The config of one run: base, objective and seed set, run_dir <out_dir>/<obj>/seed-<seed>, then overrides."""
+    cfg = copy.deepcopy(base)
+    cfg.objective.name, cfg.run.seed, cfg.run.run_dir = obj, seed, str(out_dir / obj / f"seed-{seed}")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section in FIXED_SECTIONS or f"{section}.{key}" in FIXED_KEYS:
+            raise ConfigError(f"override '{obj}:{text}': {section}.{key} must be the same for every objective "
+                              f"(per-objective overrides may not change sections {', '.join(FIXED_SECTIONS)} "
+                              f"or {', '.join(FIXED_KEYS)})")
+        config_mod.apply_override(cfg, text, f"override '{obj}:{text}'")
+    validate(cfg)
+    return cfg
+
+
+def labelled_dev(cfg: RunConfig) -> list:
+    """The dev records (first eval.max_questions, if set); DataError naming the file when a label is missing."""
+    records = train.load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    for r in records:
+        for i, p in enumerate(r.ctxs):
+            if p.is_gold is None:
+                raise DataError(cfg.data.dev_path, "no is_gold label: compare needs gold labels on every dev "
+                                "passage (ranking metrics)", record_id=r.id, field=f"ctxs[{i}].is_gold")
+    return records[: cfg.eval.max_questions] if cfg.eval.max_questions else records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def param_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, values); equal iff the modules are bit-identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        # flattened first: view(uint8) refuses 0-d tensors
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_initial(cfg: RunConfig):
+    """(reader, reranker) exactly as train.setup builds them for run.seed (same seeding, same build order)."""
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    return train.build_models(cfg)
+
+
+def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict:
+    """The untrained reranker of this seed, evaluated, and the reader-only rows. Cached in run_dir/RESULT_FILE.
+
+    Returns {"init_checksum": str, "rows": {row name: metrics}}.
+    """
+    cfg = copy.deepcopy(base)
+    cfg.run.seed, cfg.run.run_dir = seed, str(run_dir)
+    cached = load_result(run_dir, cfg)
+    if cached is not None:
+        return cached
+    reader, reranker = build_initial(cfg)
+    rows = {UNTRAINED: flatten(evaluate(cfg, reranker, reader, dev, cfg.run.progress))}
+    # The reader-only rows choose among the same first n_candidates passages the rerankers choose from.
+    cut = [dataclasses.replace(r, ctxs=r.ctxs[: cfg.data.n_candidates]) for r in dev]
+    for name, select in REFERENCES.items():
+        ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size))
+        rows[name] = {"em": ans["em"], "f1": ans["f1"]}
+    result = {"init_checksum": param_checksum(reranker), "rows": rows, "config": comparable(cfg)}
+    write_json(run_dir / RESULT_FILE, result)
+    return result
+
+
+def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
+    """Train one (objective, seed) run (resuming from its latest checkpoint) and evaluate it with hard top-k.
+
+    Raises RuntimeError when its reranker does not start from `init_checksum` (the seed's untrained reranker).
+    Returns {"metrics": {...}, "eval": evaluate()'s result, "train_s", "steps", "init_checksum"}.
+    """
+    run_dir = Path(cfg.run.run_dir)
+    cached = load_result(run_dir, cfg)
+    if cached is not None:
+        log.info("compare: %s is finished, not retrained", run_dir)
+        return cached
+    recipe = train.setup(cfg, resume=True)
+    if recipe.start_step == 0:
+        init = param_checksum(recipe.reranker)
+        write_json(run_dir / INIT_FILE, {"init_checksum": init})
+    else:  # resumed from a checkpoint: the start was recorded when the run began
+        init = json.loads((run_dir / INIT_FILE).read_text())["init_checksum"]
+    if init != init_checksum:
+        raise RuntimeError(f"{run_dir}: objective {cfg.objective.name} seed {cfg.run.seed} did not start from the "
+                           "seed's untrained reranker (a per-objective override changed the reranker?)")
+    step_seconds: list[float] = []
+    train.train(recipe, on_step=lambda step, scalars: step_seconds.append(scalars["time/step"]))
+    train.save_checkpoint(recipe)
+    train.cleanup(recipe)
+    result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
+    # Optimizer steps only (forward, backward, update): in-training evaluation and checkpoints are not counted.
+    queries = len(step_seconds) * train.global_batch(recipe)
+    metrics = dict(flatten(result), s_per_query=sum(step_seconds) / queries if queries else float("nan"))
+    out = {"metrics": metrics, "eval": result, "train_s": sum(step_seconds), "steps": len(step_seconds),
+           "init_checksum": init, "config": comparable(cfg)}
+    write_json(run_dir / RESULT_FILE, out)
+    return out
+
+
+def comparable(cfg: RunConfig) -> dict:
+    """The config as recorded in a result file; progress bars do not change results."""
+    d = to_dict(cfg)
+    d["run"] = {k: v for k, v in d["run"].items() if k != "progress"}
+    return d
+
+
+def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """The finished result in run_dir, or None; ConfigError when it was produced with another config."""
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("config") != json.loads(json.dumps(comparable(cfg))):
+        raise ConfigError(f"{path}: was produced with a different config; delete {run_dir} to rerun it, or use "
+                          "another --out")
+    return result
+
+
+def write_json(path: Path, obj) -> None:
+    """Write via a temporary file and rename: a crash never leaves a half-written result that counts as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics, table, plot
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def flatten(result: dict) -> dict[str, float]:
+    """evaluate()'s result → flat metrics: recall@k, ndcg@k, mrr (suffix _direct / _indirect), em, f1,
+    loss_soft, loss_hard, gap, w_std."""
+    out = {f"{m}" + ("" if kind == "all" else f"_{kind}"): v
+           for kind, row in result["ranking"].items() for m, v in row.items() if m != "questions"}
+    if "reader" in result:
+        out.update(em=result["reader"]["em"], f1=result["reader"]["f1"])
+        out.update(result["loss"])
+    out["w_std"] = result["scores"]["w_std_median"]
+    return out
+
+
+def aggregate(per_seed: dict[int, dict[str, float]]) -> dict:
+    """{"per_seed": {seed: metrics}, "mean": metrics, "std": metrics}; std = sample std (n - 1), 0 for one seed."""
+    keys = list(next(iter(per_seed.values())))
+    stats = {k: mean_std([m[k] for m in per_seed.values()]) for k in keys}
+    return {"per_seed": {str(s): m for s, m in per_seed.items()},
+            "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n - 1; 0 for one value). A NaN (no question of a kind) makes both NaN."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def table_columns(ks: list[int]) -> list[tuple[str, str]]:
+    """(header, metric key) of compare.md's columns."""
+    cols = []
+    for kind in KINDS:
+        suffix = "" if kind == "all" else f"_{kind}"
+        cols += [(f"R@{k} {kind}", f"recall@{k}{suffix}") for k in ks]
+        cols += [(f"NDCG@{k} {kind}", f"ndcg@{k}{suffix}") for k in ks]
+        cols.append((f"MRR {kind}", f"mrr{suffix}"))
+    return cols + [("EM", "em"), ("F1", "f1"), ("gap (hard-soft loss)", "gap"), ("s/query", "s_per_query")]
+
+
+def format_markdown(summary: dict) -> str:
+    """One row per objective, the untrained reranker and the reader-only references; cells are mean ± std."""
+    cols = table_columns(summary["ks"])
+    lines = [f"Mean ± std over seeds {', '.join(map(str, summary['seeds']))}; {summary['max_steps']} steps of "
+             f"{summary['global_batch']} questions; reader EM/F1 with the top-{summary['reader_k']}; s/query = "
+             "training seconds per question.", "",
+             "| row | " + " | ".join(h for h, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in summary["rows"].items():
+        cells = []
+        for _, key in cols:
+            if key not in row["mean"]:
+                cells.append("–")
+                continue
+            fmt = ".2e" if key == "s_per_query" else ".3f"
+            cells.append(f"{row['mean'][key]:{fmt}} ± {row['std'][key]:{fmt}}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_k(cfg: RunConfig) -> int:
+    """The cut-off plotted: the reader's k when it is among eval.ks, else the first of eval.ks."""
+    k = cfg.eval.reader_k or cfg.gumbel.k
+    return k if k in cfg.eval.ks else cfg.eval.ks[0]
+
+
+def eval_curve(run_dir: Path, key: str) -> dict[int, float]:
+    """{step: value} of scalar `key` in <run_dir>/tb/scalars.jsonl (a resumed run's repeated steps: last wins)."""
+    curve = {}
+    path = run_dir / "tb" / "scalars.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        if key in row:
+            curve[row["step"]] = row[key]
+    return curve
+
+
+def write_plot(path: Path, out_dir: Path, objectives: list[str], seeds: list[int], k: int, untrained: dict) -> None:
+    """compare.png: eval/recall@k (all, indirect) over steps, mean over seeds (band: ± std), one line per
+    objective; step 0 is the untrained reranker's value, shared by all objectives."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    for ax, suffix in zip(fig.subplots(1, 2), ("", "_indirect")):
+        key = f"recall@{k}{suffix}"
+        for obj in objectives:
+            curves = []
+            for s in seeds:
+                c = eval_curve(out_dir / obj / f"seed-{s}", f"eval/{key}")
+                c.setdefault(0, untrained["per_seed"][str(s)][key])
+                curves.append(c)
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            mean, std = zip(*(mean_std([c[t] for c in curves]) for t in steps))
+            ax.plot(steps, mean, marker="o", markersize=3, label=obj)
+            ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
+        ax.set_title(f"dev recall@{k} ({'indirect gold' if suffix else 'all gold'})")
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"mean ± std over seeds {', '.join(map(str, seeds))}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,374 @@
+"""Export a trained reranker as a self-contained HF folder with a model card (README.md).
+
+The folder loads with plain `transformers` (scoring recipe in the card, per kind), as a gr-train reranker
+(`Reranker.load`), and, for cross-encoders, with `sentence_transformers.CrossEncoder(folder)` giving the raw scores
+w. Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval FILE ...]`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gr_train.config import RunConfig, load_config, save_config
+from gr_train.data import DataError
+from gr_train.reranker import SETTINGS_FILE, Reranker
+
+CARD_FILE = "README.md"
+CONFIG_FILE = "gr_train_config.yaml"  # the resolved training config, copied next to the weights
+# Eval JSON looked for in a run dir when no --eval is given: `gr-train demo` writes results.json (untrained and
+# trained rows), `gr-train evaluate` writes eval.json (one result).
+EVAL_FILES = ("results.json", "eval.json")
+# sentence-transformers' CrossEncoder applies a sigmoid to single-logit models unless config.json names another
+# activation (CrossEncoder.get_default_activation_fn, v4+); Identity makes CrossEncoder.predict return w itself.
+CROSS_ENCODER_ACTIVATION = "torch.nn.modules.linear.Identity"
+
+OBJECTIVES = {
+    "gumbel": "G-Rerank (Gumbel Reranking): the relaxed top-k mask M = max_j softmax((kappa * w + G_j) / tau) "
+    "gates the frozen reader's attention to each passage, and the reader's answer loss trains the reranker (no labels)",
+    "emdr": "EMDR (Atlas baseline): -log sum_i p_R(d_i|q) p_LM(a|q,d_i), the frozen reader's single-passage "
+    "answer likelihoods as constants",
+    "pdist": "PDist (Atlas perplexity distillation): KL(softmax(log p_LM(a|q,d_i) / theta) || p_R) from the frozen "
+    "reader",
+    "loop": "LOOP (Atlas leave-one-out perplexity distillation): KL(softmax(-log p_LM(a|q,D without d_i) / theta) || "
+    "p_R) from the frozen reader",
+    "adist": "ADist (Atlas attention distillation): KL(softmax(log A_i / theta) || p_R), A_i the frozen reader's "
+    "answer attention mass on passage i",
+    "supervised": "supervised training on the is_gold passage labels (listwise or per-passage BCE)",
+}
+
+
+def export_run(source: str | Path, out_dir: str | Path, checkpoint: str = "final",
+               eval_paths: list[str | Path] | None = None) -> Path:
+    """Export the reranker of a training run.
+
+    Args:
+        source: a run dir (`<source>/<checkpoint>/reranker`), a checkpoint folder (`<source>/reranker`) or a
+            reranker folder written by `Reranker.save` (holds gr_train_reranker.json).
+        out_dir: the export folder (created; files of the same name are overwritten).
+        checkpoint: checkpoint folder inside a run dir; only `final/` holds an exported reranker.
+        eval_paths: eval JSON files for the card's table; None = the run dir's results.json / eval.json if present.
+    Returns: out_dir.
+    Raises: FileNotFoundError naming the missing folder, reranker folder, config.yaml or eval file; DataError
+        naming an eval file without results.
+    """
+    reranker_dir, checkpoint_dir, run_dir = _locate(Path(source), checkpoint)
+    config_path = next((p / "config.yaml" for p in (checkpoint_dir, run_dir)
+                        if p is not None and (p / "config.yaml").is_file()), None)
+    if config_path is None:
+        raise FileNotFoundError(f"export: no config.yaml next to {reranker_dir} (looked in its checkpoint folder and "
+                                "run dir): the model card needs the training config")
+    cfg = load_config(config_path)
+    step = None
+    if checkpoint_dir is not None and (checkpoint_dir / "trainer_state.json").is_file():
+        state = json.loads((checkpoint_dir / "trainer_state.json").read_text())
+        step = {"step": state.get("step"), "world_size": state.get("world_size", 1)}
+    if eval_paths is None:
+        eval_paths = [run_dir / name for name in EVAL_FILES if run_dir is not None and (run_dir / name).is_file()]
+    evaluation = {}
+    for path in eval_paths:
+        evaluation.update(read_eval(path))
+    return export_reranker(Reranker.load(reranker_dir), out_dir, cfg, evaluation, step,
+                           source=f"`{reranker_dir}` (training config `{config_path}`)")
+
+
+def _locate(source: Path, checkpoint: str) -> tuple[Path, Path | None, Path | None]:
+    """(reranker folder, checkpoint folder or None, run dir or None) for a run / checkpoint / reranker folder."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"export: {source} not found (expected a run dir, checkpoint or reranker folder)")
+    if (source / SETTINGS_FILE).is_file():  # a reranker folder; <run_dir>/<checkpoint>/reranker when from a run
+        in_run = (source.parent / "config.yaml").is_file()
+        return source, source.parent if in_run else None, source.parent.parent if in_run else None
+    if (source / "reranker").is_dir() or (source / "trainer_state.json").is_file():  # a checkpoint folder
+        reranker_dir, checkpoint_dir, run_dir = source / "reranker", source, source.parent
+    else:
+        reranker_dir, checkpoint_dir, run_dir = source / checkpoint / "reranker", source / checkpoint, source
+    if not (reranker_dir / SETTINGS_FILE).is_file():
+        hint = ("step checkpoints hold training state only (resume from them); the reranker is exported to "
+                "final/reranker when a run finishes" if checkpoint_dir.name != "final" else
+                "has the run finished? (objective.name=reader runs train the reader and have no reranker)")
+        raise FileNotFoundError(f"export: no reranker at {reranker_dir} (expected a folder written by "
+                                f"Reranker.save, with {SETTINGS_FILE}): {hint}")
+    return reranker_dir, checkpoint_dir, run_dir
+
+
+def read_eval(path: str | Path) -> dict[str, dict]:
+    """{row name: evaluate() result} from an eval JSON: one result (`gr-train evaluate`, row named after the
+    file) or a mapping of named results (`gr-train demo` results.json; other entries are skipped)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"export: eval file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON: {e}") from None
+    if isinstance(data, dict) and "ranking" in data:
+        return {path.name: data}
+    items = data.items() if isinstance(data, dict) else []
+    results = {k: v for k, v in items if isinstance(v, dict) and "ranking" in v}
+    if not results:
+        raise DataError(path, "no evaluation results (expected the JSON of `gr-train evaluate` or `gr-train demo`)")
+    return results
+
+
+def export_reranker(reranker: Reranker, out_dir: str | Path, cfg: RunConfig,
+                    evaluation: dict[str, dict] | None = None, step: dict | None = None,
+                    source: str | None = None) -> Path:
+    """Write `reranker` to `out_dir`: HF model + tokenizer, gr_train_reranker.json, the training config
+    (gr_train_config.yaml) and README.md (model card built from `cfg`, `evaluation` and `step`).
+
+    Args:
+        reranker: the trained reranker (in memory; its weights are saved as they are).
+        cfg: the run's config (data, objective, optimizer and reader are read from it).
+        evaluation: {row name: evaluate() result} for the card's table; None or {} = "not evaluated".
+        step: {"step": optimizer steps done, "world_size": ranks} from the checkpoint; None = train.max_steps.
+        source: where the reranker came from (Markdown), recorded in the card.
+    Returns: out_dir. Two files differ from `Reranker.save`: the tokenizer's model_max_length is
+    reranker.max_tokens (so tokenizers and CrossEncoder truncate like gr-train), and a cross-encoder's
+    config.json names the Identity activation for sentence-transformers.
+    """
+    out_dir = Path(out_dir)
+    src = reranker.cfg.name_or_path
+    if src and Path(src).is_dir() and Path(src).resolve() == out_dir.resolve():  # would overwrite what it reads
+        raise ValueError(f"export: output {out_dir} is the reranker's own folder; export to a new folder")
+    reranker.save(out_dir)
+    _update_json(out_dir / "tokenizer_config.json", {"model_max_length": reranker.cfg.max_tokens})
+    if reranker.kind == "cross_encoder":  # keeps other sentence_transformers keys a base model's config had
+        st = getattr(reranker.model.config, "sentence_transformers", None) or {}
+        _update_json(out_dir / "config.json",
+                     {"sentence_transformers": {**st, "activation_fn": CROSS_ENCODER_ACTIVATION}})
+    save_config(cfg, out_dir / CONFIG_FILE)
+    (out_dir / CARD_FILE).write_text(model_card(reranker, out_dir, cfg, evaluation or {}, step, source))
+    return out_dir
+
+
+def _update_json(path: Path, updates: dict[str, Any]) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **updates}, indent=2) + "\n")
+
+
+def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: dict[str, dict],
+               step: dict | None, source: str | None) -> str:
+    """README.md: YAML front matter, model, training settings, evaluation table, how to score."""
+    kind, rcfg = reranker.kind, reranker.cfg
+    base = cfg.reranker.name_or_path
+    front: dict[str, Any] = {
+        "library_name": "sentence-transformers" if kind == "cross_encoder" else "transformers",
+        "tags": ["gr-train", "reranker", "rag", kind.replace("_", "-"),
+                 *(["gumbel-reranking"] if cfg.objective.name == "gumbel" else [])],
+    }
+    if kind == "cross_encoder":
+        front["pipeline_tag"] = "text-ranking"
+    if base and not Path(base).exists():  # a hub id (a local folder is no valid base_model)
+        front["base_model"] = base
+    objective = cfg.objective.name
+    scratch = "none: random init from gr-train's tiny config" + (
+        f" with `reranker.model_config` {_code(cfg.reranker.model_config)}" if cfg.reranker.model_config else "")
+    base_cell = f"`{base}`" if base else scratch
+    n_params = sum(p.numel() for p in reranker.model.parameters())
+    per = "text" if kind == "bi_encoder" else "input"
+    reader = f"`{cfg.reader.name_or_path}`" if cfg.reader.name_or_path else "(random init from `reader.model_config`)"
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# gr-train reranker: {kind}, objective `{objective}`", "",
+        f"A RAG passage reranker trained with gr-train by {OBJECTIVES.get(objective, objective)}. "
+        "It scores each (question, passage) pair independently; higher w = more useful to the reader.", "",
+        "## Model", "",
+        "| | |", "|---|---|",
+        f"| reranker kind | `{kind}`: {_score_rule(reranker)} |",
+        f"| base model | {base_cell} |",
+        f"| architecture | `{type(reranker.model).__name__}`, {n_params:,} parameters |",
+        f"| max tokens | {rcfg.max_tokens} per {per} (longer inputs are truncated) |",
+        "| passage text | `title + \" \" + text` (just the text when there is no title) |",
+        *([f"| exported from | {source} |"] if source else []),
+        "", "## Training", "",
+        "| setting | value |", "|---|---|",
+        f"| objective | `objective.name={objective}` |",
+        *_objective_rows(cfg),
+        f"| reader (frozen) | `{cfg.reader.kind}` {reader} |",
+        f"| training data | {_data_cell(cfg.data.train_path)} |",
+        f"| dev data | {_data_cell(cfg.data.dev_path)} |",
+        f"| candidates per question | {cfg.data.n_candidates} (`data.n_candidates`) |",
+        f"| optimizer | AdamW, lr {cfg.optim.lr:g} ({cfg.optim.lr_schedule}, {cfg.optim.warmup_steps} warm-up steps), "
+        f"weight decay {cfg.optim.weight_decay:g}, grad clip {cfg.optim.grad_clip:g} |",
+        f"| steps | {_steps_cell(cfg, step)} |",
+        f"| batch | {_batch_cell(cfg, step)} |",
+        f"| seed | {cfg.run.seed} |",
+        "", "## Evaluation", "",
+        *_evaluation_lines(evaluation),
+        "", "## How to score", "",
+        "With plain `transformers` (reproduces gr-train's `Reranker.score` to float rounding):", "",
+        "```python", _transformers_snippet(reranker, out_dir), "```",
+    ]
+    if kind == "cross_encoder":
+        lines += [
+            "", "With `sentence-transformers` (>= 4; `config.json` sets the Identity activation, so `predict` returns "
+            "the raw score w rather than sigmoid(w); the tokenizer truncates at max tokens):", "",
+            "```python", _cross_encoder_snippet(out_dir), "```",
+        ]
+    lines += ["", f"With gr-train: `Reranker.load(path).score(questions, passages)` → w: [B, n]. The full training "
+              f"config is in `{CONFIG_FILE}`, the scoring settings in `{SETTINGS_FILE}`.", ""]
+    return "\n".join(lines)
+
+
+def _code(value: Any) -> str:
+    return f"`{json.dumps(value)}`"
+
+
+def _score_rule(reranker: Reranker) -> str:
+    if reranker.kind == "cross_encoder":
+        return "w = logits[:, 0] of `AutoModelForSequenceClassification` (num_labels=1) on the pair (question, passage)"
+    if reranker.kind == "rankt5":
+        return (f"w = logit of `{reranker.cfg.score_token}` at the first decoder step of `AutoModelForSeq2SeqLM` on "
+                "`Query: {question} Document: {passage}`")
+    return (f"w = {reranker.cfg.score_scale:g} * cos(mean_pool(question), mean_pool(passage)), mean over non-pad "
+            "last hidden states of `AutoModel`")
+
+
+def _objective_rows(cfg: RunConfig) -> list[str]:
+    g, name = cfg.gumbel, cfg.objective.name
+    reader_k = cfg.eval.reader_k or g.k
+    if name != "gumbel":
+        rows = [f"| k | {reader_k} (passages given to the reader at evaluation; `eval.reader_k` or `gumbel.k`) |"]
+        if name in ("pdist", "loop", "adist"):
+            rows.append(f"| theta | {cfg.objective.theta:g} (`objective.theta`, target temperature) |")
+        if name == "supervised":
+            rows.append(f"| supervised loss | {cfg.objective.supervised_loss} |")
+        return rows
+    return [
+        f"| k | {g.k} (`gumbel.k`: Gumbel samples per question in training; hard top-k at inference"
+        + (f"; the reader got the top-{reader_k} at evaluation" if reader_k != g.k else "") + ") |",
+        f"| kappa | {_schedule(g.kappa, g.kappa_end, g.schedule, 'score scale', 'kappa')} |",
+        f"| tau | {_schedule(g.tau, g.tau_end, g.schedule, 'temperature', 'tau')} |",
+        f"| schedule | {g.schedule} (`gumbel.schedule`) |",
+        f"| noise | {str(g.noise).lower()} (`gumbel.noise`; false = the no-noise ablation) |",
+    ]
+
+
+def _schedule(start: float, end: float | None, schedule: str, what: str, key: str) -> str:
+    if end is None:
+        return f"{start:g} ({what}; `gumbel.{key}`, constant)"
+    return f"{start:g} → {end:g} ({what}; `gumbel.{key}` → `gumbel.{key}_end`, {schedule} over training)"
+
+
+def _data_cell(path: str | None) -> str:
+    if not path:
+        return "none"
+    try:
+        from gr_train.data import load_any
+
+        return f"`{path}` ({len(load_any(path)):,} questions)"
+    except (OSError, ValueError):  # moved or deleted since training (DataError is a ValueError)
+        return f"`{path}` (not readable at export time; question count unknown)"
+
+
+def _steps_cell(cfg: RunConfig, step: dict | None) -> str:
+    if step is None or step.get("step") is None:
+        return f"{cfg.train.max_steps} (`train.max_steps`)"
+    return f"{step['step']} optimizer steps (`train.max_steps={cfg.train.max_steps}`)"
+
+
+def _batch_cell(cfg: RunConfig, step: dict | None) -> str:
+    t = cfg.train
+    ranks = (step or {}).get("world_size") or 1
+    return (f"{t.micro_batch_size * t.grad_accum_steps * ranks} questions per step (micro_batch_size "
+            f"{t.micro_batch_size} x grad_accum_steps {t.grad_accum_steps} x {ranks} ranks)")
+
+
+def _evaluation_lines(evaluation: dict[str, dict]) -> list[str]:
+    """The Markdown table of evaluate.format_table, with the cut-offs every result has."""
+    if not evaluation:
+        return ["Not evaluated (no eval JSON: run `gr-train evaluate` and export with `--eval FILE`)."]
+    from gr_train.evaluate import format_table
+
+    cutoffs = [{int(m) for key in r["ranking"]["all"] for m in re.findall(r"^recall@(\d+)$", key)}
+               for r in evaluation.values()]
+    ks = sorted(set.intersection(*cutoffs))
+    questions = sorted({r.get("questions") for r in evaluation.values() if r.get("questions") is not None})
+    reader_k = sorted({r["reader"]["k"] for r in evaluation.values() if "k" in r.get("reader", {})})
+    notes = [f"{'/'.join(map(str, questions))} dev questions" if questions else "",
+             f"EM/F1 with the reader given the top-{'/'.join(map(str, reader_k))}" if reader_k else "no reader EM",
+             "R@k = recall of gold passages (all / direct: contains the answer / indirect: a bridge) in the top k"]
+    return [format_table(evaluation, ks), "", "; ".join(n for n in notes if n) + "."]
+
+
+def _transformers_snippet(reranker: Reranker, out_dir: Path) -> str:
+    """Self-contained Python that defines score(pairs) -> w: [N] for this kind, then scores one example."""
+    max_tokens = reranker.cfg.max_tokens
+    head = ["import torch"]
+    kind = reranker.kind
+    if kind == "cross_encoder":
+        head += [
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
+            f'path = "{out_dir.resolve()}"',
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "model = AutoModelForSequenceClassification.from_pretrained(path).eval()", "",
+            "",
+            "def score(pairs):",
+            '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N]."""',
+            "    questions, passages = [q for q, _ in pairs], [p for _, p in pairs]",
+            f"    enc = tokenizer(questions, passages, padding=True, truncation=True, max_length={max_tokens}, "
+            'return_tensors="pt")',
+            "    with torch.no_grad():",
+            "        return model(**enc).logits[:, 0]",
+        ]
+    elif kind == "rankt5":
+        head += [
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "",
+            f'path = "{out_dir.resolve()}"',
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()",
+            f'score_token_id = tokenizer.convert_tokens_to_ids("{reranker.cfg.score_token}")', "",
+            "",
+            "def score(pairs):",
+            '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N]."""',
+            '    texts = [f"Query: {q} Document: {p}" for q, p in pairs]',
+            f'    enc = tokenizer(texts, padding=True, truncation=True, max_length={max_tokens}, return_tensors="pt")',
+            "    start = torch.full((len(texts), 1), model.config.decoder_start_token_id)",
+            "    with torch.no_grad():",
+            "        logits = model(**enc, decoder_input_ids=start).logits  # [N, 1, V]: one decoder step",
+            "    return logits[:, 0, score_token_id]",
+        ]
+    else:
+        head += [
+            "from transformers import AutoModel, AutoTokenizer", "",
+            f'path = "{out_dir.resolve()}"',
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "model = AutoModel.from_pretrained(path).eval()", "",
+            "",
+            "def embed(texts):",
+            '    """Mean of the last hidden states over non-pad tokens: [N, d]."""',
+            f'    enc = tokenizer(texts, padding=True, truncation=True, max_length={max_tokens}, return_tensors="pt")',
+            "    with torch.no_grad():",
+            "        hidden = model(**enc).last_hidden_state",
+            '    mask = enc["attention_mask"].unsqueeze(-1).float()',
+            "    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)",
+            "",
+            "",
+            "def score(pairs):",
+            '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N]."""',
+            "    questions, passages = [q for q, _ in pairs], [p for _, p in pairs]",
+            "    cos = torch.cosine_similarity(embed(questions), embed(passages), dim=-1)",
+            f"    return {reranker.cfg.score_scale!r} * cos",
+        ]
+    return "\n".join([*head, "", "", f"print(score({_EXAMPLE!r}))"])
+
+
+_EXAMPLE = [("who wrote hamlet", "Hamlet Hamlet is a tragedy written by William Shakespeare")]
+
+
+def _cross_encoder_snippet(out_dir: Path) -> str:
+    return "\n".join([
+        "from sentence_transformers import CrossEncoder", "",
+        f'model = CrossEncoder("{out_dir.resolve()}")', "",
+        "",
+        "def score(pairs):",
+        '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: numpy [N]."""',
+        "    return model.predict(pairs)",
+        "", "",
+        f"print(score({_EXAMPLE!r}))",
+    ])

@@ -1,0 +1,233 @@
+"""`gr-train compare` on tiny models: one init per seed, mean ± std over seeds, table and plot, skipping finished
+runs, and the CLI on a hand-written FiD file."""
+
+import copy
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from gr_train import cli, compare, objectives, synthetic, train
+from gr_train.config import ConfigError, load_config
+from gr_train.evaluate import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+# Every reranker objective that exists today (the Atlas baselines and supervised land in objectives.py over time).
+OBJECTIVES = [o for o in ("gumbel", "supervised") if o in objectives.OBJECTIVES]
+SEEDS = [0, 1]
+MAX_STEPS = 3
+
+
+def tiny_cfg(root: Path, *overrides):
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
+        "synthetic.n_train=24", "synthetic.n_dev=12",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}",
+        f"train.max_steps={MAX_STEPS}", "train.micro_batch_size=4", "train.log_every_steps=1", "optim.lr=1e-3",
+        "optim.warmup_steps=0", *overrides,
+    ])
+    data = root / "data"
+    if not data.exists():
+        synthetic.write_demo_data(cfg.synthetic, data, seed=0)
+    cfg.data.train_path, cfg.data.dev_path = str(data / "train.jsonl"), str(data / "dev.jsonl")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    cfg = tiny_cfg(root)
+    summary = compare.run_compare(cfg, OBJECTIVES, SEEDS, root / "out")
+    return cfg, root / "out", summary
+
+
+def test_json_has_every_row_and_metric_with_mean_and_std_of_the_seeds(done):
+    cfg, out, summary = done
+    assert json.loads((out / "compare.json").read_text()) == summary
+    rows = summary["rows"]
+    assert list(rows) == ["untrained", *OBJECTIVES, *compare.REFERENCES]
+    table_keys = [key for _, key in compare.table_columns(cfg.eval.ks)]
+    for name in ["untrained", *OBJECTIVES]:
+        expected = table_keys if name != "untrained" else [k for k in table_keys if k != "s_per_query"]
+        for key in expected:
+            values = [rows[name]["per_seed"][str(s)][key] for s in SEEDS]
+            assert rows[name]["mean"][key] == pytest.approx(statistics.fmean(values)), (name, key)
+            assert rows[name]["std"][key] == pytest.approx(statistics.stdev(values)), (name, key)
+    for name in compare.REFERENCES:
+        assert set(rows[name]["mean"]) == {"em", "f1"}
+        assert all(0.0 <= rows[name]["per_seed"][str(s)]["em"] <= 1.0 for s in SEEDS)
+    for obj in OBJECTIVES:
+        for s in SEEDS:
+            m = rows[obj]["per_seed"][str(s)]
+            assert 0.0 <= m["recall@2_indirect"] <= 1.0 and 0.0 <= m["ndcg@5_direct"] <= 1.0
+            assert m["gap"] == pytest.approx(m["loss_hard"] - m["loss_soft"])
+            run = json.loads((out / obj / f"seed-{s}" / compare.RESULT_FILE).read_text())
+            assert run["steps"] == MAX_STEPS
+            assert m["s_per_query"] == pytest.approx(run["train_s"] / (MAX_STEPS * cfg.train.micro_batch_size))
+            assert m["s_per_query"] > 0
+    # Seeds give different initial rerankers, so the spread over seeds is not trivially zero.
+    assert rows["untrained"]["std"]["w_std"] > 0
+
+
+def test_markdown_and_png(done):
+    cfg, out, summary = done
+    md = (out / "compare.md").read_text()
+    for name in summary["rows"]:
+        assert f"| {name} |" in md
+    assert "R@2 indirect" in md and "NDCG@5 direct" in md and "MRR all" in md and "s/query" in md
+    m = summary["rows"][OBJECTIVES[0]]
+    assert f"{m['mean']['recall@2']:.3f} ± {m['std']['recall@2']:.3f}" in md
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(out / "compare.png").shape
+    assert width > 500 and height > 200
+    # The curve has a point per eval_every_steps (default max_steps // 10, here 1) in every run's scalars.
+    curve = compare.eval_curve(out / OBJECTIVES[0] / "seed-0", "eval/recall@2_indirect")
+    assert sorted(curve) == list(range(1, MAX_STEPS + 1))
+
+
+def test_untrained_row_is_a_fresh_seeded_reranker_and_every_objective_starts_from_it(done):
+    cfg, out, summary = done
+    dev = train.load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    checksums = set()
+    for s in SEEDS:
+        c = copy.deepcopy(cfg)
+        c.run.seed = s
+        torch.manual_seed(s)  # an independent build, seeded by hand as train.setup seeds it
+        random.seed(s)
+        reader, reranker = train.build_models(c)
+        expected = compare.flatten(evaluate(c, reranker, reader, dev))
+        got = summary["rows"]["untrained"]["per_seed"][str(s)]
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), (s, key)
+        init = compare.param_checksum(reranker)
+        checksums.add(init)
+        for obj in OBJECTIVES:
+            run_dir = out / obj / f"seed-{s}"
+            assert json.loads((run_dir / compare.INIT_FILE).read_text())["init_checksum"] == init
+            assert json.loads((run_dir / compare.RESULT_FILE).read_text())["init_checksum"] == init
+    assert len(checksums) == len(SEEDS)
+
+
+def test_rerun_skips_finished_runs_and_retrains_only_the_missing_one(done, monkeypatch):
+    cfg, out, summary = done
+    results = sorted(out.glob(f"*/seed-*/{compare.RESULT_FILE}"))
+    assert len(results) == len(SEEDS) * (len(OBJECTIVES) + 1)
+    mtimes = {p: p.stat().st_mtime_ns for p in results}
+    setups = []
+    real_setup = train.setup
+    monkeypatch.setattr(train, "setup", lambda c, resume=True: setups.append(c.run.run_dir) or real_setup(c, resume))
+    again = compare.run_compare(cfg, OBJECTIVES, SEEDS, out)
+    assert setups == [] and again["rows"] == summary["rows"]
+    assert {p: p.stat().st_mtime_ns for p in results} == mtimes
+
+    lost = out / OBJECTIVES[0] / "seed-1" / compare.RESULT_FILE  # as if the process died during its evaluation
+    lost.unlink()
+    again = compare.run_compare(cfg, OBJECTIVES, SEEDS, out)
+    assert setups == [str(lost.parent)]
+    before, after = summary["rows"][OBJECTIVES[0]]["per_seed"]["1"], again["rows"][OBJECTIVES[0]]["per_seed"]["1"]
+    for key in before:
+        if key != "s_per_query":  # retraining from the same seed reproduces the run
+            assert after[key] == pytest.approx(before[key], abs=1e-5, nan_ok=True), key
+
+
+def test_a_finished_run_with_another_config_is_refused(done):
+    cfg, out, _ = done
+    changed = tiny_cfg(out.parent, "train.max_steps=5")
+    with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+        compare.run_compare(changed, OBJECTIVES, SEEDS, out)
+
+
+def test_an_override_that_changes_the_initial_reranker_is_caught(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    other_init = ("reranker.model_config={model_type: bert, hidden_size: 16, num_hidden_layers: 1, "
+                  "num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 32}")
+    with pytest.raises(RuntimeError, match="did not start from the seed's untrained reranker"):
+        compare.run_compare(cfg, ["gumbel"], [0], tmp_path / "out", {"gumbel": [other_init]})
+
+
+def test_overrides_of_data_budget_or_reader_are_refused(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    for bad in ("train.max_steps=10", "data.n_candidates=5", "reader.kind=fid_t5", "eval.ks=[1]"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            compare.objective_config(cfg, "gumbel", 0, tmp_path, [bad])
+    assert compare.objective_config(cfg, "gumbel", 3, tmp_path, ["optim.lr=0.5"]).optim.lr == 0.5
+    with pytest.raises(ConfigError, match="'pdsit'"):
+        compare.run_compare(cfg, ["pdsit"], [0], tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI on a hand-written FiD file
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def fid_rows(n: int, labelled: bool = True) -> list[dict]:
+    towns = ["Tacoma", "Oslo", "Lima", "Perth", "Quito", "Hanoi"]
+    rows = []
+    for i in range(n):
+        town = towns[i % len(towns)]
+        ctxs = [{"title": f"Book {i}", "text": f"Book {i} was written by Author {i}.", "is_gold": True},
+                {"title": f"Author {i}", "text": f"Author {i} was born in {town}.", "is_gold": True},
+                {"title": f"Author {i + 50}", "text": f"Author {i + 50} was born in {towns[(i + 1) % 6]}.",
+                 "is_gold": False},
+                {"title": f"Book {i + 50}", "text": f"Book {i + 50} is a novel.", "is_gold": False}]
+        if not labelled:
+            for c in ctxs:
+                del c["is_gold"]
+        rows.append({"id": f"q{i}", "question": f"Where was the author of Book {i} born?", "answers": [town],
+                     "ctxs": ctxs})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+CLI_OVERRIDES = ["run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48",
+                 "reader.answer_max_tokens=8", "reranker.kind=cross_encoder", "reranker.max_tokens=64",
+                 "reranker.model_config={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                 "intermediate_size: 64, max_position_embeddings: 128}",
+                 "data.n_candidates=4", "gumbel.k=2", "eval.ks=[1, 2]", "train.max_steps=2",
+                 "train.micro_batch_size=4", "train.log_every_steps=1"]
+
+
+def test_cli_compare_on_a_fid_jsonl_file(tmp_path, capsys):
+    train_file = write_jsonl(tmp_path / "my_train.jsonl", fid_rows(8))
+    dev_file = write_jsonl(tmp_path / "my_dev.jsonl", fid_rows(6))
+    out = tmp_path / "cmp"
+    rc = cli.main(["compare", "--train", str(train_file), "--dev", str(dev_file), "--objectives", "gumbel",
+                   "--seeds", "0", "--out", str(out), "--set", "gumbel:optim.lr=0.01", *CLI_OVERRIDES])
+    assert rc == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["seeds"] == [0] and summary["overrides"] == {"gumbel": ["optim.lr=0.01"]}
+    assert summary["rows"]["gumbel"]["std"]["mrr"] == 0.0  # one seed
+    assert math.isfinite(summary["rows"]["gumbel"]["mean"]["mrr"])
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_config(out / "gumbel" / "seed-0" / "config.yaml").optim.lr == 0.01
+    assert "| gumbel |" in capsys.readouterr().out
+
+
+def test_cli_compare_refuses_a_dev_file_without_labels(tmp_path, capsys):
+    train_file = write_jsonl(tmp_path / "my_train.jsonl", fid_rows(8))
+    dev_file = write_jsonl(tmp_path / "unlabelled_dev.jsonl", fid_rows(6, labelled=False))
+    rc = cli.main(["compare", "--train", str(train_file), "--dev", str(dev_file), "--out", str(tmp_path / "cmp"),
+                   *CLI_OVERRIDES])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unlabelled_dev.jsonl" in err and "ctxs[0].is_gold" in err and "no is_gold label" in err
+    assert not (tmp_path / "cmp").exists()  # refused before any training
+
+
+def test_cli_compare_rejects_a_malformed_set(tmp_path, capsys):
+    rc = cli.main(["compare", "--train", "t.jsonl", "--dev", "d.jsonl", "--out", str(tmp_path), "--set",
+                   "optim.lr=0.1"])
+    assert rc == 2 and "OBJECTIVE:section.key=value" in capsys.readouterr().err
