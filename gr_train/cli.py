@@ -1,5 +1,5 @@
-"""`gr-train` command line: demo | train | evaluate | compare | export | generate | convert | prepare-models. Thin: each
-calls one recipe function."""
+"""`gr-train` command line: demo | train | evaluate | compare | export | generate | convert | prepare-models.
+Thin: each verb loads the config and calls one recipe function."""
 
 from __future__ import annotations
 
