@@ -103,6 +103,9 @@ class ObjectiveSection:
     theta: float = 1.0  # pdist / loop / adist: temperature of the reader-derived target distribution
     supervised_loss: str = "listwise"  # supervised: listwise (-log sum of softmax over gold) | bce (per passage)
     cache_reader_targets: bool = True  # emdr / pdist / loop / adist: compute the reader's targets once per question
+    # keep every question's passage states in memory after its first encoding (reader_cache.py): saves the
+    # reader's n*L-token pass on every later visit (epochs, seeds, objectives); memory grows with the training set
+    cache_passage_states: bool = False
 
 
 @dataclass

@@ -14,15 +14,14 @@
   log p_LM is the reader's token-mean log-likelihood (length-normalised, the quantity G-Rerank's loss uses).
   Per-passage likelihoods reuse one passage encoding: n answer passes, not n full reader passes (DESIGN.md).
   They depend only on the question and its candidates, so they are computed once per question and cached
-  (objective.cache_reader_targets) across steps, epochs and runs in one process.
+  (objective.cache_reader_targets; reader_cache.py) across steps, epochs and runs in one process; so can the
+  passage states (objective.cache_passage_states, opt-in: large).
 - `supervised`: the labelled upper-bound reference on is_gold: listwise -log sum_{gold} p_R, or per-passage BCE.
 - `reader`: pre-trains a reader with every passage visible (the demo reader).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from gr_train import gumbel as G
+from gr_train import reader_cache
 from gr_train.reader import visible_log_mask
 
 
@@ -89,7 +89,7 @@ def gumbel(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor |
     reranker carry autograd.
     """
     t0 = time.perf_counter()
-    states = reader.encode_passages(batch.reader_inputs)
+    states = passage_states(batch, reader, cfg)
     t1 = time.perf_counter()
     w = reranker(batch.reranker_inputs)  # [B, n]
     tau, kappa = gumbel_tau_kappa(cfg, step)
@@ -138,26 +138,17 @@ def passage_losses(reader, states, inputs, valid: torch.Tensor, leave_out: bool)
     return out.masked_fill(~valid, float("nan"))
 
 
-def _reader_quantity(kind: str, batch: Batch, reader) -> torch.Tensor:
+def _reader_quantity(kind: str, batch: Batch, reader, cfg) -> torch.Tensor:
     """[B, n] (nan on padding): per-passage CE alone (emdr, pdist), CE without the passage (loop), or attention
     mass with every passage visible (adist)."""
-    states = reader.encode_passages(batch.reader_inputs)
+    states = passage_states(batch, reader, cfg)
     if kind == "adist":
         mass = reader.passage_attention(states, batch.reader_inputs, batch.valid).float()
         return mass.masked_fill(~batch.valid, float("nan"))
     return passage_losses(reader, states, batch.reader_inputs, batch.valid, leave_out=kind == "loop")
 
 
-_TARGET_CACHE: dict[tuple, torch.Tensor] = {}
 _TARGET_KIND = {"emdr": "single", "pdist": "single", "loop": "loop", "adist": "adist"}
-
-
-def _reader_key(cfg) -> str:
-    """What determines the frozen reader: its config section, plus the seed when it has random weights."""
-    key = dataclasses.asdict(cfg.reader)
-    if not cfg.reader.name_or_path:
-        key["seed"] = cfg.run.seed
-    return json.dumps(key, sort_keys=True, default=str)
 
 
 def reader_quantity(objective: str, batch: Batch, reader, cfg) -> tuple[torch.Tensor, float]:
@@ -165,24 +156,18 @@ def reader_quantity(objective: str, batch: Batch, reader, cfg) -> tuple[torch.Te
     reader). Cached per (reader, question, candidates) when cfg.objective.cache_reader_targets."""
     kind = _TARGET_KIND[objective]
     t0 = time.perf_counter()
-    if not cfg.objective.cache_reader_targets:
-        return _reader_quantity(kind, batch, reader), time.perf_counter() - t0
-    reader_key = _reader_key(cfg)
-    counts = batch.valid.sum(-1).tolist()
-    keys = [(kind, reader_key, r.id, r.question, r.target_text, tuple((c.title, c.text) for c in r.ctxs[:m]))
-            for r, m in zip(batch.records, counts)]
-    if any(k not in _TARGET_CACHE for k in keys):
-        values = _reader_quantity(kind, batch, reader).cpu()
-        for k, row, m in zip(keys, values, counts):
-            _TARGET_CACHE[k] = row[:m].clone()
-    out = torch.full(batch.valid.shape, float("nan"))
-    for b, (k, m) in enumerate(zip(keys, counts)):
-        out[b, :m] = _TARGET_CACHE[k]
-    return out.to(batch.valid.device), time.perf_counter() - t0
+    if cfg.objective.cache_reader_targets:
+        value = reader_cache.cached_targets(batch, cfg, kind, lambda: _reader_quantity(kind, batch, reader, cfg))
+    else:
+        value = _reader_quantity(kind, batch, reader, cfg)
+    return value, time.perf_counter() - t0
 
 
-def clear_target_cache() -> None:
-    _TARGET_CACHE.clear()
+def passage_states(batch: Batch, reader, cfg):
+    """reader.encode_passages of the batch; from the per-question cache when cfg.objective.cache_passage_states."""
+    if cfg.objective.cache_passage_states:
+        return reader_cache.cached_states(batch, cfg, lambda: reader.encode_passages(batch.reader_inputs))
+    return reader.encode_passages(batch.reader_inputs)
 
 
 # -- reranker-side losses -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gr_train import objectives, train
+from gr_train import objectives, reader_cache, train
 from gr_train.data import Passage, Record
 from gr_train.reader import visible_log_mask
 from test_reader import PASSAGES, QUESTIONS, TARGETS, make_reader
@@ -18,9 +18,9 @@ RERANKER_OBJECTIVES = ["gumbel", "emdr", "pdist", "loop", "adist", "supervised"]
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    objectives.clear_target_cache()
+    reader_cache.clear()
     yield
-    objectives.clear_target_cache()
+    reader_cache.clear()
 
 
 @pytest.mark.parametrize("name", RERANKER_OBJECTIVES)
@@ -218,7 +218,7 @@ def test_a_record_passage_edit_misses_the_cache(tmp_path):
     a, _ = objectives.reader_quantity("pdist", objectives.collate([rec], 10, None, recipe.reader), recipe.reader, cfg)
     b, _ = objectives.reader_quantity("pdist", objectives.collate([edited], 10, None, recipe.reader), recipe.reader,
                                       cfg)
-    assert len(objectives._TARGET_CACHE) == 2 and a.shape == b.shape
+    assert len(reader_cache._TARGETS) == 2 and a.shape == b.shape
 
 
 @pytest.mark.parametrize("name", ["emdr", "supervised"])
@@ -227,3 +227,29 @@ def test_baseline_recipe_runs_logs_and_saves(tmp_path, name):
     out = train.main(cfg, resume=False)
     assert out["final"] and math.isfinite(out["last"]["train/loss"])
     assert "train/p_on_gold" in out["last"]
+
+
+@pytest.mark.parametrize("family", ["fid_t5", "llama"])
+def test_cached_passage_states_are_reused_and_give_the_same_loss(family, monkeypatch):
+    from gr_train.config import RunConfig
+
+    reader = make_reader(family)
+    cfg = RunConfig()
+    cfg.objective.cache_passage_states = True
+    records = [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in
+                                                           enumerate(PASSAGES[i])]) for i in range(2)]
+    objectives.passage_states(objectives.collate(records, 3, None, reader), reader, cfg)  # fills the cache
+    batch = objectives.collate(records[::-1], 3, None, reader)
+    direct = reader.answer_loss(reader.encode_passages(batch.reader_inputs), batch.reader_inputs, torch.zeros(2, 3))
+    log_M = torch.log(torch.tensor([[0.9, 0.2, 0.5], [0.1, 1.0, 0.3]]))
+    alone = torch.stack([_loss_alone(reader, records[1], log_M[0]), _loss_alone(reader, records[0], log_M[1])])
+    monkeypatch.setattr(reader, "encode_passages", lambda inputs: pytest.fail("encoded again"))
+    cached = objectives.passage_states(batch, reader, cfg)
+    assert torch.allclose(reader.answer_loss(cached, batch.reader_inputs, log_M), alone, atol=1e-5)
+    assert (alone - reader.answer_loss(cached, batch.reader_inputs, torch.zeros(2, 3))).abs().max() > 1e-4
+    assert torch.allclose(reader.answer_loss(cached, batch.reader_inputs, torch.zeros(2, 3)), direct, atol=1e-5)
+
+
+def _loss_alone(reader, record, log_m):
+    inputs = reader.tokenize([record.question], [[(c.title, c.text) for c in record.ctxs]], [record.target_text])
+    return reader.answer_loss(reader.encode_passages(inputs), inputs, log_m[None])[0]
