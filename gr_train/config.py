@@ -60,6 +60,7 @@ class ReaderSection:
     kind: str = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config` (random weights)
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
+    tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa

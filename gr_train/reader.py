@@ -207,9 +207,11 @@ def _greedy(logits: torch.Tensor, step, eos_id: int, max_new_tokens: int) -> tor
 
 
 def _load_tokenizer(cfg, tokenizer):
-    """The given tokenizer, else the one saved with cfg.name_or_path, else byte_level_tokenizer()."""
+    """The given tokenizer, else cfg.tokenizer_path's, else the one saved with cfg.name_or_path, else
+    byte_level_tokenizer()."""
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path) if cfg.name_or_path else byte_level_tokenizer()
+        path = cfg.tokenizer_path or cfg.name_or_path
+        tokenizer = AutoTokenizer.from_pretrained(path) if path else byte_level_tokenizer()
     return tokenizer
 
 

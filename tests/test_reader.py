@@ -180,6 +180,19 @@ def test_from_pretrained_local_folder(family, tmp_path):
     )
 
 
+def test_tokenizer_from_its_own_folder_when_the_checkpoint_has_none(tmp_path):
+    """FiD checkpoints often ship weights only: reader.tokenizer_path names the tokenizer."""
+    reader = make_reader("fid_t5")
+    reader.model.save_pretrained(tmp_path / "weights")
+    reader.tokenizer.save_pretrained(tmp_path / "tok")
+    cfg = ReaderSection(kind="fid_t5", name_or_path=str(tmp_path / "weights"), tokenizer_path=str(tmp_path / "tok"),
+                        passage_max_tokens=72, answer_max_tokens=8)
+    loaded = build_reader(cfg)
+    assert loaded.tokenizer.get_vocab() == reader.tokenizer.get_vocab()
+    inputs = reader.tokenize(QUESTIONS, PASSAGES, TARGETS)
+    assert all(torch.equal(inputs[k], v) for k, v in loaded.tokenize(QUESTIONS, PASSAGES, TARGETS).items())
+
+
 def _teacher_forced(reader, states, inputs, ids, valid, log_M):
     """answer_logits with `ids` [B, t] as the target (valid [B, t] bool marks the real tokens)."""
     forced = dict(inputs, labels=ids.masked_fill(~valid, -100), target_ids=ids, target_mask=valid)

@@ -24,10 +24,9 @@ RECIPES = ["rankt5_fid_large.yaml", "bge_fid_large.yaml", "rankt5_llama.yaml", "
 # What each model a recipe names is, as (HF class, the same architecture at tiny sizes). A recipe that switches to
 # a model not listed here fails until its architecture is added.
 ARCHITECTURES = {
-    # Intel/fid_t5_large_nq (+ the t5-large tokenizer): FiD weights in the plain T5 layout
-    "/shared/models/fid_t5_large_nq": ("T5ForConditionalGeneration",
-                                       dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                                            num_heads=4)),
+    # FiD weights in the plain T5 layout (the tokenizer: reader.tokenizer_path, t5-large's)
+    "Intel/fid_t5_large_nq": ("T5ForConditionalGeneration",
+                              dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)),
     "meta-llama/Llama-3.2-1B": ("LlamaForCausalLM",  # grouped-query attention and tied embeddings, as the 1B
                                 dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
@@ -75,7 +74,7 @@ def tiny_recipe(name: str, tmp_path: Path):
     data = records_file(tmp_path / "train.jsonl", cfg.gumbel.k + 2)  # more candidates than k: M selects
     tokenizer = reranker_tokenizer(cfg.reranker.kind, data, tmp_path / "reranker_tokenizer")
     cfg = load_config(REPO / "configs" / name, [
-        "reader.name_or_path=null", f"reader.model_config={json.dumps(reader_tiny)}",
+        "reader.name_or_path=null", "reader.tokenizer_path=null", f"reader.model_config={json.dumps(reader_tiny)}",
         "reranker.name_or_path=null", f"reranker.model_config={json.dumps(reranker_tiny)}",
         f"reranker.tokenizer_path={tokenizer}",
         "runtime.engine=local", "runtime.precision=fp32",
