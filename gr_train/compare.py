@@ -180,7 +180,7 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict
     # The reader-only rows choose among the same first n_candidates passages the rerankers choose from.
     cut = [dataclasses.replace(r, ctxs=r.ctxs[: cfg.data.n_candidates]) for r in dev]
     for name, select in REFERENCES.items():
-        ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size))
+        ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size, cfg=cfg))
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
     result = {"init_checksum": param_checksum(reranker), "rows": rows, "config": comparable(cfg)}
     write_json(run_dir / RESULT_FILE, result)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from gr_train import gumbel as G
 from gr_train import ranking
-from gr_train.objectives import collate
+from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
+from gr_train.reader import visible_log_mask
 
 KINDS = ("all", "direct", "indirect")
 
@@ -67,13 +68,24 @@ def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
 
 
 @torch.no_grad()
-def reader_answers(reader, records, select: Callable, batch_size: int = 32, progress: bool = False) -> list[str]:
-    """Greedy reader answers when each record's reader sees `select(b, record) -> list of ctx indices`."""
+def reader_answers(reader, records, select: Callable, batch_size: int = 32, progress: bool = False,
+                   cfg=None) -> list[str]:
+    """Greedy reader answers when each record's reader sees `select(b, record) -> list of ctx indices`.
+
+    With cfg.objective.cache_passage_states, the reader reads each question's cached states of its first
+    data.n_candidates passages with a hard 0/1 mask (the same as dropping the others, see attention.py), so that
+    every evaluation of a question after the first costs decoding only. Otherwise the selected passages are
+    encoded on their own.
+    """
     preds = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
+        chosen = [select(start + j, r) for j, r in enumerate(chunk)]
+        if cfg is not None and cfg.objective.cache_passage_states and all(chosen):
+            preds.extend(_answers_from_cached_states(reader, chunk, chosen, cfg))
+            continue
         qs = [r.question for r in chunk]
-        ps = [[(r.ctxs[i].title, r.ctxs[i].text) for i in select(start + j, r)] for j, r in enumerate(chunk)]
+        ps = [[(r.ctxs[i].title, r.ctxs[i].text) for i in c] for r, c in zip(chunk, chosen)]
         n = max(len(p) for p in ps)
         valid = torch.tensor([[i < len(p) for i in range(n)] for p in ps], dtype=torch.bool)
         ps = [p + [("", "")] * (n - len(p)) for p in ps]
@@ -81,6 +93,16 @@ def reader_answers(reader, records, select: Callable, batch_size: int = 32, prog
         log_M = G.log_mask(valid.float(), valid=valid) if n > 0 else None
         preds.extend(reader.generate(reader.encode_passages(inputs), inputs, log_M))
     return preds
+
+
+def _answers_from_cached_states(reader, records, chosen: list[list[int]], cfg) -> list[str]:
+    batch = collate(records, cfg.data.n_candidates, None, reader)
+    visible = torch.zeros_like(batch.valid)
+    for b, indices in enumerate(chosen):
+        visible[b, indices] = True
+    if (visible & ~batch.valid).any():
+        raise IndexError(f"reader_answers: a selection reaches beyond the first {cfg.data.n_candidates} candidates")
+    return reader.generate(passage_states(batch, reader, cfg), batch.reader_inputs, visible_log_mask(visible))
 
 
 def answer_metrics(records, preds: list[str]) -> dict:
@@ -96,8 +118,6 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
 
     A large gap means training optimised a mask that inference does not use.
     """
-    from gr_train.objectives import gumbel_tau_kappa
-
     tau, kappa = gumbel_tau_kappa(cfg, cfg.train.max_steps)
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
     soft, hard = [], []
@@ -106,7 +126,7 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
         w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
         for b, s in enumerate(scores[start : start + batch_size]):
             w[b, : len(s)] = s
-        states = reader.encode_passages(batch.reader_inputs)
+        states = passage_states(batch, reader, cfg)
         M_soft = G.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
         M_hard = G.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
         for M, out in ((M_soft, soft), (M_hard, hard)):
@@ -133,7 +153,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
     if reader is not None:
         k = cfg.eval.reader_k or cfg.gumbel.k
         tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
-        preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress)
+        preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
         result["reader"] = dict(answer_metrics(records, preds), k=k)
         result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size)
     return result

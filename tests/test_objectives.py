@@ -253,3 +253,36 @@ def test_cached_passage_states_are_reused_and_give_the_same_loss(family, monkeyp
 def _loss_alone(reader, record, log_m):
     inputs = reader.tokenize([record.question], [[(c.title, c.text) for c in record.ctxs]], [record.target_text])
     return reader.answer_loss(reader.encode_passages(inputs), inputs, log_m[None])[0]
+
+
+@pytest.mark.parametrize("family", ["fid_t5", "llama"])
+def test_reader_answers_from_cached_states_equal_reading_the_selected_passages(family, monkeypatch):
+    """Evaluation with cache_passage_states reads a hard-masked cached encoding instead of re-encoding the
+    selected passages: the answers and the soft-vs-hard losses must not change."""
+    from gr_train.config import RunConfig
+    from gr_train import reader as reader_module
+    from gr_train.evaluate import reader_answers, soft_hard_gap
+
+    real_greedy = reader_module._greedy
+    reader = make_reader(family)
+    # The random tiny readers answer with pads only: compare the first decoding step's logits instead.
+    first_logits = []
+    monkeypatch.setattr(reader_module, "_greedy",
+                        lambda logits, step, eos, n: first_logits.append(logits) or real_greedy(logits, step, eos, n))
+    records = [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in
+                                                           enumerate(PASSAGES[i])]) for i in range(2)]
+    cfg = RunConfig()
+    cfg.data.n_candidates = 3
+    selections = [lambda b, r: [0], lambda b, r: [2, 1] if b == 0 else [1], lambda b, r: [0, 1, 2]]
+    scores = [torch.tensor([0.3, 2.0, -1.0]), torch.tensor([1.0, 0.0, 0.5])]
+    plain = [reader_answers(reader, records, sel, cfg=cfg) for sel in selections]
+    plain_logits, first_logits[:] = list(first_logits), []
+    gap = soft_hard_gap(scores, reader, records, cfg)
+    cfg.objective.cache_passage_states = True
+    assert [reader_answers(reader, records, sel, cfg=cfg) for sel in selections] == plain
+    assert len(reader_cache._STATES) == 2  # the cached path was taken
+    for a, b in zip(first_logits, plain_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert (plain_logits[0] - plain_logits[2]).abs().max() > 1e-3  # the selection matters: the check could fail
+    cached_gap = soft_hard_gap(scores, reader, records, cfg)
+    assert cached_gap == pytest.approx(gap, abs=1e-5)
