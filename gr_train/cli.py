@@ -1,4 +1,4 @@
-"""`gr-train` command line: demo | train | evaluate | compare | export | generate | convert | prepare-models.
+"""`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | prepare-models.
 Thin: each verb loads the config and calls one recipe function."""
 
 from __future__ import annotations
@@ -77,6 +77,17 @@ def cmd_compare(args) -> None:
     print(f"written: {out / 'compare.json'} {out / 'compare.md'} {out / 'compare.png'}")
 
 
+def cmd_suite(args) -> None:
+    """The objective comparison on every dataset of suite.datasets → <out>/results.md, suite.json."""
+    from gr_train.suite import run_suite
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or cfg.run.run_dir)
+    run_suite(cfg, out)
+    print((out / "results.md").read_text())
+    print(f"written: {out / 'results.md'} {out / 'suite.json'}")
+
+
 def cmd_generate(args) -> None:
     from gr_train import synthetic
 
@@ -135,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="OBJ:section.key=value",
                    help="per-objective override, repeatable, e.g. --set pdist:optim.lr=1e-4")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("suite", help="the objective comparison on several datasets (suite.datasets)")
+    _config_args(p)
+    p.add_argument("--out", help="output folder (default run.run_dir)")
+    p.set_defaults(func=cmd_suite)
     p = sub.add_parser("generate", help="write the embedded multi-hop train/dev files")
     _config_args(p, DEMO_CONFIG)
     p.add_argument("--out-dir", required=True)

@@ -187,6 +187,19 @@ class PreprocessSection:
 
 
 @dataclass
+class SuiteSection:
+    """Several datasets, one objective comparison each (suite.py, `gr-train suite`)."""
+
+    # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v]}
+    datasets: dict[str, Any] = field(default_factory=dict)
+    max_train: int = 0  # the first N training questions of each dataset; 0 = all
+    max_dev: int = 0  # the first N dev questions of each dataset; 0 = all
+    objectives: list[str] = field(default_factory=lambda: ["gumbel"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    models_dir: str | None = None  # run prepare-models into this folder first (the packaged MiniLM / SmolLM2)
+
+
+@dataclass
 class RuntimeSection:
     """The training engine (runtime.py): single process, or DeepSpeed ZeRO-3 over ranks; Ray Train's scaling."""
 
@@ -218,6 +231,7 @@ class RunConfig:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     retrieval: RetrievalSection = field(default_factory=RetrievalSection)
     preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    suite: SuiteSection = field(default_factory=SuiteSection)
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

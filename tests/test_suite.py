@@ -1,0 +1,71 @@
+"""`gr-train suite`: one comparison per dataset, read from the published formats, in one command."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gr_train import cli
+from gr_train.config import ConfigError, load_config
+from gr_train.data import DataError
+from gr_train.suite import run_suite
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HOTPOT_TRAIN = DATA / "hotpotqa" / "train_sample_hipporag.json"
+HOTPOT_DEV = DATA / "hotpotqa" / "dev_distractor_head53_rakin061.json"
+WIKI_TRAIN = DATA / "2wikimultihopqa" / "train_sample_migres.json"
+WIKI_DEV = DATA / "2wikimultihopqa" / "dev_sample_migres.json"
+pytestmark = pytest.mark.skipif(not HOTPOT_DEV.is_file(), reason="shared data samples not present")
+
+TINY = [
+    "run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
+    "reader.model_config={d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2}",
+    "reranker.kind=cross_encoder", "reranker.max_tokens=48",
+    "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+    "intermediate_size: 64, max_position_embeddings: 64}",
+    "gumbel.k=2", "data.n_candidates=6", "eval.ks=[2, 5]", "train.max_steps=2", "train.micro_batch_size=4",
+    "suite.max_train=8", "suite.max_dev=6", "suite.objectives=[gumbel, pdist]", "suite.seeds=[0]",
+]
+
+
+def suite_cfg(tmp_path, *overrides):
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV)},
+                "2wiki": {"train": str(WIKI_TRAIN), "dev": str(WIKI_DEV), "format": "2wiki",
+                          "overrides": ["data.n_candidates=4"]}}
+    return load_config(None, [*TINY, f"run.run_dir={tmp_path / 'out'}", f"suite.datasets={json.dumps(datasets)}",
+                              *overrides])
+
+
+def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
+    cfg = suite_cfg(tmp_path)
+    results = run_suite(cfg, tmp_path / "out")
+    assert list(results["datasets"]) == ["hotpotqa", "2wiki"]
+    for name, n in (("hotpotqa", 6), ("2wiki", 4)):
+        d = results["datasets"][name]
+        assert (d["train_questions"], d["dev_questions"]) == (8, 6)
+        rows = d["compare"]["rows"]
+        assert {"untrained", "gumbel", "pdist", "reader: all passages"} <= set(rows)
+        assert 0 <= rows["gumbel"]["mean"]["recall@2"] <= 1
+        run_cfg = load_config(tmp_path / "out" / name / "gumbel" / "seed-0" / "config.yaml")
+        assert run_cfg.data.n_candidates == n  # the dataset's own override
+        dev = (tmp_path / "out" / name / "data" / "dev.jsonl").read_text().splitlines()
+        assert len(dev) == 6 and all(len(json.loads(line)["ctxs"]) == 10 for line in dev)  # cut at training time
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## hotpotqa" in md and "## 2wiki" in md and "| gumbel |" in md
+    assert json.loads((tmp_path / "out" / "suite.json").read_text())["wall_s"] > 0
+
+
+def test_a_bad_dataset_fails_before_any_training(tmp_path):
+    cfg = suite_cfg(tmp_path)
+    cfg.suite.datasets["2wiki"]["dev"] = str(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="missing.json"):
+        run_suite(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "hotpotqa" / "gumbel").exists()
+    cfg.suite.datasets["2wiki"] = {"train": str(WIKI_TRAIN)}
+    with pytest.raises(ConfigError, match="suite.datasets.2wiki"):
+        run_suite(cfg, tmp_path / "out")
+
+
+def test_cli_suite_exits_2_on_a_config_error(tmp_path, capsys):
+    assert cli.main(["suite", *TINY, f"run.run_dir={tmp_path}"]) == 2
+    assert "suite.datasets" in capsys.readouterr().err
