@@ -74,6 +74,13 @@ class Output:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@torch.no_grad()
+def score_std(w: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over questions of the std of their valid candidates' scores. w, valid: [B, n]."""
+    wv = w.float().masked_fill(~valid, float("nan"))
+    return torch.nanmean((wv - torch.nanmean(wv, -1, keepdim=True)).pow(2), -1).sqrt().mean().item()
+
+
 def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
     """(tau, kappa) at `step` from cfg.gumbel's start/end values and schedule."""
     g = cfg.gumbel
@@ -99,14 +106,12 @@ def gumbel(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor |
     loss = reader.answer_loss(states, batch.reader_inputs, log_M).mean()
     t3 = time.perf_counter()
     with torch.no_grad():
-        wv = w.float().masked_fill(~batch.valid, float("nan"))
-        w_std = torch.nanmean((wv - torch.nanmean(wv, -1, keepdim=True)).pow(2), -1).sqrt().mean()
         metrics = {
             "train/tau": tau,
             "train/kappa": kappa,
             "train/mask_entropy": G.mask_entropy(M, batch.valid).item(),
             "train/mask_sum": M.sum(-1).mean().item(),
-            "train/w_std": w_std.item(),  # per-question score spread; ~0 = scores did not separate
+            "train/w_std": score_std(w, batch.valid),  # per-question score spread; ~0 = scores did not separate
             "train/mask_on_gold": (M * batch.gold).sum(-1).mean().item(),
         }
     return Output(loss, metrics, {"time/passage_encoding": t1 - t0, "time/reranker": t2 - t1, "time/answer_pass": t3 - t2})
@@ -185,12 +190,10 @@ def distill_loss(log_p_r: torch.Tensor, target_logits: torch.Tensor, valid: torc
 
 
 def _score_metrics(w: torch.Tensor, log_p_r: torch.Tensor, batch: Batch) -> dict[str, float]:
+    """The per-question score spread (~0 = scores did not separate) and the retriever probability on gold."""
     with torch.no_grad():
-        wv = w.float().masked_fill(~batch.valid, float("nan"))
-        w_std = torch.nanmean((wv - torch.nanmean(wv, -1, keepdim=True)).pow(2), -1).sqrt().mean()
         p_gold = log_p_r.exp().masked_fill(~batch.gold, 0.0).sum(-1).mean()
-    # per-question score spread (~0 = scores did not separate); retriever probability on gold passages
-    return {"train/w_std": w_std.item(), "train/p_on_gold": p_gold.item()}
+    return {"train/w_std": score_std(w, batch.valid), "train/p_on_gold": p_gold.item()}
 
 
 def _baseline(name: str):
