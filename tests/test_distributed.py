@@ -292,12 +292,15 @@ def test_ray_job_submit_runs_the_training_job(data, tmp_path):
            "python", "ray_jobs/train.py", "--config", "configs/demo.yaml",
            *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0")]
     try:
-        deadline = time.time() + 90
-        while True:  # the job agent comes up a few seconds after the head (ENV.md P4)
+        deadline = time.time() + 180
+        # The job agent comes up a few seconds after the head (ENV.md P4); on a loaded machine the dashboard can
+        # also drop the first connections.
+        while True:
             rc = launch(cmd, tmp_path / "submit.log", timeout=300, expect_ok=False, **ray_env)
             text = (tmp_path / "submit.log").read_text()
             if rc == 0 or time.time() > deadline or not any(
-                    s in text for s in ("No available agent", "Failed to connect", "Connection refused")):
+                    s in text for s in ("No available agent", "Failed to connect", "Connection refused",
+                                        "Connection aborted")):
                 break
             time.sleep(2)
         assert rc == 0, text[-4000:]
