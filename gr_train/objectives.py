@@ -236,7 +236,7 @@ def supervised(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
     else:
         bce = F.binary_cross_entropy_with_logits(w.float(), gold.float(), reduction="none")
         per_q = bce.masked_fill(~batch.valid, 0.0).sum(-1) / batch.valid.sum(-1).clamp_min(1)
-    loss = per_q.masked_fill(~has_gold, 0.0).sum() / has_gold.sum().clamp_min(1) + 0.0 * w.sum()
+    loss = per_q.masked_fill(~has_gold, 0.0).sum() / has_gold.sum().clamp_min(1)
     metrics = _score_metrics(w, log_p_r, batch)
     metrics["train/no_gold_fraction"] = 1.0 - has_gold.float().mean().item()
     return Output(loss, metrics)

@@ -299,14 +299,17 @@ class FiDT5Reader(Reader):
 
     def answer_logits(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder logits of the target, [B, T, V], differentiable w.r.t. log_M [B, n]."""
-        labels = inputs["labels"]
-        out = self.model(
+        return self._decoder_pass(states, inputs, log_M).logits
+
+    def _decoder_pass(self, states: FiDStates, inputs, log_M: torch.Tensor, **kwargs):
+        """Teacher-forced decoder over the cached encoder states with log_M on passage i's keys → model output."""
+        return self.model(
             encoder_outputs=(states.hidden,),
             attention_mask=self._cross_bias(states, log_M),
-            decoder_input_ids=self._decoder_input_ids(labels),
+            decoder_input_ids=self._decoder_input_ids(inputs["labels"]),
             use_cache=False,
+            **kwargs,
         )
-        return out.logits
 
     def answer_loss(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
@@ -314,15 +317,9 @@ class FiDT5Reader(Reader):
     @torch.no_grad()
     def passage_attention(self, states: FiDStates, inputs, valid: torch.Tensor) -> torch.Tensor:
         """Decoder cross-attention mass per passage (see Reader.passage_attention), [B, n]."""
-        labels = inputs["labels"]
-        out = self.model(
-            encoder_outputs=(states.hidden,),
-            attention_mask=self._cross_bias(states, visible_log_mask(valid)),
-            decoder_input_ids=self._decoder_input_ids(labels),
-            use_cache=False,
-            output_attentions=True,
-        )
-        return attention_mass(_require_attentions(out.cross_attentions, self), states.token_mask, labels != -100)
+        out = self._decoder_pass(states, inputs, visible_log_mask(valid), output_attentions=True)
+        return attention_mass(_require_attentions(out.cross_attentions, self), states.token_mask,
+                              inputs["labels"] != -100)
 
     def answer_loss_naive(self, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(self._encode(inputs), inputs, log_M), inputs["labels"])
@@ -478,17 +475,20 @@ class CausalLMReader(Reader):
             # Checkpointed layers silently drop the cache in training mode (modeling_layers.GradientCheckpointingLayer),
             # so the answer would not see the passages.
             raise RuntimeError("answer_loss with gradient checkpointing needs reader.eval(); or use answer_loss_naive")
+        return self._target_logits(self._answer_pass(states, inputs, log_M).logits, inputs)
+
+    def _answer_pass(self, states: PassageCache, inputs, log_M: torch.Tensor, **kwargs):
+        """The query ([prompt, target]) over the cached passages with log_M on passage i's keys → model output."""
         query_ids, query_mask = self._query(inputs)
-        L = states.token_mask.shape[-1]
         bias = answer_bias(passage_key_bias(log_M, states.token_mask), query_mask)
-        out = self.model(
+        return self.model(
             input_ids=query_ids,
             attention_mask=self._mask(bias),
-            position_ids=self._query_positions(query_mask, L),
+            position_ids=self._query_positions(query_mask, states.token_mask.shape[-1]),
             cache=states.fresh_cache(),
             use_cache=True,
+            **kwargs,
         )
-        return self._target_logits(out.logits, inputs)
 
     def answer_loss(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
@@ -496,19 +496,9 @@ class CausalLMReader(Reader):
     @torch.no_grad()
     def passage_attention(self, states: PassageCache, inputs, valid: torch.Tensor) -> torch.Tensor:
         """Attention mass per passage of the queries that predict target tokens (see Reader.passage_attention)."""
-        query_ids, query_mask = self._query(inputs)
-        L = states.token_mask.shape[-1]
-        bias = answer_bias(passage_key_bias(visible_log_mask(valid), states.token_mask), query_mask)
-        out = self.model(
-            input_ids=query_ids,
-            attention_mask=self._mask(bias),
-            position_ids=self._query_positions(query_mask, L),
-            cache=states.fresh_cache(),
-            use_cache=True,
-            output_attentions=True,
-        )
+        out = self._answer_pass(states, inputs, visible_log_mask(valid), output_attentions=True)
         P, T = inputs["prompt_ids"].shape[1], inputs["target_ids"].shape[1]
-        rows = torch.zeros(query_ids.shape, dtype=torch.bool, device=query_ids.device)
+        rows = torch.zeros((len(valid), P + T), dtype=torch.bool, device=valid.device)
         rows[:, P - 1 : P + T - 1] = inputs["labels"] != -100  # the positions whose logits predict the target
         return attention_mass(_require_attentions(out.attentions, self), states.token_mask, rows)
 

@@ -24,17 +24,9 @@ from gr_train.data import load_records
 from gr_train.evaluate import format_table
 from gr_train.export import export_reranker, export_run
 from gr_train.reranker import Reranker, build_reranker, build_word_tokenizer, passage_text
+from test_reranker import CORPUS, QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = [
-    "who wrote the silent harbour",
-    "the silent harbour was written by alice moreau",
-    "alice moreau was born in lyon",
-    "bob stone was born in leeds and wrote the long road",
-    "where was the author of the long road born",
-    "query document",  # RankT5's prompt words
-]
-QUESTIONS = ["who wrote the silent harbour", "where was the author of the long road born"]
 LONG = " ".join(["alice moreau was born in lyon"] * 5)  # 30 words: cut at MAX_TOKENS
 PASSAGES = [
     [("silent harbour", "the silent harbour was written by alice moreau"), ("", "alice moreau was born in lyon"),
