@@ -56,7 +56,7 @@ def worker(args) -> dict:
     from gr_train import gumbel as G
     from gr_train import objectives
     from gr_train.config import load_config
-    from gr_train.reader import build_reader
+    from gr_train.models import build_reader
     from gr_train.reranker import build_reranker, build_word_tokenizer
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gr_train.config import ConfigError, load_config
-from gr_train.data import DataError
+from gr_train.data import DataError, load_split
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -38,7 +38,7 @@ def cmd_evaluate(args) -> None:
     import torch
 
     from gr_train.evaluate import evaluate, format_table
-    from gr_train.train import build_models, load_split
+    from gr_train.models import build_models
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.dev_path:

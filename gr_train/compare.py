@@ -23,8 +23,9 @@ import torch
 from gr_train import config as config_mod
 from gr_train import train
 from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, validate
-from gr_train.data import DataError
+from gr_train.data import DataError, load_split
 from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
+from gr_train.models import build_models
 
 log = logging.getLogger("gr_train.compare")
 
@@ -134,7 +135,7 @@ def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overri
 
 def labelled_dev(cfg: RunConfig) -> list:
     """The dev records (first eval.max_questions, if set); DataError naming the file when a label is missing."""
-    records = train.load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     for r in records:
         for i, p in enumerate(r.ctxs):
             if p.is_gold is None:
@@ -162,7 +163,7 @@ def build_initial(cfg: RunConfig):
     """(reader, reranker) exactly as train.setup builds them for run.seed (same seeding, same build order)."""
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    return train.build_models(cfg)
+    return build_models(cfg)
 
 
 def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict:
@@ -213,7 +214,7 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     train.cleanup(recipe)
     result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
     # Optimizer steps only (forward, backward, update): in-training evaluation and checkpoints are not counted.
-    queries = len(step_seconds) * train.global_batch(recipe)
+    queries = len(step_seconds) * cfg.global_batch(recipe.runtime.world_size)
     metrics = dict(flatten(result), s_per_query=sum(step_seconds) / queries if queries else float("nan"))
     out = {"metrics": metrics, "eval": result, "train_s": sum(step_seconds), "steps": len(step_seconds),
            "init_checksum": init, "config": comparable(cfg)}

@@ -233,6 +233,10 @@ class RunConfig:
     preprocess: PreprocessSection = field(default_factory=PreprocessSection)
     suite: SuiteSection = field(default_factory=SuiteSection)
 
+    def global_batch(self, world_size: int) -> int:
+        """Questions per optimizer step over all ranks: micro_batch_size * grad_accum_steps * world_size."""
+        return self.train.micro_batch_size * self.train.grad_accum_steps * world_size
+
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Return `value` coerced to annotation `tp` (int → float only), or raise ConfigError naming `where`."""

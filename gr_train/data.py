@@ -507,6 +507,19 @@ def _musique_record(obj: dict, err: _Where) -> Record:
 FORMATS = ("auto", "fid", "hotpotqa", "2wiki", "musique")
 
 
+def load_split(path: str | os.PathLike | None, n: int, what: str) -> list[Record] | None:
+    """The records of one split (`what`: train | dev) in any format load_any reads; None when path is None.
+    Logs a warning counting the questions with more than n candidates (the models see the first n)."""
+    if path is None:
+        return None
+    records = load_any(path)
+    cut = sum(len(r.ctxs) > n for r in records)
+    if cut:
+        log.warning("%s %s: %d of %d questions have more than n_candidates=%d candidates; the first %d are used",
+                    what, path, cut, len(records), n, n)
+    return records
+
+
 def load_any(path: str | os.PathLike, fmt: str = "auto") -> list[Record]:
     """Read records in any supported format. fmt: auto | fid | hotpotqa | 2wiki | musique.
 

@@ -77,24 +77,6 @@ class Reader(nn.Module):
         raise NotImplementedError
 
 
-def build_reader(cfg, tokenizer=None) -> Reader:
-    """Reader from `cfg.reader` (config.ReaderSection), frozen (requires_grad False) unless cfg.trainable."""
-    if cfg.kind == "demo_fid":
-        from gr_train.demo_reader import DemoFiDReader
-
-        reader = DemoFiDReader.build(cfg, tokenizer)
-    elif cfg.kind == "fid_t5":
-        reader = FiDT5Reader.build(cfg, tokenizer)
-    elif cfg.kind == "causal_lm":
-        reader = CausalLMReader.build(cfg, tokenizer)
-    else:
-        raise ValueError(f"reader.kind: unknown '{cfg.kind}'")
-    reader.requires_grad_(bool(cfg.trainable))
-    if not cfg.trainable:
-        reader.eval()
-    return reader
-
-
 # Tiny architectures for readers built from scratch (tests, debugging); cfg.model_config overrides any key.
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
 _TINY_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -8,7 +8,6 @@ Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -21,10 +20,10 @@ from tqdm import tqdm
 from gr_train import checkpoint, synthetic
 from gr_train import gumbel as G
 from gr_train.config import RunConfig, save_config
-from gr_train.data import load_any
+from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
 from gr_train.objectives import OBJECTIVES, collate, shift_invariant
-from gr_train.reader import build_reader
+from gr_train.models import build_models
 from gr_train.runtime import build_runtime
 
 log = logging.getLogger("gr_train.train")
@@ -41,36 +40,6 @@ class Recipe:
     train_records: list | None
     dev_records: list | None
     start_step: int = 0
-
-
-def build_models(cfg: RunConfig, runtime=None):
-    """(reader, reranker or None). The demo's word-level tokenizer is built when no model names one. With a
-    runtime, the reader is built inside its partitioned_init() (ZeRO-3: no rank holds the whole reader)."""
-    tokenizer = None
-    if cfg.reader.kind == "demo_fid" and not cfg.reader.name_or_path:
-        tokenizer = synthetic.build_tokenizer(cfg.synthetic)
-    with runtime.partitioned_init() if runtime is not None else contextlib.nullcontext():
-        reader = build_reader(cfg.reader, tokenizer)
-    reranker = None
-    if cfg.objective.name != "reader":
-        from gr_train.reranker import build_reranker
-
-        rr_tok = None
-        if not cfg.reranker.name_or_path and not cfg.reranker.tokenizer_path:
-            rr_tok = reader.tokenizer  # tiny demo reranker shares the reader's locally built vocabulary
-        reranker = build_reranker(cfg.reranker, rr_tok)
-    return reader, reranker
-
-
-def load_split(path: str | None, n: int, what: str) -> list | None:
-    if path is None:
-        return None
-    records = load_any(path)
-    cut = sum(len(r.ctxs) > n for r in records)
-    if cut:
-        log.warning("%s %s: %d of %d questions have more than n_candidates=%d candidates; the first %d are used",
-                    what, path, cut, len(records), n, n)
-    return records
 
 
 def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
@@ -112,7 +81,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
 
 def global_batch(recipe: Recipe) -> int:
     """Questions per optimizer step over all ranks."""
-    return recipe.cfg.train.micro_batch_size * recipe.cfg.train.grad_accum_steps * recipe.runtime.world_size
+    return recipe.cfg.global_batch(recipe.runtime.world_size)
 
 
 def model_scalars(recipe: Recipe) -> dict[str, float]:

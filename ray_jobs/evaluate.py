@@ -31,7 +31,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
 
     from gr_train import gumbel as G
     from gr_train.evaluate import reader_answers, score_records
-    from gr_train.train import build_models
+    from gr_train.models import build_models
 
     torch.manual_seed(cfg.run.seed)  # a reranker built from a config gets the same weights in every task
     reader, reranker = build_models(cfg)
@@ -45,7 +45,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
 
 def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> dict:
     from gr_train.evaluate import answer_metrics, ranking_metrics, score_spread
-    from gr_train.train import load_split
+    from gr_train.data import load_split
 
     if not cfg.data.dev_path:
         raise ValueError("evaluate: set data.dev_path (FiD JSON/JSONL or a preprocessed Parquet folder)")

@@ -155,10 +155,10 @@ def token_columns(prefix: str, inputs: dict) -> dict[str, list]:
 
 class Tokenizer:
     """The configured reranker's and reader's `tokenize` over output rows. Builds the models once per worker
-    (train.build_models: the tokenizers need the models' configs; weights load once per worker, not per batch)."""
+    (models.build_models: the tokenizers need the models' configs; weights load once per worker, not per batch)."""
 
     def __init__(self, cfg: RunConfig):
-        from gr_train.train import build_models
+        from gr_train.models import build_models
 
         self.cfg = cfg
         self.reader, self.reranker = build_models(cfg)

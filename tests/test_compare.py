@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gr_train import cli, compare, objectives, synthetic, train
+from gr_train import cli, compare, models, objectives, synthetic, train
 from gr_train.config import ConfigError, load_config
+from gr_train.data import load_split
 from gr_train.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,14 +96,14 @@ def test_markdown_and_png(done):
 
 def test_untrained_row_is_a_fresh_seeded_reranker_and_every_objective_starts_from_it(done):
     cfg, out, summary = done
-    dev = train.load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     checksums = set()
     for s in SEEDS:
         c = copy.deepcopy(cfg)
         c.run.seed = s
         torch.manual_seed(s)  # an independent build, seeded by hand as train.setup seeds it
         random.seed(s)
-        reader, reranker = train.build_models(c)
+        reader, reranker = models.build_models(c)
         expected = compare.flatten(evaluate(c, reranker, reader, dev))
         got = summary["rows"]["untrained"]["per_seed"][str(s)]
         for key, value in expected.items():

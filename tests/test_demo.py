@@ -9,7 +9,7 @@ from gr_train import cli, synthetic
 from gr_train.config import ReaderSection, SyntheticSection
 from gr_train.demo import SHIPPED_READER
 from gr_train.metrics import read_scalars
-from gr_train.reader import build_reader
+from gr_train.models import build_reader
 
 
 def test_demo_cli_writes_results_table_and_tensorboard(tmp_path, capsys):

@@ -6,7 +6,7 @@ from gr_train import synthetic
 from gr_train.config import ReaderSection, SyntheticSection, load_config
 from gr_train.demo import SHIPPED_READER
 from gr_train.evaluate import reader_reference
-from gr_train.reader import build_reader
+from gr_train.models import build_reader
 
 
 @pytest.fixture(params=[{}, {"output": "pointer"}, {"match_feature": True}], ids=["vocab", "pointer", "match"])

@@ -27,7 +27,7 @@ import torch
 
 from gr_train import checkpoint, synthetic, train
 from gr_train.config import load_config
-from gr_train.reader import build_reader
+from gr_train.models import build_reader
 
 pytestmark = pytest.mark.distributed
 

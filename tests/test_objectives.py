@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gr_train import objectives, reader_cache, train
+from gr_train import data, models, objectives, reader_cache, train
 from gr_train.data import Passage, Record
 from gr_train.reader import visible_log_mask
 from test_reader import PASSAGES, QUESTIONS, TARGETS, make_reader
@@ -93,8 +93,8 @@ def test_passage_losses_ignore_padded_candidates():
 def test_passage_attention_is_a_per_passage_mass_that_follows_the_passages(family, tmp_path):
     if family == "demo":
         cfg = tiny_cfg(tmp_path)
-        reader = train.build_models(cfg)[0]
-        recs = [r for r in train.load_split(cfg.data.train_path, 10, "train") if len(r.ctxs) >= 3][:2]
+        reader = models.build_models(cfg)[0]
+        recs = [r for r in data.load_split(cfg.data.train_path, 10, "train") if len(r.ctxs) >= 3][:2]
         questions = [r.question for r in recs]
         passages = [[(c.title, c.text) for c in r.ctxs[:3]] for r in recs]
         targets = [r.target_text for r in recs]

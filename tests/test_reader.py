@@ -14,7 +14,8 @@ import torch
 from gr_train import gumbel
 from gr_train import reader as reader_module
 from gr_train.config import ReaderSection
-from gr_train.reader import CausalLMReader, FiDT5Reader, build_reader, token_mean_ce
+from gr_train.models import build_reader
+from gr_train.reader import CausalLMReader, FiDT5Reader, token_mean_ce
 
 QUESTIONS = ["who wrote the book?", "where does ann live?"]
 PASSAGES = [

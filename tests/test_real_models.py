@@ -98,7 +98,7 @@ def test_prepared_folders_are_complete_and_prepared_once(models):
 def test_one_gumbel_step_on_hotpotqa_trains_only_the_reranker(models, kind, model_class, n_shift):
     from gr_train import objectives
     from gr_train.data import load_any
-    from gr_train.train import build_models
+    from gr_train.models import build_models
 
     # Short inputs keep the step at a few seconds; the models and the code path are the recipe's.
     cfg = load_config(ROOT / "configs" / "real.yaml", [

@@ -8,7 +8,7 @@ import torch
 
 from gr_train import objectives, runtime, train
 from gr_train.config import ConfigError, load_config
-from gr_train.reader import build_reader
+from gr_train.models import build_reader
 
 from test_train import tiny_cfg
 
