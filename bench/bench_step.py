@@ -7,7 +7,7 @@ Paths, for the same reranker, reader, batch and Gumbel noise:
   naive    the whole reader under autograd: reader parameters require grad (as when a framework only leaves
            them out of the optimizer), passages encoded with a graph, backward through everything;
   no_grad  gr-train's step: passages encoded under torch.no_grad(), only the answer pass (T tokens) and the
-           reranker carry autograd (objectives.gumbel);
+           reranker carry autograd (objectives.gumbel_rerank);
   cached   as no_grad, with the passage states computed once and reused (encoding not timed), the case of
            several objectives or epochs over one encoding.
 Each (reader, n, path) runs in a fresh subprocess so that peak RSS is its own: memory = peak RSS during the

@@ -26,6 +26,7 @@ from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, val
 from gr_train.data import DataError, load_split
 from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
 from gr_train.models import build_models
+from gr_train.objectives import OBJECTIVES
 
 log = logging.getLogger("gr_train.compare")
 
@@ -100,8 +101,8 @@ def base_config(cfg: RunConfig, objectives: list[str], per_objective_overrides: 
     if not objectives:
         raise ConfigError("compare: no objectives given")
     for obj in objectives:
-        if obj not in config_mod.OBJECTIVE_NAMES or obj == "reader":
-            names = " | ".join(n for n in config_mod.OBJECTIVE_NAMES if n != "reader")
+        if obj not in OBJECTIVES or OBJECTIVES[obj].trains != "reranker":
+            names = " | ".join(n for n, row in OBJECTIVES.items() if row.trains == "reranker")
             raise ConfigError(f"compare: unknown reranker objective '{obj}' ({names})")
     for obj in per_objective_overrides:
         if obj not in objectives:

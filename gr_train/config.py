@@ -11,13 +11,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 
-# objectives.OBJECTIVES keys (kept here so that validating a config does not import torch)
-OBJECTIVE_NAMES = ("gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader")
+# The keys of objectives.OBJECTIVES, declared here so that validating a config does not import torch (a test checks
+# that the two agree): gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold
+# labels) | reader (reader pre-training, all passages visible).
+ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader"]
 
 
 class ConfigError(ValueError):
@@ -98,9 +100,7 @@ class GumbelSection:
 class ObjectiveSection:
     """What trains the reranker (objectives.py). All reranker objectives share the frozen reader and data."""
 
-    # gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold labels)
-    # | reader (reader pre-training, all passages visible)
-    name: str = "gumbel"
+    name: ObjectiveName = "gumbel"  # a row of objectives.OBJECTIVES (see ObjectiveName)
     theta: float = 1.0  # pdist / loop / adist: temperature of the reader-derived target distribution
     supervised_loss: str = "listwise"  # supervised: listwise (-log sum of softmax over gold) | bce (per passage)
     cache_reader_targets: bool = True  # emdr / pdist / loop / adist: compute the reader's targets once per question
@@ -243,6 +243,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise ConfigError(f"{where}: unknown {value!r} ({' | '.join(map(str, allowed))})")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -343,8 +348,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def _check_literals(cfg: RunConfig) -> None:
+    """Every Literal-typed key holds one of its allowed values, also when code set it directly (not via _apply)."""
+    for sec_name, section_cls in _section_types(RunConfig).items():
+        for key, tp in _section_types(section_cls).items():
+            if Literal in (typing.get_origin(tp), *map(typing.get_origin, typing.get_args(tp))):
+                _check_type(getattr(getattr(cfg, sec_name), key), tp, f"{sec_name}.{key}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Allowed values of the Literal-typed keys, and cross-field checks that types alone cannot express."""
+    _check_literals(cfg)
     g = cfg.gumbel
     if g.k < 1:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
@@ -356,8 +370,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"reader.kind: unknown '{cfg.reader.kind}' (demo_fid | fid_t5 | causal_lm)")
     if cfg.reranker.kind not in ("cross_encoder", "rankt5", "bi_encoder"):
         raise ConfigError(f"reranker.kind: unknown '{cfg.reranker.kind}' (cross_encoder | rankt5 | bi_encoder)")
-    if cfg.objective.name not in OBJECTIVE_NAMES:
-        raise ConfigError(f"objective.name: unknown '{cfg.objective.name}' ({' | '.join(OBJECTIVE_NAMES)})")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.objective.supervised_loss not in ("listwise", "bce"):

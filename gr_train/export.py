@@ -16,6 +16,7 @@ import yaml
 
 from gr_train.config import RunConfig, load_config, save_config
 from gr_train.data import DataError
+from gr_train.objectives import OBJECTIVES
 from gr_train.reranker import SETTINGS_FILE, Reranker
 
 CARD_FILE = "README.md"
@@ -27,18 +28,10 @@ EVAL_FILES = ("results.json", "eval.json")
 # activation (CrossEncoder.get_default_activation_fn, v4+); Identity makes CrossEncoder.predict return w itself.
 CROSS_ENCODER_ACTIVATION = "torch.nn.modules.linear.Identity"
 
-OBJECTIVES = {
-    "gumbel": "G-Rerank (Gumbel Reranking): the relaxed top-k mask M = max_j softmax((kappa * w + G_j) / tau) "
-    "gates the frozen reader's attention to each passage, and the reader's answer loss trains the reranker (no labels)",
-    "emdr": "EMDR (Atlas baseline): -log sum_i p_R(d_i|q) p_LM(a|q,d_i), the frozen reader's single-passage "
-    "answer likelihoods as constants",
-    "pdist": "PDist (Atlas perplexity distillation): KL(softmax(log p_LM(a|q,d_i) / theta) || p_R) from the frozen "
-    "reader",
-    "loop": "LOOP (Atlas leave-one-out perplexity distillation): KL(softmax(-log p_LM(a|q,D without d_i) / theta) || "
-    "p_R) from the frozen reader",
-    "adist": "ADist (Atlas attention distillation): KL(softmax(log A_i / theta) || p_R), A_i the frozen reader's "
-    "answer attention mass on passage i",
-    "supervised": "supervised training on the is_gold passage labels (listwise or per-passage BCE)",
+# How the model card shows an objective.* setting that an objective's row lists (objectives.Objective.settings).
+SETTING_ROWS = {
+    "theta": lambda o: f"| theta | {o.theta:g} (`objective.theta`, target temperature) |",
+    "supervised_loss": lambda o: f"| supervised loss | {o.supervised_loss} |",
 }
 
 
@@ -155,17 +148,18 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
                step: dict | None, source: str | None) -> str:
     """README.md: YAML front matter, model, training settings, evaluation table, how to score."""
     kind, rcfg = reranker.kind, reranker.cfg
+    objective = cfg.objective.name
+    masked = OBJECTIVES[objective].needs_noise  # trained through the relaxed top-k mask: G-Rerank
     base = cfg.reranker.name_or_path
     front: dict[str, Any] = {
         "library_name": "sentence-transformers" if kind == "cross_encoder" else "transformers",
         "tags": ["gr-train", "reranker", "rag", kind.replace("_", "-"),
-                 *(["gumbel-reranking"] if cfg.objective.name == "gumbel" else [])],
+                 *(["gumbel-reranking"] if masked else [])],
     }
     if kind == "cross_encoder":
         front["pipeline_tag"] = "text-ranking"
     if base and not Path(base).exists():  # a hub id (a local folder is no valid base_model)
         front["base_model"] = base
-    objective = cfg.objective.name
     scratch = "none: random init from gr-train's tiny config" + (
         f" with `reranker.model_config` {_code(cfg.reranker.model_config)}" if cfg.reranker.model_config else "")
     base_cell = f"`{base}`" if base else scratch
@@ -175,7 +169,7 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# gr-train reranker: {kind}, objective `{objective}`", "",
-        f"A RAG passage reranker trained with gr-train by {OBJECTIVES.get(objective, objective)}. "
+        f"A RAG passage reranker trained with gr-train by {OBJECTIVES[objective].description}. "
         "It scores each (question, passage) pair independently; higher w = more useful to the reader.", "",
         "## Model", "",
         "| | |", "|---|---|",
@@ -230,15 +224,11 @@ def _score_rule(reranker: Reranker) -> str:
 
 
 def _objective_rows(cfg: RunConfig) -> list[str]:
-    g, name = cfg.gumbel, cfg.objective.name
+    g, objective = cfg.gumbel, OBJECTIVES[cfg.objective.name]
     reader_k = cfg.eval.reader_k or g.k
-    if name != "gumbel":
+    if not objective.needs_noise:  # not trained through the mask: k only matters for the evaluation
         rows = [f"| k | {reader_k} (passages given to the reader at evaluation; `eval.reader_k` or `gumbel.k`) |"]
-        if name in ("pdist", "loop", "adist"):
-            rows.append(f"| theta | {cfg.objective.theta:g} (`objective.theta`, target temperature) |")
-        if name == "supervised":
-            rows.append(f"| supervised loss | {cfg.objective.supervised_loss} |")
-        return rows
+        return rows + [SETTING_ROWS[key](cfg.objective) for key in objective.settings]
     return [
         f"| k | {g.k} (`gumbel.k`: Gumbel samples per question in training; hard top-k at inference"
         + (f"; the reader got the top-{reader_k} at evaluation" if reader_k != g.k else "") + ") |",

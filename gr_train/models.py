@@ -12,6 +12,7 @@ import contextlib
 from gr_train import synthetic
 from gr_train.config import ReaderSection, RunConfig
 from gr_train.demo_reader import DemoFiDReader
+from gr_train.objectives import OBJECTIVES
 from gr_train.reader import CausalLMReader, FiDT5Reader, Reader
 from gr_train.reranker import Reranker, build_reranker
 
@@ -33,7 +34,7 @@ def build_reader(cfg: ReaderSection, tokenizer=None) -> Reader:
 
 
 def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]:
-    """(reader, reranker or None: objective.name=reader trains the reader alone). The demo's word-level tokenizer
+    """(reader, reranker or None when the objective trains the reader alone: objective.name=reader). The demo's word-level tokenizer
     is built when no model names one. With a runtime, the reader is built inside its partitioned_init() (ZeRO-3:
     no rank holds the whole reader). Seeds are the caller's job (train.setup seeds before building)."""
     tokenizer = None
@@ -42,7 +43,7 @@ def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]
     with runtime.partitioned_init() if runtime is not None else contextlib.nullcontext():
         reader = build_reader(cfg.reader, tokenizer)
     reranker = None
-    if cfg.objective.name != "reader":
+    if OBJECTIVES[cfg.objective.name].trains == "reranker":
         rr_tok = None
         if not cfg.reranker.name_or_path and not cfg.reranker.tokenizer_path:
             rr_tok = reader.tokenizer  # tiny demo reranker shares the reader's locally built vocabulary

@@ -1,21 +1,19 @@
-"""Training objectives, one signature: `objective(batch, reranker, reader, cfg, step, noise) -> Output`.
+"""Training objectives: one registry row each (OBJECTIVES), one loss signature:
+`objective.compute(batch, reranker, reader, cfg, step, noise) -> Output`.
 
-`noise` is this micro-batch's slice [k, B, n] of the step's Gumbel noise (see train.step_noise), or None.
+`noise` is this micro-batch's slice [k, B, n] of the step's Gumbel noise (see train.step_noise) for rows with
+needs_noise, else None. The row says what the recipe, config validation and the model card need to know; adding an
+objective is its loss function plus its row (and its name in config.ObjectiveName, checked by a test).
 
 - `gumbel`: G-Rerank, the reranker trained through the frozen reader's answer loss with the relaxed top-k mask
-  in the reader's attention.
-- The Atlas baselines (Izacard et al. 2023, Sec. 2.2), each from the same frozen reader; p_R = softmax(w) over a
-  question's valid candidates, and the reader's quantities are constants (no gradient into the reader):
-  - `emdr`: -log sum_i p_R(d_i) p_LM(a | q, d_i);
-  - `pdist`: KL(softmax(log p_LM(a | q, d_i) / theta) || p_R);
-  - `loop`: KL(softmax(-log p_LM(a | q, D minus d_i) / theta) || p_R): passages whose removal hurts most;
-  - `adist`: KL(softmax(log A_i / theta) || p_R), A_i the answer's attention mass on passage i (value norms not
-    included: readers expose attention probabilities only).
-  log p_LM is the reader's token-mean log-likelihood (length-normalised, the quantity G-Rerank's loss uses).
-  Per-passage likelihoods reuse one passage encoding: n answer passes, not n full reader passes (DESIGN.md).
-  They depend only on the question and its candidates, so they are computed once per question and cached
-  (objective.cache_reader_targets; reader_cache.py) across steps, epochs and runs in one process; so can the
-  passage states (objective.cache_passage_states, opt-in: large).
+  in the reader's attention (`gumbel_rerank`).
+- The Atlas baselines (Izacard et al. 2023, Sec. 2.2) `emdr`, `pdist`, `loop`, `adist`, each from the same frozen
+  reader through `_distillation`: p_R = softmax(w) over a question's valid candidates, and the reader's quantities
+  are constants (no gradient into the reader). log p_LM is the reader's token-mean log-likelihood
+  (length-normalised, the quantity G-Rerank's loss uses). Per-passage likelihoods reuse one passage encoding: n
+  answer passes, not n full reader passes (DESIGN.md). They depend only on the question and its candidates, so
+  they are computed once per question and cached (objective.cache_reader_targets; reader_cache.py) across steps,
+  epochs and runs in one process; so can the passage states (objective.cache_passage_states, opt-in: large).
 - `supervised`: the labelled upper-bound reference on is_gold: listwise -log sum_{gold} p_R, or per-passage BCE.
 - `reader`: pre-trains a reader with every passage visible (the demo reader).
 """
@@ -23,7 +21,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,7 @@ def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
     return tau, kappa
 
 
-def gumbel(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
+def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
     """G-Rerank: w = R(q, d); M = relaxed top-k(w); loss = reader answer CE with log M in its attention.
 
     Passage states are computed under no_grad (they do not depend on M); only the answer pass and the
@@ -153,13 +153,13 @@ def _reader_quantity(kind: str, batch: Batch, reader, cfg) -> torch.Tensor:
     return passage_losses(reader, states, batch.reader_inputs, batch.valid, leave_out=kind == "loop")
 
 
-_TARGET_KIND = {"emdr": "single", "pdist": "single", "loop": "loop", "adist": "adist"}
+ReaderTarget = Literal["single", "loop", "adist"]
 
 
-def reader_quantity(objective: str, batch: Batch, reader, cfg) -> tuple[torch.Tensor, float]:
-    """(the reader's per-passage quantity for `objective`, [B, n] fp32, nan on padding; seconds spent in the
-    reader). Cached per (reader, question, candidates) when cfg.objective.cache_reader_targets."""
-    kind = _TARGET_KIND[objective]
+def reader_quantity(kind: ReaderTarget, batch: Batch, reader, cfg) -> tuple[torch.Tensor, float]:
+    """(the reader's per-passage quantity `kind`, [B, n] fp32, nan on padding; seconds spent in the reader):
+    single = answer loss with passage i alone visible, loop = with every passage but i, adist = answer attention
+    mass on passage i. Cached per (reader, question, candidates, kind) when cfg.objective.cache_reader_targets."""
     t0 = time.perf_counter()
     if cfg.objective.cache_reader_targets:
         value = reader_cache.cached_targets(batch, cfg, kind, lambda: _reader_quantity(kind, batch, reader, cfg))
@@ -196,32 +196,58 @@ def _score_metrics(w: torch.Tensor, log_p_r: torch.Tensor, batch: Batch) -> dict
     return {"train/w_std": score_std(w, batch.valid), "train/p_on_gold": p_gold.item()}
 
 
-def _baseline(name: str):
-    def objective(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
-        value, reader_seconds = reader_quantity(name, batch, reader, cfg)
-        t0 = time.perf_counter()
-        w = reranker(batch.reranker_inputs)  # [B, n]
-        log_p_r = retriever_log_probs(w, batch.valid)
-        theta = cfg.objective.theta
-        if name == "emdr":  # -log sum_i p_R(d_i) p_LM(a|d_i); p_LM constant
-            loss = -torch.logsumexp((log_p_r - value).masked_fill(~batch.valid, float("-inf")), dim=-1)
-        elif name == "pdist":
-            loss = distill_loss(log_p_r, -value, batch.valid, theta)
-        elif name == "loop":  # removing passage i raises the loss most → highest target probability
-            loss = distill_loss(log_p_r, value, batch.valid, theta)
-        else:  # adist
-            loss = distill_loss(log_p_r, torch.log(value.clamp_min(1e-30)), batch.valid, theta)
-        metrics = _score_metrics(w, log_p_r, batch)
-        metrics["train/reader_quantity_mean"] = torch.nanmean(value).item()
-        return Output(loss.mean(), metrics, {"time/reader_targets": reader_seconds,
-                                             "time/reranker": time.perf_counter() - t0})
-
-    objective.__name__ = name
-    objective.__doc__ = f"Atlas baseline {name} (see the module docstring)."
-    return objective
+def _distillation(kind: ReaderTarget, loss: Callable, batch: Batch, reranker, reader, cfg) -> Output:
+    """What the four Atlas baselines share: the reader's per-passage quantity `kind` ([B, n], cached), the
+    reranker's scores w and log p_R, then `loss(log_p_r, value, valid, theta)` → [B], averaged over questions."""
+    value, reader_seconds = reader_quantity(kind, batch, reader, cfg)
+    t0 = time.perf_counter()
+    w = reranker(batch.reranker_inputs)  # [B, n]
+    log_p_r = retriever_log_probs(w, batch.valid)
+    per_question = loss(log_p_r, value, batch.valid, cfg.objective.theta)
+    metrics = _score_metrics(w, log_p_r, batch)
+    metrics["train/reader_quantity_mean"] = torch.nanmean(value).item()
+    return Output(per_question.mean(), metrics, {"time/reader_targets": reader_seconds,
+                                                 "time/reranker": time.perf_counter() - t0})
 
 
-emdr, pdist, loop, adist = (_baseline(name) for name in ("emdr", "pdist", "loop", "adist"))
+def emdr(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+    """EMDR: -log sum_i p_R(d_i | q) p_LM(a | q, d_i), p_LM from the reader with passage i alone visible (a
+    constant). Its gradient moves p_R towards the posterior p_R(d_i) p_LM(a | d_i) / sum_j (...)."""
+
+    def loss(log_p_r, ce, valid, theta):  # ce = -log p_LM(a | q, d_i)
+        return -torch.logsumexp((log_p_r - ce).masked_fill(~valid, float("-inf")), dim=-1)
+
+    return _distillation("single", loss, batch, reranker, reader, cfg)
+
+
+def pdist(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+    """PDist (perplexity distillation): KL(softmax(log p_LM(a | q, d_i) / theta) || p_R), p_LM with passage i
+    alone visible."""
+
+    def loss(log_p_r, ce, valid, theta):
+        return distill_loss(log_p_r, -ce, valid, theta)
+
+    return _distillation("single", loss, batch, reranker, reader, cfg)
+
+
+def loop(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+    """LOOP (leave-one-out perplexity distillation): KL(softmax(-log p_LM(a | q, D minus d_i) / theta) || p_R):
+    the passages whose removal raises the answer loss most get the highest target probability."""
+
+    def loss(log_p_r, ce_without, valid, theta):
+        return distill_loss(log_p_r, ce_without, valid, theta)
+
+    return _distillation("loop", loss, batch, reranker, reader, cfg)
+
+
+def adist(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
+    """ADist (attention distillation): KL(softmax(log A_i / theta) || p_R), A_i the answer's attention mass on
+    passage i with every passage visible (value norms not included: readers expose attention probabilities only)."""
+
+    def loss(log_p_r, mass, valid, theta):
+        return distill_loss(log_p_r, torch.log(mass.clamp_min(1e-30)), valid, theta)
+
+    return _distillation("adist", loss, batch, reranker, reader, cfg)
 
 
 def supervised(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
@@ -242,13 +268,47 @@ def supervised(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
     return Output(loss, metrics)
 
 
-OBJECTIVES = {"gumbel": gumbel, "emdr": emdr, "pdist": pdist, "loop": loop, "adist": adist,
-              "supervised": supervised, "reader": reader_pretrain}
+# -- the registry --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: everything the recipe (train.py), config validation and the model card (export.py) read."""
+
+    compute: Callable[..., Output]  # (batch, reranker, reader, cfg, step, noise) -> Output
+    trains: Literal["reranker", "reader"]  # the module the optimizer updates; the reader is frozen unless "reader"
+    description: str  # one line for the model card: "a reranker trained with gr-train by <description>"
+    needs_noise: bool = False  # takes the step's Gumbel noise (train.step_noise) when gumbel.noise is true
+    # the loss sees the scores only through a softmax over a question's candidates, so adding a constant to every
+    # score changes nothing and the reranker's score bias is frozen (zero gradient); a function of cfg if it depends
+    shift_invariant: bool | Callable[[Any], bool] = False
+    settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name (listed in the model card)
+    intermediate_labels: bool = False  # its batches carry the intermediate-entity labels (deep supervision)
+
+    def is_shift_invariant(self, cfg) -> bool:
+        return self.shift_invariant(cfg) if callable(self.shift_invariant) else self.shift_invariant
 
 
-def shift_invariant(cfg) -> bool:
-    """True when the objective's loss depends on the scores only through a softmax over a question's candidates:
-    adding a constant to every score changes nothing, so the reranker's score bias is frozen (zero gradient)."""
-    name = cfg.objective.name
-    return name in ("gumbel", "emdr", "pdist", "loop", "adist") or (
-        name == "supervised" and cfg.objective.supervised_loss == "listwise")
+OBJECTIVES: dict[str, Objective] = {
+    "gumbel": Objective(
+        gumbel_rerank, "reranker", "G-Rerank (Gumbel Reranking): the relaxed top-k mask M = max_j softmax((kappa * w "
+        "+ G_j) / tau) gates the frozen reader's attention to each passage, and the reader's answer loss trains the "
+        "reranker (no labels)", needs_noise=True, shift_invariant=True),
+    "emdr": Objective(
+        emdr, "reranker", "EMDR (Atlas baseline): -log sum_i p_R(d_i|q) p_LM(a|q,d_i), the frozen reader's "
+        "single-passage answer likelihoods as constants", shift_invariant=True),
+    "pdist": Objective(
+        pdist, "reranker", "PDist (Atlas perplexity distillation): KL(softmax(log p_LM(a|q,d_i) / theta) || p_R) from "
+        "the frozen reader", shift_invariant=True, settings=("theta",)),
+    "loop": Objective(
+        loop, "reranker", "LOOP (Atlas leave-one-out perplexity distillation): KL(softmax(-log p_LM(a|q,D without "
+        "d_i) / theta) || p_R) from the frozen reader", shift_invariant=True, settings=("theta",)),
+    "adist": Objective(
+        adist, "reranker", "ADist (Atlas attention distillation): KL(softmax(log A_i / theta) || p_R), A_i the frozen "
+        "reader's answer attention mass on passage i", shift_invariant=True, settings=("theta",)),
+    "supervised": Objective(
+        supervised, "reranker", "supervised training on the is_gold passage labels (listwise or per-passage BCE)",
+        shift_invariant=lambda cfg: cfg.objective.supervised_loss == "listwise", settings=("supervised_loss",)),
+    "reader": Objective(
+        reader_pretrain, "reader", "reader pre-training: the reader's answer loss with every passage visible (plus the "
+        "demo reader's deep supervision)", intermediate_labels=True),
+}

@@ -1,8 +1,8 @@
 """The training recipe: setup → train → save_checkpoint → cleanup.
 
-objective.name=gumbel trains the reranker through the frozen reader (G-Rerank); emdr / pdist / loop / adist (Atlas
-baselines) and supervised (is_gold labels) train it from the same reader and data (objectives.py);
-objective.name=reader pre-trains the demo reader with every passage visible.
+objective.name picks a row of objectives.OBJECTIVES, which says what trains (the reranker, or the reader for
+reader pre-training), whether the loss takes the step's Gumbel noise and whether the reranker's score bias is
+frozen; the recipe itself has no per-objective cases.
 Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
 """
 
@@ -22,7 +22,7 @@ from gr_train import gumbel as G
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
-from gr_train.objectives import OBJECTIVES, collate, shift_invariant
+from gr_train.objectives import OBJECTIVES, collate
 from gr_train.models import build_models
 from gr_train.runtime import build_runtime
 
@@ -48,16 +48,17 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     runtime = build_runtime(cfg)  # joins the process group under a launcher (runtime.engine=deepspeed)
+    objective = OBJECTIVES[cfg.objective.name]
     reader, reranker = build_models(cfg, runtime)
-    trainable = reader if cfg.objective.name == "reader" else reranker
+    trainable = reader if objective.trains == "reader" else reranker
     trainable.train()
-    if reranker is not None and shift_invariant(cfg):
+    if reranker is not None and objective.is_shift_invariant(cfg):
         for p in reranker.shift_parameters():
             p.requires_grad_(False)
     runtime.prepare(trainable, frozen=None if trainable is reader else reader)
     run_dir = Path(cfg.run.run_dir)
     train_records = load_split(cfg.data.train_path, cfg.data.n_candidates, "train")
-    if train_records is None and cfg.objective.name != "reader":
+    if train_records is None and objective.trains != "reader":
         raise ValueError(f"data.train_path is required for objective.name={cfg.objective.name} (the synthetic "
                          "stream feeds reader pre-training only)")
     dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
@@ -130,7 +131,7 @@ def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | N
     A pure function of (seed, step): resume reproduces it without saved state, and every rank and micro-batch
     slices its own rows, so a question's mask does not depend on how the batch is split.
     """
-    if cfg.objective.name != "gumbel" or not cfg.gumbel.noise:
+    if not OBJECTIVES[cfg.objective.name].needs_noise or not cfg.gumbel.noise:
         return None
     gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
     return G.sample_gumbel((cfg.gumbel.k, global_batch, cfg.data.n_candidates), generator=gen)
@@ -154,10 +155,10 @@ def train(recipe: Recipe, on_step=None) -> dict:
         noise = step_noise(cfg, step, mb_size * accum * runtime.world_size)
         for i, mb in enumerate(micro_batches(recipe, step)):
             batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
-                            intermediates=cfg.objective.name == "reader")
+                            intermediates=objective.intermediate_labels)
             rows = (runtime.rank * accum + i) * mb_size
             mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
-            out = objective(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
+            out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"step {step}: non-finite loss {out.loss.item()}")
             tb = time.perf_counter()

@@ -7,13 +7,42 @@ import math
 import pytest
 import torch
 
+import typing
+
 from gr_train import data, models, objectives, reader_cache, train
+from gr_train.config import ObjectiveName, ObjectiveSection
 from gr_train.data import Passage, Record
 from gr_train.reader import visible_log_mask
 from test_reader import PASSAGES, QUESTIONS, TARGETS, make_reader
 from test_train import tiny_cfg
 
 RERANKER_OBJECTIVES = ["gumbel", "emdr", "pdist", "loop", "adist", "supervised"]
+
+
+def test_registry_rows_match_the_config_names():
+    assert list(objectives.OBJECTIVES) == list(typing.get_args(ObjectiveName))
+    assert set(RERANKER_OBJECTIVES) == {n for n, row in objectives.OBJECTIVES.items() if row.trains == "reranker"}
+    for name, row in objectives.OBJECTIVES.items():
+        assert row.description and "\n" not in row.description, name  # one line for the model card
+        assert row.compute.__doc__ and row.compute.__name__ != "objective", name  # a named, documented function
+        assert set(row.settings) <= set(typing.get_type_hints(ObjectiveSection)), name
+    # the four baselines are four functions, each with its own formula
+    docs = {objectives.OBJECTIVES[n].compute.__doc__ for n in ("emdr", "pdist", "loop", "adist")}
+    assert len(docs) == 4
+
+
+def test_shift_invariance_and_noise_come_from_the_rows(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    rows = objectives.OBJECTIVES
+    assert [n for n, r in rows.items() if r.needs_noise] == ["gumbel"]
+    assert {n for n, r in rows.items() if r.is_shift_invariant(cfg)} == {"gumbel", "emdr", "pdist", "loop", "adist",
+                                                                         "supervised"}
+    cfg.objective.supervised_loss = "bce"
+    assert not rows["supervised"].is_shift_invariant(cfg) and not rows["reader"].is_shift_invariant(cfg)
+    cfg.objective.name = "pdist"
+    assert train.step_noise(cfg, 0, 4) is None  # no noise drawn for an objective that does not take it
+    cfg.objective.name = "gumbel"
+    assert train.step_noise(cfg, 0, 4).shape == (cfg.gumbel.k, 4, cfg.data.n_candidates)
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +57,7 @@ def test_every_objective_trains_every_reranker_parameter_and_no_reader_parameter
     cfg = tiny_cfg(tmp_path, f"objective.name={name}")
     recipe = train.setup(cfg, resume=False)
     batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
-    out = objectives.OBJECTIVES[name](batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 8))
+    out = objectives.OBJECTIVES[name].compute(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 8))
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
     out.loss.backward()
     trainable = [(n, p) for n, p in recipe.reranker.named_parameters() if p.requires_grad]
@@ -182,29 +211,29 @@ def test_reader_targets_are_cached_per_question_and_reader(tmp_path, monkeypatch
     monkeypatch.setattr(recipe.reader, "encode_passages", lambda inputs: calls.append(1) or real(inputs))
     recs = recipe.train_records[:6]
     first = objectives.collate(recs[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
-    value, _ = objectives.reader_quantity("pdist", first, recipe.reader, cfg)
+    value, _ = objectives.reader_quantity("single", first, recipe.reader, cfg)
     assert len(calls) == 1
     # another batch of the same questions in another order and padding: no reader call, same values
     again = objectives.collate(recs[3::-1], cfg.data.n_candidates, recipe.reranker, recipe.reader)
-    cached, _ = objectives.reader_quantity("pdist", again, recipe.reader, cfg)
+    cached, _ = objectives.reader_quantity("single", again, recipe.reader, cfg)
     assert len(calls) == 1
     assert torch.equal(torch.nan_to_num(cached, 99.0), torch.nan_to_num(value.flip(0), 99.0))
     # emdr shares pdist's single-passage losses; loop needs its own; a new question needs the reader
-    objectives.reader_quantity("emdr", first, recipe.reader, cfg)
+    objectives.emdr(first, recipe.reranker, recipe.reader, cfg, 0, None)
     assert len(calls) == 1
     objectives.reader_quantity("loop", first, recipe.reader, cfg)
     assert len(calls) == 2
-    objectives.reader_quantity("pdist", objectives.collate(recs[2:6], cfg.data.n_candidates, recipe.reranker,
+    objectives.reader_quantity("single", objectives.collate(recs[2:6], cfg.data.n_candidates, recipe.reranker,
                                                            recipe.reader), recipe.reader, cfg)
     assert len(calls) == 3
     # a different reader (here: random weights from another seed) misses the cache
     cfg.run.seed += 1
-    objectives.reader_quantity("pdist", first, recipe.reader, cfg)
+    objectives.reader_quantity("single", first, recipe.reader, cfg)
     assert len(calls) == 4
     # cache off: the reader runs every time, with the same values
     cfg.run.seed -= 1
     cfg.objective.cache_reader_targets = False
-    fresh, _ = objectives.reader_quantity("pdist", first, recipe.reader, cfg)
+    fresh, _ = objectives.reader_quantity("single", first, recipe.reader, cfg)
     assert len(calls) == 5 and torch.allclose(torch.nan_to_num(fresh), torch.nan_to_num(value), atol=1e-6)
 
 
@@ -215,8 +244,8 @@ def test_a_record_passage_edit_misses_the_cache(tmp_path):
     edited = Record(rec.id, rec.question, rec.answers,
                     [Passage(c.title, c.text + (" x" if i == 0 else ""), c.is_gold) for i, c in enumerate(rec.ctxs)],
                     rec.target, rec.intermediate)
-    a, _ = objectives.reader_quantity("pdist", objectives.collate([rec], 10, None, recipe.reader), recipe.reader, cfg)
-    b, _ = objectives.reader_quantity("pdist", objectives.collate([edited], 10, None, recipe.reader), recipe.reader,
+    a, _ = objectives.reader_quantity("single", objectives.collate([rec], 10, None, recipe.reader), recipe.reader, cfg)
+    b, _ = objectives.reader_quantity("single", objectives.collate([edited], 10, None, recipe.reader), recipe.reader,
                                       cfg)
     assert len(reader_cache._TARGETS) == 2 and a.shape == b.shape
 

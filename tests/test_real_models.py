@@ -122,7 +122,7 @@ def test_one_gumbel_step_on_hotpotqa_trains_only_the_reranker(models, kind, mode
     assert [len(r.ctxs) for r in records] == [10, 10, 10] and all(sum(c.is_gold for c in r.ctxs) == 2 for r in records)
     batch = objectives.collate(records, cfg.data.n_candidates, reranker, reader)
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.optim.lr)
-    out = objectives.gumbel(batch, reranker, reader, cfg, step=0, noise=None)
+    out = objectives.gumbel_rerank(batch, reranker, reader, cfg, step=0, noise=None)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.item() > 0
     out.loss.backward()
 

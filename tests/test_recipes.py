@@ -104,7 +104,7 @@ def test_recipe_builds_its_architectures_and_trains_the_reranker_only(name, tmp_
     batch = objectives.collate(recipe.train_records, cfg.data.n_candidates, recipe.reranker, recipe.reader)
     assert batch.valid.shape == (2, cfg.gumbel.k + 2) and batch.valid.all()
     noise = train.step_noise(cfg, 0, 2)[:, :, : batch.valid.shape[1]]
-    out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
+    out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
     assert torch.isfinite(out.loss)
     recipe.runtime.backward(out.loss)
 

@@ -51,7 +51,7 @@ def test_optimizer_state_is_saved_by_parameter_name_and_restored_exactly(tmp_pat
     def one_step():
         batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
         torch.manual_seed(1)  # same dropout
-        out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 4))
+        out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 4))
         rt.backward(out.loss)
         rt.step()
 

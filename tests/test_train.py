@@ -36,7 +36,7 @@ def test_gradient_reaches_every_reranker_parameter_and_no_reader_parameter(tmp_p
     recipe = train.setup(cfg, resume=False)
     batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     noise = train.step_noise(cfg, 0, 8)
-    out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
+    out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
     out.loss.backward()
     trainable = [(n, p) for n, p in recipe.reranker.named_parameters() if p.requires_grad]
     assert trainable
@@ -55,7 +55,7 @@ def step_gradients(cfg, micro, accum):
     noise = train.step_noise(cfg, 0, micro * accum)
     for i, mb in enumerate(train.micro_batches(recipe, 0)):
         batch = objectives.collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader)
-        out = objectives.gumbel(batch, recipe.reranker, recipe.reader, cfg, 0,
+        out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0,
                                 noise[:, i * micro : (i + 1) * micro, : batch.valid.shape[1]])
         recipe.runtime.backward(out.loss)
     return {n: p.grad.clone() for n, p in recipe.reranker.named_parameters() if p.requires_grad}
