@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gr_train.config import save_config
+from gr_train.runtime import Runtime
 
 STEP_RE = re.compile(r"^step-(\d{6,})$")
 
@@ -49,7 +50,7 @@ def _write_files(tmp: Path, weights: dict, engine: dict, cfg, trainer_state: dic
     _fsync_dir(tmp)
 
 
-def save_checkpoint(run_dir: str | Path, name: str, runtime, cfg, trainer_state: dict) -> Path | None:
+def save_checkpoint(run_dir: str | Path, name: str, runtime: Runtime, cfg, trainer_state: dict) -> Path | None:
     """Write `<run_dir>/<name>/` atomically (name: step-NNNNNN or final). Every rank calls it (the runtime
     gathers the trainable module's weights and optimizer state); rank 0 writes. Returns the folder on rank 0,
     None elsewhere."""
@@ -93,7 +94,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, runtime) -> dict:
+def load_checkpoint(path: str | Path, runtime: Runtime) -> dict:
     """Load weights and engine state into `runtime` (into the trainable module it was prepared with). Every rank
     reads the full files and keeps its slice, so the checkpoint loads onto any number of ranks. Returns the
     trainer state.

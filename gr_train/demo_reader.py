@@ -209,6 +209,10 @@ class DemoFiDReader(Reader):
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
+    def answer_pass_layers(self) -> list[nn.Module]:
+        """The one tied decoder block (applied n_iterations times)."""
+        return [self.model.decoder]
+
     # -- inputs -------------------------------------------------------------------------------------------
 
     def _ids(self, text: str) -> list[int]:

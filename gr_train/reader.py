@@ -42,6 +42,15 @@ class Reader(nn.Module):
     """
 
     tokenizer: Any
+    # Parameters read outside the forward of the module that owns them (e.g. a tied output projection): an engine
+    # that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
+    params_used_outside_forward: tuple[str, ...] = ()
+
+    def answer_pass_layers(self) -> list[nn.Module]:
+        """The layers that run with autograd in the answer pass, for activation checkpointing
+        (runtime.reader_checkpointing). Raises ValueError for readers that do not support it."""
+        raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} "
+                         "(fid_t5 and demo_fid readers only)")
 
     def tokenize(
         self, questions: list[str], passages: list[list[Passage]], targets: list[str] | None = None
@@ -264,6 +273,10 @@ class FiDT5Reader(Reader):
         hidden = self.model.encoder(input_ids=ids.view(B * n, L), attention_mask=mask.view(B * n, L)).last_hidden_state
         return FiDStates(hidden=hidden.reshape(B, n * L, -1), token_mask=mask)
 
+    def answer_pass_layers(self) -> list[nn.Module]:
+        """The T5 decoder's blocks (the encoder runs under no_grad)."""
+        return list(self.model.decoder.block)
+
     def encode_passages(self, inputs) -> FiDStates:
         """Encoder over the B*n passages under no_grad → FiDStates(hidden [B, n*L, d], token_mask [B, n, L])."""
         with torch.no_grad():
@@ -409,6 +422,12 @@ class CausalLMReader(Reader):
             labels = target_ids.masked_fill(~target_mask, -100)
             inputs.update(target_ids=target_ids, target_mask=target_mask, labels=labels)
         return inputs
+
+    def answer_pass_layers(self) -> list[nn.Module]:
+        """Refused: the answer pass's layers append to the passage KV cache, and a recomputed layer would append a
+        second time."""
+        raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} (its answer layers "
+                         "append to the passage KV cache; fid_t5 and demo_fid readers only)")
 
     def _mask(self, bias: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.

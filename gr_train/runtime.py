@@ -14,10 +14,70 @@ import copy
 import json
 import math
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """The engine interface the recipe (train.py) and checkpoint.py are written against; LocalRuntime and
+    DeepSpeedRuntime implement it. Methods marked collective must be called by every rank."""
+
+    name: str  # "local" | "deepspeed"
+    rank: int
+    world_size: int
+    is_main: bool  # rank 0: writes checkpoints, logs, config.yaml
+    device: torch.device
+
+    def partitioned_init(self) -> AbstractContextManager:
+        """Context in which the frozen reader is built (ZeRO-3: partitioned as its parameters are created)."""
+
+    def prepare(self, module: nn.Module, frozen: nn.Module | None = None) -> None:
+        """Give `module`'s parameters with requires_grad to the optimizer; `frozen` (the reader) is never updated."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's mean loss (scaled by 1/grad_accum_steps)."""
+
+    def step(self) -> dict[str, float]:
+        """Optimizer step at the accumulation boundary → {"train/grad_norm", "train/lr"}."""
+
+    def module_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights of the trainable module (on rank 0; collective)."""
+
+    def load_module_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load full weights into the trainable module; ValueError when they do not match."""
+
+    def state_dict(self) -> dict:
+        """World-size independent optimizer and schedule state (see MOMENTS; collective)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict()'s output, on any number of ranks."""
+
+    def gathered(self, module: nn.Module) -> AbstractContextManager:
+        """Context in which `module`'s parameters are whole on every rank (collective)."""
+
+    def all_gather_object(self, obj: Any) -> list:
+        """[obj of rank 0, obj of rank 1, ...] on every rank (collective)."""
+
+    def barrier(self) -> None:
+        """Wait for every rank (collective)."""
+
+    def mean_across_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Each scalar averaged over ranks (collective)."""
+
+    def param_elements(self, module: nn.Module) -> tuple[int, int]:
+        """(parameter elements of `module` held by this rank, elements of the whole module)."""
+
+    def param_abs_sum(self, module: nn.Module) -> float:
+        """sum |w| over `module`'s parameters in float64 (collective)."""
+
+    def close(self) -> None:
+        """End of the run (collective)."""
 
 
 def lr_lambda(cfg):
@@ -64,7 +124,29 @@ def _check_names(expected: list[str], state: dict, what: str) -> None:
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-class LocalRuntime:
+class _Engine:
+    """What both engines share: `prepare`. Subclasses start their optimizer in `_start`."""
+
+    cfg: Any
+
+    def prepare(self, module: nn.Module, frozen: nn.Module | None = None) -> None:
+        """Give `module`'s trainable parameters (requires_grad True) to AdamW and its LR schedule; frozen ones never
+        reach the optimizer. `frozen` is the frozen reader (None when the reader itself trains); with
+        runtime.reader_checkpointing its answer pass is checkpointed (Reader.answer_pass_layers). Raises
+        ValueError when `module` has no trainable parameter."""
+        self.module, self.frozen = module, frozen
+        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not self.named:
+            raise ValueError("runtime: the trainable module has no parameter with requires_grad=True")
+        if self.cfg.runtime.reader_checkpointing and frozen is not None:
+            checkpoint_answer_pass(frozen)
+        self._start(*_adamw([p for _, p in self.named], self.cfg))
+
+    def _start(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+        raise NotImplementedError
+
+
+class LocalRuntime(_Engine):
     """One process, one device. `prepare(module)` gives the module's trainable parameters (requires_grad True)
     to AdamW; frozen ones never reach the optimizer."""
 
@@ -81,15 +163,9 @@ class LocalRuntime:
         """Context in which the frozen reader is built; here nothing is partitioned."""
         return contextlib.nullcontext()
 
-    def prepare(self, module: nn.Module, frozen: nn.Module | None = None) -> None:
-        self.module = module
-        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if not self.named:
-            raise ValueError("runtime: the trainable module has no parameter with requires_grad=True")
+    def _start(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
         self.params = [p for _, p in self.named]
-        if self.cfg.runtime.reader_checkpointing and frozen is not None:
-            checkpoint_answer_pass(frozen)
-        self.optimizer, self.scheduler = _adamw(self.params, self.cfg)
+        self.optimizer, self.scheduler = optimizer, scheduler
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients of one micro-batch; the loss is the micro-batch mean, scaled by 1/accum so that
@@ -217,7 +293,7 @@ class EngineModule(nn.Module):
         raise RuntimeError("EngineModule is a container; call its children")
 
 
-class DeepSpeedRuntime:
+class DeepSpeedRuntime(_Engine):
     """One DeepSpeed ZeRO-3 engine per rank (torchrun, `deepspeed`, Ray Train; gloo on CPU, nccl on GPU).
 
     The reader is built inside `partitioned_init()` (zero.Init) when cfg.runtime.partition_reader, so each rank
@@ -270,21 +346,16 @@ class DeepSpeedRuntime:
         finally:
             del hf_config  # later HF calls (export, evaluation) must not think they are under ZeRO-3
 
-    def prepare(self, module: nn.Module, frozen: nn.Module | None = None) -> None:
-        self.module, self.frozen = module, frozen
-        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if not self.named:
-            raise ValueError("runtime: the trainable module has no parameter with requires_grad=True")
-        if self.cfg.runtime.reader_checkpointing and frozen is not None:
-            checkpoint_answer_pass(frozen)
-        optimizer, scheduler = _adamw([p for _, p in self.named], self.cfg)
+    def _start(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
         self.engine, self.optimizer, _, self.scheduler = self.ds.initialize(
-            model=EngineModule(module, frozen), optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
+            model=EngineModule(self.module, self.frozen), optimizer=optimizer, lr_scheduler=scheduler,
+            config=self.config)
         self._lr_optimizer = optimizer  # the torch AdamW inside; its param groups carry the current lr
-        for module_ in (module, frozen):
+        for module_ in (self.module, self.frozen):
             # ZeRO-3 gathers a parameter for the forward of the module that owns it and releases it right after;
             # a read elsewhere (the demo reader's tied output projection, after its embedding's forward) would
-            # find an empty slice. Flagged external, ZeRO-3 leaves it gathered after its owner's forward.
+            # find an empty slice. Flagged external, ZeRO-3 leaves it gathered after its owner's forward. Readers
+            # declare them (Reader.params_used_outside_forward); a reranker has none.
             for name in getattr(module_, "params_used_outside_forward", ()):
                 module_.get_parameter(name).is_external_param = True  # deepspeed 0.19 internal flag
 
@@ -443,17 +514,16 @@ def _partition_aware_load_state_dict(deepspeed):
         nn.Module.load_state_dict = original
 
 
-def checkpoint_answer_pass(reader: nn.Module) -> None:
-    """Activation checkpointing for the reader's answer pass: each decoder layer keeps only its inputs and
-    recomputes its activations in backward (non-reentrant torch.utils.checkpoint), whatever the reader's
-    train/eval mode (HF's own checkpointing only runs in train mode, which would turn dropout on in the frozen
-    reader). Passage encoding runs under no_grad and is unaffected.
+def checkpoint_answer_pass(reader) -> None:
+    """Activation checkpointing for the reader's answer pass (reader.answer_pass_layers()): each layer keeps only
+    its inputs and recomputes its activations in backward (non-reentrant torch.utils.checkpoint), whatever the
+    reader's train/eval mode (HF's own checkpointing only runs in train mode, which would turn dropout on in the
+    frozen reader). Passage encoding runs under no_grad and is unaffected. ValueError for readers that refuse it.
     """
-    layers = answer_pass_layers(reader)
-    for layer in layers:
+    for layer in reader.answer_pass_layers():
         forward = layer.forward
 
-        def checkpointed(*args, _forward=forward, **kwargs):
+        def checkpointed(*args, _forward: Callable = forward, **kwargs):
             if not torch.is_grad_enabled():
                 return _forward(*args, **kwargs)
             return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
@@ -461,20 +531,6 @@ def checkpoint_answer_pass(reader: nn.Module) -> None:
         layer.forward = checkpointed
 
 
-def answer_pass_layers(reader: nn.Module) -> list[nn.Module]:
-    """The layers that run with autograd in the answer pass: the demo reader's shared decoder block, a FiD-T5
-    decoder's blocks. Decoder-only readers are refused: their answer layers append to the passage KV cache,
-    and a recomputed layer would append a second time."""
-    model = getattr(reader, "model", None)
-    decoder = getattr(model, "decoder", None)
-    if isinstance(decoder, nn.Module) and hasattr(decoder, "block"):  # HF T5 stack
-        return list(decoder.block)
-    if isinstance(decoder, nn.Module) and hasattr(decoder, "cross_attn"):  # demo reader: one tied block
-        return [decoder]
-    raise ValueError(f"runtime.reader_checkpointing: not supported for {type(reader).__name__} "
-                     "(fid_t5 and demo_fid readers only)")
-
-
-def build_runtime(cfg) -> LocalRuntime | DeepSpeedRuntime:
+def build_runtime(cfg) -> Runtime:
     """The engine named by cfg.runtime.engine; call `prepare(trainable, frozen)` once the models exist."""
     return DeepSpeedRuntime(cfg) if cfg.runtime.engine == "deepspeed" else LocalRuntime(cfg)

@@ -24,7 +24,7 @@ from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
 from gr_train.objectives import OBJECTIVES, collate
 from gr_train.models import build_models
-from gr_train.runtime import build_runtime
+from gr_train.runtime import Runtime, build_runtime
 
 log = logging.getLogger("gr_train.train")
 
@@ -35,7 +35,7 @@ class Recipe:
     reader: torch.nn.Module
     reranker: torch.nn.Module | None
     trainable: torch.nn.Module
-    runtime: object
+    runtime: Runtime
     writer: MetricsWriter
     train_records: list | None
     dev_records: list | None

@@ -87,7 +87,7 @@ def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
         return loss.detach(), log_M.grad
 
     plain = loss_and_grad()
-    layers = runtime.answer_pass_layers(recipe.reader)
+    layers = recipe.reader.answer_pass_layers()
     calls = []
     # A submodule's hook fires in the forward and again in the recompute (the layer's own hook only once).
     layers[0].self_attn.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
@@ -102,4 +102,20 @@ def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
 def test_reader_checkpointing_refuses_decoder_only_readers():
     cfg = load_config(overrides=["reader.kind=causal_lm"])
     with pytest.raises(ValueError, match="reader_checkpointing"):
-        runtime.answer_pass_layers(build_reader(cfg.reader))
+        build_reader(cfg.reader).answer_pass_layers()
+
+
+def test_both_engines_implement_the_runtime_protocol():
+    """Every method of runtime.Runtime exists on both engines with the protocol's parameters; LocalRuntime passes
+    the isinstance check (DeepSpeedRuntime needs a process group to construct: tests/test_distributed.py)."""
+    import inspect
+
+    members = [n for n, v in vars(runtime.Runtime).items() if callable(v) and not n.startswith("_")]
+    assert {"prepare", "backward", "step", "state_dict", "gathered", "close"} <= set(members)
+    for engine in (runtime.LocalRuntime, runtime.DeepSpeedRuntime):
+        for name in members:
+            expected = list(inspect.signature(getattr(runtime.Runtime, name)).parameters)
+            assert list(inspect.signature(getattr(engine, name)).parameters) == expected, (engine.__name__, name)
+    assert runtime.LocalRuntime.prepare is runtime.DeepSpeedRuntime.prepare  # one prepare
+    assert isinstance(runtime.build_runtime(load_config()), runtime.Runtime)
+    assert not isinstance(object(), runtime.Runtime)
