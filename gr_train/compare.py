@@ -80,8 +80,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
             rows.setdefault(obj, {})[seed] = result["metrics"]
     order = [UNTRAINED, *objectives, *REFERENCES]
     summary = {"objectives": list(objectives), "seeds": list(seeds), "ks": list(base.eval.ks),
-               "reader_k": base.eval.reader_k or base.gumbel.k, "max_steps": base.train.max_steps,
-               "global_batch": base.train.micro_batch_size * base.train.grad_accum_steps,
+               "reader_k": base.reader_k(), "max_steps": base.train.max_steps,
+               "global_batch": base.global_batch(world_size=1),  # compare trains in this process
                "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
                "rows": {name: aggregate(rows[name]) for name in order}}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     train.cleanup(recipe)
     result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
     # Optimizer steps only (forward, backward, update): in-training evaluation and checkpoints are not counted.
-    queries = len(step_seconds) * cfg.global_batch(recipe.runtime.world_size)
+    queries = len(step_seconds) * recipe.global_batch
     metrics = dict(flatten(result), s_per_query=sum(step_seconds) / queries if queries else float("nan"))
     out = {"metrics": metrics, "eval": result, "train_s": sum(step_seconds), "steps": len(step_seconds),
            "init_checksum": init, "config": comparable(cfg)}
@@ -315,7 +315,7 @@ def format_markdown(summary: dict) -> str:
 
 def plot_k(cfg: RunConfig) -> int:
     """The cut-off plotted: the reader's k when it is among eval.ks, else the first of eval.ks."""
-    k = cfg.eval.reader_k or cfg.gumbel.k
+    k = cfg.reader_k()
     return k if k in cfg.eval.ks else cfg.eval.ks[0]
 
 

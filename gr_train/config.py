@@ -20,6 +20,9 @@ import yaml
 # that the two agree): gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold
 # labels) | reader (reader pre-training, all passages visible).
 ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader"]
+# The keys of models.READERS and reranker.RERANKERS (checked by a test).
+ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
+RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
 
 
 class ConfigError(ValueError):
@@ -59,7 +62,7 @@ class DataSection:
 
 @dataclass
 class ReaderSection:
-    kind: str = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
+    kind: ReaderKind = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config` (random weights)
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
     tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
@@ -72,7 +75,7 @@ class ReaderSection:
 
 @dataclass
 class RerankerSection:
-    kind: str = "cross_encoder"  # cross_encoder | rankt5 | bi_encoder
+    kind: RerankerKind = "cross_encoder"  # cross_encoder | rankt5 | bi_encoder
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config`
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
     tokenizer_path: str | None = None  # tokenizer folder when it differs from name_or_path (demo: built locally)
@@ -91,7 +94,7 @@ class GumbelSection:
     tau_end: float | None = None  # temperature at max_steps; None = constant
     kappa: float = 1.0  # score scale at step 0
     kappa_end: float | None = None  # score scale at max_steps; None = constant
-    schedule: str = "linear"  # interpolation of tau and kappa: linear | cosine | exponential
+    schedule: Literal["linear", "cosine", "exponential"] = "linear"  # interpolation of tau and kappa
     noise: bool = True  # false = the paper's no-noise ablation
     eps: float = 1e-9  # M is clamped at eps before log M enters the attention logits
 
@@ -102,7 +105,8 @@ class ObjectiveSection:
 
     name: ObjectiveName = "gumbel"  # a row of objectives.OBJECTIVES (see ObjectiveName)
     theta: float = 1.0  # pdist / loop / adist: temperature of the reader-derived target distribution
-    supervised_loss: str = "listwise"  # supervised: listwise (-log sum of softmax over gold) | bce (per passage)
+    # supervised: listwise (-log sum of softmax over gold) | bce (per passage)
+    supervised_loss: Literal["listwise", "bce"] = "listwise"
     cache_reader_targets: bool = True  # emdr / pdist / loop / adist: compute the reader's targets once per question
     # keep every question's passage states in memory after its first encoding (reader_cache.py): saves the
     # reader's n*L-token pass on every later visit (epochs, seeds, objectives); memory grows with the training set
@@ -114,7 +118,7 @@ class OptimSection:
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 0  # linear warm-up
-    lr_schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at max_steps)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; linear, cosine: to 0 at the end
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
@@ -149,7 +153,7 @@ class DemoSection:
 class RetrievalSection:
     """Sharded candidate retrieval (retrieval.py; built by ray_jobs/build_index.py, served by shard actors)."""
 
-    kind: str = "bm25"  # bm25 (bm25s tokenization, global corpus statistics) | dense (faiss inner product)
+    kind: Literal["bm25", "dense"] = "bm25"  # bm25 (bm25s tokenization, global corpus statistics) | dense (faiss IP)
     corpus_path: str | None = None  # passages: .jsonl {id, title, text} | .tsv (DPR: id, text, title) | .parquet
     index_dir: str = "runs/index"  # index.json + shard-NNNNN/ folders
     n_shards: int = 2  # disjoint contiguous corpus slices, one Ray actor each
@@ -177,7 +181,7 @@ class PreprocessSection:
     """Ray Data preprocessing (ray_jobs/preprocess.py): questions → candidates → tokens → Parquet shards."""
 
     questions_path: str | None = None  # FiD JSON/JSONL, HotpotQA / 2Wiki / MuSiQue JSON(L), or Parquet
-    questions_format: str = "auto"  # auto | fid | hotpotqa | 2wiki | musique | parquet
+    questions_format: Literal["auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"] = "auto"
     output_dir: str = "runs/preprocessed"  # part-*.parquet, manifest.json, rejects.jsonl
     tokenize: bool = True  # also store reranker and reader token ids (per candidate, unpadded)
     num_workers: int = 2  # Ray Data actors fetching candidates and tokenizing; each has one batch in flight
@@ -203,8 +207,8 @@ class SuiteSection:
 class RuntimeSection:
     """The training engine (runtime.py): single process, or DeepSpeed ZeRO-3 over ranks; Ray Train's scaling."""
 
-    engine: str = "local"  # local (one process) | deepspeed (ZeRO-3; start with torchrun, deepspeed or Ray Train)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (DeepSpeed mixed precision; fp32 on CPU)
+    engine: Literal["local", "deepspeed"] = "local"  # local: one process; deepspeed: ZeRO-3 (torchrun, deepspeed, Ray)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # DeepSpeed mixed precision (bf16, fp16); fp32 on CPU
     partition_reader: bool = True  # build the frozen reader under zero.Init: no rank ever holds all of it
     reader_checkpointing: bool = False  # recompute the reader's answer-pass layer activations in backward
     param_persistence_threshold: int = 0  # ZeRO-3 keeps parameters under this many elements whole on every rank
@@ -236,6 +240,10 @@ class RunConfig:
     def global_batch(self, world_size: int) -> int:
         """Questions per optimizer step over all ranks: micro_batch_size * grad_accum_steps * world_size."""
         return self.train.micro_batch_size * self.train.grad_accum_steps * world_size
+
+    def reader_k(self) -> int:
+        """Passages the reader is given at evaluation (the reranker's hard top-k): eval.reader_k, else gumbel.k."""
+        return self.eval.reader_k or self.gumbel.k
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -364,35 +372,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
     if g.tau <= 0 or (g.tau_end is not None and g.tau_end <= 0):
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
-    if g.schedule not in ("linear", "cosine", "exponential"):
-        raise ConfigError(f"gumbel.schedule: unknown '{g.schedule}' (linear | cosine | exponential)")
-    if cfg.reader.kind not in ("demo_fid", "fid_t5", "causal_lm"):
-        raise ConfigError(f"reader.kind: unknown '{cfg.reader.kind}' (demo_fid | fid_t5 | causal_lm)")
-    if cfg.reranker.kind not in ("cross_encoder", "rankt5", "bi_encoder"):
-        raise ConfigError(f"reranker.kind: unknown '{cfg.reranker.kind}' (cross_encoder | rankt5 | bi_encoder)")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
-    if cfg.objective.supervised_loss not in ("listwise", "bce"):
-        raise ConfigError(f"objective.supervised_loss: unknown '{cfg.objective.supervised_loss}' (listwise | bce)")
-    if cfg.optim.lr_schedule not in ("constant", "linear", "cosine"):
-        raise ConfigError(f"optim.lr_schedule: unknown '{cfg.optim.lr_schedule}' (constant | linear | cosine)")
-    if cfg.runtime.engine not in ("local", "deepspeed"):
-        raise ConfigError(f"runtime.engine: unknown '{cfg.runtime.engine}' (local | deepspeed)")
-    if cfg.runtime.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"runtime.precision: unknown '{cfg.runtime.precision}' (fp32 | bf16 | fp16)")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
         raise ConfigError("runtime.precision: bf16/fp16 need runtime.engine=deepspeed (the local engine is fp32)")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval
-    if r.kind not in ("bm25", "dense"):
-        raise ConfigError(f"retrieval.kind: unknown '{r.kind}' (bm25 | dense)")
     if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1 or r.query_batch_size < 1:
         raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight / query_batch_size: must be >= 1")
     if r.kind == "dense" and r.block_size % r.encoder_batch_size:
         raise ConfigError(f"retrieval.encoder_batch_size: must divide retrieval.block_size ({r.block_size})")
-    if cfg.preprocess.questions_format not in ("auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"):
-        raise ConfigError(f"preprocess.questions_format: unknown '{cfg.preprocess.questions_format}'")
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")

@@ -69,7 +69,7 @@ def run(cfg: RunConfig) -> dict:
           f"{em['no_indirect']:.2f}, gold only {em['gold']:.2f}, direct only {em['direct']:.2f}, none {em['none']:.2f}")
     print(f"Reranker before/after G-Rerank ({cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
           f"kappa={cfg.gumbel.kappa}, tau={cfg.gumbel.tau}"
-          f"{'' if cfg.gumbel.tau_end is None else f'->{cfg.gumbel.tau_end}'}); reader EM uses the top-{cfg.eval.reader_k or cfg.gumbel.k}:")
+          f"{'' if cfg.gumbel.tau_end is None else f'->{cfg.gumbel.tau_end}'}); reader EM uses the top-{cfg.reader_k()}:")
     print(table)
     if not results["trained"]["scores"]["separated"]:
         print("WARNING: the trained reranker's scores did not separate (median per-question std "

@@ -151,7 +151,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
     result = {"questions": len(records), "n_candidates": n, "ranking": ranking_metrics(records, scores, cfg.eval.ks)}
     result["scores"] = score_spread(scores, cfg.train.separation_min_std)
     if reader is not None:
-        k = cfg.eval.reader_k or cfg.gumbel.k
+        k = cfg.reader_k()
         tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
         result["reader"] = dict(answer_metrics(records, preds), k=k)

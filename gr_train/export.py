@@ -225,7 +225,7 @@ def _score_rule(reranker: Reranker) -> str:
 
 def _objective_rows(cfg: RunConfig) -> list[str]:
     g, objective = cfg.gumbel, OBJECTIVES[cfg.objective.name]
-    reader_k = cfg.eval.reader_k or g.k
+    reader_k = cfg.reader_k()
     if not objective.needs_noise:  # not trained through the mask: k only matters for the evaluation
         rows = [f"| k | {reader_k} (passages given to the reader at evaluation; `eval.reader_k` or `gumbel.k`) |"]
         return rows + [SETTING_ROWS[key](cfg.objective) for key in objective.settings]
@@ -265,7 +265,7 @@ def _steps_cell(cfg: RunConfig, step: dict | None) -> str:
 def _batch_cell(cfg: RunConfig, step: dict | None) -> str:
     t = cfg.train
     ranks = (step or {}).get("world_size") or 1
-    return (f"{t.micro_batch_size * t.grad_accum_steps * ranks} questions per step (micro_batch_size "
+    return (f"{cfg.global_batch(ranks)} questions per step (micro_batch_size "
             f"{t.micro_batch_size} x grad_accum_steps {t.grad_accum_steps} x {ranks} ranks)")
 
 

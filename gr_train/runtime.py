@@ -256,7 +256,7 @@ def ds_config(cfg, world_size: int) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": cfg.train.grad_accum_steps,
-        "train_batch_size": cfg.train.micro_batch_size * cfg.train.grad_accum_steps * world_size,
+        "train_batch_size": cfg.global_batch(world_size),
         "gradient_clipping": cfg.optim.grad_clip,  # 0 = off, as optim.grad_clip
         "zero_optimization": {
             "stage": 3,

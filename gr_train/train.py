@@ -41,6 +41,11 @@ class Recipe:
     dev_records: list | None
     start_step: int = 0
 
+    @property
+    def global_batch(self) -> int:
+        """Questions per optimizer step over all ranks (RunConfig.global_batch at this world size)."""
+        return self.cfg.global_batch(self.runtime.world_size)
+
 
 def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     if cfg.run.num_threads > 0:
@@ -70,19 +75,14 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         recipe.start_step = state["step"]
         log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
                  state.get("world_size", 1), runtime.world_size)
-        if state.get("global_batch", global_batch(recipe)) != global_batch(recipe):
+        if state.get("global_batch", recipe.global_batch) != recipe.global_batch:
             log.warning("resuming with a global batch of %d questions, saved with %d: the data order and the "
                         "Gumbel noise differ from the original run (keep micro_batch_size * grad_accum_steps * "
-                        "ranks fixed)", global_batch(recipe), state["global_batch"])
+                        "ranks fixed)", recipe.global_batch, state["global_batch"])
     if runtime.is_main:
         save_config(cfg, run_dir / "config.yaml")
     recipe.writer.log(model_scalars(recipe), recipe.start_step)
     return recipe
-
-
-def global_batch(recipe: Recipe) -> int:
-    """Questions per optimizer step over all ranks."""
-    return recipe.cfg.global_batch(recipe.runtime.world_size)
 
 
 def model_scalars(recipe: Recipe) -> dict[str, float]:
@@ -107,8 +107,7 @@ def micro_batches(recipe: Recipe, step: int) -> list[list]:
     save); rank r takes rows [r * accum * mb, (r + 1) * accum * mb) of it.
     """
     cfg = recipe.cfg
-    mb, accum, world = cfg.train.micro_batch_size, cfg.train.grad_accum_steps, recipe.runtime.world_size
-    per_step = mb * accum * world
+    mb, accum, per_step = cfg.train.micro_batch_size, cfg.train.grad_accum_steps, recipe.global_batch
     if recipe.train_records is None:  # fresh synthetic questions every step (reader pre-training)
         chosen = next(synthetic.stream(cfg.synthetic, cfg.run.seed, per_step, start_step=step))
     else:
@@ -152,7 +151,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         loss_total = 0.0
-        noise = step_noise(cfg, step, mb_size * accum * runtime.world_size)
+        noise = step_noise(cfg, step, recipe.global_batch)
         for i, mb in enumerate(micro_batches(recipe, step)):
             batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
                             intermediates=objective.intermediate_labels)
@@ -164,9 +163,9 @@ def train(recipe: Recipe, on_step=None) -> dict:
             tb = time.perf_counter()
             runtime.backward(out.loss)
             sums["time/backward"] = sums.get("time/backward", 0.0) + time.perf_counter() - tb
-            loss_total += out.loss.item() / cfg.train.grad_accum_steps
+            loss_total += out.loss.item() / accum
             for k, v in out.metrics.items():  # means over the step's micro-batches
-                sums[k] = sums.get(k, 0.0) + v / cfg.train.grad_accum_steps
+                sums[k] = sums.get(k, 0.0) + v / accum
             for k, v in out.timings.items():  # seconds per step: summed over its micro-batches
                 sums[k] = sums.get(k, 0.0) + v
         t1 = time.perf_counter()
@@ -175,7 +174,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         # Means over ranks: each rank holds the same number of questions, so this is the global-batch mean.
         scalars = {**runtime.mean_across_ranks({"train/loss": loss_total, **sums, "time/optimizer": t2 - t1}),
                    **stepped}
-        scalars.update({"time/step": t2 - t0, "perf/queries_per_s": global_batch(recipe) / (t2 - t0)})
+        scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0)})
         if "train/w_std" in scalars and scalars["train/w_std"] < cfg.train.separation_min_std:
             low_spread_steps += 1
         if on_step is not None:
@@ -218,7 +217,7 @@ def eval_during_training(recipe: Recipe, step: int) -> dict:
 
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
     """Checkpoint `<run_dir>/<name>/`. Every rank calls it; the path comes back on the main rank, else None."""
-    state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": global_batch(recipe)}
+    state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": recipe.global_batch}
     return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.runtime, recipe.cfg, state)
 
 

@@ -38,7 +38,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
     scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size)
     if not with_reader:
         return scores, None
-    k = cfg.eval.reader_k or cfg.gumbel.k
+    k = cfg.reader_k()
     tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
     return scores, reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size)
 
@@ -64,7 +64,7 @@ def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> 
               "scores": score_spread(scores, cfg.train.separation_min_std)}
     if with_reader:
         preds = [p for _, part in parts for p in part]
-        result["reader"] = dict(answer_metrics(records, preds), k=cfg.eval.reader_k or cfg.gumbel.k)
+        result["reader"] = dict(answer_metrics(records, preds), k=cfg.reader_k())
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     out = Path(output) if output else Path(cfg.run.run_dir) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
+import typing
 from pathlib import Path
 
 import pytest
 
-from gr_train.config import ConfigError, RunConfig, load_config, save_config
+from gr_train.config import ConfigError, GumbelSection, RunConfig, load_config, save_config, validate
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -41,7 +42,9 @@ def test_resolved_config_round_trips(tmp_path):
         ("gumbel:\n  k: two\n", r"x.yaml: gumbel.k: expected an integer, got 'two'"),
         ("gumbel:\n  noise: 1\n", r"x.yaml: gumbel.noise: expected true/false"),
         ("gumbel:\n  k: 0\n", r"gumbel.k: must be >= 1"),
-        ("reader:\n  kind: bart\n", r"reader.kind: unknown 'bart'"),
+        ("reader:\n  kind: bart\n", r"x.yaml: reader.kind: unknown 'bart' \(demo_fid \| fid_t5 \| causal_lm\)"),
+        ("gumbel:\n  schedule: step\n", r"x.yaml: gumbel.schedule: unknown 'step' \(linear \| cosine \| exponential\)"),
+        ("runtime:\n  precision: 16\n", r"x.yaml: runtime.precision: unknown 16 \(fp32 \| bf16 \| fp16\)"),
         ("gumbel: [1, 2]\n", r"section 'gumbel' must be a mapping"),
         ("gumbel: {k: 1\n", r"x.yaml: not valid YAML"),
     ],
@@ -60,3 +63,32 @@ def test_bad_overrides():
         load_config(None, ["gumbel.kappa=x"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent.yaml")
+
+
+def test_literal_keys_are_checked_when_set_in_code_too():
+    cfg = load_config()
+    cfg.objective.name = "pdsit"  # e.g. compare sets the name directly, not through an override
+    with pytest.raises(ConfigError, match=r"^objective.name: unknown 'pdsit' \(gumbel \| emdr \|"):
+        validate(cfg)
+
+
+def test_every_registry_matches_its_config_literal():
+    """The allowed values of a config key are its Literal type; each registry the key selects from has exactly
+    those keys (adding an objective, reader family or reranker kind fails here until both agree)."""
+    from gr_train import gumbel, models, objectives, reranker
+    from gr_train.config import ObjectiveName, ReaderKind, RerankerKind
+
+    assert list(objectives.OBJECTIVES) == list(typing.get_args(ObjectiveName))
+    assert list(models.READERS) == list(typing.get_args(ReaderKind))
+    assert list(reranker.RERANKERS) == list(typing.get_args(RerankerKind))
+    hints = typing.get_type_hints(GumbelSection)
+    for schedule in typing.get_args(hints["schedule"]):  # every allowed schedule is one gumbel.py implements
+        assert gumbel.schedule_value(1.0, 0.5, 5, 10, schedule) < 1.0
+
+
+def test_derived_values_are_defined_once():
+    cfg = load_config(None, ["train.micro_batch_size=3", "train.grad_accum_steps=2", "gumbel.k=4"])
+    assert cfg.global_batch(world_size=5) == 30
+    assert cfg.reader_k() == 4
+    cfg.eval.reader_k = 2
+    assert cfg.reader_k() == 2

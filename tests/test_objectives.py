@@ -57,7 +57,8 @@ def test_every_objective_trains_every_reranker_parameter_and_no_reader_parameter
     cfg = tiny_cfg(tmp_path, f"objective.name={name}")
     recipe = train.setup(cfg, resume=False)
     batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
-    out = objectives.OBJECTIVES[name].compute(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 8))
+    noise = train.step_noise(cfg, 0, 8)
+    out = objectives.OBJECTIVES[name].compute(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
     out.loss.backward()
     trainable = [(n, p) for n, p in recipe.reranker.named_parameters() if p.requires_grad]
