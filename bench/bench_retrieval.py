@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from gr_train import retrieval as R  # noqa: E402
 from gr_train.config import load_config  # noqa: E402
+from gr_train.data import passage_string  # noqa: E402
 
 TINY = ["reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
@@ -100,7 +101,7 @@ def main() -> None:
         return load_config(REPO / "configs" / "demo.yaml", [
             *TINY, f"retrieval.corpus_path={work / 'corpus.parquet'}", f"retrieval.index_dir={work / f'index{shards}'}",
             f"retrieval.n_shards={shards}", "retrieval.shard_num_cpus=0.5", f"retrieval.top_k={args.top_k}",
-            "retrieval.max_in_flight=4", "retrieval.query_batch_size=64",
+            "retrieval.max_in_flight=4",
             f"preprocess.questions_path={work / 'questions.jsonl'}", f"preprocess.output_dir={work / f'out{workers}'}",
             f"preprocess.num_workers={workers}", "preprocess.worker_num_cpus=0.5", "preprocess.batch_size=64",
             f"data.n_candidates={args.top_k}"])
@@ -140,7 +141,7 @@ def main() -> None:
     sample = R.read_corpus_slice(work / "corpus.parquet", 0, 1024)
     encoder = R.TextEncoder(None, max_tokens=128, batch_size=64)
     t = time.perf_counter()
-    encoder.encode([R.passage_string(a, b) for a, b in zip(sample["title"].to_pylist(), sample["text"].to_pylist())])
+    encoder.encode([passage_string(a, b) for a, b in zip(sample["title"].to_pylist(), sample["text"].to_pylist())])
     results["dense_encode_passages_per_s"] = round(1024 / (time.perf_counter() - t), 1)
     results["load_avg_end"] = os.getloadavg()[0]
 

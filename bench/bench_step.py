@@ -53,7 +53,7 @@ def batch_records(B: int, n: int, words: int, seed: int):
 def worker(args) -> dict:
     import torch
 
-    from gr_train import gumbel as G
+    from gr_train import gumbel
     from gr_train import objectives
     from gr_train.config import load_config
     from gr_train.models import build_reader
@@ -79,13 +79,13 @@ def worker(args) -> dict:
     if args.path == "naive":
         reader.requires_grad_(True)  # the whole reader under autograd; its grads are computed, never applied
     batch = objectives.collate(records, args.n, reranker, reader)
-    noise = G.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
+    noise = gumbel.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
     cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None
 
     def step():
         w = reranker(batch.reranker_inputs)
-        M = G.relaxed_topk_mask(w, args.k, 0.5, 1.0, valid=batch.valid, gumbel_noise=noise)
-        log_M = G.log_mask(M, 1e-9, batch.valid)
+        M = gumbel.relaxed_topk_mask(w, args.k, 0.5, 1.0, valid=batch.valid, gumbel_noise=noise)
+        log_M = gumbel.log_mask(M, 1e-9, batch.valid)
         if args.path == "naive":
             loss = reader.answer_loss_naive(batch.reader_inputs, log_M).mean()
         else:

@@ -131,7 +131,6 @@ class TrainSection:
     log_every_steps: int = 10  # TensorBoard scalars
     eval_every_steps: int = 0  # dev evaluation during training; 0 = only at the end
     save_every_steps: int = 0  # checkpoints step-NNNNNN/; 0 = only final/
-    separation_min_std: float = 0.05  # per-question score std below which scores "did not separate" (reported)
 
 
 @dataclass
@@ -140,6 +139,11 @@ class EvalSection:
     reader_k: int = 0  # passages given to the reader for EM/F1; 0 = gumbel.k
     max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
     batch_size: int = 32
+    # per-question score std below which scores "did not separate": evaluation's `separated`, and the recipe's
+    # train/low_spread_fraction and warning
+    separation_min_std: float = 0.05
+    ray_tasks: int = 2  # ray_jobs/evaluate.py: the dev set is split into this many chunks, one Ray task each
+    task_num_cpus: float = 1.0  # ray_jobs/evaluate.py: Ray CPUs reserved per task
 
 
 @dataclass
@@ -166,7 +170,6 @@ class RetrievalSection:
     encoder_max_tokens: int = 256  # dense: tokens per passage or query
     encoder_batch_size: int = 64  # dense: passages per encoder forward; must divide block_size
     rescore_margin: int = 16  # dense: extra faiss candidates re-scored in float64 so shards and one index agree
-    query_batch_size: int = 64  # questions per fan-out request to the shard actors
     max_in_flight: int = 4  # ShardPool.stream: query batches sent and not yet merged (back-pressure on the shards)
     shard_num_cpus: float = 1.0  # Ray CPUs reserved per shard actor
     shard_memory_gb: float = 0.0  # Ray memory reserved per shard actor, GiB; 0 = no reservation
@@ -379,8 +382,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval
-    if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1 or r.query_batch_size < 1:
-        raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight / query_batch_size: must be >= 1")
+    if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1:
+        raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight: must be >= 1")
     if r.kind == "dense" and r.block_size % r.encoder_batch_size:
         raise ConfigError(f"retrieval.encoder_batch_size: must divide retrieval.block_size ({r.block_size})")
     for i, item in enumerate(cfg.synthetic.curriculum):

@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# A passage as the models read it: (title, text). Rerankers and readers take [B][n] lists of these.
+PassageText = tuple[str, str]
+
+
+def passage_string(title: str, text: str) -> str:
+    """A passage as one string, read by the rerankers and both index kinds: "title text", or just the text when
+    there is no title."""
+    return f"{title} {text}" if title else text
+
+
 @dataclass
 class Passage:
     """One candidate passage.

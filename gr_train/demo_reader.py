@@ -18,7 +18,8 @@ from torch import nn
 
 from gr_train.attention import passage_key_bias
 from gr_train.gumbel import NEG_BIAS
-from gr_train.reader import Passage, Reader, attention_mass, token_mean_ce, visible_log_mask
+from gr_train.data import PassageText
+from gr_train.reader import Reader, attention_mass, token_mean_ce, visible_log_mask
 
 
 @dataclass
@@ -31,8 +32,9 @@ class DemoFiDConfig:
     n_iterations: int = 3  # the one decoder layer is applied this many times (tied weights)
     max_passage_tokens: int = 16
     max_decoder_tokens: int = 16
-    # Exact-match feature (as in DrQA): each passage token is marked when it equals a token of the question that
-    # precedes the first `sep_token_id` of its input. 0 disables; set from the tokenizer by DemoFiDReader.build.
+    # Question-token match feature (DrQA's "exact match" input feature; not the EM answer metric): each passage
+    # token is marked when it equals a token of the question that precedes the first `sep_token_id` of its input.
+    # 0 disables; set from the tokenizer by DemoFiDReader.build.
     sep_token_id: int = 0
     match_feature: bool = False
     # Output layer: "vocab" (tied softmax over the vocabulary) or "pointer" (a copy distribution over the passage
@@ -86,7 +88,7 @@ class Block(nn.Module):
         return x + self.ff(self.ln3(x))
 
 
-def exact_match(ids: torch.Tensor, sep: int) -> torch.Tensor:
+def question_token_match(ids: torch.Tensor, sep: int) -> torch.Tensor:
     """[N, L] token ids "question [SEP] passage" → [N, L] bool: passage tokens equal to some question token."""
     is_sep = ids == sep
     after = is_sep.long().cumsum(-1) > 0  # at or after the first SEP
@@ -123,7 +125,7 @@ class DemoFiDModel(nn.Module):
         L = ids.shape[1]
         x = self.embed(ids) + self.enc_pos(torch.arange(L, device=ids.device))
         if self.config.match_feature:
-            x = x + self.match(exact_match(ids, self.config.sep_token_id).long())
+            x = x + self.match(question_token_match(ids, self.config.sep_token_id).long())
         bias = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).masked_fill(~mask, NEG_BIAS)
         bias = bias[:, None, None, :]  # [N, 1, 1, L]
         for block in self.encoder:
@@ -218,7 +220,7 @@ class DemoFiDReader(Reader):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def tokenize(self, questions, passages: list[list[Passage]], targets=None, intermediates=None):
+    def tokenize(self, questions, passages: list[list[PassageText]], targets=None, intermediates=None):
         """passage_ids/passage_mask [B, n, L]: question [SEP] title text [EOS]; dec_ids/dec_mask [B, T]:
         [BOS] question [ANS] target...; labels [B, T] (-100 off target); aux_labels [B, T]: the intermediate
         entity at the last question position (deep supervision), -100 elsewhere."""

@@ -12,8 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from gr_train import gumbel as G
-from gr_train import ranking
+from gr_train import gumbel, ranking
 from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
 from gr_train.reader import visible_log_mask
 
@@ -90,7 +89,7 @@ def reader_answers(reader, records, select: Callable, batch_size: int = 32, prog
         valid = torch.tensor([[i < len(p) for i in range(n)] for p in ps], dtype=torch.bool)
         ps = [p + [("", "")] * (n - len(p)) for p in ps]
         inputs = reader.tokenize(qs, ps)
-        log_M = G.log_mask(valid.float(), valid=valid) if n > 0 else None
+        log_M = gumbel.log_mask(valid.float(), valid=valid) if n > 0 else None
         preds.extend(reader.generate(reader.encode_passages(inputs), inputs, log_M))
     return preds
 
@@ -127,10 +126,10 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
         for b, s in enumerate(scores[start : start + batch_size]):
             w[b, : len(s)] = s
         states = passage_states(batch, reader, cfg)
-        M_soft = G.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
-        M_hard = G.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
+        M_soft = gumbel.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
+        M_hard = gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
         for M, out in ((M_soft, soft), (M_hard, hard)):
-            out.append(reader.answer_loss(states, batch.reader_inputs, G.log_mask(M, cfg.gumbel.eps, batch.valid)))
+            out.append(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)))
     s, h = torch.cat(soft).mean().item(), torch.cat(hard).mean().item()
     return {"loss_soft": s, "loss_hard": h, "gap": h - s}
 
@@ -149,10 +148,10 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
         records = records[: cfg.eval.max_questions]
     scores = score_records(reranker, records, n, cfg.eval.batch_size, progress)
     result = {"questions": len(records), "n_candidates": n, "ranking": ranking_metrics(records, scores, cfg.eval.ks)}
-    result["scores"] = score_spread(scores, cfg.train.separation_min_std)
+    result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
     if reader is not None:
         k = cfg.reader_k()
-        tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
+        tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
         result["reader"] = dict(answer_metrics(records, preds), k=k)
         result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size)

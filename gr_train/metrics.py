@@ -43,13 +43,3 @@ class MetricsWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
-
-
-def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Read back the TensorBoard event files of `log_dir`: {tag: [(step, value), ...]}."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-

@@ -28,8 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from gr_train import gumbel as G
-from gr_train import reader_cache
+from gr_train import gumbel, reader_cache
 from gr_train.reader import visible_log_mask
 
 
@@ -84,8 +83,8 @@ def score_std(w: torch.Tensor, valid: torch.Tensor) -> float:
 def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
     """(tau, kappa) at `step` from cfg.gumbel's start/end values and schedule."""
     g = cfg.gumbel
-    tau = G.schedule_value(g.tau, g.tau_end, step, cfg.train.max_steps, g.schedule)
-    kappa = G.schedule_value(g.kappa, g.kappa_end, step, cfg.train.max_steps, g.schedule)
+    tau = gumbel.schedule_value(g.tau, g.tau_end, step, cfg.train.max_steps, g.schedule)
+    kappa = gumbel.schedule_value(g.kappa, g.kappa_end, step, cfg.train.max_steps, g.schedule)
     return tau, kappa
 
 
@@ -100,8 +99,8 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     t1 = time.perf_counter()
     w = reranker(batch.reranker_inputs)  # [B, n]
     tau, kappa = gumbel_tau_kappa(cfg, step)
-    M = G.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, valid=batch.valid, gumbel_noise=noise)
-    log_M = G.log_mask(M, cfg.gumbel.eps, batch.valid)
+    M = gumbel.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, valid=batch.valid, gumbel_noise=noise)
+    log_M = gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)
     t2 = time.perf_counter()
     loss = reader.answer_loss(states, batch.reader_inputs, log_M).mean()
     t3 = time.perf_counter()
@@ -109,7 +108,7 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
         metrics = {
             "train/tau": tau,
             "train/kappa": kappa,
-            "train/mask_entropy": G.mask_entropy(M, batch.valid).item(),
+            "train/mask_entropy": gumbel.mask_entropy(M, batch.valid).item(),
             "train/mask_sum": M.sum(-1).mean().item(),
             "train/w_std": score_std(w, batch.valid),  # per-question score spread; ~0 = scores did not separate
             "train/mask_on_gold": (M * batch.gold).sum(-1).mean().item(),

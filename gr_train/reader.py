@@ -30,9 +30,9 @@ from transformers import (
 )
 
 from gr_train.attention import answer_bias, causal_bias, cross_attention_bias, fused_bias, passage_key_bias
+from gr_train.data import PassageText
 from gr_train.gumbel import NEG_BIAS
 
-Passage = tuple[str, str]  # (title, text)
 
 
 class Reader(nn.Module):
@@ -53,7 +53,7 @@ class Reader(nn.Module):
                          "(fid_t5 and demo_fid readers only)")
 
     def tokenize(
-        self, questions: list[str], passages: list[list[Passage]], targets: list[str] | None = None
+        self, questions: list[str], passages: list[list[PassageText]], targets: list[str] | None = None
     ) -> dict[str, torch.Tensor]:
         """Build model inputs. Every question has the same number n of passages (callers pad with ("", "")
         and mask them through log_M). An empty passage list means "no passages": the reader encodes the
@@ -162,7 +162,7 @@ def _pad(seqs: list[list[int]], length: int, pad_id: int, left: bool = False) ->
     return ids, mask
 
 
-def _passage_texts(questions: list[str], passages: list[list[Passage]], fmt: str, empty: str) -> list[str]:
+def _passage_texts(questions: list[str], passages: list[list[PassageText]], fmt: str, empty: str) -> list[str]:
     """Flatten B questions x n passages into B*n strings (row-major). All questions must have the same n;
     n = 0 everywhere means "no passages": one input per question, `empty` formatted with the question."""
     if len(questions) != len(passages):

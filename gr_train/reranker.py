@@ -24,8 +24,7 @@ from transformers import (
 )
 
 from gr_train.config import RerankerSection
-
-Passage = tuple[str, str]  # (title, text)
+from gr_train.data import PassageText, passage_string
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
 SETTINGS_FILE = "gr_train_reranker.json"
@@ -46,12 +45,7 @@ TOKENIZER_FILES = (
 )
 
 
-def passage_text(title: str, text: str) -> str:
-    """The passage as the reranker reads it: "title text", or just the text when there is no title."""
-    return f"{title} {text}" if title else text
-
-
-def _check_candidates(questions: list[str], passages: list[list[Passage]]) -> tuple[int, int]:
+def _check_candidates(questions: list[str], passages: list[list[PassageText]]) -> tuple[int, int]:
     """(B, n) of a batch; every question must have the same n >= 1 (callers pad with ("", ""))."""
     B = len(questions)
     if B == 0 or len(passages) != B:
@@ -79,7 +73,7 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.cfg = cfg
 
-    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens."""
         raise NotImplementedError
 
@@ -87,7 +81,7 @@ class Reranker(nn.Module):
         """w: [B, n] fp32, one independent score per (question, candidate) pair."""
         raise NotImplementedError
 
-    def score(self, questions: list[str], passages: list[list[Passage]]) -> torch.Tensor:
+    def score(self, questions: list[str], passages: list[list[PassageText]]) -> torch.Tensor:
         """tokenize + forward on the model's device. Returns w: [B, n] fp32."""
         device = next(self.model.parameters()).device
         return self({k: v.to(device) for k, v in self.tokenize(questions, passages).items()})
@@ -136,11 +130,11 @@ class CrossEncoderReranker(Reranker):
     kind = "cross_encoder"
     auto_class = AutoModelForSequenceClassification
 
-    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Returns input_ids / attention_mask (/ token_type_ids when the tokenizer makes them): [B, n, L]."""
         B, n = _check_candidates(questions, passages)
         firsts = [q for q in questions for _ in range(n)]
-        seconds = [passage_text(title, text) for row in passages for title, text in row]
+        seconds = [passage_string(title, text) for row in passages for title, text in row]
         return {k: v.view(B, n, -1) for k, v in self._encode(firsts, seconds).items()}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -197,11 +191,11 @@ class RankT5Reranker(Reranker):
                 if isinstance(getattr(attention, name, None), nn.Module):
                     getattr(attention, name).requires_grad_(False)
 
-    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Returns input_ids / attention_mask: [B, n, L]."""
         B, n = _check_candidates(questions, passages)
         texts = [
-            f"Query: {q} Document: {passage_text(title, text)}"
+            f"Query: {q} Document: {passage_string(title, text)}"
             for q, row in zip(questions, passages)
             for title, text in row
         ]
@@ -233,11 +227,11 @@ class BiEncoderReranker(Reranker):
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
 
-    def tokenize(self, questions: list[str], passages: list[list[Passage]]) -> dict[str, torch.Tensor]:
+    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Returns q_* tensors [B, Lq] for the questions and p_* tensors [B, n, L] for the passages."""
         B, n = _check_candidates(questions, passages)
         q = self._encode(list(questions))
-        p = self._encode([passage_text(title, text) for row in passages for title, text in row])
+        p = self._encode([passage_string(title, text) for row in passages for title, text in row])
         return {**{f"q_{k}": v for k, v in q.items()}, **{f"p_{k}": v.view(B, n, -1) for k, v in p.items()}}
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -356,7 +350,7 @@ def _enable_checkpointing(model: nn.Module) -> None:
 
 
 def build_word_tokenizer(texts: Iterable[str], style: str = "bert", extra_ids: int = 100) -> PreTrainedTokenizerFast:
-    """A whitespace word-level tokenizer trained on `texts`, built without downloads (tests, the demo).
+    """A whitespace word-level tokenizer trained on `texts`, built without downloads (tests, bench/).
 
     style "bert": [PAD] [UNK] [CLS] [SEP]; single "[CLS] A [SEP]", pair "[CLS] A [SEP] B [SEP]" with token type ids.
     style "t5": <pad> </s> <unk> and <extra_id_0> .. <extra_id_{extra_ids-1}>; "A </s>" (RankT5 scores with

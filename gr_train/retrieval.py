@@ -24,6 +24,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from gr_train.data import passage_string
+
 INDEX_FILE = "index.json"
 PASSAGES_FILE = "passages.arrow"
 # Bumped when the on-disk layout or the scoring changes; part of every index_version.
@@ -106,11 +108,6 @@ def shard_bounds(n_passages: int, n_shards: int, block_size: int) -> list[tuple[
         bounds.append((start, end))
         block += blocks
     return bounds
-
-
-def passage_string(title: str, text: str) -> str:
-    """What both index kinds read of a passage: "title text" (just text when untitled)."""
-    return f"{title} {text}" if title else text
 
 
 # ---------------------------------------------------------------------------------------------------------------

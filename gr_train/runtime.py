@@ -206,9 +206,7 @@ class LocalRuntime(_Engine):
 
     def load_state_dict(self, state: dict) -> None:
         opt = state["optimizer"]
-        if "param_groups" in opt:  # a checkpoint from before the named format: torch's optimizer.state_dict()
-            self.optimizer.load_state_dict(opt)
-        elif opt["step"] > 0:
+        if opt["step"] > 0:
             names = [n for n, _ in self.named]
             for m in MOMENTS:
                 _check_names(names, opt[m], f"optimizer state '{m}'")

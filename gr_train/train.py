@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gr_train import checkpoint, synthetic
-from gr_train import gumbel as G
+from gr_train import checkpoint, gumbel, synthetic
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
@@ -133,7 +132,7 @@ def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | N
     if not OBJECTIVES[cfg.objective.name].needs_noise or not cfg.gumbel.noise:
         return None
     gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-    return G.sample_gumbel((cfg.gumbel.k, global_batch, cfg.data.n_candidates), generator=gen)
+    return gumbel.sample_gumbel((cfg.gumbel.k, global_batch, cfg.data.n_candidates), generator=gen)
 
 
 def train(recipe: Recipe, on_step=None) -> dict:
@@ -175,7 +174,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         scalars = {**runtime.mean_across_ranks({"train/loss": loss_total, **sums, "time/optimizer": t2 - t1}),
                    **stepped}
         scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0)})
-        if "train/w_std" in scalars and scalars["train/w_std"] < cfg.train.separation_min_std:
+        if "train/w_std" in scalars and scalars["train/w_std"] < cfg.eval.separation_min_std:
             low_spread_steps += 1
         if on_step is not None:
             on_step(step, scalars)
@@ -194,9 +193,9 @@ def train(recipe: Recipe, on_step=None) -> dict:
     if "train/w_std" in last:
         # "Scores never separate" is a failure mode of G-Rerank from a fresh reranker (DESIGN.md): report it.
         last["train/low_spread_fraction"] = low_spread_steps / max(1, cfg.train.max_steps - recipe.start_step)
-        if last["train/w_std"] < cfg.train.separation_min_std:
+        if last["train/w_std"] < cfg.eval.separation_min_std:
             log.warning("reranker scores did not separate: final per-question score std %.4f < %.4f "
-                        "(try a larger gumbel.kappa)", last["train/w_std"], cfg.train.separation_min_std)
+                        "(try a larger gumbel.kappa)", last["train/w_std"], cfg.eval.separation_min_std)
     return last
 
 

@@ -1,5 +1,5 @@
 """Evaluate a reranker on a Ray cluster: the dev set (FiD JSON/JSONL or preprocessed Parquet) is split into
-`preprocess.num_workers` chunks, each scored (and, with the reader, answered from its hard top-k) by one Ray task;
+`eval.ray_tasks` chunks, each scored (and, with the reader, answered from its hard top-k) by one Ray task;
 the driver computes Recall/NDCG@k and MRR (all / direct / indirect), reader EM/F1 and the score spread.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
@@ -29,7 +29,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
     """(scores of each record's first n candidates, reader answers from its top-k or None) for one chunk."""
     import torch
 
-    from gr_train import gumbel as G
+    from gr_train import gumbel
     from gr_train.evaluate import reader_answers, score_records
     from gr_train.models import build_models
 
@@ -39,7 +39,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
     if not with_reader:
         return scores, None
     k = cfg.reader_k()
-    tops = [G.topk_indices(s[None], k)[0].tolist() for s in scores]
+    tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
     return scores, reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size)
 
 
@@ -53,15 +53,15 @@ def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> 
     records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
-    workers = max(1, min(cfg.preprocess.num_workers, len(records)))
+    workers = max(1, min(cfg.eval.ray_tasks, len(records)))
     bounds = [len(records) * w // workers for w in range(workers + 1)]
     chunks = [records[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    task = evaluate_chunk.options(num_cpus=cfg.preprocess.worker_num_cpus)
+    task = evaluate_chunk.options(num_cpus=cfg.eval.task_num_cpus)
     parts = ray.get([task.remote(cfg, chunk, with_reader) for chunk in chunks])
     scores = [s for part, _ in parts for s in part]
     result = {"questions": len(records), "n_candidates": cfg.data.n_candidates,
               "ranking": ranking_metrics(records, scores, cfg.eval.ks),
-              "scores": score_spread(scores, cfg.train.separation_min_std)}
+              "scores": score_spread(scores, cfg.eval.separation_min_std)}
     if with_reader:
         preds = [p for _, part in parts for p in part]
         result["reader"] = dict(answer_metrics(records, preds), k=cfg.reader_k())

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import ray
 
 from gr_train.config import RunConfig, save_config, to_dict
-from gr_train.data import PARQUET_SCHEMA_VERSION, DataError, has_answer, parse_item
-from gr_train.retrieval import QueryEncoder, load_index_meta, passage_string
+from gr_train.data import PARQUET_SCHEMA_VERSION, DataError, has_answer, parse_item, passage_string
+from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import start_job
 

@@ -8,8 +8,8 @@ import pytest
 from gr_train import cli, synthetic
 from gr_train.config import ReaderSection, SyntheticSection
 from gr_train.demo import SHIPPED_READER
-from gr_train.metrics import read_scalars
 from gr_train.models import build_reader
+from helpers import read_scalars
 
 
 def test_demo_cli_writes_results_table_and_tensorboard(tmp_path, capsys):

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from gr_train import gumbel as G
-from gr_train import synthetic
+from gr_train import gumbel, synthetic
 from gr_train.config import ReaderSection, SyntheticSection, load_config
 from gr_train.demo import SHIPPED_READER
 from gr_train.evaluate import reader_reference
@@ -16,12 +15,12 @@ def reader(request):
     return build_reader(cfg, synthetic.build_tokenizer(SyntheticSection()))
 
 
-def test_exact_match_feature_marks_passage_tokens_equal_to_question_tokens():
-    from gr_train.demo_reader import exact_match
+def test_question_token_match_feature_marks_passage_tokens_equal_to_question_tokens():
+    from gr_train.demo_reader import question_token_match
 
     # question "a b" [SEP=9] passage "b c a" [EOS] [PAD]
     ids = torch.tensor([[1, 2, 9, 2, 3, 1, 4, 0]])
-    assert exact_match(ids, 9).tolist() == [[False, False, False, True, False, True, False, False]]
+    assert question_token_match(ids, 9).tolist() == [[False, False, False, True, False, True, False, False]]
 
 
 @pytest.fixture
@@ -42,11 +41,11 @@ def test_frozen_and_built(reader):
 def test_hard_mask_equals_dropping_passages(reader, records):
     n = len(records[0].ctxs)
     w = torch.randn(len(records), n)
-    M = G.hard_topk_mask(w, 3)
-    keep = [set(G.topk_indices(w, 3)[b].tolist()) for b in range(len(records))]
+    M = gumbel.hard_topk_mask(w, 3)
+    keep = [set(gumbel.topk_indices(w, 3)[b].tolist()) for b in range(len(records))]
     full = inputs_for(reader, records)
     sub = inputs_for(reader, records, keep)
-    masked, _ = reader.decoder_logits(reader.encode_passages(full), full, G.log_mask(M))
+    masked, _ = reader.decoder_logits(reader.encode_passages(full), full, gumbel.log_mask(M))
     dropped, _ = reader.decoder_logits(reader.encode_passages(sub), sub, None)
     # compared as output distributions: the pointer head's log-probabilities of tokens absent from every kept
     # passage sit at log(1e-9) either way and differ only in that floor
@@ -63,7 +62,7 @@ def test_padded_candidates_behave_like_absent(reader, records):
     valid[:, 7:] = False
     keep = [set(range(7))] * len(records)
     sub = inputs_for(reader, records, keep)
-    a = reader.answer_loss(reader.encode_passages(full), full, G.log_mask(valid.float(), valid=valid))
+    a = reader.answer_loss(reader.encode_passages(full), full, gumbel.log_mask(valid.float(), valid=valid))
     b = reader.answer_loss(reader.encode_passages(sub), sub, torch.zeros(len(records), 7))
     assert torch.allclose(a, b, atol=1e-5)
 
@@ -73,8 +72,8 @@ def test_gradient_reaches_mask_not_reader_and_states_hold_no_graph(reader, recor
     H = reader.encode_passages(inp)
     assert not H.requires_grad and H.grad_fn is None
     w = torch.randn(len(records), inp["passage_ids"].shape[1], requires_grad=True)
-    M = G.relaxed_topk_mask(w, 2, generator=torch.Generator().manual_seed(0))
-    loss = reader.answer_loss(H, inp, G.log_mask(M)).mean()
+    M = gumbel.relaxed_topk_mask(w, 2, generator=torch.Generator().manual_seed(0))
+    loss = reader.answer_loss(H, inp, gumbel.log_mask(M)).mean()
     loss.backward()
     assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
     assert all(p.grad is None for p in reader.parameters())

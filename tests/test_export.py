@@ -20,10 +20,10 @@ import yaml
 
 from gr_train import cli, synthetic, train
 from gr_train.config import RerankerSection, load_config
-from gr_train.data import load_records
+from gr_train.data import load_records, passage_string
 from gr_train.evaluate import format_table
 from gr_train.export import export_reranker, export_run
-from gr_train.reranker import Reranker, build_reranker, build_word_tokenizer, passage_text
+from gr_train.reranker import Reranker, build_reranker, build_word_tokenizer
 from test_reranker import CORPUS, QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ print(json.dumps({"scores": out, "gr_train_imported": any(m.startswith("gr_train
 
 def flat_pairs(questions, passages) -> list[list[str]]:
     """(question, passage text) pairs in [B, n] row-major order, as the card's `score(pairs)` takes them."""
-    return [[q, passage_text(title, text)] for q, row in zip(questions, passages) for title, text in row]
+    return [[q, passage_string(title, text)] for q, row in zip(questions, passages) for title, text in row]
 
 
 def tiny_reranker(kind: str) -> Reranker:

@@ -233,8 +233,8 @@ def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
     from ray_jobs import evaluate
 
     summary = evaluate.main(["--config", str(REPO / "configs" / "demo.yaml"), *TINY,
-                             f"data.dev_path={out_dir}", f"run.run_dir={tmp_path / 'run'}", "preprocess.num_workers=2",
-                             "preprocess.worker_num_cpus=0.5", "--no-reader"])
+                             f"data.dev_path={out_dir}", f"run.run_dir={tmp_path / 'run'}", "eval.ray_tasks=2",
+                             "eval.task_num_cpus=0.5", "--no-reader"])
     assert summary["questions"] == 30 and 0.0 <= summary["ranking"]["all"]["recall@5"] <= 1.0
 
 

@@ -13,7 +13,8 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoModelForSequenceC
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from gr_train.config import RerankerSection
-from gr_train.reranker import SETTINGS_FILE, Reranker, build_reranker, build_word_tokenizer, passage_text
+from gr_train.data import passage_string
+from gr_train.reranker import SETTINGS_FILE, Reranker, build_reranker, build_word_tokenizer
 
 CORPUS = [
     "who wrote the silent harbour",
@@ -142,7 +143,7 @@ def test_plain_transformers_reproduce_the_scores(kind, tokenizers, tmp_path):
     w = scores(reranker)
     reranker.save(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
-    flat = [(q, passage_text(title, text)) for q, row in zip(QUESTIONS, PASSAGES) for title, text in row]
+    flat = [(q, passage_string(title, text)) for q, row in zip(QUESTIONS, PASSAGES) for title, text in row]
     with torch.no_grad():
         if kind == "cross_encoder":
             model = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()

@@ -10,6 +10,7 @@ import pytest
 
 from gr_train import retrieval as R
 from gr_train.config import load_config
+from gr_train.data import passage_string
 
 WORDS = ("river castle bridge painter novel harbour mountain violin engine garden museum comet village orchard "
          "lantern glacier falcon temple canyon market").split()
@@ -78,7 +79,7 @@ def test_bm25_scores_match_bm25s_single_index(tmp_path):
     R.build_index(cfg)
     index = R.ShardedIndex(cfg.retrieval.index_dir)
     ref = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
-    ref.index(bm25s.tokenize([R.passage_string(r["title"], r["text"]) for r in rows], stopwords="en",
+    ref.index(bm25s.tokenize([passage_string(r["title"], r["text"]) for r in rows], stopwords="en",
                              show_progress=False), show_progress=False)
     for q in questions()[:-2]:
         expected = ref.get_scores(bm25s.tokenize(q, stopwords="en", return_ids=False, show_progress=False)[0])

@@ -8,7 +8,7 @@ import torch
 
 from gr_train import checkpoint, objectives, synthetic, train
 from gr_train.config import load_config
-from gr_train.metrics import read_scalars
+from helpers import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
