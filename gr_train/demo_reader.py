@@ -1,7 +1,7 @@
 """The demo reader: a 0.7M-parameter FiD-style encoder-decoder in plain torch that learns two-hop reading on CPU.
 
 Why not HF T5 here: small HF T5 variants trained from scratch stayed at chance on the two-hop data; what worked
-(DESIGN.md) is a 2-layer passage encoder and a *single* decoder layer applied `n_iterations` times with tied
+(docs/design.md#demo-reader-recipe) is a 2-layer passage encoder, one decoder layer run `n_iterations` times with tied
 weights, with deep supervision: after the first iteration, the last question position must predict the
 intermediate entity. The DMA bias enters the decoder cross-attention exactly as in the HF FiD reader.
 """

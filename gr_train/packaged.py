@@ -117,7 +117,7 @@ def _write_smollm2(gguf: Path, dst: Path) -> None:
     """Dequantise the GGUF into a plain fp32 LlamaForCausalLM folder (~540 MB, loads in seconds instead of ~30).
 
     save_pretrained refuses the GGUF-loaded model ("quantized with gguf and is not serializable"), so the weights
-    go into a model rebuilt from its config without quantization_config (DESIGN.md, SmolLM2 facts).
+    go into a model rebuilt from its config without quantization_config (docs/design.md#smollm2-from-its-gguf).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,6 +1,6 @@
 """Frozen readers that turn a passage mask M into an answer loss: FiD (T5) and decoder-only HF causal LMs.
 
-Every reader splits its forward in two (DESIGN.md, "The cost structure"):
+Every reader splits its forward in two (docs/design.md#cost-structure):
   1. `encode_passages(inputs)` runs the n*L passage tokens under torch.no_grad() (passage states depend only on
      the passage), and
   2. `answer_loss(states, inputs, log_M)` runs the T answer tokens with autograd, attending to the cached passage

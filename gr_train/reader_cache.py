@@ -2,7 +2,7 @@
 one process.
 
 Passage states and the baselines' per-passage reader quantities depend only on the frozen reader and on the
-question with its candidates, never on the reranker (DESIGN.md, "The cost structure"). Both caches are keyed by
+question with its candidates, never on the reranker (docs/design.md#cost-structure). Both caches are keyed by
 the reader's identity (its config section, plus run.seed when its weights are random) and by the question's id,
 text, target and candidate passages, so an edited record or another reader misses.
 

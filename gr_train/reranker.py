@@ -1,4 +1,4 @@
-"""Rerankers: score the n candidate passages of each question, w = R(q, d_i) → w: [B, n] fp32 (DESIGN.md step 1).
+"""Rerankers: score each question's n candidate passages, w = R(q, d_i) → w: [B, n] fp32 (docs/design.md#scores).
 
 Kinds (`cfg.reranker.kind`): cross_encoder (sequence-classification logit of the pair), rankt5 (logit of a score token
 at the first decoder step of a T5), bi_encoder (scaled cosine of mean-pooled embeddings). `build_reranker(cfg)` builds

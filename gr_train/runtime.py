@@ -97,7 +97,7 @@ def lr_lambda(cfg):
 
 def _adamw(params: list[nn.Parameter], cfg) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """torch AdamW + LambdaLR. Under DeepSpeed a client torch optimizer avoids the ~50 s JIT build of FusedAdam /
-    DeepSpeedCPUAdam on CPU (ENV.md P9); on GPU clusters it is the same optimizer either way."""
+    DeepSpeedCPUAdam on CPU (docs/design.md#cpu-jit-builds); on GPU clusters it is the same optimizer either way."""
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -303,7 +303,7 @@ class DeepSpeedRuntime(_Engine):
     name = "deepspeed"
 
     def __init__(self, cfg):
-        import torch._dynamo  # noqa: F401  -- before any zero.Init (ENV.md P1: lazy imports inside it break)
+        import torch._dynamo  # noqa: F401  -- before any zero.Init (docs/design.md#lazy-imports-under-zero-init)
 
         import deepspeed
         import deepspeed.comm as dist
@@ -329,7 +329,7 @@ class DeepSpeedRuntime(_Engine):
         """Build the frozen reader in here: each parameter is partitioned as soon as it is created.
 
         Plain torch modules go through deepspeed.zero.Init; HF models find HfDeepSpeedConfig alive and let
-        transformers apply zero.Init and load checkpoints one gathered module at a time (ENV.md P2). A
+        transformers apply zero.Init, loading a gathered module at a time (docs/design.md#hf-models-under-zero-init). A
         `load_state_dict` on a partitioned module (a reader loaded from its folder) is done the same way.
         """
         if not self.cfg.runtime.partition_reader:

@@ -5,7 +5,7 @@ A question about work W ("birthplace-of-creator W") needs two passages: the brid
 Every question comes with n_chains - 1 distractor chains built the same way, so every candidate looks like an
 answer-bearing or bridge passage (hard distractors). Facts are re-randomised for every question: a reader must
 read them, it cannot memorise them. Entity vocabularies are small and reused (30 of each, one token each): the
-recipe that made a 0.7M-parameter reader learn the hop on CPU (DESIGN.md).
+recipe that made a 0.7M-parameter reader learn the hop on CPU (docs/design.md#demo-reader-recipe).
 """
 
 from __future__ import annotations

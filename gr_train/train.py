@@ -191,7 +191,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
             save(recipe, f"step-{done:06d}", done)
         last = scalars
     if "train/w_std" in last:
-        # "Scores never separate" is a failure mode of G-Rerank from a fresh reranker (DESIGN.md): report it.
+        # A fresh reranker's scores may never separate (docs/design.md#scores-that-never-separate): report it.
         last["train/low_spread_fraction"] = low_spread_steps / max(1, cfg.train.max_steps - recipe.start_step)
         if last["train/w_std"] < cfg.eval.separation_min_std:
             log.warning("reranker scores did not separate: final per-question score std %.4f < %.4f "

@@ -259,7 +259,7 @@ def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
     import tempfile
 
     run_dir = tmp_path / "run"
-    ray_tmp = tempfile.mkdtemp(prefix="grt", dir="/tmp")  # AF_UNIX socket paths must stay short (ENV.md P6)
+    ray_tmp = tempfile.mkdtemp(prefix="grt", dir="/tmp")  # short AF_UNIX paths (docs/design.md#ray-local-head)
     launch([sys.executable, "ray_jobs/train.py", "--config", "configs/demo.yaml",
             *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0", "runtime.num_workers=2")],
            tmp_path / "ray.log", timeout=300, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled",
@@ -271,7 +271,7 @@ def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_training_job(data, tmp_path):
-    """`ray job submit ... -- python ray_jobs/train.py` against a separate head (ENV.md P3-P6: --block so SIGTERM
+    """`ray job submit ... ray_jobs/train.py` on a separate head (docs/design.md#ray-local-head: --block so SIGTERM
     to its PID stops exactly it, free ports, short temp dir, auth off)."""
     import tempfile
     import time
@@ -293,7 +293,7 @@ def test_ray_job_submit_runs_the_training_job(data, tmp_path):
            *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0")]
     try:
         deadline = time.time() + 180
-        # The job agent comes up a few seconds after the head (ENV.md P4); on a loaded machine the dashboard can
+        # The job agent follows the head by seconds (docs/design.md#ray-local-head); under load the dashboard can
         # also drop the first connections.
         while True:
             rc = launch(cmd, tmp_path / "submit.log", timeout=300, expect_ok=False, **ray_env)

@@ -123,7 +123,7 @@ def free_ports(n):
 
 
 def start_head(tmp):
-    """A separate local head (ENV.md P3-P6): --block in its own session, so that it and everything it starts can be
+    """A separate local head (docs/design.md#ray-local-head): --block in its own session, so it and all it starts can be
     stopped by its process group id; free ports; short temp dir; auth off. Returns (process, address, CLI env)."""
     import tempfile
 
@@ -147,7 +147,7 @@ def start_head(tmp):
 
 def stop_head(head):
     """SIGTERM to the `ray start --block` process, which stops the raylet, GCS, dashboard and workers it started;
-    never `ray stop` (it would also kill this process's ray.init instance, P5). If it hangs, SIGKILL its own
+    never `ray stop` (it kills this process's ray.init too, docs/design.md#ray-local-head). If it hangs, SIGKILL its
     process group (the head was started in a new session, so the group is exactly its processes)."""
     head.send_signal(signal.SIGTERM)
     try:
