@@ -8,10 +8,9 @@ import pytest
 from gr_train import cli
 from gr_train.data import load_records
 
-HOTPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "dev_distractor_head53_rakin061.json"
+HOTPOT = Path(__file__).resolve().parents[1] / "data" / "hotpotqa" / "dev_distractor_head53_rakin061.json"  # vendored
 
 
-@pytest.mark.skipif(not HOTPOT.is_file(), reason="shared HotpotQA sample not present")
 def test_convert_hotpotqa_to_fid_jsonl(tmp_path, capsys):
     out = tmp_path / "hotpot.jsonl"
     assert cli.main(["convert", str(HOTPOT), str(out)]) == 0

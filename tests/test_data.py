@@ -23,7 +23,7 @@ from gr_train.data import (
     save_records,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parents[1] / "data"  # the vendored samples, data/README.md
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -461,7 +461,7 @@ def test_load_any_dispatch_and_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The real samples in shared/data (README.md there): counts, gold labels, known quirks
+# The real samples in data/ (data/README.md): counts, gold labels, known quirks
 # ---------------------------------------------------------------------------------------------------------------
 
 # (file, converter, records, gold passages per record, passages per record (min, max) after conversion)
@@ -475,15 +475,9 @@ REAL_FILES = [
     ("musique/ans_v1.0_train_sample_hipporag.jsonl", from_musique, 100, {2, 3, 4}, (20, 20)),
 ]
 
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real dataset samples not found at {SHARED_DATA} (shared/data beside the repo)"
-)
-
-
-@needs_shared_data
 @pytest.mark.parametrize("name, convert, n_records, gold_counts, n_ctxs", REAL_FILES, ids=[f[0] for f in REAL_FILES])
 def test_real_samples_convert(tmp_path, name, convert, n_records, gold_counts, n_ctxs):
-    path = SHARED_DATA / name
+    path = REAL_DATA / name
     records = convert(path)
     assert len(records) == n_records
     assert len({r.id for r in records}) == n_records
@@ -497,26 +491,24 @@ def test_real_samples_convert(tmp_path, name, convert, n_records, gold_counts, n
     assert load_records(tmp_path / "converted.jsonl") == records
 
 
-@needs_shared_data
 def test_real_hotpotqa_text_and_labels():
-    (first,) = from_hotpotqa(SHARED_DATA / "hotpotqa/dev_distractor_head53_rakin061.json")[:1]
+    (first,) = from_hotpotqa(REAL_DATA / "hotpotqa/dev_distractor_head53_rakin061.json")[:1]
     assert first.id == "5a8b57f25542995d1e6f1371" and first.answers == ["yes"]
     ed_wood = next(p for p in first.ctxs if p.title == "Ed Wood (film)")
     # Sentences carry their leading space: "".join restores "...Ed Wood. The film..." without gluing or doubling.
     assert "cult filmmaker Ed Wood. The film concerns" in ed_wood.text
     assert {p.title for p in first.ctxs if p.is_gold} == {"Scott Derrickson", "Ed Wood"}
-    short = {r.id: len(r.ctxs) for r in from_hotpotqa(SHARED_DATA / "hotpotqa/dev_distractor_sample_migres.json")}
+    short = {r.id: len(r.ctxs) for r in from_hotpotqa(REAL_DATA / "hotpotqa/dev_distractor_sample_migres.json")}
     assert short["5ade28b15542997c77aded83"] == 2  # README: a record with only its 2 gold paragraphs
 
 
-@needs_shared_data
 @pytest.mark.parametrize(
     "name, n_records_with_repeats, n_dropped",
     [("2wikimultihopqa/dev_sample_migres.json", 6, 6), ("2wikimultihopqa/train_sample_migres.json", 23, 27)],
 )
 def test_real_2wiki_repeated_distractors_reported(caplog, name, n_records_with_repeats, n_dropped):
     with caplog.at_level(logging.WARNING, logger="gr_train.data"):
-        records = from_2wiki(SHARED_DATA / name)
+        records = from_2wiki(REAL_DATA / name)
     (warning,) = caplog.records
     assert len(warning.duplicates_removed) == n_records_with_repeats  # README: 6 dev / 23 train records
     assert sum(warning.duplicates_removed.values()) == n_dropped
@@ -527,9 +519,8 @@ def test_real_2wiki_repeated_distractors_reported(caplog, name, n_records_with_r
         assert len(set(titles)) == len(titles)
 
 
-@needs_shared_data
 def test_real_2wiki_sentences_joined_with_a_space():
-    first = from_2wiki(SHARED_DATA / "2wikimultihopqa/dev_sample_migres.json")[0]
+    first = from_2wiki(REAL_DATA / "2wikimultihopqa/dev_sample_migres.json")[0]
     pal = next(p for p in first.ctxs if p.title == "Pál Gábor")
     assert pal.text.startswith("Pál Gábor (2 November 1932 – 21 October 1987) was a Hungarian film director and "
                                "screenwriter. He directed 20 films between 1962 and 1987.")
@@ -537,9 +528,8 @@ def test_real_2wiki_sentences_joined_with_a_space():
     assert {p.title for p in first.ctxs if p.is_gold} == {"Forbidden Ground", "Free Guy", "Pál Gábor", "Shawn Levy"}
 
 
-@needs_shared_data
 def test_real_musique_labels():
-    records = from_musique(SHARED_DATA / "musique/ans_v1.0_train_sample_hipporag.jsonl")
+    records = from_musique(REAL_DATA / "musique/ans_v1.0_train_sample_hipporag.jsonl")
     first = records[0]
     assert first.answers[0] == "G. Stanley Hall" and "Stanley Hall" in first.answers
     hops = [int(r.id[0]) for r in records]  # id prefix "2hop__", "3hop1__", ...: gold count equals hops

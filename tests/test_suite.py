@@ -8,14 +8,13 @@ import pytest
 from gr_train import cli
 from gr_train.config import ConfigError, load_config
 from gr_train.data import DataError
-from gr_train.suite import run_suite
+from gr_train.suite import dataset_config, run_suite
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # the vendored samples, data/README.md
 HOTPOT_TRAIN = DATA / "hotpotqa" / "train_sample_hipporag.json"
 HOTPOT_DEV = DATA / "hotpotqa" / "dev_distractor_head53_rakin061.json"
 WIKI_TRAIN = DATA / "2wikimultihopqa" / "train_sample_migres.json"
 WIKI_DEV = DATA / "2wikimultihopqa" / "dev_sample_migres.json"
-pytestmark = pytest.mark.skipif(not HOTPOT_DEV.is_file(), reason="shared data samples not present")
 
 TINY = [
     "run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
@@ -69,3 +68,17 @@ def test_a_bad_dataset_fails_before_any_training(tmp_path):
 def test_cli_suite_exits_2_on_a_config_error(tmp_path, capsys):
     assert cli.main(["suite", *TINY, f"run.run_dir={tmp_path}"]) == 2
     assert "suite.datasets" in capsys.readouterr().err
+
+
+def test_real_recipe_finds_its_samples_from_the_repository_root(tmp_path, monkeypatch):
+    """configs/real.yaml names its datasets relative to the working directory, as the README runs it: from the
+    repository root, every file is the vendored sample, cut to the suite's 16 + 16 questions."""
+    monkeypatch.chdir(DATA.parent)
+    cfg = load_config("configs/real.yaml")
+    assert list(cfg.suite.datasets) == ["hotpotqa", "2wiki", "musique"]
+    for name, spec in cfg.suite.datasets.items():
+        assert all(Path(spec[split]).resolve().parent.parent == DATA for split in ("train", "dev")), spec
+        dcfg, n_train, n_dev = dataset_config(cfg, name, spec, tmp_path)
+        assert (n_train, n_dev) == (16, 16)
+        dev = [json.loads(line) for line in Path(dcfg.data.dev_path).read_text().splitlines()]
+        assert len(dev) == 16 and all(sum(c["is_gold"] for c in r["ctxs"]) >= 2 for r in dev), name
