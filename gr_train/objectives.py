@@ -11,9 +11,10 @@ objective is its loss function plus its row (and its name in config.ObjectiveNam
   reader through `_distillation`: p_R = softmax(w) over a question's valid candidates, and the reader's quantities
   are constants (no gradient into the reader). log p_LM is the reader's token-mean log-likelihood
   (length-normalised, the quantity G-Rerank's loss uses). Per-passage likelihoods reuse one passage encoding: n
-  answer passes, not n full reader passes (docs/design.md#cost-structure). They depend only on the question and its candidates, so
-  they are computed once per question and cached (objective.cache_reader_targets; reader_cache.py) across steps,
-  epochs and runs in one process; so can the passage states (objective.cache_passage_states, opt-in: large).
+  answer passes, not n full reader passes (docs/design.md#cost-structure). They depend only on the question and
+  its candidates, so they are computed once per question and cached (objective.cache_reader_targets;
+  reader_cache.py) across steps, epochs and runs in one process; so can the passage states
+  (objective.cache_passage_states, opt-in: large).
 - `supervised`: the labelled upper-bound reference on is_gold: listwise -log sum_{gold} p_R, or per-passage BCE.
 - `reader`: pre-trains a reader with every passage visible (the demo reader).
 """
