@@ -4,7 +4,9 @@ Layout: `<run_dir>/step-000500/` and `<run_dir>/final/`, each holding
   model.safetensors   the trainable module only, full (gathered) fp32 weights: the frozen reader comes from its
                       own source, so a checkpoint is small and does not depend on the number of ranks,
   engine.pt           optimizer state by parameter name (full AdamW moments, step) + LR scheduler state
-                      (runtime.py; the same for the local and the ZeRO-3 engine),
+                      (runtime.py; the same for the local and the ZeRO-3 engine): tensors, numbers, strings,
+                      lists and dicts only, read with torch.load(weights_only=True), which refuses any other object
+                      (a pickle that would run code on load is an UnpicklingError, never executed),
   trainer_state.json  step and data position (the data order and Gumbel noise are pure functions of seed and
                       step, so the step is the whole RNG state of the data); each rank's torch RNG (dropout),
   config.yaml         the resolved config.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -94,6 +97,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_engine_state(file: str | Path) -> dict:
+    """Read an engine.pt (optimizer + scheduler state) with torch.load(weights_only=True): only tensors and plain
+    containers are accepted, so a checkpoint from someone else cannot run code when loaded.
+
+    Raises ValueError naming the file when it holds anything else (e.g. a pickled object with __reduce__)."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{file}: refused, not plain tensor/container data (loaded with weights_only=True): "
+                         f"{str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "optimizer" not in state or "scheduler" not in state:
+        raise ValueError(f"{file}: not an engine state (expected a dict with 'optimizer' and 'scheduler')")
+    return state
+
+
 def load_checkpoint(path: str | Path, runtime: Runtime) -> dict:
     """Load weights and engine state into `runtime` (into the trainable module it was prepared with). Every rank
     reads the full files and keeps its slice, so the checkpoint loads onto any number of ranks. Returns the
@@ -106,11 +124,12 @@ def load_checkpoint(path: str | Path, runtime: Runtime) -> dict:
     for f in ("model.safetensors", "engine.pt", "trainer_state.json"):
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path}: not a complete checkpoint ({f} missing)")
+    engine = load_engine_state(path / "engine.pt")  # before anything is applied: a refused file changes nothing
     try:
         runtime.load_module_state_dict(load_file(path / "model.safetensors"))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    runtime.load_state_dict(torch.load(path / "engine.pt", weights_only=False))
+    runtime.load_state_dict(engine)
     state = json.loads((path / "trainer_state.json").read_text())
     per_rank = state.pop("torch_rng_per_rank", None)
     rng = state.pop("torch_rng")
