@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import string
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,43 @@ def has_answer(text: str, answers: Iterable[str]) -> bool:
     for answer in answers:
         needle = normalize_answer(answer)
         if needle and f" {needle} " in haystack:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gold identity: the paragraph (title and text), never the title alone
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def paragraph_key(title: str, text: str) -> tuple[str, str]:
+    """A paragraph's identity for gold labels: (title, text), whitespace runs collapsed (a corpus may re-join a
+    paragraph's sentences differently). Paragraphs that share a title are different paragraphs: in the MuSiQue dev
+    sample, 60 of 200 records hold a supporting and a non-supporting paragraph of the same title."""
+    return " ".join(title.split()), " ".join(text.split())
+
+
+def gold_paragraphs(ctxs: Iterable[Passage]) -> list[list[str]] | None:
+    """[[title, text], ...] of the gold passages (their paragraph keys, in order, without repeats); None when no
+    passage carries a gold label (unlabelled input), [] when all are labelled non-gold."""
+    labelled = [p for p in ctxs if p.is_gold is not None]
+    if not labelled:
+        return None
+    keys = dict.fromkeys(paragraph_key(p.title, p.text) for p in labelled if p.is_gold)
+    return [list(k) for k in keys]
+
+
+def is_gold_passage(title: str, text: str, gold: Iterable[Sequence[str]]) -> bool:
+    """True when the passage (title, text) is one of the gold paragraphs [[title, text], ...]: the same title and
+    the same text, or, for a corpus that cuts paragraphs into chunks (DPR's 100-word passages), the same title and
+    a non-empty text that is a whole-token part of the gold text or contains it whole. A passage that only shares
+    a gold paragraph's title is not gold."""
+    t, x = paragraph_key(title, text)
+    if not x:
+        return False
+    for g_title, g_text in gold:
+        gt, gx = paragraph_key(g_title, g_text)
+        if gt == t and gx and (gx == x or f" {x} " in f" {gx} " or f" {gx} " in f" {x} "):
             return True
     return False
 

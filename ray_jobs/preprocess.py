@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import ray
 
 from gr_train.config import RunConfig, save_config, to_dict
-from gr_train.data import PARQUET_SCHEMA_VERSION, DataError, has_answer, parse_item, passage_string
+from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, gold_paragraphs, has_answer, is_gold_passage, parse_item,
+                           passage_string)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import start_job
@@ -101,12 +102,12 @@ def parse_row(item: dict, fmt: str, path: str) -> dict:
     except DataError as e:
         out["reason"], out["kind"] = str(e), (f"field '{e.field}': " if e.field else "") + e.problem
         return out
-    labelled = [c for c in record.ctxs if c.is_gold is not None]
     out["id"] = record.id
     out["record"] = json.dumps({"id": record.id, "question": record.question, "answers": record.answers,
                                 "target": record.target,
-                                # gold titles label retrieved passages for evaluation; None = unlabelled input
-                                "gold_titles": sorted({c.title for c in labelled if c.is_gold}) if labelled else None})
+                                # the gold paragraphs [[title, text], ...] label retrieved passages (by paragraph,
+                                # never by title alone: titles repeat); None = unlabelled input
+                                "gold": gold_paragraphs(record.ctxs)})
     return out
 
 
@@ -114,8 +115,8 @@ def attach_candidates(records: list[dict], hits, provenance: dict) -> list[dict]
     """Output rows (BASE_SCHEMA) from parsed question fields and their merged Hits (row q = records[q])."""
     rows = []
     for q, rec in enumerate(records):
-        gold = set(rec["gold_titles"]) if rec["gold_titles"] is not None else None
-        ctxs = [{**h, "is_gold": (h["title"] in gold) if gold is not None else None,
+        gold = rec["gold"]
+        ctxs = [{**h, "is_gold": is_gold_passage(h["title"], h["text"], gold) if gold is not None else None,
                  "has_answer": has_answer(passage_string(h["title"], h["text"]), rec["answers"])}
                 for h in hits.rows(q)]
         rows.append({"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],

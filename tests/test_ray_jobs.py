@@ -212,7 +212,7 @@ def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
     assert {"reranker_input_ids", "reader_passage_ids"} <= set(table.column_names)
     loaded = {r.id: r for r in load_any(out_dir)}
     assert sorted(loaded) == sorted(r.id for r in records)
-    # The retrieved candidates carry the input's gold labels (by title) and computed has_answer.
+    # The retrieved candidates carry the input's gold labels (by paragraph) and computed has_answer.
     q0 = loaded["q0"]
     assert len(q0.ctxs) == 10 and any(p.is_gold for p in q0.ctxs)
     assert all(p.has_answer == (q0.answers[0] in p.text.split()) for p in q0.ctxs)
@@ -251,7 +251,7 @@ def test_question_files_of_every_format_parse_record_by_record(tmp_path):
     rows = [parse_row(item, "auto", str(fid)) for item in read_question_items(str(fid), "auto")]
     assert [r["id"] for r in rows] == ["1", "2"] and rows[0]["reason"] == ""
     assert json.loads(rows[0]["record"]) == {"id": "1", "question": "who?", "answers": ["Ann"], "target": None,
-                                             "gold_titles": None}
+                                             "gold": None}
     assert rows[1]["kind"] == "field 'question': must not be empty" and "record [1]" in rows[1]["reason"]
 
     hotpot = tmp_path / "hotpot.json"
@@ -259,7 +259,8 @@ def test_question_files_of_every_format_parse_record_by_record(tmp_path):
                                    "supporting_facts": [["Anna", 0]],
                                    "context": [["Anna", ["Anna was born in Oslo."]], ["Bo", ["Bo is a band."]]]}]))
     (row,) = [parse_row(item, "auto", str(hotpot)) for item in read_question_items(str(hotpot), "auto")]
-    assert json.loads(row["record"])["gold_titles"] == ["Anna"]  # labels retrieved passages titled "Anna"
+    # labels retrieved passages that are this paragraph (or a chunk of it), not every passage titled "Anna"
+    assert json.loads(row["record"])["gold"] == [["Anna", "Anna was born in Oslo."]]
 
     parquet = tmp_path / "q.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "question": ["x?", "y?"], "answers": [["1"], []]}), parquet)
