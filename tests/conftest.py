@@ -1,10 +1,22 @@
 """Shared fixtures: offline HF, fixed seeds, tiny configs."""
 
 import os
+import secrets
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray token authentication on for every Ray path the tests start (in-process ray.init clusters, `ray start` heads,
+# job submissions, launcher subprocesses): they inherit the mode and a per-run random token from this environment,
+# so nothing is written to ~/.ray. The mode is forced, not defaulted: the tests assert behaviour with auth on.
+os.environ["RAY_AUTH_MODE"] = "token"
+if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate` makes
+if "ray" in sys.modules:  # imported before this file (by a plugin): Ray caches the mode at import; refresh it
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

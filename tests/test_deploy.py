@@ -82,3 +82,43 @@ def test_dockerfile_copies_only_paths_that_exist():
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
     assert "torch==2.13.0" in text("Dockerfile")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Security: Ray token authentication on every deployed Ray, dashboards on loopback or behind the token
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_no_deploy_file_turns_ray_authentication_off():
+    for path in [*DEPLOY.iterdir(), REPO / ".ci" / "run"]:
+        body = path.read_text()
+        assert not re.search(r"RAY_AUTH_MODE\W+disabled", body), f"{path.name} turns Ray token authentication off"
+
+
+def test_cluster_launcher_starts_every_node_with_token_auth_and_the_dashboard_on_loopback():
+    cluster = yaml.safe_load(text("ray-cluster.yaml"))
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key]
+              if "ray start" in c]
+    assert len(starts) == 2
+    for cmd in starts:
+        assert cmd.startswith("RAY_AUTH_MODE=token ray start"), cmd
+    head = starts[0]
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in text("ray-cluster.yaml")
+    # the token reaches every node (the head and the workers read ~/.ray/auth_token under RAY_AUTH_MODE=token)
+    assert "~/.ray/auth_token" in cluster["file_mounts"]
+
+
+def test_rayjob_turns_on_kuberay_token_auth():
+    job = yaml.safe_load(text("rayjob.yaml"))
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    # authOptions needs Ray >= 2.52 (and KubeRay >= 1.5.1)
+    assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            assert all(e["name"] != "RAY_AUTH_MODE" for e in container.get("env", [])), container["name"]
+
+
+def test_image_and_ci_default_to_token_auth():
+    assert re.search(r"^ENV .*RAY_AUTH_MODE=token", text("Dockerfile"), re.M)
+    assert re.search(r"RAY_AUTH_MODE=token", (REPO / ".ci" / "run").read_text())

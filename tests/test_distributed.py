@@ -262,7 +262,7 @@ def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="grt", dir="/tmp")  # short AF_UNIX paths (docs/design.md#ray-local-head)
     launch([sys.executable, "ray_jobs/train.py", "--config", "configs/demo.yaml",
             *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0", "runtime.num_workers=2")],
-           tmp_path / "ray.log", timeout=300, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled",
+           tmp_path / "ray.log", timeout=300, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token",  # token: conftest
            RAY_USAGE_STATS_ENABLED="0")
     check_logged_run(scalars(run_dir), 2, 0, 2)
     assert (run_dir / "final" / "reranker" / "model.safetensors").is_file()
@@ -272,13 +272,13 @@ def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_training_job(data, tmp_path):
     """`ray job submit ... ray_jobs/train.py` on a separate head (docs/design.md#ray-local-head: --block so SIGTERM
-    to its PID stops exactly it, free ports, short temp dir, auth off)."""
+    to its PID stops exactly it, free ports, short temp dir, token authentication with the run's token)."""
     import tempfile
     import time
 
     temp = tempfile.mkdtemp(prefix="grh", dir="/tmp")
     # PATH: the job's `python` must be the venv's (the head runs entrypoints through the shell).
-    ray_env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
+    ray_env = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
                "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     gcs, dash, agent, client, rt_env, metrics, agent_grpc = free_ports(7)
     head = subprocess.Popen(

@@ -1,5 +1,6 @@
 """Ray: shard actors survive a kill mid-run with every query answered exactly once; preprocess → Parquet → train
-through a real `ray job submit` to a local head."""
+through a real `ray job submit` to a local head; that head, like every Ray instance here, runs with token
+authentication (conftest) and refuses an unauthenticated submit."""
 
 import json
 import os
@@ -36,6 +37,9 @@ def write_corpus(path, n, seed=0):
 def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert get_authentication_mode() == AuthenticationMode.TOKEN  # the in-process cluster runs with the run's token
     yield
     ray.shutdown()
 
@@ -123,14 +127,15 @@ def free_ports(n):
 
 
 def start_head(tmp):
-    """A separate local head (docs/design.md#ray-local-head): --block in its own session, so it and all it starts can be
-    stopped by its process group id; free ports; short temp dir; auth off. Returns (process, address, CLI env)."""
+    """A separate local head (docs/design.md#ray-local-head): --block in its own session, so it and all it starts can
+    be stopped by its process group id; free ports; short temp dir; token authentication with the run's token
+    (conftest), dashboard on 127.0.0.1. Returns (process, address, CLI env)."""
     import tempfile
 
     bin_dir = Path(sys.executable).parent
     temp = tempfile.mkdtemp(prefix="grj", dir="/tmp")
     # No graceful drain on SIGTERM: Ray 2.60 otherwise waits its full 30 s drain window even when idle.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
     gcs, dash, agent, client, rt_env, metrics, agent_grpc = free_ports(7)
@@ -170,6 +175,65 @@ def submit(address, env, args, timeout=240):
         if proc.returncode == 0 or not not_ready or time.time() > deadline:
             return proc.returncode, out
         time.sleep(2)
+
+
+def http(address, method, path, token=None, body=None):
+    """(status, parsed JSON or None) of one request to the dashboard; 5 s bound; status 0 while it is not up."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(address + path, method=method, headers=headers,
+                                 data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+
+
+def test_unauthenticated_job_submit_is_refused(tmp_path):
+    """A head started as the tests start every Ray (token auth, dashboard on 127.0.0.1): `ray job submit` without
+    the token, or with a wrong one, is refused and runs nothing; so is a raw POST to the job API; the same submit
+    with the token is accepted (the refusal is the authentication, not a broken head). Bounded: ~20 s."""
+    head, address, env = start_head(tmp_path)
+    assert address.startswith("http://127.0.0.1:")
+    token = env["RAY_AUTH_TOKEN"]
+    marker = tmp_path / "ran"
+    entry = ["--", "python", "-c", f"open({str(marker)!r}, 'w')"]
+    ray_cli = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--no-wait"]
+    home = tmp_path / "home"  # an empty home: no ~/.ray/auth_token to fall back on
+    home.mkdir()
+    outsider = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    try:
+        deadline = time.time() + 90
+        while http(address, "GET", "/api/version", token)[0] != 200:
+            assert time.time() < deadline and head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            time.sleep(1)
+        assert http(address, "GET", "/api/version")[0] == 401  # no token: unauthenticated
+        assert http(address, "GET", "/api/version", "0" * 64)[0] == 403  # wrong token: forbidden
+        assert http(address, "POST", "/api/jobs/", None, {"entrypoint": "python -c pass"})[0] == 401
+        assert http(address, "POST", "/api/jobs/", "0" * 64, {"entrypoint": "python -c pass"})[0] == 403
+
+        for name, extra in (("no token", {}), ("no token, mode disabled", {"RAY_AUTH_MODE": "disabled"}),
+                            ("wrong token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})):
+            proc = subprocess.run([*ray_cli, *entry], env={**outsider, **extra}, capture_output=True, text=True,
+                                  timeout=60)
+            out = proc.stdout + proc.stderr
+            assert proc.returncode != 0, f"{name}: an unauthenticated submit was accepted\n{out[-2000:]}"
+            assert "token" in out.lower(), f"{name}: refused for another reason\n{out[-2000:]}"
+        status, jobs = http(address, "GET", "/api/jobs/", token)
+        assert status == 200 and jobs == []  # nothing was submitted
+
+        proc = subprocess.run([*ray_cli, *entry], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+        assert len(http(address, "GET", "/api/jobs/", token)[1]) == 1
+    finally:
+        stop_head(head)
 
 
 def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
