@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Passage:
 
     is_gold: the passage is needed to answer (supporting fact); None = unlabelled.
     has_answer: an answer string occurs in title + text (normalized match); `load_records` fills it when missing.
+        None when the record's answers are not spans (yes/no): whether a passage "contains" them is undefined.
     """
 
     title: str
@@ -66,6 +68,10 @@ class Record:
     answers: every accepted answer string (EM/F1 take the max over them); at least one.
     target: the training target for the reader's LM loss; None = answers[0].
     intermediate: the bridge entity of a two-hop question (embedded demo data); None elsewhere.
+
+    A yes/no record (every answer normalizes to "yes" or "no", e.g. HotpotQA comparison questions: 34 of the 352
+    sample records) has no answer span: its passages' has_answer is set to None whatever the input said, and it
+    has no direct or indirect passages (its gold passages count only as gold).
     """
 
     id: str
@@ -75,6 +81,16 @@ class Record:
     target: str | None = None
     intermediate: str | None = None
 
+    def __post_init__(self):
+        if self.yes_no:
+            for p in self.ctxs:
+                p.has_answer = None
+
+    @property
+    def yes_no(self) -> bool:
+        """Every answer is yes or no: none can be a span of a passage."""
+        return is_yes_no(self.answers)
+
     @property
     def target_text(self) -> str:
         return self.target if self.target is not None else self.answers[0]
@@ -82,7 +98,8 @@ class Record:
     def relevance(self, kind: str = "gold") -> list[bool]:
         """Per-passage relevance labels for ranking metrics, one per ctxs entry.
 
-        kind: gold | direct (gold and contains an answer) | indirect (gold, no answer).
+        kind: gold | direct (gold and contains an answer) | indirect (gold, no answer). A yes/no record has no
+        direct or indirect passages (all False): answer presence is undefined for it.
         Raises ValueError when a passage has no gold label: evaluating unlabelled data must not yield zeros.
         """
         if kind not in ("gold", "direct", "indirect"):
@@ -96,6 +113,8 @@ class Record:
             contains = p.has_answer if p.has_answer is not None else has_answer(f"{p.title} {p.text}", self.answers)
             if kind == "gold":
                 labels.append(bool(p.is_gold))
+            elif contains is None:  # yes/no: neither direct nor indirect
+                labels.append(False)
             elif kind == "direct":
                 labels.append(bool(p.is_gold) and contains)
             else:
@@ -127,7 +146,7 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Answer matching (SQuAD v1.1 normalization)
+# Answer matching as DPR and FiD do it: Unicode NFD, then SQuAD v1.1 normalization, token-run match
 # ---------------------------------------------------------------------------------------------------------------
 
 # A regex character class: ~5x faster than str.translate on non-ASCII text (16 us for a 450-character passage, measured).
@@ -135,24 +154,37 @@ _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+# Answers that are not spans of any passage: a comparison question's "no" is not found by reading the word "no".
+NON_SPAN_ANSWERS = frozenset({"yes", "no"})
+
+
 def normalize_answer(s: str) -> str:
-    """SQuAD normalization: lowercase, drop ASCII punctuation and the articles a/an/the, collapse whitespace."""
-    s = _PUNCTUATION.sub("", s.lower())
+    """Unicode NFD (DPR and FiD: a composed and a decomposed "é" compare equal), then SQuAD normalization:
+    lowercase, drop ASCII punctuation and the articles a/an/the, collapse whitespace."""
+    s = _PUNCTUATION.sub("", unicodedata.normalize("NFD", s).lower())
     return " ".join(_ARTICLES.sub(" ", s).split())
 
 
-def has_answer(text: str, answers: Iterable[str]) -> bool:
-    """True when some answer's normalized tokens occur as a contiguous token run in the normalized text.
+def is_yes_no(answers: Iterable[str]) -> bool:
+    """Every answer normalizes to "yes" or "no" (at least one answer)."""
+    norms = [normalize_answer(a) for a in answers]
+    return bool(norms) and all(n in NON_SPAN_ANSWERS for n in norms)
 
-    Token-level, not substring: "art" does not match "party". Answers that normalize to nothing ("the") never match.
+
+def has_answer(text: str, answers: Iterable[str]) -> bool | None:
+    """True when some answer's normalized tokens occur as a contiguous token run in the normalized text (DPR's
+    and FiD's has_answer, on SQuAD-normalized tokens).
+
+    Token-level, not substring: "art" does not match "party". Yes/no answers and answers that normalize to nothing
+    ("the") are never matched; None when every answer is yes/no (a yes/no question: presence is undefined).
     """
+    answers = list(answers)
+    if is_yes_no(answers):
+        return None
+    needles = [n for n in map(normalize_answer, answers) if n and n not in NON_SPAN_ANSWERS]
     # Tokens are joined by single spaces, so a space-padded substring test is exactly a token-run test.
     haystack = f" {normalize_answer(text)} "
-    for answer in answers:
-        needle = normalize_answer(answer)
-        if needle and f" {needle} " in haystack:
-            return True
-    return False
+    return any(f" {needle} " in haystack for needle in needles)
 
 
 # ---------------------------------------------------------------------------------------------------------------

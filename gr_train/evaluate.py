@@ -17,6 +17,8 @@ from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
 from gr_train.reader import visible_log_mask
 
 KINDS = ("all", "direct", "indirect")
+# Yes/no questions (data.Record.yes_no) have no direct/indirect passages; ranking_metrics reports them on their own.
+YES_NO = "yes_no"
 
 
 def _batches(items: list, size: int, desc: str, progress: bool):
@@ -39,23 +41,28 @@ def score_records(reranker, records, n: int, batch_size: int = 32, progress: boo
 
 
 def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
-    """{kind: {recall@k, ndcg@k, mrr, questions}} for kind in all | direct | indirect.
+    """{kind: {recall@k, ndcg@k, mrr, questions}} for kind in all | direct | indirect | yes_no.
 
     A question counts towards a kind only if it has at least one passage of that kind among its candidates.
+    Yes/no questions count towards all, never towards direct or indirect (answer presence is undefined for them);
+    yes_no is the gold-passage ranking of the yes/no questions alone ({"questions": 0} when there are none).
     """
     n = max(len(s) for s in scores)
     B = len(records)
     S = torch.full((B, n), float("-inf"))
     valid = torch.zeros(B, n, dtype=torch.bool)
-    rel = {kind: torch.zeros(B, n, dtype=torch.bool) for kind in KINDS}
+    rel = {kind: torch.zeros(B, n, dtype=torch.bool) for kind in (*KINDS, YES_NO)}
     for b, (rec, s) in enumerate(zip(records, scores)):
         m = len(s)
         S[b, :m] = s
         valid[b, :m] = True
         for kind in KINDS:
-            rel[kind][b, :m] = torch.tensor(rec.relevance("gold" if kind == "all" else kind)[:m])
+            rel[kind][b, :m] = torch.tensor(rec.relevance("gold" if kind == "all" else kind)[:m], dtype=torch.bool)
+        if rec.yes_no:
+            rel[YES_NO][b] = rel["all"][b]
     table = {}
-    for kind in KINDS:
+    kinds = (*KINDS, YES_NO) if any(rec.yes_no for rec in records) else KINDS
+    for kind in kinds:
         row = {}
         for k in ks:
             row[f"recall@{k}"], count = ranking.nanmean(ranking.recall_at_k(S, rel[kind], k, valid))
@@ -63,6 +70,7 @@ def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
         row["mrr"], _ = ranking.nanmean(ranking.mrr(S, rel[kind], valid))
         row["questions"] = count
         table[kind] = row
+    table.setdefault(YES_NO, {"questions": 0})
     return table
 
 
