@@ -177,6 +177,7 @@ class RetrievalSection:
     placement_strategy: str = "SPREAD"  # shard actor placement group: SPREAD | PACK | STRICT_SPREAD | STRICT_PACK
     max_restarts: int = 3  # Ray restarts a killed shard actor this often; it reloads its shard from index_dir
     max_task_retries: int = 3  # a search call interrupted by an actor death is retried this often
+    shard_reload_s: float = 0.0  # s a killed shard may take to come back (restart + reload); 0 = 2x measured load + 10
 
 
 @dataclass
@@ -384,6 +385,8 @@ def validate(cfg: RunConfig) -> None:
     r = cfg.retrieval
     if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1:
         raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight: must be >= 1")
+    if r.shard_reload_s < 0:
+        raise ConfigError(f"retrieval.shard_reload_s: must be >= 0 seconds, got {r.shard_reload_s}")
     if r.kind == "dense" and r.block_size % r.encoder_batch_size:
         raise ConfigError(f"retrieval.encoder_batch_size: must divide retrieval.block_size ({r.block_size})")
     for i, item in enumerate(cfg.synthetic.curriculum):

@@ -210,15 +210,15 @@ class CandidatesStage:
     """Ray Data actor: encodes each batch's questions once, fans them out to every shard actor, merges, marks
     has_answer / is_gold, tokenizes. One actor per worker holds the query encoder and the tokenizers."""
 
-    def __init__(self, actors: list, meta: dict, cfg: RunConfig, provenance: dict):
-        self.actors, self.cfg, self.provenance = actors, cfg, provenance
+    def __init__(self, actors: list, budgets_s: list[float], meta: dict, cfg: RunConfig, provenance: dict):
+        self.actors, self.budgets_s, self.cfg, self.provenance = actors, budgets_s, cfg, provenance
         self.encoder = QueryEncoder(meta)
         self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records = [json.loads(r) for r in batch["record"].to_pylist()]
         queries = ray.put(self.encoder.encode([r["question"] for r in records]))
-        hits = search_all(self.actors, queries, self.cfg.retrieval.top_k, self.cfg.retrieval.max_task_retries)
+        hits = search_all(self.actors, queries, self.cfg.retrieval.top_k, self.budgets_s)
         rows = attach_candidates(records, hits, self.provenance)
         return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
 
@@ -266,7 +266,8 @@ def run(cfg: RunConfig) -> dict:
     pool = ShardPool(rcfg)
     try:
         ds = good.map_batches(CandidatesStage, fn_constructor_kwargs={
-            "actors": pool.actors, "meta": meta, "cfg": cfg, "provenance": provenance}, batch_format="pyarrow",
+            "actors": pool.actors, "budgets_s": pool.retry_budget_s, "meta": meta, "cfg": cfg,
+            "provenance": provenance}, batch_format="pyarrow",
             batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus,
             # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in
             # flight at the shard actors to num_workers.

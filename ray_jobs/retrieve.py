@@ -3,7 +3,9 @@ their top-k lists merged exactly (retrieval.merge_hits), with a bound on the bat
 
 A killed actor is restarted by Ray (`retrieval.max_restarts`) and reloads its shard from disk in __init__; a
 search call it was running is retried (`max_task_retries`, then resubmitted here), and every batch's result is
-taken exactly once, so every query gets exactly one answer.
+taken exactly once, so every query gets exactly one answer. How long a shard may take to come back is not a fixed
+window: it is each shard's reload budget (`reload_budget_s`), from `retrieval.shard_reload_s` or the shard's
+measured load time, whichever is longer.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import ray
@@ -24,31 +26,56 @@ from gr_train.retrieval import Hits, QueryEncoder, load_index_meta, load_shard, 
 log = logging.getLogger("ray_jobs.retrieve")
 
 
-@ray.remote
-class ShardActor:
-    """One index shard (retrieval.Shard) behind a Ray actor. __init__ runs again after every restart."""
+# A restart costs a new worker process before the shard load: 2.3 s measured on a loaded 2-core machine (a shard
+# whose __init__ sleeps 8 s answered 10.3 s after its kill); 10 s leaves 4x that for a busy node.
+ACTOR_START_S = 10.0
+# A reload may run slower than the first load (other shards loading, a colder page cache): twice the measured time.
+RELOAD_FACTOR = 2.0
+
+
+def reload_budget_s(configured_s: float, measured_load_s: float) -> float:
+    """Seconds a failed shard may take to restart and answer again: the configured reload time
+    (retrieval.shard_reload_s), or RELOAD_FACTOR x the shard's measured load time + ACTOR_START_S if longer."""
+    return max(configured_s, RELOAD_FACTOR * measured_load_s + ACTOR_START_S)
+
+
+class ShardServer:
+    """One index shard (retrieval.Shard), served by a Ray actor (ShardActor). __init__ runs again after every
+    restart; `load_s` is how long its shard load took, in seconds."""
 
     def __init__(self, folder: str):
-        self.shard = load_shard(folder)
+        t0 = time.perf_counter()
+        self.shard = self._load(folder)
+        self.load_s = time.perf_counter() - t0
         self.started = time.time()
+
+    def _load(self, folder: str):
+        return load_shard(folder)
 
     def search(self, queries: Any, k: int) -> Hits:
         return self.shard.search(queries, k)
 
     def info(self) -> dict:
-        """pid, slice, start time and resident memory (MiB) of this actor process."""
+        """pid, slice, start time, shard load time (s) and resident memory (MiB) of this actor process."""
         import psutil
 
         rss = psutil.Process().memory_info().rss / 2**20
         return {"pid": os.getpid(), "start": self.shard.start, "end": self.shard.end, "started": self.started,
-                "rss_mb": round(rss, 1)}
+                "load_s": round(self.load_s, 3), "rss_mb": round(rss, 1)}
+
+
+ShardActor = ray.remote(ShardServer)
 
 
 class ShardPool:
     """S ShardActors in one placement group (one bundle per shard: `retrieval.shard_num_cpus`, `shard_memory_gb`,
-    `shard_resources`, placed by `placement_strategy`), plus the query encoder shared by all shards."""
+    `shard_resources`, placed by `placement_strategy`), plus the query encoder shared by all shards.
 
-    def __init__(self, rcfg, index_dir: str | None = None):
+    Creating the pool waits until every shard is loaded, and measures each load: `retry_budget_s[s]` is shard s's
+    reload budget (reload_budget_s). actor_class: a Ray actor class serving ShardServer's methods (default
+    ShardActor)."""
+
+    def __init__(self, rcfg, index_dir: str | None = None, actor_class=None):
         self.cfg = rcfg
         self.index_dir = index_dir or rcfg.index_dir
         self.meta = load_index_meta(self.index_dir)
@@ -62,12 +89,15 @@ class ShardPool:
                        max_restarts=rcfg.max_restarts, max_task_retries=rcfg.max_task_retries)
         if rcfg.shard_memory_gb > 0:
             options["memory"] = bundle["memory"]
+        cls = actor_class or ShardActor
         self.actors = [
-            ShardActor.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, s)).remote(
+            cls.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, s)).remote(
                 str(shard_dir(self.index_dir, s)))
             for s in range(n)
         ]
         self._encoder: QueryEncoder | None = None
+        self.load_s = [i["load_s"] for i in self.info()]
+        self.retry_budget_s = [reload_budget_s(rcfg.shard_reload_s, t) for t in self.load_s]
 
     @property
     def encoder(self) -> QueryEncoder:
@@ -95,7 +125,7 @@ class ShardPool:
             yield self._finish(*in_flight.popleft(), k)
 
     def _finish(self, key, queries, refs: list, k: int) -> tuple[Any, Hits]:
-        return key, search_all(self.actors, queries, k, self.cfg.max_task_retries, refs)
+        return key, search_all(self.actors, queries, k, self.retry_budget_s, refs)
 
     def shutdown(self) -> None:
         for a in self.actors:
@@ -103,24 +133,33 @@ class ShardPool:
         remove_placement_group(self.pg)
 
 
-def search_all(actors: list, queries, k: int, retries: int, refs: list | None = None) -> Hits:
+def search_all(actors: list, queries, k: int, budgets_s: Sequence[float], refs: list | None = None) -> Hits:
     """Every shard's top-k for one batch of encoded queries (an ObjectRef), merged. `refs`: calls already sent.
 
-    A call whose actor died is re-sent (after Ray's own `max_task_retries`) up to `retries` more times; the
-    restarted actor answers from the same shard files, so the answer is the one the dead actor owed, and each
-    shard's answer is taken exactly once.
+    A call whose actor died or is restarting (after Ray's own `max_task_retries`) is re-sent, with back-off, until
+    the shard answers or `budgets_s[s]` seconds (ShardPool.retry_budget_s) have passed since its first failure;
+    then TimeoutError names the shard and the budget. The restarted actor answers from the same shard files, so the
+    answer is the one the dead actor owed, and each shard's answer is taken exactly once.
     """
     refs = refs or [a.search.remote(queries, k) for a in actors]
     parts = []
     for s, ref in enumerate(refs):
-        for attempt in range(retries + 1):
+        deadline, pause = None, 0.5
+        while True:
             try:
                 parts.append(ray.get(ref))
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                if attempt == retries:
-                    raise
-                log.warning("shard %d failed (%s); resending its search", s, type(e).__name__)
-                time.sleep(0.5 * (attempt + 1))  # give Ray time to restart the actor
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + budgets_s[s]
+                if now >= deadline:
+                    raise TimeoutError(
+                        f"shard {s}: no answer within its reload budget of {budgets_s[s]:.1f} s after it failed "
+                        f"({type(e).__name__}); a shard that takes longer to reload needs a larger "
+                        f"retrieval.shard_reload_s") from e
+                log.warning("shard %d failed (%s); resending its search (%.0f s of its %.0f s budget left)", s,
+                            type(e).__name__, deadline - now, budgets_s[s])
+                time.sleep(min(pause, deadline - now))  # back-off: 0.5, 1, 2, 4, 5, 5, ... s
+                pause = min(2 * pause, 5.0)
                 ref = actors[s].search.remote(queries, k)
     return merge_hits(parts, k)

@@ -83,6 +83,75 @@ def test_killed_shard_actor_restarts_and_every_query_is_answered_once(tmp_path, 
     assert [clean[q][0] for q, _ in queries[:20]] == single.ids.tolist()
 
 
+RELOAD_S = 12.0  # longer than the old fixed resend window (3 resends, 0.5 + 1 + 1.5 s sleeps: gave up after 9.6 s)
+
+
+def slow_reload_shard():
+    """A shard actor class whose reload after a restart takes RELOAD_S (a large shard); the first load is fast."""
+    from ray_jobs.retrieve import ShardServer
+
+    class SlowReloadShard(ShardServer):
+        def _load(self, folder):
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                time.sleep(RELOAD_S)
+            return super()._load(folder)
+
+    return ray.remote(SlowReloadShard)
+
+
+def test_a_shard_that_reloads_slower_than_a_fixed_window_is_waited_for(tmp_path, ray_local):
+    """A shard whose reload takes 12 s is killed mid-stream with Ray's own retries off (max_task_retries=0: the
+    pool's resend is all there is): every query is answered exactly once, as without the kill, because the resend
+    budget comes from retrieval.shard_reload_s; with a budget shorter than the reload the error names the key."""
+    from ray_jobs.retrieve import ACTOR_START_S, RELOAD_FACTOR, ShardPool, reload_budget_s
+
+    write_corpus(tmp_path / "corpus.jsonl", 600)
+    cfg = load_config(None, [f"retrieval.corpus_path={tmp_path / 'corpus.jsonl'}",
+                             f"retrieval.index_dir={tmp_path / 'index'}", "retrieval.n_shards=2",
+                             "retrieval.block_size=64", "retrieval.shard_num_cpus=0.5", "retrieval.max_in_flight=2",
+                             "retrieval.max_task_retries=0", f"retrieval.shard_reload_s={RELOAD_S + 10}"])
+    R.build_index(cfg)
+    rng = random.Random(5)
+    queries = [(f"q{i}", " ".join(rng.choices(WORDS, k=3))) for i in range(60)]
+    batches = [queries[i : i + 10] for i in range(0, len(queries), 10)]
+    expected = R.ShardedIndex(cfg.retrieval.index_dir).search([q for _, q in queries], k=5).ids.tolist()
+
+    def run(pool, kill_after):
+        out = {}
+        stream = pool.stream(((b, [q for _, q in batch]) for b, batch in enumerate(batches)), k=5)
+        for done, (b, hits) in enumerate(stream, start=1):
+            for row, (qid, _) in enumerate(batches[b]):
+                assert qid not in out, f"{qid} answered twice"
+                out[qid] = hits.ids[row].tolist()
+            if done == kill_after:
+                ray.kill(pool.actors[0], no_restart=False)
+        return out
+
+    pool = ShardPool(cfg.retrieval, actor_class=slow_reload_shard())
+    try:
+        assert all(0 < t < 5 for t in pool.load_s)  # measured first loads (fast)
+        assert pool.retry_budget_s == [RELOAD_S + 10] * 2  # the configured reload time is the longer one
+        t0 = time.monotonic()
+        got = run(pool, kill_after=2)
+        assert time.monotonic() - t0 > RELOAD_S  # the reload really was waited for
+    finally:
+        pool.shutdown()
+    assert sorted(got) == sorted(q for q, _ in queries)  # every query exactly once
+    assert [got[q] for q, _ in queries] == expected
+
+    # Unconfigured, the budget derives from the measured load; a budget below the reload fails, naming the key.
+    assert reload_budget_s(0.0, 3.0) == RELOAD_FACTOR * 3.0 + ACTOR_START_S
+    cfg.retrieval.shard_reload_s = 0.0
+    pool = ShardPool(cfg.retrieval, actor_class=slow_reload_shard())
+    try:
+        pool.retry_budget_s = [2.0, 2.0]  # as if the shard had loaded in no time and ACTOR_START_S were 2 s
+        with pytest.raises(TimeoutError, match=r"shard 0: no answer within its reload budget of 2\.0 s.*"
+                                               r"retrieval\.shard_reload_s"):
+            run(pool, kill_after=1)
+    finally:
+        pool.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ray job submit → build_index, preprocess → Parquet → train.main
 # ---------------------------------------------------------------------------------------------------------------
