@@ -20,9 +20,10 @@ import yaml
 # that the two agree): gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold
 # labels) | reader (reader pre-training, all passages visible).
 ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader"]
-# The keys of models.READERS and reranker.RERANKERS (checked by a test).
+# The keys of models.READERS, reranker.RERANKERS and gumbel.ESTIMATORS (checked by a test).
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
+Estimator = Literal["max_softmax", "subset", "straight_through"]
 
 
 class ConfigError(ValueError):
@@ -87,16 +88,20 @@ class RerankerSection:
 
 @dataclass
 class GumbelSection:
-    """Relaxed top-k mask (gumbel.py): M = max_j softmax((kappa * w + G_j) / tau)."""
+    """The training mask (gumbel.py): an estimator of the top-k of the scores w, perturbed by Gumbel noise G."""
 
-    k: int = 2  # passages kept (number of softmax samples during training, top-k at inference)
+    # max_softmax: the paper's M = max_j softmax((kappa * w + G_j) / tau) | subset: relaxed k-subset, sum M = k
+    # | straight_through: the reader reads the hard Gumbel top-k sample, gradients of the relaxed k-subset
+    estimator: Estimator = "max_softmax"
+    k: int = 2  # passages kept (max_softmax: number of softmax samples during training; top-k at inference)
     tau: float = 0.5  # temperature at step 0
     tau_end: float | None = None  # temperature at max_steps; None = constant
     kappa: float = 1.0  # score scale at step 0
     kappa_end: float | None = None  # score scale at max_steps; None = constant
     schedule: Literal["linear", "cosine", "exponential"] = "linear"  # interpolation of tau and kappa
     noise: bool = True  # false = the paper's no-noise ablation
-    eps: float = 1e-9  # M is clamped at eps before log M enters the attention logits
+    eps: float = 1e-9  # log M is log(clamp(M, eps)); straight_through: log(M + eps), so M = 0 keeps a gradient
+    samples: int = 1  # masks drawn per question per step (fresh noise each); the loss is their mean
 
 
 @dataclass
@@ -130,6 +135,9 @@ class TrainSection:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     log_every_steps: int = 10  # TensorBoard scalars
     eval_every_steps: int = 0  # dev evaluation during training; 0 = only at the end
+    # at every dev evaluation, keep <run_dir>/best/ by the label-free dev loss (the frozen reader's answer loss with
+    # the hard top-k of the scores; needs no relevance labels)
+    keep_best: bool = True
     save_every_steps: int = 0  # checkpoints step-NNNNNN/; 0 = only final/
 
 
@@ -376,6 +384,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
     if g.tau <= 0 or (g.tau_end is not None and g.tau_end <= 0):
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
+    if g.samples < 1:
+        raise ConfigError(f"gumbel.samples: must be >= 1, got {g.samples}")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":

@@ -120,7 +120,7 @@ def answer_metrics(records, preds: list[str]) -> dict:
 
 @torch.no_grad()
 def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> dict:
-    """Mean answer loss under the training mask (relaxed top-k at the final tau/kappa) and under hard top-k,
+    """Mean answer loss under the training mask (gumbel.estimator at the final tau/kappa) and under hard top-k,
     from the reranker scores of score_records (one [min(n, len(ctxs))] tensor per record).
 
     A large gap means training optimised a mask that inference does not use.
@@ -134,12 +134,32 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
         for b, s in enumerate(scores[start : start + batch_size]):
             w[b, : len(s)] = s
         states = passage_states(batch, reader, cfg)
-        M_soft = gumbel.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, gen, batch.valid)
-        M_hard = gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
+        g = cfg.gumbel
+        M_soft = gumbel.training_mask(g.estimator, w, g.k, tau, kappa, g.noise, batch.valid, generator=gen)
+        M_hard = gumbel.hard_topk_mask(w, g.k, batch.valid)
         for M, out in ((M_soft, soft), (M_hard, hard)):
-            out.append(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)))
+            out.append(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid)))
     s, h = torch.cat(soft).mean().item(), torch.cat(hard).mean().item()
     return {"loss_soft": s, "loss_hard": h, "gap": h - s}
+
+
+@torch.no_grad()
+def hard_topk_loss(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> float:
+    """The label-free dev loss: mean answer loss (token-mean CE of the target) of the frozen reader reading only the
+    hard top-k (gumbel.k) of each record's scores. Needs no relevance labels, so it can select checkpoints.
+
+    Args: scores as from score_records (one [min(n, len(ctxs))] fp32 tensor per record). Returns nats per token.
+    """
+    losses = []
+    for start in range(0, len(records), batch_size):
+        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader)
+        w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
+        for b, s in enumerate(scores[start : start + batch_size]):
+            w[b, : len(s)] = s
+        M = gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
+        log_M = gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)
+        losses.append(reader.answer_loss(passage_states(batch, reader, cfg), batch.reader_inputs, log_M).float())
+    return torch.cat(losses).mean().item()
 
 
 def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:

@@ -1,9 +1,9 @@
 """Training objectives: one registry row each (OBJECTIVES), one loss signature:
 `objective.compute(batch, reranker, reader, cfg, step, noise) -> Output`.
 
-`noise` is this micro-batch's slice [k, B, n] of the step's Gumbel noise (see train.step_noise) for rows with
-needs_noise, else None. The row says what the recipe, config validation and the model card need to know; adding an
-objective is its loss function plus its row (and its name in config.ObjectiveName, checked by a test).
+`noise` is this micro-batch's slice [samples * k, B, n] of the step's Gumbel noise (see train.step_noise) for rows
+with needs_noise, else None. The row says what the recipe, config validation and the model card need to know; adding
+an objective is its loss function plus its row (and its name in config.ObjectiveName, checked by a test).
 
 - `gumbel`: G-Rerank, the reranker trained through the frozen reader's answer loss with the relaxed top-k mask
   in the reader's attention (`gumbel_rerank`).
@@ -90,7 +90,8 @@ def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
 
 
 def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
-    """G-Rerank: w = R(q, d); M = relaxed top-k(w); loss = reader answer CE with log M in its attention.
+    """G-Rerank: w = R(q, d); M = the gumbel.estimator's top-k mask of w; loss = reader answer CE with log M in its
+    attention (mean over gumbel.samples masks, each from its own noise).
 
     Passage states are computed under no_grad (they do not depend on M); only the answer pass and the
     reranker carry autograd.
@@ -100,11 +101,15 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     t1 = time.perf_counter()
     w = reranker(batch.reranker_inputs)  # [B, n]
     tau, kappa = gumbel_tau_kappa(cfg, step)
-    M = gumbel.relaxed_topk_mask(w, cfg.gumbel.k, tau, kappa, cfg.gumbel.noise, valid=batch.valid, gumbel_noise=noise)
-    log_M = gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)
+    g, k = cfg.gumbel, cfg.gumbel.k
+    masks = [gumbel.training_mask(g.estimator, w, k, tau, kappa, g.noise, batch.valid,
+                                  None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.samples)]
     t2 = time.perf_counter()
-    loss = reader.answer_loss(states, batch.reader_inputs, log_M).mean()
+    smooth = g.estimator == "straight_through"
+    loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid, smooth)).mean()
+               for M in masks) / g.samples
     t3 = time.perf_counter()
+    M = masks[0]
     with torch.no_grad():
         metrics = {
             "train/tau": tau,

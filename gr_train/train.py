@@ -39,6 +39,7 @@ class Recipe:
     train_records: list | None
     dev_records: list | None
     start_step: int = 0
+    best: dict | None = None  # {"step", "dev_loss_hard"} of <run_dir>/best/ (train.keep_best)
 
     @property
     def global_batch(self) -> int:
@@ -72,6 +73,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     if last is not None:
         state = checkpoint.load_checkpoint(last, runtime)
         recipe.start_step = state["step"]
+        recipe.best = state.get("best")
         log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
                  state.get("world_size", 1), runtime.world_size)
         if state.get("global_batch", recipe.global_batch) != recipe.global_batch:
@@ -124,7 +126,8 @@ def micro_batches(recipe: Recipe, step: int) -> list[list]:
 
 
 def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | None:
-    """Gumbel noise of optimizer step `step` for the whole global batch: [k, global_batch, n_candidates].
+    """Gumbel noise of optimizer step `step` for the whole global batch: [samples * k, global_batch, n_candidates]
+    (mask sample s reads rows s * k .. (s + 1) * k - 1).
 
     A pure function of (seed, step): resume reproduces it without saved state, and every rank and micro-batch
     slices its own rows, so a question's mask does not depend on how the batch is split.
@@ -132,7 +135,8 @@ def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | N
     if not OBJECTIVES[cfg.objective.name].needs_noise or not cfg.gumbel.noise:
         return None
     gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-    return gumbel.sample_gumbel((cfg.gumbel.k, global_batch, cfg.data.n_candidates), generator=gen)
+    draws = cfg.gumbel.samples * cfg.gumbel.k
+    return gumbel.sample_gumbel((draws, global_batch, cfg.data.n_candidates), generator=gen)
 
 
 def train(recipe: Recipe, on_step=None) -> dict:
@@ -199,36 +203,59 @@ def train(recipe: Recipe, on_step=None) -> dict:
     return last
 
 
-def eval_during_training(recipe: Recipe, step: int) -> dict:
-    from gr_train.evaluate import evaluate
+def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
+    """Dev evaluation at `step`: ranking metrics (when every dev passage is labelled), the score spread and the
+    label-free dev loss (eval/dev_loss_hard); with train.keep_best, <run_dir>/best/ follows the lowest dev loss.
+    Every rank calls it (the reader and the checkpoint are collective). Returns the logged scalars."""
+    from gr_train.evaluate import hard_topk_loss, ranking_metrics, score_records, score_spread
 
     cfg = recipe.cfg
     if recipe.reranker is None:
         return {}
-    result = evaluate(cfg, recipe.reranker, None, recipe.dev_records)
-    scalars = {f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
-               for kind, row in result["ranking"].items() for m, v in row.items() if m != "questions"}
-    scalars["eval/w_std"] = result["scores"]["w_std_median"]
+    records = recipe.dev_records[: cfg.eval.max_questions or None]
+    scores = score_records(recipe.reranker, records, cfg.data.n_candidates, cfg.eval.batch_size)
+    scalars = {"eval/w_std": score_spread(scores, cfg.eval.separation_min_std)["w_std_median"]}
+    if all(p.is_gold is not None for r in records for p in r.ctxs):
+        ranking = ranking_metrics(records, scores, cfg.eval.ks)
+        scalars.update({f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
+                        for kind, row in ranking.items() for m, v in row.items() if m != "questions"})
+    if cfg.train.keep_best:
+        loss = hard_topk_loss(scores, recipe.reader, records, cfg, cfg.eval.batch_size)
+        scalars["eval/dev_loss_hard"] = loss
+        if recipe.best is None or loss < recipe.best["dev_loss_hard"]:
+            recipe.best = {"step": step, "dev_loss_hard": loss}
+            save_reranker(recipe, "best", step)
+        scalars["eval/best_step"] = recipe.best["step"]
     recipe.writer.log(scalars, step)
     recipe.trainable.train()
-    return result
+    return scalars
 
 
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
     """Checkpoint `<run_dir>/<name>/`. Every rank calls it; the path comes back on the main rank, else None."""
-    state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": recipe.global_batch}
+    state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": recipe.global_batch,
+             "best": recipe.best}
     return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.runtime, recipe.cfg, state)
+
+
+def save_reranker(recipe: Recipe, name: str, step: int) -> Path | None:
+    """Checkpoint `<run_dir>/<name>/` with the reranker exported into `<name>/reranker` (gathered whole, never as
+    ZeRO shards). Collective; the path comes back on the main rank."""
+    path = save(recipe, name, step)
+    with recipe.runtime.gathered(recipe.reranker):
+        if path is not None:
+            recipe.reranker.save(path / "reranker")
+    recipe.runtime.barrier()
+    return path
 
 
 def save_checkpoint(recipe: Recipe) -> Path | None:
     """final/: the trainable module's weights, plus an exported model folder (reranker or demo reader),
     consolidated: the parameters are gathered whole for the export, never written as ZeRO shards."""
-    path = save(recipe, "final", recipe.cfg.train.max_steps)
     if recipe.reranker is not None and recipe.trainable is recipe.reranker:
-        with recipe.runtime.gathered(recipe.reranker):
-            if path is not None:
-                recipe.reranker.save(path / "reranker")
-    elif hasattr(recipe.reader, "save"):
+        return save_reranker(recipe, "final", recipe.cfg.train.max_steps)
+    path = save(recipe, "final", recipe.cfg.train.max_steps)
+    if hasattr(recipe.reader, "save"):
         with recipe.runtime.gathered(recipe.reader):
             if path is not None:
                 recipe.reader.save(path / "reader")

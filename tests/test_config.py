@@ -76,11 +76,12 @@ def test_every_registry_matches_its_config_literal():
     """The allowed values of a config key are its Literal type; each registry the key selects from has exactly
     those keys (adding an objective, reader family or reranker kind fails here until both agree)."""
     from gr_train import gumbel, models, objectives, reranker
-    from gr_train.config import ObjectiveName, ReaderKind, RerankerKind
+    from gr_train.config import Estimator, ObjectiveName, ReaderKind, RerankerKind
 
     assert list(objectives.OBJECTIVES) == list(typing.get_args(ObjectiveName))
     assert list(models.READERS) == list(typing.get_args(ReaderKind))
     assert list(reranker.RERANKERS) == list(typing.get_args(RerankerKind))
+    assert list(gumbel.ESTIMATORS) == list(typing.get_args(Estimator))
     hints = typing.get_type_hints(GumbelSection)
     for schedule in typing.get_args(hints["schedule"]):  # every allowed schedule is one gumbel.py implements
         assert gumbel.schedule_value(1.0, 0.5, 5, 10, schedule) < 1.0

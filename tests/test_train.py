@@ -1,5 +1,6 @@
 """The recipe on tiny models: gradient flow, split invariance, TensorBoard, checkpoints and exact resume."""
 
+import json
 import math
 from pathlib import Path
 
@@ -138,3 +139,31 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert fresh.start_step == 1
     for k, v in fresh.reranker.state_dict().items():
         assert torch.equal(v, good[k]), k
+
+
+def test_best_checkpoint_follows_the_lowest_label_free_dev_loss_and_survives_resume(tmp_path):
+    """train.keep_best: at every dev evaluation the hard-top-k dev loss is logged; best/ holds the reranker of the
+    evaluation with the lowest one (loadable), and a resumed run keeps comparing against it."""
+    from gr_train.evaluate import hard_topk_loss, score_records
+    from gr_train.reranker import Reranker
+
+    cfg = tiny_cfg(tmp_path, "train.max_steps=8", "train.eval_every_steps=2", "train.save_every_steps=4",
+                   "optim.lr=3e-3")
+    train.main(cfg, resume=False)
+    rows = [json.loads(x) for x in (Path(cfg.run.run_dir) / "tb" / "scalars.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval/dev_loss_hard"] for r in rows if "eval/dev_loss_hard" in r}
+    assert sorted(evals) == [2, 4, 6, 8]
+    assert len(set(evals.values())) > 1  # the loss moved: picking the minimum is a real choice
+    best_step = min(evals, key=evals.get)
+    best = Path(cfg.run.run_dir) / "best"
+    state = json.loads((best / "trainer_state.json").read_text())
+    assert state["step"] == best_step and state["best"]["dev_loss_hard"] == pytest.approx(evals[best_step])
+    # the saved reranker is the one that was evaluated: recompute its dev loss
+    recipe = train.setup(cfg, resume=False)
+    reranker = Reranker.load(best / "reranker")
+    scores = score_records(reranker, recipe.dev_records, cfg.data.n_candidates)
+    assert hard_topk_loss(scores, recipe.reader, recipe.dev_records, cfg) == pytest.approx(evals[best_step], abs=1e-5)
+    # a resume from step-000004/ restores the best of the evaluations at steps 2 and 4, not of later ones
+    resumed = train.setup(cfg, resume=True)
+    early = min((2, 4), key=evals.get)
+    assert resumed.start_step == 4 and resumed.best == {"step": early, "dev_loss_hard": evals[early]}
