@@ -140,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(p)
     p.add_argument("--train", required=True, help="training file (FiD JSON/JSONL, any supported format)")
     p.add_argument("--dev", required=True, help="dev file with is_gold labels on every passage")
-    p.add_argument("--objectives", default="gumbel", help="comma-separated objective names, e.g. gumbel,pdist")
+    p.add_argument("--objectives", default="gumbel",
+                   help="comma-separated rows: objective names or LABEL=OBJECTIVE, e.g. gumbel,pdist,gumbel_st=gumbel")
     p.add_argument("--seeds", default="0", help="comma-separated run.seed values, e.g. 0,1,2")
     p.add_argument("--out", required=True, help="output folder (runs, compare.json, compare.md, compare.png)")
     p.add_argument("--set", action="append", metavar="OBJ:section.key=value",
-                   help="per-objective override, repeatable, e.g. --set pdist:optim.lr=1e-4")
+                   help="per-row override, repeatable, e.g. --set pdist:optim.lr=1e-4 "
+                        "--set gumbel_st:gumbel.estimator=straight_through")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("suite", help="the objective comparison on several datasets (suite.datasets)")
     _config_args(p)

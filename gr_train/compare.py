@@ -2,6 +2,10 @@
 several seeds → `compare.json`, `compare.md` (mean ± std over seeds) and `compare.png` (eval recall over steps).
 
 Run as `gr-train compare --config CFG --train FILE --dev FILE --objectives gumbel,pdist --seeds 0,1,2 --out DIR`.
+A row may name a variant of an objective, `LABEL=OBJECTIVE` (e.g. `gumbel_st=gumbel` with
+`--set gumbel_st:gumbel.estimator=straight_through`). compare.md also gives 95% intervals (paired bootstrap over
+questions and seeds, stats.py) for each row and for the differences that matter (each row minus the untrained
+reranker; each G-Rerank row minus each other row).
 All runs happen one after another in this process with the local runtime; a distributed comparison is one
 `gr-train train` launch per (objective, seed) with `run.seed=S objective.name=OBJ`.
 """
@@ -52,7 +56,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     Args:
         cfg: the shared config; data.train_path and data.dev_path (FiD with is_gold labels) must be set.
             train.eval_every_steps = 0 becomes max_steps // 10 (the plot's points).
-        objectives: objective.name values, e.g. ["gumbel", "pdist", "supervised"].
+        objectives: row labels, each an objective.name value or LABEL=OBJECTIVE, e.g. ["gumbel", "pdist",
+            "gumbel_st=gumbel"]; per_objective_overrides are keyed by label.
         seeds: run.seed values; for one seed every objective starts from the same reranker (checked).
         out_dir: runs go to <out_dir>/<objective>/seed-<s>/, the untrained and reader-only rows to
             <out_dir>/untrained/seed-<s>/. A run whose compare_result.json exists is not run again; an unfinished
@@ -63,27 +68,34 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
         "mean": metrics, "std": metrics}}}. Metrics: recall@k / ndcg@k / mrr (suffix _direct / _indirect),
         em, f1, loss_soft, loss_hard, gap, w_std, s_per_query. std is the sample std over seeds (0 for one seed).
     """
-    if not seeds or len(set(seeds)) != len(seeds) or len(set(objectives)) != len(objectives):
-        raise ConfigError(f"compare: expected distinct objectives and seeds, got {objectives} and {seeds}")
+    rows_of = parse_rows(objectives)
+    objectives = list(rows_of)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"compare: expected distinct seeds, got {seeds}")
     out_dir = Path(out_dir)
     per_objective_overrides = per_objective_overrides or {}
-    base = base_config(cfg, objectives, per_objective_overrides)
+    base = base_config(cfg, rows_of, per_objective_overrides)
     dev = labelled_dev(base)
     rows: dict[str, dict[int, dict]] = {}
+    per_question: dict[str, dict[int, dict]] = {}
     for seed in seeds:
         ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}")
         for name, metrics in ref["rows"].items():
             rows.setdefault(name, {})[seed] = metrics
-        for obj in objectives:
-            run_cfg = objective_config(base, obj, seed, out_dir, per_objective_overrides.get(obj, []))
+        per_question.setdefault(UNTRAINED, {})[seed] = ref.get("per_question")
+        for label, obj in rows_of.items():
+            run_cfg = objective_config(base, label, seed, out_dir, per_objective_overrides.get(label, []), obj)
             result = objective_run(run_cfg, dev, ref["init_checksum"])
-            rows.setdefault(obj, {})[seed] = result["metrics"]
+            rows.setdefault(label, {})[seed] = result["metrics"]
+            per_question.setdefault(label, {})[seed] = result["eval"].get("per_question")
     order = [UNTRAINED, *objectives, *REFERENCES]
     summary = {"objectives": list(objectives), "seeds": list(seeds), "ks": list(base.eval.ks),
                "reader_k": base.reader_k(), "max_steps": base.train.max_steps,
                "global_batch": base.global_batch(world_size=1),  # compare trains in this process
+               "row_objectives": dict(rows_of),
                "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
-               "rows": {name: aggregate(rows[name]) for name in order}}
+               "rows": {name: aggregate(rows[name]) for name in order},
+               "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base))}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
@@ -96,18 +108,34 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def base_config(cfg: RunConfig, objectives: list[str], per_objective_overrides: dict) -> RunConfig:
-    """A validated copy of cfg for the comparison; refuses what would make the runs incomparable."""
-    if not objectives:
+def parse_rows(items: list[str]) -> dict[str, str]:
+    """Row labels → objective names: "gumbel" → {"gumbel": "gumbel"}, "gumbel_st=gumbel" → {"gumbel_st": "gumbel"}.
+    Raises ConfigError on an empty list, a repeated label, an unknown objective or a label that is not a plain name
+    (it becomes a folder name)."""
+    if not items:
         raise ConfigError("compare: no objectives given")
-    for obj in objectives:
+    rows: dict[str, str] = {}
+    names = " | ".join(n for n, row in OBJECTIVES.items() if row.trains == "reranker")
+    for item in items:
+        label, _, obj = item.partition("=")
+        label, obj = label.strip(), (obj or label).strip()
+        if not label.replace("_", "").replace("-", "").isalnum() or label in (UNTRAINED, *REFERENCES):
+            raise ConfigError(f"compare: row label '{label}' must be letters, digits, '_' or '-' (and not "
+                              f"'{UNTRAINED}')")
         if obj not in OBJECTIVES or OBJECTIVES[obj].trains != "reranker":
-            names = " | ".join(n for n, row in OBJECTIVES.items() if row.trains == "reranker")
-            raise ConfigError(f"compare: unknown reranker objective '{obj}' ({names})")
-    for obj in per_objective_overrides:
-        if obj not in objectives:
-            raise ConfigError(f"compare: overrides given for '{obj}', which is not among the objectives "
-                              f"({', '.join(objectives)})")
+            raise ConfigError(f"compare: unknown reranker objective '{obj}' in '{item}' ({names})")
+        if label in rows:
+            raise ConfigError(f"compare: row '{label}' given twice")
+        rows[label] = obj
+    return rows
+
+
+def base_config(cfg: RunConfig, rows_of: dict[str, str], per_objective_overrides: dict) -> RunConfig:
+    """A validated copy of cfg for the comparison; refuses what would make the runs incomparable."""
+    for label in per_objective_overrides:
+        if label not in rows_of:
+            raise ConfigError(f"compare: overrides given for '{label}', which is not among the objectives "
+                              f"({', '.join(rows_of)})")
     if cfg.runtime.engine != "local":
         raise ConfigError("runtime.engine: compare runs every training in this process (local); for a distributed "
                           "comparison launch `gr-train train` once per objective and seed")
@@ -119,10 +147,12 @@ def base_config(cfg: RunConfig, objectives: list[str], per_objective_overrides: 
     return base
 
 
-def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overrides: list[str]) -> RunConfig:
-    """The config of one run: base, objective and seed set, run_dir <out_dir>/<obj>/seed-<seed>, then overrides."""
+def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overrides: list[str],
+                     objective: str | None = None) -> RunConfig:
+    """The config of one run: base, objective (default: the row label `obj`) and seed set, run_dir
+    <out_dir>/<obj>/seed-<seed>, then overrides."""
     cfg = copy.deepcopy(base)
-    cfg.objective.name, cfg.run.seed, cfg.run.run_dir = obj, seed, str(out_dir / obj / f"seed-{seed}")
+    cfg.objective.name, cfg.run.seed, cfg.run.run_dir = objective or obj, seed, str(out_dir / obj / f"seed-{seed}")
     for text in overrides:
         section, key, value = parse_override(text)
         if section in FIXED_SECTIONS or f"{section}.{key}" in FIXED_KEYS:
@@ -178,13 +208,15 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict
     if cached is not None:
         return cached
     reader, reranker = build_initial(cfg)
-    rows = {UNTRAINED: flatten(evaluate(cfg, reranker, reader, dev, cfg.run.progress))}
+    untrained = evaluate(cfg, reranker, reader, dev, cfg.run.progress, per_question=True)
+    rows = {UNTRAINED: flatten(untrained)}
     # The reader-only rows choose among the same first n_candidates passages the rerankers choose from.
     cut = [dataclasses.replace(r, ctxs=r.ctxs[: cfg.data.n_candidates]) for r in dev]
     for name, select in REFERENCES.items():
         ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size, cfg=cfg))
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
-    result = {"init_checksum": param_checksum(reranker), "rows": rows, "config": comparable(cfg)}
+    result = {"init_checksum": param_checksum(reranker), "rows": rows, "per_question": untrained["per_question"],
+              "config": comparable(cfg)}
     write_json(run_dir / RESULT_FILE, result)
     return result
 
@@ -213,7 +245,7 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     train.train(recipe, on_step=lambda step, scalars: step_seconds.append(scalars["time/step"]))
     train.save_checkpoint(recipe)
     train.cleanup(recipe)
-    result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
+    result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress, per_question=True)
     # Optimizer steps only (forward, backward, update): in-training evaluation and checkpoints are not counted.
     queries = len(step_seconds) * recipe.global_batch
     metrics = dict(flatten(result), s_per_query=sum(step_seconds) / queries if queries else float("nan"))
@@ -283,6 +315,67 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def interval_metrics(cfg: RunConfig) -> list[str]:
+    """The metrics given with intervals: recall at the reader's k (all, direct, indirect), EM and F1."""
+    k = plot_k(cfg)
+    return [f"recall@{k}", f"recall@{k}_direct", f"recall@{k}_indirect", "em", "f1"]
+
+
+def intervals(per_question: dict[str, dict[int, dict | None]], rows_of: dict[str, str], seeds: list[int],
+              metrics: list[str]) -> dict:
+    """95% paired-bootstrap intervals: {"rows": {row: {metric: {mean, lo, hi, n}}}, "differences": {"A - B":
+    {metric: ...}}} for each row minus the untrained reranker and each G-Rerank row minus each other row. Rows
+    without per-question results (made by an older version) are left out."""
+    from gr_train.stats import paired_bootstrap
+
+    have = {row: by_seed for row, by_seed in per_question.items() if all(by_seed.get(s) for s in seeds)}
+
+    def grid(row: str, metric: str) -> torch.Tensor | None:
+        if row not in have or any(metric not in have[row][s] for s in seeds):
+            return None
+        return torch.tensor([have[row][s][metric] for s in seeds], dtype=torch.float64)
+
+    gumbel_rows = [r for r, o in rows_of.items() if o == "gumbel"]
+    pairs = [(r, UNTRAINED) for r in rows_of]
+    pairs += [(g, r) for g in gumbel_rows for r in rows_of if r != g and (r not in gumbel_rows or g < r)]
+    out: dict = {"rows": {}, "differences": {}}
+    for m in metrics:
+        for row in [UNTRAINED, *rows_of]:
+            a = grid(row, m)
+            if a is not None:
+                out["rows"].setdefault(row, {})[m] = paired_bootstrap(a)
+        for a_row, b_row in pairs:
+            a, b = grid(a_row, m), grid(b_row, m)
+            if a is not None and b is not None:
+                out["differences"].setdefault(f"{a_row} - {b_row}", {})[m] = paired_bootstrap(a, b)
+    return out
+
+
+def format_intervals(summary: dict) -> str:
+    """Markdown: each row's metrics and the differences, as mean [lo, hi]; a difference whose interval excludes 0
+    is marked with *."""
+    iv = summary.get("intervals") or {}
+    metrics = sorted({m for row in iv.get("rows", {}).values() for m in row}, key=lambda m: (m[0] != "r", m))
+    if not metrics:
+        return ""
+    head = "| | " + " | ".join(metrics) + " |\n" + "|---" * (len(metrics) + 1) + "|"
+
+    def cell(v: dict | None, mark: bool) -> str:
+        if v is None:
+            return "–"
+        star = "*" if mark and (v["lo"] > 0 or v["hi"] < 0) else ""
+        return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]{star}"
+
+    lines = [f"95% intervals, paired bootstrap over questions and seeds ({', '.join(map(str, summary['seeds']))});"
+             " recall on the questions that have a gold passage of the kind.", "", head]
+    for row, vals in iv["rows"].items():
+        lines.append(f"| {row} | " + " | ".join(cell(vals.get(m), False) for m in metrics) + " |")
+    lines += ["", "Differences (* = the interval excludes 0):", "", head]
+    for pair, vals in iv["differences"].items():
+        lines.append(f"| {pair} | " + " | ".join(cell(vals.get(m), True) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
 def table_columns(ks: list[int]) -> list[tuple[str, str]]:
     """(header, metric key) of compare.md's columns."""
     cols = []
@@ -310,7 +403,8 @@ def format_markdown(summary: dict) -> str:
             fmt = ".2e" if key == "s_per_query" else ".3f"
             cells.append(f"{row['mean'][key]:{fmt}} ± {row['std'][key]:{fmt}}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    ivs = format_intervals(summary)
+    return "\n".join(lines) + ("\n\n" + ivs if ivs else "")
 
 
 def plot_k(cfg: RunConfig) -> int:

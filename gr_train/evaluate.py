@@ -40,12 +40,14 @@ def score_records(reranker, records, n: int, batch_size: int = 32, progress: boo
     return out
 
 
-def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
+def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int], per_question: dict | None = None) -> dict:
     """{kind: {recall@k, ndcg@k, mrr, questions}} for kind in all | direct | indirect | yes_no.
 
     A question counts towards a kind only if it has at least one passage of that kind among its candidates.
     Yes/no questions count towards all, never towards direct or indirect (answer presence is undefined for them);
     yes_no is the gold-passage ranking of the yes/no questions alone ({"questions": 0} when there are none).
+    per_question: a dict to fill with {"recall@k" (+ _direct / _indirect / _yes_no): [one float per record, NaN
+    where the record has no passage of that kind]}, for paired comparisons (stats.py).
     """
     n = max(len(s) for s in scores)
     B = len(records)
@@ -65,7 +67,10 @@ def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int]) -> dict:
     for kind in kinds:
         row = {}
         for k in ks:
-            row[f"recall@{k}"], count = ranking.nanmean(ranking.recall_at_k(S, rel[kind], k, valid))
+            recall = ranking.recall_at_k(S, rel[kind], k, valid)
+            row[f"recall@{k}"], count = ranking.nanmean(recall)
+            if per_question is not None:
+                per_question[f"recall@{k}" + ("" if kind == "all" else f"_{kind}")] = recall.tolist()
             row[f"ndcg@{k}"], _ = ranking.nanmean(ranking.ndcg_at_k(S, rel[kind], k, valid))
         row["mrr"], _ = ranking.nanmean(ranking.mrr(S, rel[kind], valid))
         row["questions"] = count
@@ -112,9 +117,13 @@ def _answers_from_cached_states(reader, records, chosen: list[list[int]], cfg) -
     return reader.generate(passage_states(batch, reader, cfg), batch.reader_inputs, visible_log_mask(visible))
 
 
-def answer_metrics(records, preds: list[str]) -> dict:
+def answer_metrics(records, preds: list[str], per_question: dict | None = None) -> dict:
+    """{"em", "f1", "questions"}: means over records of SQuAD exact match / F1 of preds against the answers.
+    per_question: a dict to fill with {"em": [...], "f1": [...]}, one value per record."""
     em = [ranking.exact_match(p, r.answers) for p, r in zip(preds, records)]
     f1 = [ranking.f1_score(p, r.answers) for p, r in zip(preds, records)]
+    if per_question is not None:
+        per_question.update(em=em, f1=f1)
     return {"em": sum(em) / len(em), "f1": sum(f1) / len(f1), "questions": len(em)}
 
 
@@ -169,20 +178,25 @@ def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:
             "separated": bool(stds.median().item() >= min_std)}
 
 
-def evaluate(cfg, reranker, reader, records, progress: bool = False) -> dict:
-    """Everything above for one reranker on `records` (requires is_gold labels)."""
+def evaluate(cfg, reranker, reader, records, progress: bool = False, per_question: bool = False) -> dict:
+    """Everything above for one reranker on `records` (requires is_gold labels). With per_question, the result
+    also holds "per_question": {metric: [one value per record]} (ranking_metrics, answer_metrics)."""
     n = cfg.data.n_candidates
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
     scores = score_records(reranker, records, n, cfg.eval.batch_size, progress)
-    result = {"questions": len(records), "n_candidates": n, "ranking": ranking_metrics(records, scores, cfg.eval.ks)}
+    rows: dict | None = {} if per_question else None
+    result = {"questions": len(records), "n_candidates": n,
+              "ranking": ranking_metrics(records, scores, cfg.eval.ks, rows)}
     result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
     if reader is not None:
         k = cfg.reader_k()
         tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
-        result["reader"] = dict(answer_metrics(records, preds), k=k)
+        result["reader"] = dict(answer_metrics(records, preds, rows), k=k)
         result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size)
+    if per_question:
+        result["per_question"] = rows
     return result
 
 

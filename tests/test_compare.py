@@ -231,3 +231,30 @@ def test_cli_compare_rejects_a_malformed_set(tmp_path, capsys):
     rc = cli.main(["compare", "--train", "t.jsonl", "--dev", "d.jsonl", "--out", str(tmp_path), "--set",
                    "optim.lr=0.1"])
     assert rc == 2 and "OBJECTIVE:section.key=value" in capsys.readouterr().err
+
+
+def test_variant_rows_and_paired_intervals(tmp_path):
+    """A row LABEL=OBJECTIVE runs the objective with its own overrides; compare.json holds paired-bootstrap
+    intervals whose means are the per-question means of the stored results, and compare.md prints them."""
+    cfg = tiny_cfg(tmp_path)
+    out = tmp_path / "out"
+    summary = compare.run_compare(cfg, ["gumbel", "gumbel_st=gumbel"], [0], out,
+                                  {"gumbel_st": ["gumbel.estimator=straight_through"]})
+    run_cfg = load_config(out / "gumbel_st" / "seed-0" / "config.yaml")
+    assert run_cfg.objective.name == "gumbel" and run_cfg.gumbel.estimator == "straight_through"
+    assert summary["row_objectives"] == {"gumbel": "gumbel", "gumbel_st": "gumbel"}
+    iv, k = summary["intervals"], compare.plot_k(cfg)
+    assert set(iv["differences"]) == {"gumbel - untrained", "gumbel_st - untrained", "gumbel - gumbel_st"}
+    for row in ("untrained", "gumbel", "gumbel_st"):
+        for metric in (f"recall@{k}", f"recall@{k}_indirect", "em"):
+            assert iv["rows"][row][metric]["mean"] == pytest.approx(summary["rows"][row]["mean"][metric]), (row, metric)
+            lo, hi = iv["rows"][row][metric]["lo"], iv["rows"][row][metric]["hi"]
+            assert lo <= iv["rows"][row][metric]["mean"] <= hi
+    d = iv["differences"]["gumbel - untrained"][f"recall@{k}"]
+    assert d["mean"] == pytest.approx(summary["rows"]["gumbel"]["mean"][f"recall@{k}"]
+                                      - summary["rows"]["untrained"]["mean"][f"recall@{k}"])
+    assert "Differences" in (out / "compare.md").read_text()
+    with pytest.raises(ConfigError, match="given twice"):
+        compare.run_compare(cfg, ["gumbel", "gumbel=gumbel"], [0], out)
+    with pytest.raises(ConfigError, match="unknown reranker objective 'gumbl'"):
+        compare.run_compare(cfg, ["x=gumbl"], [0], out)
