@@ -316,9 +316,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def interval_metrics(cfg: RunConfig) -> list[str]:
-    """The metrics given with intervals: recall at the reader's k (all, direct, indirect), EM and F1."""
+    """The metrics given with intervals: recall and fact coverage at the reader's k, EM and F1."""
     k = plot_k(cfg)
-    return [f"recall@{k}", f"recall@{k}_direct", f"recall@{k}_indirect", "em", "f1"]
+    return [f"recall@{k}", f"recall@{k}_direct", f"recall@{k}_indirect", f"coverage@{k}", "em", "f1"]
 
 
 def intervals(per_question: dict[str, dict[int, dict | None]], rows_of: dict[str, str], seeds: list[int],
@@ -383,6 +383,8 @@ def table_columns(ks: list[int]) -> list[tuple[str, str]]:
         suffix = "" if kind == "all" else f"_{kind}"
         cols += [(f"R@{k} {kind}", f"recall@{k}{suffix}") for k in ks]
         cols += [(f"NDCG@{k} {kind}", f"ndcg@{k}{suffix}") for k in ks]
+        if kind == "all":
+            cols += [(f"coverage@{k}", f"coverage@{k}") for k in ks]
         cols.append((f"MRR {kind}", f"mrr{suffix}"))
     return cols + [("EM", "em"), ("F1", "f1"), ("gap (hard-soft loss)", "gap"), ("s/query", "s_per_query")]
 

@@ -48,6 +48,11 @@ class SyntheticSection:
     n_towns: int = 30
     n_chains: int = 5  # chains (bridge + answer passage) per question; 1 gold chain, the rest distractors
     one_hop_fraction: float = 0.3  # share of one-hop questions in the stream and in generated files
+    # Structure knobs (0 / 1 = the demo's structure). Copies of each gold passage (exact duplicates, all gold, as
+    # near-duplicates in a retrieved list; fact coverage@k asks for one copy of each fact):
+    gold_copies: int = 1
+    answer_distractors: int = 0  # extra single "P born-in T" passages (answer-typed, outside every chain)
+    bridge_distractors: int = 0  # extra single "W created-by P" passages (bridge-typed, outside every chain)
     n_train: int = 3000  # questions written to train.jsonl by `demo` / `generate`
     n_dev: int = 300  # questions written to dev.jsonl
     curriculum: list[list[int]] = field(default_factory=list)  # [[steps, n_chains], ...] before n_chains (reader training)
@@ -399,6 +404,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"retrieval.shard_reload_s: must be >= 0 seconds, got {r.shard_reload_s}")
     if r.kind == "dense" and r.block_size % r.encoder_batch_size:
         raise ConfigError(f"retrieval.encoder_batch_size: must divide retrieval.block_size ({r.block_size})")
+    syn = cfg.synthetic
+    if syn.n_chains < 1 or syn.gold_copies < 1 or syn.answer_distractors < 0 or syn.bridge_distractors < 0:
+        raise ConfigError("synthetic.n_chains / gold_copies: must be >= 1; synthetic.answer_distractors / "
+                          "bridge_distractors: must be >= 0")
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")

@@ -122,6 +122,20 @@ class Record:
         return labels
 
 
+def fact_ids(record: Record) -> list[int]:
+    """Per passage of record.ctxs: the id of the gold fact it states (gold passages with the same normalized title
+    and text are copies of one fact and share an id), -1 for a passage that is not gold. For fact coverage@k."""
+    ids: dict[tuple[str, str], int] = {}
+    out = []
+    for p in record.ctxs:
+        if not p.is_gold:
+            out.append(-1)
+            continue
+        key = (normalize_answer(p.title), normalize_answer(p.text))
+        out.append(ids.setdefault(key, len(ids)))
+    return out
+
+
 class DataError(ValueError):
     """A data file is malformed. The message names file, record (list index or 1-based line), id and field:
 

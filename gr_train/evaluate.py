@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from gr_train import gumbel, ranking
+from gr_train.data import fact_ids
 from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
 from gr_train.reader import visible_log_mask
 
@@ -62,6 +63,9 @@ def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int], per_ques
             rel[kind][b, :m] = torch.tensor(rec.relevance("gold" if kind == "all" else kind)[:m], dtype=torch.bool)
         if rec.yes_no:
             rel[YES_NO][b] = rel["all"][b]
+    fact = torch.full((B, n), -1, dtype=torch.long)
+    for b, (rec, s) in enumerate(zip(records, scores)):
+        fact[b, : len(s)] = torch.tensor(fact_ids(rec)[: len(s)])
     table = {}
     kinds = (*KINDS, YES_NO) if any(rec.yes_no for rec in records) else KINDS
     for kind in kinds:
@@ -72,6 +76,12 @@ def ranking_metrics(records, scores: list[torch.Tensor], ks: list[int], per_ques
             if per_question is not None:
                 per_question[f"recall@{k}" + ("" if kind == "all" else f"_{kind}")] = recall.tolist()
             row[f"ndcg@{k}"], _ = ranking.nanmean(ranking.ndcg_at_k(S, rel[kind], k, valid))
+        if kind == "all":  # every needed fact has a copy in the top k (gold passages may repeat a fact)
+            for k in ks:
+                coverage = ranking.fact_coverage_at_k(S, fact, k, valid)
+                row[f"coverage@{k}"], _ = ranking.nanmean(coverage)
+                if per_question is not None:
+                    per_question[f"coverage@{k}"] = coverage.tolist()
         row["mrr"], _ = ranking.nanmean(ranking.mrr(S, rel[kind], valid))
         row["questions"] = count
         table[kind] = row

@@ -96,6 +96,30 @@ def mrr(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor | None
     return torch.where(first < n, 1.0 / (first.float() + 1.0), torch.full(first.shape, math.nan, device=first.device))
 
 
+def fact_coverage_at_k(scores: torch.Tensor, fact: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 when every needed fact has at least one of its copies in the top k, else 0.0 (per question).
+
+    Args:
+        scores: [B, n] reranker scores; k: cut-off >= 1; valid: as in recall_at_k.
+        fact: [B, n] long, the fact id of each gold passage (copies of one fact share an id), -1 elsewhere.
+    Returns:
+        [B] float32; NaN where a question has no gold passage.
+    """
+    _check_k(k)
+    rank, gold = _ranks(scores, fact >= 0, valid)
+    n = scores.shape[-1]
+    ids = torch.where(gold, fact, torch.full_like(fact, -1))  # [B, n]
+    covered = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+    for f in ids.unique():
+        if f < 0:
+            continue
+        member = ids == f  # [B, n]
+        needed = member.any(-1)
+        best = torch.where(member, rank, torch.full_like(rank, n)).min(-1).values
+        covered &= ~needed | (best < k)
+    return torch.where(gold.any(-1), covered.float(), torch.full(covered.shape, math.nan, device=scores.device))
+
+
 def nanmean(x: torch.Tensor | list[float]) -> tuple[float, int]:
     """Mean over the non-NaN entries and how many there were; (nan, 0) when there are none."""
     x = torch.as_tensor(x, dtype=torch.float64).flatten()

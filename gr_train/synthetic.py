@@ -35,10 +35,14 @@ def entity_names(cfg) -> tuple[list[str], list[str], list[str]]:
 
 
 def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_fraction: float) -> Record:
-    """One question with n_chains chains (2 * n_chains candidate passages, shuffled)."""
+    """One question with n_chains chains (2 * n_chains candidate passages), gold_copies - 1 extra copies of each
+    gold passage, answer_distractors + bridge_distractors single passages outside every chain, shuffled.
+    At the defaults (1, 0, 0) it draws from `rng` exactly as the demo data always did."""
     works, people, towns = entity_names(cfg)
-    if n_chains > min(len(works), len(people), len(towns)):
-        raise ValueError(f"synthetic: n_chains={n_chains} exceeds the entity vocabulary")
+    singles = cfg.answer_distractors + cfg.bridge_distractors  # each with a person of its own
+    if n_chains + singles > min(len(works), len(people), len(towns)):
+        raise ValueError(f"synthetic: n_chains={n_chains} plus {singles} single distractors exceed the entity "
+                         f"vocabulary ({min(len(works), len(people), len(towns))} of each type)")
     ws, ps, ts = rng.sample(works, n_chains), rng.sample(people, n_chains), rng.sample(towns, n_chains)
     chains = list(zip(ws, ps, ts))
     w, p, t = chains[0]  # the gold chain; the others are distractors
@@ -53,7 +57,15 @@ def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_frac
     for j, (cw, cp, ct) in enumerate(chains):
         for kind, text in (("bridge", f"{cw} {CREATED_BY} {cp}"), ("answer", f"{cp} {BORN_IN} {ct}")):
             is_gold = j == 0 and kind in gold
-            ctxs.append(Passage(title="", text=text, is_gold=is_gold, has_answer=answer in text.split()))
+            for _ in range(cfg.gold_copies if is_gold else 1):
+                ctxs.append(Passage(title="", text=text, is_gold=is_gold, has_answer=answer in text.split()))
+    if singles:  # entities outside every chain, so a single distractor never completes a chain
+        free_w = rng.sample([x for x in works if x not in ws], cfg.bridge_distractors)
+        free_p = rng.sample([x for x in people if x not in ps], singles)
+        free_t = rng.sample([x for x in towns if x not in ts], cfg.answer_distractors)
+        texts = [f"{p_} {BORN_IN} {t_}" for p_, t_ in zip(free_p, free_t)]
+        texts += [f"{w_} {CREATED_BY} {p_}" for w_, p_ in zip(free_w, free_p[cfg.answer_distractors :])]
+        ctxs += [Passage(title="", text=t, is_gold=False, has_answer=answer in t.split()) for t in texts]
     rng.shuffle(ctxs)
     return Record(id=qid, question=question, answers=[answer], ctxs=ctxs, intermediate=intermediate)
 

@@ -122,3 +122,17 @@ def test_f1_squad():
     assert f1_score("the", ["a"]) == 1.0  # both normalize to nothing
     # One answer normalizing to nothing must not hide a real match with another.
     assert f1_score("london", ["the", "London"]) == 1.0
+
+
+def test_fact_coverage_needs_one_copy_of_every_fact():
+    from gr_train.ranking import fact_coverage_at_k
+
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    fact = torch.tensor([[0, 0, -1, 1, 1],  # two copies of fact 0 first, fact 1 at ranks 3 and 4
+                         [0, 1, -1, 0, 1],
+                         [-1, -1, -1, -1, -1]])
+    assert fact_coverage_at_k(scores, fact, 2)[:2].tolist() == [0.0, 1.0]
+    assert fact_coverage_at_k(scores, fact, 4)[:2].tolist() == [1.0, 1.0]
+    assert math.isnan(fact_coverage_at_k(scores, fact, 4)[2].item())
+    valid = torch.tensor([[True, True, True, False, False]] * 3)  # fact 1 of the first question is padding only
+    assert fact_coverage_at_k(scores, fact, 5, valid)[0].item() == 1.0

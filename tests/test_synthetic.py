@@ -1,6 +1,9 @@
 from gr_train import synthetic
-from gr_train.config import SyntheticSection
+from gr_train.config import SyntheticSection, load_config
 from gr_train.data import load_records
+
+# The first passages of generate(SyntheticSection(), 1, seed=3) as written before the structure knobs existed.
+DEFAULT_SEED3_FIRST_TEXTS = ["W18 created-by P19", "W07 created-by P29", "P29 born-in T02"]
 
 
 def test_generate_is_deterministic_and_labelled():
@@ -47,3 +50,28 @@ def test_demo_files_load_and_tokenizer_covers_vocabulary(tmp_path):
             assert unk not in tok(text, add_special_tokens=False)["input_ids"]
     pair = tok("birthplace-of W01", "W01 created-by P02")
     assert pair["input_ids"][0] == tok.cls_token_id and pair["token_type_ids"][-1] == 1
+
+
+def test_structure_knobs_copy_gold_and_add_single_distractors_that_never_complete_a_chain():
+    from gr_train.data import fact_ids
+
+    cfg = load_config(None, ["synthetic.n_chains=3", "synthetic.gold_copies=2", "synthetic.answer_distractors=2",
+                             "synthetic.bridge_distractors=3", "synthetic.one_hop_fraction=0"]).synthetic
+    for r in synthetic.generate(cfg, 50, seed=1):
+        texts = [p.text for p in r.ctxs]
+        assert len(texts) == 2 * 3 + 2 + 2 + 3
+        gold = [p.text for p in r.ctxs if p.is_gold]
+        assert len(gold) == 4 and len(set(gold)) == 2  # bridge and answer passage, twice each
+        assert sorted(fact_ids(r)) == [-1] * 9 + [0, 0, 1, 1]
+        born = {t.split()[0]: t.split()[2] for t in texts if synthetic.BORN_IN in t}
+        made = {tuple(t.split()) for t in texts if synthetic.CREATED_BY in t}
+        chained = sum(1 for w, _, p in made if p in born)  # a bridge whose person has a birthplace passage
+        assert chained == 3  # the gold chain and the 2 distractor chains; single distractors stay single
+        assert r.answers[0] in born.values()
+
+
+def test_default_structure_draws_the_demo_data_unchanged():
+    """The knobs at their defaults consume the generator exactly as before: the demo's data files are fixed."""
+    cfg = load_config(None).synthetic
+    r = synthetic.generate(cfg, 1, seed=3)[0]
+    assert [p.text for p in r.ctxs][:3] == DEFAULT_SEED3_FIRST_TEXTS
