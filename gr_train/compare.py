@@ -41,6 +41,7 @@ UNTRAINED = "untrained"
 REFERENCES = {
     "reader: all passages": lambda b, r: list(range(len(r.ctxs))),
     "reader: gold passages": lambda b, r: [i for i, p in enumerate(r.ctxs) if p.is_gold],
+    "reader: all but indirect gold": lambda b, r: [i for i, p in enumerate(r.ctxs) if not p.indirect],
     "reader: no passages": lambda b, r: [],
 }
 # Per-objective overrides may tune how an objective learns (optim, gumbel, objective settings), never what is

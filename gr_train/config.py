@@ -212,10 +212,12 @@ class SuiteSection:
     """Several datasets, one objective comparison each (suite.py, `gr-train suite`)."""
 
     # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v]}
+    # or {synthetic: {generator key: value}, overrides: [...]} (data written by the embedded generator)
     datasets: dict[str, Any] = field(default_factory=dict)
     max_train: int = 0  # the first N training questions of each dataset; 0 = all
     max_dev: int = 0  # the first N dev questions of each dataset; 0 = all
-    objectives: list[str] = field(default_factory=lambda: ["gumbel"])
+    objectives: list[str] = field(default_factory=lambda: ["gumbel"])  # rows: objective names or LABEL=OBJECTIVE
+    row_overrides: dict[str, Any] = field(default_factory=dict)  # row label -> [section.key=value, ...]
     seeds: list[int] = field(default_factory=lambda: [0])
     models_dir: str | None = None  # run prepare-models into this folder first (the packaged MiniLM / SmolLM2)
 

@@ -1,11 +1,13 @@
 """A comparison on several datasets in one command: `gr-train suite --config configs/real.yaml`.
 
 For every dataset of `suite.datasets` (train and dev files in any supported format: HotpotQA, 2Wiki, MuSiQue,
-FiD, Parquet): the first `suite.max_train` / `suite.max_dev` questions are written as FiD JSONL under
-`<out>/<dataset>/data/`, then `compare.run_compare` trains every objective of `suite.objectives` over
-`suite.seeds` from the same initial reranker and evaluates it with hard top-k (plus the untrained reranker and
-the reader-only rows). `<out>/results.md` and `<out>/suite.json` gather the tables with sizes and wall times.
-Finished runs are not retrained (compare's result files), so an interrupted suite resumes where it stopped.
+FiD, Parquet; or `synthetic:` generator settings, written by the embedded generator): the first
+`suite.max_train` / `suite.max_dev` questions are written as FiD JSONL under `<out>/<dataset>/data/`, then
+`compare.run_compare` trains every row of `suite.objectives` (with `suite.row_overrides`) over `suite.seeds` from
+the same initial reranker and evaluates it with hard top-k (plus the untrained reranker and the reader-only rows).
+`<out>/results.md`, `<out>/suite.json` and the heat map `<out>/suite.png` (which row wins where) gather the
+tables with sizes and wall times. Finished runs are not retrained (compare's result files), so an interrupted
+suite resumes where it stopped. `configs/study.yaml` is the structure study on generated data.
 """
 
 from __future__ import annotations
@@ -19,27 +21,38 @@ from pathlib import Path
 
 import torch
 
-from gr_train import compare, reader_cache
+from gr_train import compare, reader_cache, synthetic
 from gr_train.config import ConfigError, RunConfig, apply_override, to_dict, validate
 from gr_train.data import load_any, save_records
 
 log = logging.getLogger("gr_train.suite")
 
-DATASET_KEYS = {"train", "dev", "format", "overrides"}
+DATASET_KEYS = {"train", "dev", "format", "overrides", "synthetic"}
 
 
 def dataset_config(cfg: RunConfig, name: str, spec: dict, out_dir: Path) -> tuple[RunConfig, int, int]:
     """The dataset's files cut to the configured sizes, written under <out_dir>/<name>/data/, and its config
     (cfg + the dataset's overrides, data paths set). Returns (config, train questions, dev questions)."""
     where = f"suite.datasets.{name}"
-    if not isinstance(spec, dict) or not {"train", "dev"} <= set(spec) or set(spec) - DATASET_KEYS:
-        raise ConfigError(f"{where}: expected a mapping with train and dev (and optional format, overrides), "
-                          f"got {spec!r}")
+    files_given = isinstance(spec, dict) and {"train", "dev"} <= set(spec) and "synthetic" not in spec
+    generated = isinstance(spec, dict) and isinstance(spec.get("synthetic"), dict) and not {"train", "dev"} & set(spec)
+    if not (files_given or generated) or set(spec) - DATASET_KEYS:
+        raise ConfigError(f"{where}: expected a mapping with train and dev files (and optional format, overrides) "
+                          f"or with synthetic: {{generator key: value}} (and optional overrides), got {spec!r}")
     s = cfg.suite
     fmt = spec.get("format", "auto")
+    if generated:  # the embedded generator with this dataset's settings, from the suite's run.seed
+        gcfg = copy.deepcopy(cfg)
+        for key, value in spec["synthetic"].items():
+            apply_override(gcfg, f"synthetic.{key}={value}", f"{where}.synthetic.{key}")
+        validate(gcfg)
+        sources = dict(zip(("train", "dev"), synthetic.write_demo_data(gcfg.synthetic, out_dir / name / "source",
+                                                                          cfg.run.seed)))
+    else:
+        sources = {"train": spec["train"], "dev": spec["dev"]}
     files = {}
     for split, limit in (("train", s.max_train), ("dev", s.max_dev)):
-        records = load_any(spec[split], fmt)
+        records = load_any(sources[split], fmt)
         records = records[:limit] if limit else records
         path = out_dir / name / "data" / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,15 +85,20 @@ def run_suite(cfg: RunConfig, out_dir: str | Path) -> dict:
         dcfg, n_train, n_dev = prepared[name]
         log.info("suite: %s (%d train / %d dev questions): %s over seeds %s", name, n_train, n_dev,
                  ", ".join(s.objectives), s.seeds)
-        summary = compare.run_compare(dcfg, list(s.objectives), list(s.seeds), out_dir / name)
+        summary = compare.run_compare(dcfg, list(s.objectives), list(s.seeds), out_dir / name,
+                                      {row: list(v) for row, v in s.row_overrides.items()})
         reader_cache.clear()  # passage states of this dataset are not needed again
+        generated = "synthetic" in spec
         results["datasets"][name] = {"train_questions": n_train, "dev_questions": n_dev,
-                                     "train_file": spec["train"], "dev_file": spec["dev"],
+                                     "train_file": "generated" if generated else spec["train"],
+                                     "dev_file": "generated" if generated else spec["dev"],
+                                     "synthetic": dict(spec.get("synthetic", {})),
                                      "overrides": list(spec.get("overrides", [])),
                                      "wall_s": time.perf_counter() - t0, "compare": summary}
     results["wall_s"] = time.perf_counter() - t_start
     compare.write_json(out_dir / "suite.json", results)
     (out_dir / "results.md").write_text(format_results(results) + "\n")
+    write_heatmap(out_dir / "suite.png", results)
     return results
 
 
@@ -89,11 +107,83 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def heatmap_metrics(results: dict) -> list[str]:
+    """The heat map's metrics: indirect recall, fact coverage and EM at the reader's k (compare.interval_metrics)."""
+    first = next(iter(results["datasets"].values()))["compare"]
+    k = next(m for m in first["intervals"]["rows"]["untrained"] if m.startswith("coverage@")).split("@")[1]
+    return [f"recall@{k}_indirect", f"coverage@{k}", "em"]
+
+
+def winners(results: dict, metric: str) -> dict[str, list[str]]:
+    """Per dataset, the trained rows whose mean is the best or whose paired difference from the best has an
+    interval that includes 0 (not distinguishable from the best)."""
+    out = {}
+    for name, d in results["datasets"].items():
+        iv, rows = d["compare"]["intervals"], d["compare"]["objectives"]
+        means = {r: iv["rows"][r][metric]["mean"] for r in rows if metric in iv["rows"].get(r, {})}
+        if not means:
+            continue
+        best = max(means, key=means.get)
+        tied = []
+        for r in means:
+            diff = iv["differences"].get(f"{best} - {r}", iv["differences"].get(f"{r} - {best}", {})).get(metric)
+            if r == best or (diff is not None and diff["lo"] <= 0 <= diff["hi"]):
+                tied.append(r)
+        out[name] = tied
+    return out
+
+
+def write_heatmap(path: Path, results: dict) -> None:
+    """suite.png: one panel per heatmap_metrics metric, rows = the compared rows (and the untrained reranker),
+    columns = datasets, cells = the mean over seeds; the best cell of a column is boxed."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    datasets = list(results["datasets"])
+    rows = ["untrained", *next(iter(results["datasets"].values()))["compare"]["objectives"]]
+    metrics = heatmap_metrics(results)
+    fig = Figure(figsize=(1.6 * len(datasets) * len(metrics) + 2, 0.45 * len(rows) + 1.8))
+    FigureCanvasAgg(fig)
+    for ax, metric in zip(fig.subplots(1, len(metrics)), metrics):
+        grid = np.full((len(rows), len(datasets)), np.nan)
+        for j, name in enumerate(datasets):
+            ivr = results["datasets"][name]["compare"]["intervals"]["rows"]
+            for i, row in enumerate(rows):
+                if metric in ivr.get(row, {}):
+                    grid[i, j] = ivr[row][metric]["mean"]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for j in range(len(datasets)):
+            col = grid[1:, j]
+            best = 1 + int(np.nanargmax(col)) if not np.all(np.isnan(col)) else None
+            for i in range(len(rows)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if grid[i, j] > 0.6 else "white", fontweight="bold" if i == best else None)
+            if best is not None:
+                ax.add_patch(Rectangle((j - 0.5, best - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(metric)
+    fig.suptitle(f"mean over seeds {', '.join(map(str, results['config']['suite']['seeds']))}; red box: best "
+                 "trained row")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def format_results(results: dict) -> str:
     lines = [f"Wall time {results['wall_s'] / 60:.1f} min on {results['machine']['cpus']} CPUs "
              f"({results['machine']['torch_threads']} torch threads)."]
+    metrics = heatmap_metrics(results)
+    lines += ["", "Best rows per dataset (the best mean and every row whose paired 95% interval of the difference "
+              "from it includes 0):", "", "| dataset | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    best = {m: winners(results, m) for m in metrics}
+    for name in results["datasets"]:
+        lines.append(f"| {name} | " + " | ".join(", ".join(best[m].get(name, [])) or "–" for m in metrics) + " |")
     for name, d in results["datasets"].items():
         lines += ["", f"## {name}", "",
+                  (f"generator settings {d['synthetic']}; " if d.get("synthetic") else "") +
                   f"{d['train_questions']} train questions ({d['train_file']}), {d['dev_questions']} dev questions "
                   f"({d['dev_file']}); {d['wall_s'] / 60:.1f} min" +
                   (f"; overrides: {' '.join(d['overrides'])}" if d["overrides"] else "") + ".", "",

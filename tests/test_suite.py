@@ -82,3 +82,30 @@ def test_real_recipe_finds_its_samples_from_the_repository_root(tmp_path, monkey
         assert (n_train, n_dev) == (16, 16)
         dev = [json.loads(line) for line in Path(dcfg.data.dev_path).read_text().splitlines()]
         assert len(dev) == 16 and all(sum(c["is_gold"] for c in r["ctxs"]) >= 2 for r in dev), name
+
+
+def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat_map(tmp_path):
+    """suite.datasets entries with `synthetic:` settings are generated; rows may be variants with row_overrides;
+    results.md names the best rows per setting and suite.png is written."""
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    settings = {"demo": {"synthetic": {}},
+                "dup_gold": {"synthetic": {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}}}
+    cfg = load_config(demo, [
+        "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2]",
+        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}", "train.max_steps=2", "train.micro_batch_size=4",
+        "suite.objectives=[gumbel, gumbel_st=gumbel]", "suite.seeds=[0]",
+        'suite.row_overrides={gumbel_st: ["gumbel.estimator=straight_through"]}',
+        f"suite.datasets={json.dumps(settings)}"])
+    results = run_suite(cfg, tmp_path / "out")
+    dev = [json.loads(x) for x in (tmp_path / "out" / "dup_gold" / "data" / "dev.jsonl").read_text().splitlines()]
+    golds = [sum(c["is_gold"] for c in r["ctxs"]) for r in dev]
+    assert len(dev) == 8 and set(golds) <= {2, 4} and 4 in golds  # one gold fact (one-hop) or two, twice each
+    assert all(len(r["ctxs"]) == 3 * 2 + g // 2 + 2 for r, g in zip(dev, golds))  # chains + copies + singles
+    st = load_config(tmp_path / "out" / "dup_gold" / "gumbel_st" / "seed-0" / "config.yaml")
+    assert st.gumbel.estimator == "straight_through" and st.synthetic.gold_copies == 1  # data generated, not run
+    assert results["datasets"]["dup_gold"]["synthetic"] == {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Best rows per dataset" in md and "| dup_gold |" in md and "coverage@2" in md
+    assert (tmp_path / "out" / "suite.png").stat().st_size > 10_000
