@@ -7,6 +7,7 @@ no passages → evaluate the untrained reranker → G-Rerank training from the L
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -57,7 +58,8 @@ def run(cfg: RunConfig) -> dict:
     results["trained"] = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress)
     results["trained_two_hop"] = evaluate(cfg, recipe.reranker, recipe.reader, two_hop)
     results["training"] = {k: v for k, v in last.items() if k.startswith(("train/", "perf/"))}
-    results["config"] = {"k": cfg.gumbel.k, "tau": cfg.gumbel.tau, "tau_end": cfg.gumbel.tau_end,
+    results["config"] = {"estimator": cfg.gumbel.estimator, "k": cfg.gumbel.k, "tau": cfg.gumbel.tau,
+                         "tau_end": cfg.gumbel.tau_end, "synthetic": dataclasses.asdict(cfg.synthetic),
                          "kappa": cfg.gumbel.kappa, "reranker": cfg.reranker.kind,
                          "max_steps": cfg.train.max_steps, "reader": cfg.reader.name_or_path}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -67,7 +69,7 @@ def run(cfg: RunConfig) -> dict:
     em = results["reader_em"]["two_hop"]
     print(f"\nDemo reader exact match on two-hop dev questions: all passages {em['all']:.2f}, all but the bridge "
           f"{em['no_indirect']:.2f}, gold only {em['gold']:.2f}, direct only {em['direct']:.2f}, none {em['none']:.2f}")
-    print(f"Reranker before/after G-Rerank ({cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
+    print(f"Reranker before/after G-Rerank ({cfg.gumbel.estimator}, {cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
           f"kappa={cfg.gumbel.kappa}, tau={cfg.gumbel.tau}"
           f"{'' if cfg.gumbel.tau_end is None else f'->{cfg.gumbel.tau_end}'}); reader EM uses the top-{cfg.reader_k()}:")
     print(table)
