@@ -110,7 +110,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
 
 
 def parse_rows(items: list[str]) -> dict[str, str]:
-    """Row labels → objective names: "gumbel" → {"gumbel": "gumbel"}, "gumbel_st=gumbel" → {"gumbel_st": "gumbel"}.
+    """Row labels → objective names: "gumbel" → {"gumbel": "gumbel"}, "gumbel_st=gumbel" →
+    {"gumbel_st": "gumbel"}.
     Raises ConfigError on an empty list, a repeated label, an unknown objective or a label that is not a plain name
     (it becomes a folder name)."""
     if not items:

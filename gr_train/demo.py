@@ -69,9 +69,9 @@ def run(cfg: RunConfig) -> dict:
     em = results["reader_em"]["two_hop"]
     print(f"\nDemo reader exact match on two-hop dev questions: all passages {em['all']:.2f}, all but the bridge "
           f"{em['no_indirect']:.2f}, gold only {em['gold']:.2f}, direct only {em['direct']:.2f}, none {em['none']:.2f}")
+    tau = f"{cfg.gumbel.tau}" + ("" if cfg.gumbel.tau_end is None else f"->{cfg.gumbel.tau_end}")
     print(f"Reranker before/after G-Rerank ({cfg.gumbel.estimator}, {cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
-          f"kappa={cfg.gumbel.kappa}, tau={cfg.gumbel.tau}"
-          f"{'' if cfg.gumbel.tau_end is None else f'->{cfg.gumbel.tau_end}'}); reader EM uses the top-{cfg.reader_k()}:")
+          f"kappa={cfg.gumbel.kappa}, tau={tau}); reader EM uses the top-{cfg.reader_k()}:")
     print(table)
     if not results["trained"]["scores"]["separated"]:
         print("WARNING: the trained reranker's scores did not separate (median per-question std "

@@ -223,6 +223,13 @@ def _score_rule(reranker: Reranker) -> str:
             "last hidden states of `AutoModel`")
 
 
+ESTIMATOR_CARD = {  # gumbel.ESTIMATORS, one line each for the model card
+    "max_softmax": "the paper's relaxation, max over k Gumbel-softmax samples",
+    "subset": "relaxed k-subset of the Gumbel-perturbed scores, exactly k passages of mass",
+    "straight_through": "the reader read the hard Gumbel top-k sample; gradients of the relaxed k-subset",
+}
+
+
 def _objective_rows(cfg: RunConfig) -> list[str]:
     g, objective = cfg.gumbel, OBJECTIVES[cfg.objective.name]
     reader_k = cfg.reader_k()
@@ -230,7 +237,9 @@ def _objective_rows(cfg: RunConfig) -> list[str]:
         rows = [f"| k | {reader_k} (passages given to the reader at evaluation; `eval.reader_k` or `gumbel.k`) |"]
         return rows + [SETTING_ROWS[key](cfg.objective) for key in objective.settings]
     return [
-        f"| k | {g.k} (`gumbel.k`: Gumbel samples per question in training; hard top-k at inference"
+        f"| estimator | {g.estimator} (`gumbel.estimator`: {ESTIMATOR_CARD[g.estimator]}"
+        + ("" if g.samples == 1 else f"; {g.samples} masks per question per step, `gumbel.samples`") + ") |",
+        f"| k | {g.k} (`gumbel.k`: passages of the training mask; hard top-k at inference"
         + (f"; the reader got the top-{reader_k} at evaluation" if reader_k != g.k else "") + ") |",
         f"| kappa | {_schedule(g.kappa, g.kappa_end, g.schedule, 'score scale', 'kappa')} |",
         f"| tau | {_schedule(g.tau, g.tau_end, g.schedule, 'temperature', 'tau')} |",

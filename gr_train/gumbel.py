@@ -171,7 +171,8 @@ def perturbed_scores(
     return s + gumbel_noise.to(s.device)
 
 
-ESTIMATORS = {"max_softmax": relaxed_topk_mask, "subset": relaxed_subset_mask, "straight_through": straight_through_mask}
+ESTIMATORS = {"max_softmax": relaxed_topk_mask, "subset": relaxed_subset_mask,
+              "straight_through": straight_through_mask}
 
 
 def training_mask(

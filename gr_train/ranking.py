@@ -96,7 +96,9 @@ def mrr(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor | None
     return torch.where(first < n, 1.0 / (first.float() + 1.0), torch.full(first.shape, math.nan, device=first.device))
 
 
-def fact_coverage_at_k(scores: torch.Tensor, fact: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+def fact_coverage_at_k(
+    scores: torch.Tensor, fact: torch.Tensor, k: int, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """1.0 when every needed fact has at least one of its copies in the top k, else 0.0 (per question).
 
     Args:

@@ -53,8 +53,8 @@ def record_stats(r: Record) -> dict[str, float]:
     other = [p for p in r.ctxs if not p.is_gold]
     ents = question_entities(r.question)
     kind = answer_type(r.answers)
-    repeated = any(a.title.strip().lower() == b.title.strip().lower() and a.title.strip() or _near_duplicate(a.text, b.text)
-                   for i, a in enumerate(gold) for b in gold[i + 1 :])
+    repeated = any((a.title.strip() and a.title.strip().lower() == b.title.strip().lower())
+                   or _near_duplicate(a.text, b.text) for i, a in enumerate(gold) for b in gold[i + 1 :])
     direct = [p for p in gold if p.direct]
     two_hop = any(p.indirect for p in gold) and bool(direct)
     out = {"candidates": len(r.ctxs), "gold": len(gold), "repeated_gold_fact": float(repeated),

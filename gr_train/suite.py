@@ -177,7 +177,8 @@ def format_results(results: dict) -> str:
              f"({results['machine']['torch_threads']} torch threads)."]
     metrics = heatmap_metrics(results)
     lines += ["", "Best rows per dataset (the best mean and every row whose paired 95% interval of the difference "
-              "from it includes 0):", "", "| dataset | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+              "from it includes 0):", "", "| dataset | " + " | ".join(metrics) + " |",
+              "|---" * (len(metrics) + 1) + "|"]
     best = {m: winners(results, m) for m in metrics}
     for name in results["datasets"]:
         lines.append(f"| {name} | " + " | ".join(", ".join(best[m].get(name, [])) or "–" for m in metrics) + " |")

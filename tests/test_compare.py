@@ -30,7 +30,7 @@ def tiny_cfg(root: Path, *overrides):
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
         f"train.max_steps={MAX_STEPS}", "train.micro_batch_size=4", "train.log_every_steps=1", "optim.lr=1e-3",
-        "optim.warmup_steps=0", *overrides,
+        "optim.warmup_steps=0", "train.eval_every_steps=0", *overrides,
     ])
     data = root / "data"
     if not data.exists():

@@ -82,6 +82,9 @@ def test_every_registry_matches_its_config_literal():
     assert list(models.READERS) == list(typing.get_args(ReaderKind))
     assert list(reranker.RERANKERS) == list(typing.get_args(RerankerKind))
     assert list(gumbel.ESTIMATORS) == list(typing.get_args(Estimator))
+    from gr_train.export import ESTIMATOR_CARD
+
+    assert list(ESTIMATOR_CARD) == list(gumbel.ESTIMATORS)
     hints = typing.get_type_hints(GumbelSection)
     for schedule in typing.get_args(hints["schedule"]):  # every allowed schedule is one gumbel.py implements
         assert gumbel.schedule_value(1.0, 0.5, 5, 10, schedule) < 1.0

@@ -209,7 +209,8 @@ def test_model_card_of_the_training_run(exports):
     assert f"| dev data | `{data / 'dev.jsonl'}` (8 questions) |" in body
     assert "| steps | 3 optimizer steps (`train.max_steps=3`) |" in body
     assert "| k | 2 (`gumbel.k`" in body and "| kappa | 10 (score scale; `gumbel.kappa`, constant) |" in body
-    assert "| tau | 0.5 → 0.1 (temperature; `gumbel.tau` → `gumbel.tau_end`, linear over training) |" in body
+    assert "| tau | 0.5 (temperature; `gumbel.tau`, constant) |" in body
+    assert "| estimator | straight_through (`gumbel.estimator`: the reader read the hard Gumbel top-k sample;" in body
     result = json.loads((run_dir / "eval.json").read_text())
     assert format_table({"eval.json": result}, [2, 5]) in body
     assert "8 dev questions" in body and "no reader EM" in body
