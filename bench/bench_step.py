@@ -2,6 +2,7 @@
 
     python bench/bench_step.py                      # fid_t5 and causal_lm readers, n = 10 and 40
     python bench/bench_step.py --readers fid_t5 --n 10 40 --repeat 5
+    python bench/bench_step.py --paths no_grad --k 5 --estimators max_softmax subset straight_through
 
 Paths, for the same reranker, reader, batch and Gumbel noise:
   naive    the whole reader under autograd: reader parameters require grad (as when a framework only leaves
@@ -10,8 +11,11 @@ Paths, for the same reranker, reader, batch and Gumbel noise:
            reranker carry autograd (objectives.gumbel_rerank);
   cached   as no_grad, with the passage states computed once and reused (encoding not timed), the case of
            several objectives or epochs over one encoding.
-Each (reader, n, path) runs in a fresh subprocess so that peak RSS is its own: memory = peak RSS during the
-steps minus RSS before the first step. Results print as a Markdown table (paste into BENCHMARKS.md).
+Estimators (gumbel.estimator): the mask of each step is max_softmax (the paper's, the reference), subset or
+straight_through; the table gives each one's step time and memory as ratios to max_softmax on the same (reader, n,
+path), measured in the same run.
+Each (reader, n, path, estimator) runs in a fresh subprocess so that peak RSS is its own: memory = peak RSS during
+the steps minus RSS before the first step. Results print as a Markdown table (paste into BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -80,12 +84,13 @@ def worker(args) -> dict:
         reader.requires_grad_(True)  # the whole reader under autograd; its grads are computed, never applied
     batch = objectives.collate(records, args.n, reranker, reader)
     noise = gumbel.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
+    smooth = args.estimator == "straight_through"
     cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None
 
     def step():
         w = reranker(batch.reranker_inputs)
-        M = gumbel.relaxed_topk_mask(w, args.k, 0.5, 1.0, valid=batch.valid, gumbel_noise=noise)
-        log_M = gumbel.log_mask(M, 1e-9, batch.valid)
+        M = gumbel.training_mask(args.estimator, w, args.k, 0.5, 1.0, True, batch.valid, noise)
+        log_M = gumbel.log_mask(M, 1e-9, batch.valid, smooth)
         if args.path == "naive":
             loss = reader.answer_loss_naive(batch.reader_inputs, log_M).mean()
         else:
@@ -105,7 +110,8 @@ def worker(args) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"reader": args.reader, "n": args.n, "path": args.path, "step_s": sorted(times)[len(times) // 2],
+    return {"reader": args.reader, "n": args.n, "path": args.path, "estimator": args.estimator,
+            "step_s": sorted(times)[len(times) // 2],
             "peak_mb_over_base": peak - base, "loss": loss,
             "reader_params_m": sum(p.numel() for p in reader.parameters()) / 1e6,
             "passage_tokens": int(batch.reader_inputs.get("passage_mask", batch.valid).sum())}
@@ -116,6 +122,7 @@ def main() -> None:
     p.add_argument("--readers", nargs="+", default=list(READERS))
     p.add_argument("--n", nargs="+", type=int, default=[10, 40])
     p.add_argument("--paths", nargs="+", default=["naive", "no_grad", "cached"])
+    p.add_argument("--estimators", nargs="+", default=["max_softmax"], help="gumbel.estimator values")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--L", type=int, default=128, help="passage tokens")
     p.add_argument("--words", type=int, default=100, help="words per generated passage")
@@ -125,6 +132,7 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--reader", help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--estimator", default="max_softmax", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -133,19 +141,26 @@ def main() -> None:
     for reader in args.readers:
         for n in args.n:
             for path in args.paths:
-                cmd = [sys.executable, __file__, "--worker", "--reader", reader, "--path", path, "--n", str(n),
-                       "--batch", str(args.batch), "--L", str(args.L), "--words", str(args.words), "--k", str(args.k),
-                       "--repeat", str(args.repeat), "--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), file=sys.stderr)
-    print("| reader | params | n | passage tokens | path | step (s) | peak memory over base (MB) | loss |")
-    print("|---|---|---|---|---|---|---|---|")
+                for estimator in args.estimators:
+                    cmd = [sys.executable, __file__, "--worker", "--reader", reader, "--path", path, "--n", str(n),
+                           "--batch", str(args.batch), "--L", str(args.L), "--words", str(args.words),
+                           "--k", str(args.k), "--repeat", str(args.repeat), "--threads", str(args.threads),
+                           "--estimator", estimator]
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+    ref = {(r["reader"], r["n"], r["path"]): r for r in rows if r["estimator"] == "max_softmax"}
+    print("| reader | params | n | passage tokens | path | estimator | step (s) | peak memory over base (MB) | "
+          "time / max_softmax | memory / max_softmax | loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        base = ref.get((r["reader"], r["n"], r["path"]))
+        ratios = (f"{r['step_s'] / base['step_s']:.2f} | {r['peak_mb_over_base'] / max(base['peak_mb_over_base'], 1):.2f}"
+                  if base else "– | –")
         print(f"| {r['reader']} | {r['reader_params_m']:.1f}M | {r['n']} | {r['passage_tokens']} | {r['path']} | "
-              f"{r['step_s']:.3f} | {r['peak_mb_over_base']:.0f} | {r['loss']:.4f} |")
+              f"{r['estimator']} | {r['step_s']:.3f} | {r['peak_mb_over_base']:.0f} | {ratios} | {r['loss']:.4f} |")
 
 
 if __name__ == "__main__":
