@@ -101,14 +101,14 @@ def subset_relaxation(s: torch.Tensor, k: int, tau: float, valid: torch.Tensor |
     Chosen over the successive softmax of Xie & Ermon (2019), whose k softmaxes also sum to k but whose M_i exceed
     1 at tau > 0 (up to 1.66 at tau 0.5 on 10 N(0, 1) scores): log M_i > 0 would weight a passage above "read".
     """
-    B, n = s.shape
     ok = torch.ones_like(s, dtype=torch.bool) if valid is None else valid
     x = (s.double() / tau).masked_fill(~ok, float("-inf"))
     k_row = ok.sum(-1, keepdim=True).clamp_max(k).double()  # [B, 1]
     with torch.no_grad():
         finite = torch.where(ok, x, torch.zeros_like(x))
-        lo = finite.masked_fill(~ok, float("inf")).min(-1, keepdim=True).values - 40.0  # sum(M) > k - 1e-17 * n
-        hi = finite.masked_fill(~ok, float("-inf")).max(-1, keepdim=True).values + 40.0  # sum(M) < 1e-17 * n
+        # f(lo) >= 0 (every sigmoid > 1 - 1e-17) and f(hi) < 0 (every sigmoid < 1e-17) bracket the root
+        lo = finite.masked_fill(~ok, float("inf")).min(-1, keepdim=True).values - 40.0
+        hi = finite.masked_fill(~ok, float("-inf")).max(-1, keepdim=True).values + 40.0
         for _ in range(100):  # bisection on the decreasing f(nu) = sum_i sigmoid(x_i - nu) - k
             mid = (lo + hi) / 2
             above = torch.sigmoid(x - mid).sum(-1, keepdim=True) > k_row
