@@ -13,7 +13,7 @@ from gr_train import data, models, objectives, reader_cache, train
 from gr_train.config import ObjectiveName, ObjectiveSection
 from gr_train.data import Passage, Record
 from gr_train.reader import visible_log_mask
-from test_reader import PASSAGES, QUESTIONS, TARGETS, make_reader
+from test_reader import FAMILIES, PASSAGES, QUESTIONS, TARGETS, make_reader
 from test_train import tiny_cfg
 
 RERANKER_OBJECTIVES = ["gumbel", "emdr", "pdist", "loop", "adist", "supervised"]
@@ -320,7 +320,7 @@ def test_reader_answers_from_cached_states_equal_reading_the_selected_passages(f
 
 # -- the straight-through estimator through real readers ------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ["fid_t5", "llama"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_straight_through_reads_only_the_sampled_passages_and_excluded_ones_get_a_gradient(family):
     """Forward: the reader's loss under the straight-through mask equals reading only the k sampled passages
     (physically, 1e-5). Backward: an excluded passage (M_i = 0) still gets a finite, non-zero d loss / d M_i and
