@@ -257,11 +257,17 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     return out
 
 
-def comparable(cfg: RunConfig) -> dict:
-    """The config as recorded in a result file; progress bars do not change results."""
-    d = to_dict(cfg)
+# Sections that say which comparisons to run, not how a run trains: a run is reused whatever they hold (a suite
+# run on one dataset and the same suite on three share their runs).
+NOT_COMPARED = ("suite",)
+
+
+def comparable(cfg: RunConfig | dict) -> dict:
+    """The config as recorded in a result file (or a recorded one, normalised): progress bars and the suite
+    section do not change a run's results."""
+    d = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
     d["run"] = {k: v for k, v in d["run"].items() if k != "progress"}
-    return d
+    return {k: v for k, v in d.items() if k not in NOT_COMPARED}
 
 
 def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
@@ -270,7 +276,7 @@ def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result.get("config") != json.loads(json.dumps(comparable(cfg))):
+    if comparable(result.get("config") or {"run": {}}) != json.loads(json.dumps(comparable(cfg))):
         raise ConfigError(f"{path}: was produced with a different config; delete {run_dir} to rerun it, or use "
                           "another --out")
     return result

@@ -146,6 +146,17 @@ def test_a_finished_run_with_another_config_is_refused(done):
         compare.run_compare(changed, OBJECTIVES, SEEDS, out)
 
 
+def test_the_suite_section_does_not_make_a_run_different(done, monkeypatch):
+    """A suite over more datasets reuses the runs a suite over one made: the suite section is not compared."""
+    cfg, out, _ = done
+    before = json.loads((out / "compare.json").read_text())["rows"]  # an earlier test may have retrained a run
+    widened = copy.deepcopy(cfg)
+    widened.suite.datasets = {"another": {"synthetic": {"n_chains": 3}}}
+    monkeypatch.setattr(compare.train, "setup", None)  # any retraining would fail
+    again = compare.run_compare(widened, OBJECTIVES, SEEDS, out)
+    assert json.loads(json.dumps(again["rows"])) == before
+
+
 def test_an_override_that_changes_the_initial_reranker_is_caught(tmp_path):
     cfg = tiny_cfg(tmp_path)
     other_init = ("reranker.model_config={model_type: bert, hidden_size: 16, num_hidden_layers: 1, "
