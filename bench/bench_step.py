@@ -84,7 +84,7 @@ def worker(args) -> dict:
         reader.requires_grad_(True)  # the whole reader under autograd; its grads are computed, never applied
     batch = objectives.collate(records, args.n, reranker, reader)
     noise = gumbel.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
-    smooth = args.estimator == "straight_through"
+    smooth = args.estimator in gumbel.SMOOTH_LOG
     cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None
 
     def step():

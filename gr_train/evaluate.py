@@ -147,13 +147,8 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
     tau, kappa = gumbel_tau_kappa(cfg, cfg.train.max_steps)
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
     soft, hard = [], []
-    for start in range(0, len(records), batch_size):
-        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader)
-        w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
-        for b, s in enumerate(scores[start : start + batch_size]):
-            w[b, : len(s)] = s
-        states = passage_states(batch, reader, cfg)
-        g = cfg.gumbel
+    g = cfg.gumbel
+    for batch, w, states in _scored_batches(scores, reader, records, cfg, batch_size):
         M_soft = gumbel.training_mask(g.estimator, w, g.k, tau, kappa, g.noise, batch.valid, generator=gen)
         M_hard = gumbel.hard_topk_mask(w, g.k, batch.valid)
         for M, out in ((M_soft, soft), (M_hard, hard)):
@@ -170,15 +165,20 @@ def hard_topk_loss(scores: list[torch.Tensor], reader, records, cfg, batch_size:
     Args: scores as from score_records (one [min(n, len(ctxs))] fp32 tensor per record). Returns nats per token.
     """
     losses = []
+    for batch, w, states in _scored_batches(scores, reader, records, cfg, batch_size):
+        log_M = gumbel.log_mask(gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid), cfg.gumbel.eps, batch.valid)
+        losses.append(reader.answer_loss(states, batch.reader_inputs, log_M).float())
+    return torch.cat(losses).mean().item()
+
+
+def _scored_batches(scores: list[torch.Tensor], reader, records, cfg, batch_size: int):
+    """Yield (batch, w [B, n] fp32 with zeros on padding, passage states) over records in chunks of batch_size."""
     for start in range(0, len(records), batch_size):
         batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader)
         w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
         for b, s in enumerate(scores[start : start + batch_size]):
             w[b, : len(s)] = s
-        M = gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid)
-        log_M = gumbel.log_mask(M, cfg.gumbel.eps, batch.valid)
-        losses.append(reader.answer_loss(passage_states(batch, reader, cfg), batch.reader_inputs, log_M).float())
-    return torch.cat(losses).mean().item()
+        yield batch, w, passage_states(batch, reader, cfg)
 
 
 def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:

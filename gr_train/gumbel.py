@@ -173,6 +173,8 @@ def perturbed_scores(
 
 ESTIMATORS = {"max_softmax": relaxed_topk_mask, "subset": relaxed_subset_mask,
               "straight_through": straight_through_mask}
+# Estimators whose mask is 0 on passages that must still get a gradient: their bias is log(M + eps) (log_mask smooth).
+SMOOTH_LOG = ("straight_through",)
 
 
 def training_mask(

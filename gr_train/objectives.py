@@ -105,7 +105,7 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     masks = [gumbel.training_mask(g.estimator, w, k, tau, kappa, g.noise, batch.valid,
                                   None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.samples)]
     t2 = time.perf_counter()
-    smooth = g.estimator == "straight_through"
+    smooth = g.estimator in gumbel.SMOOTH_LOG
     loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid, smooth)).mean()
                for M in masks) / g.samples
     t3 = time.perf_counter()
