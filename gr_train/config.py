@@ -103,6 +103,9 @@ class GumbelSection:
     tau_end: float | None = None  # temperature at max_steps; None = constant
     kappa: float = 1.0  # score scale at step 0
     kappa_end: float | None = None  # score scale at max_steps; None = constant
+    # true: kappa multiplies w / std(w) per question (std over the candidates, no gradient), so the score spread
+    # relative to the Gumbel noise stays kappa whatever scale the reranker's scores drift to; false: kappa * w
+    kappa_relative: bool = False
     schedule: Literal["linear", "cosine", "exponential"] = "linear"  # interpolation of tau and kappa
     noise: bool = True  # false = the paper's no-noise ablation
     eps: float = 1e-9  # log M is log(clamp(M, eps)); straight_through: log(M + eps), so M = 0 keeps a gradient

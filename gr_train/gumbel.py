@@ -171,6 +171,19 @@ def perturbed_scores(
     return s + gumbel_noise.to(s.device)
 
 
+def spread_normalized(w: torch.Tensor, valid: torch.Tensor | None = None, floor: float = 1e-6) -> torch.Tensor:
+    """w / std(w) per question, the std over valid candidates and detached (gumbel.kappa_relative): with it, kappa
+    sets the score spread relative to the Gumbel noise (std pi / sqrt(6)) whatever scale the reranker's scores
+    drift to. w: [B, n] any float dtype; valid: [B, n] bool or None → [B, n] fp32. The std is clamped to at least
+    `floor`, so a row of equal scores stays finite (and equal)."""
+    wf = w.float()
+    ok = torch.ones_like(wf, dtype=torch.bool) if valid is None else valid
+    count = ok.sum(-1, keepdim=True).clamp_min(1)
+    mean = (wf * ok).sum(-1, keepdim=True) / count
+    std = (((wf - mean) * ok).pow(2).sum(-1, keepdim=True) / count).sqrt()
+    return wf / std.detach().clamp_min(floor)
+
+
 ESTIMATORS = {"max_softmax": relaxed_topk_mask, "subset": relaxed_subset_mask,
               "straight_through": straight_through_mask}
 # Estimators whose mask is 0 on passages that must still get a gradient: their bias is log(M + eps) (log_mask smooth).

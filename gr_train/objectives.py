@@ -102,7 +102,8 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     w = reranker(batch.reranker_inputs)  # [B, n]
     tau, kappa = gumbel_tau_kappa(cfg, step)
     g, k = cfg.gumbel, cfg.gumbel.k
-    masks = [gumbel.training_mask(g.estimator, w, k, tau, kappa, g.noise, batch.valid,
+    w_in = gumbel.spread_normalized(w, batch.valid) if g.kappa_relative else w
+    masks = [gumbel.training_mask(g.estimator, w_in, k, tau, kappa, g.noise, batch.valid,
                                   None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.samples)]
     t2 = time.perf_counter()
     smooth = g.estimator in gumbel.SMOOTH_LOG

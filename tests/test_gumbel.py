@@ -220,3 +220,16 @@ def test_training_mask_reads_the_first_of_k_draws_for_subset_estimators():
                        gumbel.relaxed_topk_mask(w, 3, 0.5, 1.0, gumbel_noise=noise))
     with pytest.raises(ValueError, match="unknown estimator 'topk'"):
         gumbel.training_mask("topk", w, 3, 0.5, 1.0)
+
+
+def test_spread_normalized_scores_have_unit_std_over_valid_candidates_and_no_gradient_through_the_std():
+    w = torch.tensor([[1.0, 3.0, 5.0, 100.0], [2.0, 2.0, 2.0, 2.0]], requires_grad=True)
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    z = gumbel.spread_normalized(w, valid)
+    std = (8.0 / 3.0) ** 0.5  # population std of 1, 3, 5
+    assert torch.allclose(z[0, :3], torch.tensor([1.0, 3.0, 5.0]) / std)
+    assert torch.isfinite(z[1]).all() and torch.equal(z[1], z[1, :1].expand(4))  # equal scores stay equal
+    # scaling every score by c leaves the normalized scores unchanged: kappa means the same at any score scale
+    assert torch.allclose(gumbel.spread_normalized(7.0 * w, valid)[0, :3], z[0, :3], atol=1e-6)
+    z[0, 0].backward()  # the std is detached: dz_0 / dw_0 = 1 / std, nothing flows to the other candidates
+    assert torch.allclose(w.grad[0], torch.tensor([1.0 / std, 0.0, 0.0, 0.0]))
