@@ -217,6 +217,9 @@ class SuiteSection:
     # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v]}
     # or {synthetic: {generator key: value}, overrides: [...]} (data written by the embedded generator)
     datasets: dict[str, Any] = field(default_factory=dict)
+    # run only these datasets (names of suite.datasets); [] = all. Lets a long study run a part per process into
+    # the same --out folder; results.md / suite.json / suite.png then cover the datasets run
+    only: list[str] = field(default_factory=list)
     max_train: int = 0  # the first N training questions of each dataset; 0 = all
     max_dev: int = 0  # the first N dev questions of each dataset; 0 = all
     objectives: list[str] = field(default_factory=lambda: ["gumbel"])  # rows: objective names or LABEL=OBJECTIVE

@@ -71,6 +71,10 @@ def run_suite(cfg: RunConfig, out_dir: str | Path) -> dict:
     s = cfg.suite
     if not s.datasets:
         raise ConfigError("suite.datasets: no datasets configured (name: {train: FILE, dev: FILE})")
+    unknown = [name for name in s.only if name not in s.datasets]
+    if unknown:
+        raise ConfigError(f"suite.only: {unknown} not in suite.datasets ({', '.join(s.datasets)})")
+    datasets = {name: spec for name, spec in s.datasets.items() if not s.only or name in s.only}
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     if s.models_dir:
@@ -79,8 +83,8 @@ def run_suite(cfg: RunConfig, out_dir: str | Path) -> dict:
         prepare_models(s.models_dir)
     results = {"config": to_dict(cfg), "machine": machine(), "datasets": {}}
     # Every dataset's files and overrides are checked before the first (long) training starts.
-    prepared = {name: dataset_config(cfg, name, spec, out_dir) for name, spec in s.datasets.items()}
-    for name, spec in s.datasets.items():
+    prepared = {name: dataset_config(cfg, name, spec, out_dir) for name, spec in datasets.items()}
+    for name, spec in datasets.items():
         t0 = time.perf_counter()
         dcfg, n_train, n_dev = prepared[name]
         log.info("suite: %s (%d train / %d dev questions): %s over seeds %s", name, n_train, n_dev,

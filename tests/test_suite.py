@@ -36,8 +36,12 @@ def suite_cfg(tmp_path, *overrides):
 
 
 def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
+    cfg = suite_cfg(tmp_path, "suite.only=[2wiki]")
+    cfg.suite.datasets["hotpotqa"]["dev"] = str(tmp_path / "missing.json")  # left out by suite.only: not read
+    assert list(run_suite(cfg, tmp_path / "out")["datasets"]) == ["2wiki"]
+    assert not (tmp_path / "out" / "hotpotqa").exists()
     cfg = suite_cfg(tmp_path)
-    results = run_suite(cfg, tmp_path / "out")
+    results = run_suite(cfg, tmp_path / "out")  # the 2wiki runs are found finished and kept
     assert list(results["datasets"]) == ["hotpotqa", "2wiki"]
     for name, n in (("hotpotqa", 6), ("2wiki", 4)):
         d = results["datasets"][name]
@@ -62,6 +66,9 @@ def test_a_bad_dataset_fails_before_any_training(tmp_path):
     assert not (tmp_path / "out" / "hotpotqa" / "gumbel").exists()
     cfg.suite.datasets["2wiki"] = {"train": str(WIKI_TRAIN)}
     with pytest.raises(ConfigError, match="suite.datasets.2wiki"):
+        run_suite(cfg, tmp_path / "out")
+    cfg.suite.only = ["hotpotqa", "musique"]
+    with pytest.raises(ConfigError, match=r"suite.only: \['musique'\] not in suite.datasets"):
         run_suite(cfg, tmp_path / "out")
 
 
