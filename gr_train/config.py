@@ -75,6 +75,9 @@ class ReaderSection:
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
+    # weights and activations of the reader, whatever dtype its checkpoint was saved in; None = runtime.precision
+    # (fp32 under the local engine). A set value must equal runtime.precision under the deepspeed engine.
+    dtype: Literal["fp32", "bf16", "fp16"] | None = None
     trainable: bool = False  # true only for reader pre-training (objective.name=reader)
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
 
@@ -403,6 +406,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
         raise ConfigError("runtime.precision: bf16/fp16 need runtime.engine=deepspeed (the local engine is fp32)")
+    if cfg.reader.dtype is not None and cfg.runtime.engine == "deepspeed" and cfg.reader.dtype != cfg.runtime.precision:
+        raise ConfigError(f"reader.dtype: {cfg.reader.dtype} differs from runtime.precision={cfg.runtime.precision} "
+                          "(the DeepSpeed engine casts the reader to runtime.precision; set both alike)")
+    if cfg.reader.trainable and (cfg.reader.dtype or "fp32") != "fp32" and cfg.runtime.engine == "local":
+        raise ConfigError(f"reader.dtype: a trainable reader in {cfg.reader.dtype} needs runtime.engine=deepspeed "
+                          "(the local engine trains fp32 weights)")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval

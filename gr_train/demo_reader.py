@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gr_train.attention import passage_key_bias
-from gr_train.gumbel import NEG_BIAS
+# The attention logits are fp32 whatever the weights' dtype (Attention.forward), so the fp32 fill value applies.
+from gr_train.attention import NEG_BIAS, passage_key_bias
 from gr_train.data import PassageText
-from gr_train.reader import Reader, attention_mass, token_mean_ce, visible_log_mask
+from gr_train.reader import Reader, attention_mass, reader_dtype, token_mean_ce, visible_log_mask
 
 
 @dataclass
@@ -44,7 +44,8 @@ class DemoFiDConfig:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with an additive float bias (fp32) on the logits."""
+    """Multi-head attention with an additive float bias (fp32) on the logits; logits and softmax in fp32 whatever
+    the weights' dtype, so attention.NEG_BIAS (the fp32 fill value) stays finite under fp16 / bf16 weights."""
 
     def __init__(self, d: int, h: int):
         super().__init__()
@@ -179,14 +180,15 @@ class DemoFiDReader(Reader):
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "DemoFiDReader":
-        """From cfg.name_or_path (a folder written by `save`) or from cfg.model_config (random init)."""
+        """From cfg.name_or_path (a folder written by `save`) or from cfg.model_config (random init); in
+        reader_dtype(cfg)."""
         if cfg.name_or_path:
             return cls.load(cfg.name_or_path, cfg)
         if tokenizer is None:
             raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
         sep = tokenizer.convert_tokens_to_ids("[SEP]")
         c = DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
-        return cls(DemoFiDModel(c), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+        return cls(DemoFiDModel(c).to(reader_dtype(cfg)), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -208,6 +210,7 @@ class DemoFiDReader(Reader):
         c = DemoFiDConfig(**json.loads((path / "config.json").read_text()))
         model = DemoFiDModel(c)
         model.load_state_dict(load_file(path / "model.safetensors"))
+        model.to(reader_dtype(cfg))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 

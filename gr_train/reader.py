@@ -29,9 +29,16 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from gr_train.attention import answer_bias, causal_bias, cross_attention_bias, fused_bias, passage_key_bias
+from gr_train.attention import (
+    NEG_BIAS,
+    answer_bias,
+    causal_bias,
+    cross_attention_bias,
+    fused_bias,
+    passage_key_bias,
+    to_attention_dtype,
+)
 from gr_train.data import PassageText
-from gr_train.gumbel import NEG_BIAS
 
 
 
@@ -96,6 +103,16 @@ TINY_CAUSAL = {
     "qwen2": _TINY_LLAMA_LIKE,
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
 }
+
+
+# reader.dtype → torch dtype; None (not resolved against runtime.precision, e.g. a bare ReaderSection) = fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def reader_dtype(cfg) -> torch.dtype:
+    """The torch dtype of `cfg.dtype` (config.ReaderSection): the dtype a reader is built and loaded in, whatever
+    dtype its checkpoint was saved in."""
+    return DTYPES[cfg.dtype or "fp32"]
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -239,17 +256,19 @@ class FiDT5Reader(Reader):
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "FiDT5Reader":
-        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config."""
+        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config; in
+        reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
             model = T5ForConditionalGeneration.from_pretrained(
-                cfg.name_or_path, attn_implementation=cfg.attn_implementation
+                cfg.name_or_path, attn_implementation=cfg.attn_implementation, dtype=reader_dtype(cfg)
             )
         else:
             ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
             config = T5Config(**{**TINY_T5, **ids, **cfg.model_config})
-            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation,
+                                                      dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def tokenize(self, questions, passages, targets=None):
@@ -284,7 +303,7 @@ class FiDT5Reader(Reader):
 
     def _cross_bias(self, states: FiDStates, log_M: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
-        return cross_attention_bias(log_M, states.token_mask).to(states.hidden.dtype)
+        return to_attention_dtype(cross_attention_bias(log_M, states.token_mask), states.hidden.dtype)
 
     def _decoder_input_ids(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the start token, then the target shifted right (pads for -100). [B, T] → [B, T]."""
@@ -385,17 +404,20 @@ class CausalLMReader(Reader):
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "CausalLMReader":
         """From `cfg.name_or_path` (hub id or local folder), else a random model of `model_config["model_type"]`
-        (llama | qwen2 | gpt2 | any AutoConfig type; default llama) from TINY_CAUSAL + cfg.model_config."""
+        (llama | qwen2 | gpt2 | any AutoConfig type; default llama) from TINY_CAUSAL + cfg.model_config; in
+        reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation,
+                                                         dtype=reader_dtype(cfg))
         else:
             overrides = dict(cfg.model_config)
             model_type = overrides.pop("model_type", "llama")
             ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
             config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
-            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation,
+                                                     dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def tokenize(self, questions, passages, targets=None):
@@ -431,7 +453,7 @@ class CausalLMReader(Reader):
 
     def _mask(self, bias: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
-        return bias.to(self.model.dtype)
+        return to_attention_dtype(bias, self.model.dtype)
 
     def encode_passages(self, inputs) -> PassageCache:
         """Block-causal prefill of the B*n passages under no_grad → PassageCache, K,V [B, kv_heads, n*L, head_dim]."""
