@@ -74,6 +74,9 @@ class ReaderSection:
     tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
+    # causal_lm: tokens of the prompt ("question: q\nanswer:"); longer prompts are cut from the left (counted, warned);
+    # 0 = what the model's position limit leaves after passage_max_tokens + answer_max_tokens (no limit: no cut)
+    prompt_max_tokens: int = 0
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
     # weights and activations of the reader, whatever dtype its checkpoint was saved in; None = runtime.precision
     # (fp32 under the local engine). A set value must equal runtime.precision under the deepspeed engine.
@@ -412,6 +415,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.reader.trainable and (cfg.reader.dtype or "fp32") != "fp32" and cfg.runtime.engine == "local":
         raise ConfigError(f"reader.dtype: a trainable reader in {cfg.reader.dtype} needs runtime.engine=deepspeed "
                           "(the local engine trains fp32 weights)")
+    if min(cfg.reader.passage_max_tokens, cfg.reader.answer_max_tokens) < 1 or cfg.reader.prompt_max_tokens < 0:
+        raise ConfigError("reader.passage_max_tokens / answer_max_tokens: must be >= 1; reader.prompt_max_tokens: "
+                          "must be >= 0")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval

@@ -18,6 +18,7 @@ from torch import nn
 
 # The attention logits are fp32 whatever the weights' dtype (Attention.forward), so the fp32 fill value applies.
 from gr_train.attention import NEG_BIAS, passage_key_bias
+from gr_train.lengths import Truncations
 from gr_train.data import PassageText
 from gr_train.reader import Reader, attention_mass, reader_dtype, token_mean_ce, visible_log_mask
 
@@ -177,6 +178,15 @@ class DemoFiDReader(Reader):
         self.tokenizer = tokenizer
         self.L = min(passage_max_tokens, model.config.max_passage_tokens)
         self.answer_max_tokens = answer_max_tokens
+        self.truncations = Truncations()
+        c = model.config
+        if passage_max_tokens > c.max_passage_tokens:
+            self.truncations.add("passage_budget", 1, f"reader.passage_max_tokens ({passage_max_tokens}) > the demo "
+                                 f"reader's max_passage_tokens ({c.max_passage_tokens}): inputs are cut to "
+                                 f"{c.max_passage_tokens} tokens")
+        if answer_max_tokens + 2 > c.max_decoder_tokens:  # [BOS] [ANS] + target; the question comes on top
+            raise ValueError(f"reader.answer_max_tokens ({answer_max_tokens}) + [BOS] + [ANS] (2) > the demo reader's "
+                             f"max_decoder_tokens ({c.max_decoder_tokens}); lower reader.answer_max_tokens")
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "DemoFiDReader":
@@ -233,11 +243,15 @@ class DemoFiDReader(Reader):
         n = max(1, max(len(p) for p in passages))
         L = self.L
         pid = torch.full((B, n, L), pad, dtype=torch.long)
+        cut = 0
         for b, (q, ps) in enumerate(zip(questions, passages)):
             qi = self._ids(q)
             for i, (title, text) in enumerate(ps or [("", "")]):
                 ids = (qi + [sep] + self._ids(title) + self._ids(text))[: L - 1] + [eos]
                 pid[b, i, : len(ids)] = torch.tensor(ids)
+                cut += bool(title or text) and len(qi) + 1 >= L - 1  # the question and [SEP] fill the budget
+        self.truncations.add("passages_without_text", cut, f"reader: {cut} demo reader inputs lost their whole "
+                             f"passage to truncation: the question fills the {L} tokens (reader.passage_max_tokens)")
         rows, lab_rows, aux_rows = [], [], []
         for b, q in enumerate(questions):
             prompt = [bos] + self._ids(q) + [ans]
@@ -252,7 +266,9 @@ class DemoFiDReader(Reader):
             aux_rows.append(aux)
         T = max(len(r) for r in rows)
         if T > self.model.config.max_decoder_tokens:
-            raise ValueError(f"demo reader: decoder input of {T} tokens exceeds max_decoder_tokens")
+            raise ValueError(f"demo reader: decoder input [BOS] question [ANS] target of {T} tokens > the model's "
+                             f"max_decoder_tokens ({self.model.config.max_decoder_tokens}); lower "
+                             "reader.answer_max_tokens or shorten the question")
 
         def pad_to(rs, value):
             return torch.tensor([r + [value] * (T - len(r)) for r in rs], dtype=torch.long)

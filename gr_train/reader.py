@@ -39,6 +39,7 @@ from gr_train.attention import (
     to_attention_dtype,
 )
 from gr_train.data import PassageText
+from gr_train.lengths import Truncations, check_budget, position_limit
 
 
 
@@ -49,6 +50,7 @@ class Reader(nn.Module):
     """
 
     tokenizer: Any
+    truncations: Truncations  # what tokenize's truncation removed (lengths.Truncations), logged by the recipe
     # Parameters read outside the forward of the module that owns them (e.g. a tied output projection): an engine
     # that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
     params_used_outside_forward: tuple[str, ...] = ()
@@ -241,12 +243,22 @@ class FiDT5Reader(Reader):
     logits after the (zero) cross-attention position bias, sdpa folds it into that bias (create_position_bias_mask).
     """
 
+    # One encoder input per passage; the context text comes last, so truncation cuts it first.
+    PASSAGE_FORMAT = "question: {q} title: {t} context: {x}"
+
     def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.passage_max_tokens = passage_max_tokens
         self.answer_max_tokens = answer_max_tokens
+        self.truncations = Truncations()
+        # T5's relative position biases have no length limit; the template alone must leave room for passage text.
+        template = len(tokenizer(self.PASSAGE_FORMAT.format(q="", t="", x=""))["input_ids"])
+        if template >= passage_max_tokens:
+            raise ValueError(f"reader.passage_max_tokens ({passage_max_tokens}) leaves no passage text: the FiD input "
+                             f"template '{self.PASSAGE_FORMAT}' takes {template} tokens without question, title and "
+                             "context; raise reader.passage_max_tokens")
         config = model.config
         start = getattr(config, "decoder_start_token_id", None)
         if start is None and model.generation_config is not None:
@@ -275,9 +287,10 @@ class FiDT5Reader(Reader):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded); with targets, also
         labels [B, T] (T <= answer_max_tokens, eos last, -100 on padding)."""
         B = len(questions)
-        texts = _passage_texts(questions, passages, "question: {q} title: {t} context: {x}", "question: {q}")
+        texts = _passage_texts(questions, passages, self.PASSAGE_FORMAT, "question: {q}")
         L = self.passage_max_tokens
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
+        self._count_cut_contexts(questions, passages)
         passage_ids, passage_mask = _pad(ids, L, self.tokenizer.pad_token_id)
         inputs = {"passage_ids": passage_ids.view(B, -1, L), "passage_mask": passage_mask.view(B, -1, L)}
         if targets is not None:
@@ -285,6 +298,19 @@ class FiDT5Reader(Reader):
             labels, target_mask = _pad(target, max(map(len, target)), self.tokenizer.pad_token_id)
             inputs["labels"] = labels.masked_fill(~target_mask, -100)
         return inputs
+
+    def _count_cut_contexts(self, questions, passages) -> None:
+        """Count (and warn about, once) inputs whose whole context text is cut: the question and title fill
+        passage_max_tokens, so the passage reads as its question alone."""
+        heads = [self.PASSAGE_FORMAT.format(q=q, t=t, x="").rstrip() for q, ps in zip(questions, passages)
+                 for t, x in ps if x.strip()]
+        if not heads:
+            return
+        room = self.passage_max_tokens - self.tokenizer.num_special_tokens_to_add()
+        cut = sum(len(h) >= room for h in self.tokenizer(heads, add_special_tokens=False)["input_ids"])
+        self.truncations.add("passages_without_text", cut, f"reader: {cut} of {len(heads)} FiD inputs lost their whole "
+                             f"context text to truncation: 'question: q title: t' fills reader.passage_max_tokens "
+                             f"({self.passage_max_tokens}); raise it")
 
     def _encode(self, inputs) -> FiDStates:
         ids, mask = inputs["passage_ids"], inputs["passage_mask"]
@@ -392,7 +418,7 @@ class CausalLMReader(Reader):
     eager and sdpa, gradient included.
     """
 
-    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
+    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int, prompt_max_tokens: int = 0):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -400,6 +426,42 @@ class CausalLMReader(Reader):
         self.answer_max_tokens = answer_max_tokens
         # Pads are masked out everywhere, so any id will do where the tokenizer has no pad token (GPT-2, Llama).
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.truncations = Truncations()
+        self.position_limit = position_limit(model.config)
+        self.prompt_max_tokens = None  # no cut while measuring the prompt template
+        self.prompt_max_tokens = self._prompt_budget(prompt_max_tokens)
+
+    def _prompt_budget(self, prompt_max_tokens: int) -> int | None:
+        """Prompt tokens allowed: the query runs at positions passage_max_tokens .. + prompt + answer - 1, which must
+        stay inside the model's position limit. ValueError (naming the keys, lengths and limit) when the passage,
+        prompt and answer budgets cannot fit; None = no limit."""
+        L, T = self.passage_max_tokens, self.answer_max_tokens
+        template = self.tokenize([""], [[]])["prompt_ids"].shape[1]  # the prompt without a question
+        limit = self.position_limit
+        if prompt_max_tokens:
+            parts = {"reader.passage_max_tokens": L, "reader.prompt_max_tokens": prompt_max_tokens,
+                     "reader.answer_max_tokens": T}
+            budget = prompt_max_tokens
+        else:
+            parts = {"reader.passage_max_tokens": L, "the prompt without its question": template,
+                     "one question token": 1, "reader.answer_max_tokens": T}
+            budget = None if limit is None else limit[1] - L - T
+        check_budget("reader", parts, limit)
+        if budget is not None and budget <= template:
+            raise ValueError(f"reader.prompt_max_tokens ({budget}) leaves no question: the prompt takes {template} "
+                             "tokens without it; raise reader.prompt_max_tokens")
+        return budget
+
+    def _fit_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Prompt token ids cut from the left to prompt_max_tokens (the end, next to the answer, stays); counted."""
+        budget = self.prompt_max_tokens
+        if budget is None:
+            return prompts
+        cut = sum(len(p) > budget for p in prompts)
+        self.truncations.add("prompts", cut, f"reader: {cut} of {len(prompts)} prompts were cut from the left to "
+                             f"{budget} tokens (reader.prompt_max_tokens, or what the model's position limit leaves "
+                             "after reader.passage_max_tokens and reader.answer_max_tokens)")
+        return [p[-budget:] for p in prompts] if cut else prompts
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "CausalLMReader":
@@ -418,7 +480,7 @@ class CausalLMReader(Reader):
             config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
             model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation,
                                                      dtype=reader_dtype(cfg))
-        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens)
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
@@ -431,6 +493,7 @@ class CausalLMReader(Reader):
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
         passage_ids, passage_mask = _pad(ids, L, self.pad_id)
         prompts = self.tokenizer([f"question: {q}\nanswer:" for q in questions], add_special_tokens=False)["input_ids"]
+        prompts = self._fit_prompts(prompts)
         prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
         inputs = {
             "passage_ids": passage_ids.view(B, -1, L),
@@ -544,11 +607,14 @@ class CausalLMReader(Reader):
 
     @torch.no_grad()
     def generate_ids(self, states: PassageCache, inputs, log_M=None, max_new_tokens: int = 8) -> torch.Tensor:
-        """Greedy decoding after the prompt, one token per step on a growing cache. → [B, <= max_new_tokens]."""
+        """Greedy decoding after the prompt, one token per step on a growing cache. → [B, <= max_new_tokens];
+        max_new_tokens is capped where the model's position limit ends."""
         B, n, L = states.token_mask.shape
         if log_M is None:
             log_M = torch.zeros(B, n, device=states.token_mask.device)
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        if self.position_limit is not None:  # the last generated token sits at position L + P + max_new_tokens - 1
+            max_new_tokens = max(1, min(max_new_tokens, self.position_limit[1] - L - prompt_ids.shape[1]))
         cache = states.fresh_cache()
         key_bias = passage_key_bias(log_M, states.token_mask)  # [B, n*L], grows by one column per token
         positions = self._query_positions(prompt_mask, L)

@@ -100,6 +100,14 @@ def model_scalars(recipe: Recipe) -> dict[str, float]:
     return scalars
 
 
+def truncation_scalars(recipe: Recipe) -> dict[str, float]:
+    """reader/truncated_<kind>: what the reader's tokenization cut so far (lengths.Truncations), summed over ranks.
+    Collective."""
+    counts = recipe.runtime.all_gather_object(dict(recipe.reader.truncations.counts))
+    kinds = sorted(set().union(*counts))
+    return {f"reader/truncated_{k}": float(sum(c.get(k, 0) for c in counts)) for k in kinds}
+
+
 def micro_batches(recipe: Recipe, step: int) -> list[list]:
     """This rank's grad_accum_steps micro-batches of optimizer step `step`.
 
@@ -187,6 +195,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
             rss = runtime.all_gather_object(peak_rss_mb())
             scalars["perf/peak_rss_mb"] = rss[0]
             scalars.update({f"perf/peak_rss_mb/rank{r}": v for r, v in enumerate(rss)})
+            scalars.update(truncation_scalars(recipe))
             recipe.writer.log(scalars, done)
             bar.set_postfix(loss=f"{loss_total:.3f}")
         if cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0 and recipe.dev_records:
