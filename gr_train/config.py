@@ -153,6 +153,10 @@ class TrainSection:
     # the hard top-k of the scores; needs no relevance labels)
     keep_best: bool = True
     save_every_steps: int = 0  # checkpoints step-NNNNNN/; 0 = only final/
+    # a step whose loss is non-finite on any rank (or whose gradient norm is, fp16 loss-scale overflows aside) is
+    # skipped, no optimizer update, and counted (train/nonfinite_steps); the run stops with an error at this many
+    # consecutive skipped steps (1 = at the first)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -418,6 +422,8 @@ def validate(cfg: RunConfig) -> None:
     if min(cfg.reader.passage_max_tokens, cfg.reader.answer_max_tokens) < 1 or cfg.reader.prompt_max_tokens < 0:
         raise ConfigError("reader.passage_max_tokens / answer_max_tokens: must be >= 1; reader.prompt_max_tokens: "
                           "must be >= 0")
+    if cfg.train.max_nonfinite_steps < 1:
+        raise ConfigError(f"train.max_nonfinite_steps: must be >= 1, got {cfg.train.max_nonfinite_steps}")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval
