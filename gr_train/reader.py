@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 from transformers import (
     AutoConfig,
+    Cache,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -28,6 +29,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.cache_utils import DynamicLayer
 
 from gr_train.attention import (
     NEG_BIAS,
@@ -400,11 +402,39 @@ class PassageCache:
     values: tuple[torch.Tensor, ...]  # per layer [B, kv_heads, n*L, head_dim]
     token_mask: torch.Tensor  # [B, n, L] bool
 
+    def read_only_cache(self) -> "ReadOnlyPassageCache":
+        """These states as a cache that the answer pass reads and never extends (ReadOnlyPassageCache); no copy."""
+        return ReadOnlyPassageCache(self.keys, self.values)
+
     def fresh_cache(self) -> DynamicCache:
-        """A new Cache holding these states. The answer pass appends its own keys to the cache it is given, so each
-        call gets its own (baselines run several answer passes on one encoding). No config: every layer a full
-        DynamicLayer, i.e. sliding-window layers would see all passages too."""
+        """A new Cache holding these states, for decoding: it appends each new token's keys, so each call gets its
+        own (baselines run several answer passes on one encoding). No config: every layer a full DynamicLayer, i.e.
+        sliding-window layers would see all passages too."""
         return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+
+
+class ReadOnlyPassageCache(Cache):
+    """The passage K/V given to every layer of the teacher-forced answer pass as a read-only input.
+
+    `update(k, v, layer)` returns [passage K/V of that layer; k, v] (concatenated on the sequence axis) and stores
+    nothing. So one instance serves any number of answer passes, and a layer that activation checkpointing
+    recomputes in backward (runtime.checkpoint_answer_pass) sees exactly the keys its forward saw; a DynamicCache
+    would append the answer's keys a second time. Not for decoding token by token (PassageCache.fresh_cache).
+    keys, values: per layer [B, kv_heads, n*L, head_dim].
+    """
+
+    def __init__(self, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...]):
+        layers = []
+        for k, v in zip(keys, values):
+            layer = DynamicLayer()
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v  # the passage states themselves, not a copy
+            layers.append(layer)
+        super().__init__(layers=layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
 
 class CausalLMReader(Reader):
@@ -571,7 +601,7 @@ class CausalLMReader(Reader):
             input_ids=query_ids,
             attention_mask=self._mask(bias),
             position_ids=self._query_positions(query_mask, states.token_mask.shape[-1]),
-            cache=states.fresh_cache(),
+            cache=states.read_only_cache(),
             use_cache=True,
             **kwargs,
         )
