@@ -61,7 +61,7 @@ class Reader(nn.Module):
         """The layers that run with autograd in the answer pass, for activation checkpointing
         (runtime.reader_checkpointing). Raises ValueError for readers that do not support it."""
         raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} "
-                         "(fid_t5 and demo_fid readers only)")
+                         "(fid_t5, causal_lm and demo_fid readers only)")
 
     def tokenize(
         self, questions: list[str], passages: list[list[PassageText]], targets: list[str] | None = None
@@ -539,10 +539,16 @@ class CausalLMReader(Reader):
         return inputs
 
     def answer_pass_layers(self) -> list[nn.Module]:
-        """Refused: the answer pass's layers append to the passage KV cache, and a recomputed layer would append a
-        second time."""
-        raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} (its answer layers "
-                         "append to the passage KV cache; fid_t5 and demo_fid readers only)")
+        """The decoder layers (transformers' GradientCheckpointingLayer modules: LlamaDecoderLayer, Qwen2DecoderLayer,
+        GPT2Block, ...). Each reads the passage K/V as a read-only input (ReadOnlyPassageCache), so a recompute in
+        backward sees what the forward saw. Passage encoding runs under no_grad and is not recomputed."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not layers:
+            raise ValueError(f"runtime.reader_checkpointing: {type(self.model).__name__} has no decoder layers that "
+                             "transformers marks for checkpointing (GradientCheckpointingLayer)")
+        return layers
 
     def _mask(self, bias: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gr_train import objectives, runtime, train
-from gr_train.config import ConfigError, load_config
+from gr_train.attention import NEG_BIAS
+from gr_train.config import ConfigError, ReaderSection, load_config
 from gr_train.models import build_reader
 
 from test_train import tiny_cfg
@@ -99,10 +100,41 @@ def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
     assert len(calls) == 2 * n_iter  # each tied-decoder application ran twice: forward, then recompute
 
 
-def test_reader_checkpointing_refuses_decoder_only_readers():
-    cfg = load_config(overrides=["reader.kind=causal_lm"])
-    with pytest.raises(ValueError, match="reader_checkpointing"):
-        build_reader(cfg.reader).answer_pass_layers()
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "qwen2", "fid_t5"])
+def test_reader_checkpointing_of_hf_readers_gives_the_same_loss_and_mask_gradient(model_type):
+    """Decoder-only readers too: each answer-pass layer reads the passage K/V as a read-only input, so its recompute
+    in backward sees the keys its forward saw (a cache it appended to would hold the answer's keys twice)."""
+    kind = "fid_t5" if model_type == "fid_t5" else "causal_lm"
+    model_config = {} if kind == "fid_t5" else {"model_type": model_type, "initializer_range": 0.3}
+    torch.manual_seed(0)
+    reader = build_reader(ReaderSection(kind=kind, model_config=model_config, passage_max_tokens=48))
+    passages = [[("Book", "the book was written by bob"), ("Sky", "the sky is blue"), ("", "")],
+                [("Ann", "ann lives in paris"), ("Red", "roses are red"), ("Cat", "the cat sleeps")]]
+    inputs = reader.tokenize(["who wrote it?", "where is ann?"], passages, ["bob", "paris"])
+    states = reader.encode_passages(inputs)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+
+    def loss_and_grad():
+        log_M = torch.tensor([[-0.1, -2.0, 0.0], [-0.7, 0.0, -5.0]]).masked_fill(~valid, NEG_BIAS).requires_grad_(True)
+        loss = reader.answer_loss(states, inputs, log_M).mean()
+        loss.backward()
+        return loss.detach(), log_M.grad
+
+    plain = loss_and_grad()
+    assert plain[1][valid].abs().min() > 1e-6  # every valid passage gets a gradient: the comparison can fail
+    layers = reader.answer_pass_layers()
+    assert len(layers) == 2  # the tiny models' two decoder layers
+    calls = []
+    # A submodule's hook fires in the forward and again in the recompute (the layer's own hook only once).
+    first = next(m for m in layers[0].modules() if list(m.parameters(recurse=False)))  # a projection or a norm
+    first.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
+    runtime.checkpoint_answer_pass(reader)
+    checkpointed = loss_and_grad()
+    assert torch.allclose(plain[0], checkpointed[0], rtol=0, atol=1e-5)
+    assert torch.allclose(plain[1], checkpointed[1], rtol=0, atol=1e-5)
+    assert len(calls) == 2  # forward, then recompute
+    again = loss_and_grad()  # the same states serve another checkpointed pass
+    assert torch.allclose(plain[1], again[1], rtol=0, atol=1e-5)
 
 
 def test_both_engines_implement_the_runtime_protocol():
