@@ -3,6 +3,7 @@ sdpa, under ZeRO-3 on one GPU; the mask gradient checked against fp32; tokens/s 
 
     python bench/gpu_check.py --out runs/gpu_check.json          # CUDA: the full sizes (see BENCHMARKS.md)
     python bench/gpu_check.py --tiny --out /tmp/gpu_check.json   # anywhere: the same code at tiny sizes (a test)
+    python bench/gpu_check.py --checkpointing off on             # also with the answer pass checkpointed
 
 Readers (random weights, built from configs with the byte-level tokenizer, so no download):
   llama   Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192): 0.97B parameters with the
@@ -14,7 +15,8 @@ configured dtype, fp32 or bf16, whatever the folder holds); then per attention i
   2. the engine: ZeRO-3 (runtime.engine=deepspeed, precision bf16, reader built under zero.Init) when CUDA is there
      and deepspeed imports, else the local engine with reader.dtype=bf16 (the JSON says which, and why); the same
      gradient in bf16, which must be finite with a relative L2 error to fp32 <= TOL; then `--steps` timed G-Rerank
-     steps (objectives.gumbel_rerank: reranker, Gumbel mask, passage encoding, answer pass, backward, step).
+     steps (objectives.gumbel_rerank: reranker, Gumbel mask, passage encoding, answer pass, backward, step);
+     with --checkpointing on, runtime.reader_checkpointing=true (every answer-pass layer recomputed in backward).
 Output, one JSON object per case: reader parameters, engine, dtype, mask-gradient error and tolerance, reader tokens
 per second (passage + prompt + target tokens of a step / median step time), peak memory (CUDA: max allocated; CPU:
 peak RSS of the process so far), ok. Exit status 1 when any case is not ok.
@@ -91,7 +93,8 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: dict, device, work: Path) -> dict:
+def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: dict, device, work: Path,
+             checkpointing: str = "off") -> dict:
     from gr_train import objectives, train
     from gr_train.config import load_config
     from gr_train.models import build_models
@@ -102,7 +105,8 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
                  f"data.n_candidates={size['n']}", f"train.micro_batch_size={size['B']}", "reranker.max_tokens=64",
                  "reranker.model_config={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
                  "intermediate_size: 128}", f"run.run_dir={work / 'run'}", f"run.device={device.type}",
-                 "run.progress=false", f"train.max_steps={size['steps'] + 1}"]
+                 "run.progress=false", f"train.max_steps={size['steps'] + 1}",
+                 f"runtime.reader_checkpointing={str(checkpointing == 'on').lower()}"]
     recs = records(size["B"], size["n"])
 
     torch.manual_seed(0)
@@ -147,7 +151,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     tokens = sum(int(inputs[k].sum()) for k in ("passage_mask", "prompt_mask", "target_mask") if k in inputs)
     if "target_mask" not in inputs:
         tokens += int((inputs["labels"] != -100).sum())
-    return {"reader": name, "attn": attn, "engine": engine, "device": str(device),
+    return {"reader": name, "attn": attn, "engine": engine, "device": str(device), "reader_checkpointing": checkpointing,
             "reader_params": sum(getattr(p, "ds_numel", p.numel()) for p in reader.parameters()),
             "reader_dtype": str(next(reader.parameters()).dtype).replace("torch.", ""),
             "loss_fp32": ref_loss, "loss": loss, "mask_grad_rel_err": err, "tol": TOL, "mask_grad_finite": finite,
@@ -161,6 +165,8 @@ def main() -> None:
     p.add_argument("--out", help="also write the JSON list here")
     p.add_argument("--readers", nargs="+", default=list(FULL), choices=list(FULL))
     p.add_argument("--attn", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
+    p.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
+                   help="runtime.reader_checkpointing values to run (the answer pass recomputed in backward)")
     p.add_argument("--engine", default="auto", choices=["auto", "deepspeed", "local"],
                    help="auto: ZeRO-3 when CUDA is there and deepspeed imports, else the local engine")
     args = p.parse_args()
@@ -201,10 +207,12 @@ def main() -> None:
             reader.tokenizer.save_pretrained(folder)
             del reader
             for attn in args.attn:
-                row = run_case(name, spec, folder, attn, engine, size, device, Path(tmp) / f"{name}-{attn}")
-                row.update(engine_reason=why, sizes="tiny" if tiny else "full", **size)
-                results.append(row)
-                print(json.dumps(row), flush=True)
+                for ckpt in args.checkpointing:
+                    row = run_case(name, spec, folder, attn, engine, size, device, Path(tmp) / f"{name}-{attn}-{ckpt}",
+                                   ckpt)
+                    row.update(engine_reason=why, sizes="tiny" if tiny else "full", **size)
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -1,6 +1,7 @@
 """bench/gpu_check.py runs on CPU at tiny sizes, the same code a GPU runs at full size: bf16 readers (reloaded in the
 configured dtype from a bf16 folder) whose mask gradient matches fp32 within the script's tolerance, under the local
-engine and under ZeRO-3 on one rank."""
+engine and under ZeRO-3 on one rank, the latter also with the answer pass checkpointed (runtime.reader_checkpointing).
+~1 min on 2 busy cores."""
 
 import json
 import os
@@ -15,16 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; on a GPU run the script itself")
-@pytest.mark.parametrize("engine", ["auto", "deepspeed"])
-def test_gpu_check_runs_on_cpu_at_tiny_sizes(engine, tmp_path):
+@pytest.mark.parametrize("engine,attns,checkpointing", [("auto", ["eager", "sdpa"], ["off"]),
+                                                       ("deepspeed", ["sdpa"], ["off", "on"])])
+def test_gpu_check_runs_on_cpu_at_tiny_sizes(engine, attns, checkpointing, tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--engine", engine,
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           "--attn", *attns, "--checkpointing", *checkpointing, "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())
-    assert [(r["reader"], r["attn"]) for r in rows] == [("llama", "eager"), ("llama", "sdpa"), ("fid_t5", "eager"),
-                                                        ("fid_t5", "sdpa")]
+    assert [(r["reader"], r["attn"], r["reader_checkpointing"]) for r in rows] == [
+        (reader, attn, ckpt) for reader in ("llama", "fid_t5") for attn in attns for ckpt in checkpointing]
     for r in rows:
         assert r["engine"] == ("local" if engine == "auto" else "deepspeed")
         assert r["engine_reason"] == ("no CUDA" if engine == "auto" else "requested")
