@@ -19,10 +19,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 from transformers import (
     AutoConfig,
-    Cache,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    Cache,
     DynamicCache,
     EncoderDecoderCache,
     PreTrainedTokenizerFast,
