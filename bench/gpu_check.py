@@ -151,7 +151,8 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     tokens = sum(int(inputs[k].sum()) for k in ("passage_mask", "prompt_mask", "target_mask") if k in inputs)
     if "target_mask" not in inputs:
         tokens += int((inputs["labels"] != -100).sum())
-    return {"reader": name, "attn": attn, "engine": engine, "device": str(device), "reader_checkpointing": checkpointing,
+    return {"reader": name, "attn": attn, "engine": engine, "device": str(device),
+            "reader_checkpointing": checkpointing,
             "reader_params": sum(getattr(p, "ds_numel", p.numel()) for p in reader.parameters()),
             "reader_dtype": str(next(reader.parameters()).dtype).replace("torch.", ""),
             "loss_fp32": ref_loss, "loss": loss, "mask_grad_rel_err": err, "tol": TOL, "mask_grad_finite": finite,

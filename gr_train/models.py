@@ -37,8 +37,8 @@ def build_reader(cfg: ReaderSection, tokenizer=None) -> Reader:
 def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]:
     """(reader, reranker or None when the objective trains the reader alone: objective.name=reader). The demo's
     word-level tokenizer is built when no model names one. With a runtime, the reader is built inside its
-    partitioned_init() (ZeRO-3: no rank holds the whole reader), in reader.dtype, else runtime.precision. Seeds are the caller's job (train.setup seeds
-    before building)."""
+    partitioned_init() (ZeRO-3: no rank holds the whole reader). The reader's dtype: reader.dtype, else
+    runtime.precision. Seeds are the caller's job (train.setup seeds before building)."""
     tokenizer = None
     if cfg.reader.kind == "demo_fid" and not cfg.reader.name_or_path:
         tokenizer = synthetic.build_tokenizer(cfg.synthetic)
