@@ -3,6 +3,8 @@ optimizer state, and activation checkpointing of the reader's answer pass."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -151,3 +153,22 @@ def test_both_engines_implement_the_runtime_protocol():
     assert runtime.LocalRuntime.prepare is runtime.DeepSpeedRuntime.prepare  # one prepare
     assert isinstance(runtime.build_runtime(load_config()), runtime.Runtime)
     assert not isinstance(object(), runtime.Runtime)
+
+
+def test_local_step_skips_a_requested_or_nonfinite_step_and_keeps_the_schedule():
+    """step(skip=True), or gradients with a non-finite norm: no update, gradients dropped, the LR schedule stays."""
+    cfg = load_config(overrides=["optim.warmup_steps=10"])
+    rt = runtime.LocalRuntime(cfg)
+    module = torch.nn.Linear(3, 1)
+    rt.prepare(module)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for skip, grad in ((True, 1.0), (False, float("nan")), (False, float("inf"))):
+        module(torch.ones(1, 3)).sum().mul(grad).backward()
+        out = rt.step(skip=skip)
+        assert out["train/step_skipped"] == 1.0 and out["train/lr"] == pytest.approx(1e-5)  # warm-up step 0 of 10
+        assert all(p.grad is None for p in module.parameters())
+        assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    module(torch.ones(1, 3)).sum().backward()
+    out = rt.step()
+    assert out["train/step_skipped"] == 0.0 and math.isfinite(out["train/grad_norm"])
+    assert not torch.equal(module.weight, before["weight"]) and rt.scheduler.last_epoch == 1
