@@ -259,7 +259,7 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(data, tmp_path)
     one skipped step on each), the run goes on, and train/nonfinite_steps counts it."""
     out, run_dir = tmp_path / "out", tmp_path / "run"
     launch(torchrun(2, int(free_ports(1)[0]), str(DRIVER), "--out", str(out), "--no-resume", "--nan-at", "1:1",
-                    "--", "--config", "configs/demo.yaml", *overrides(data, run_dir, "train.save_every_steps=0")),
+                    "--config", "configs/demo.yaml", *overrides(data, run_dir, "train.save_every_steps=0")),
            tmp_path / "nan.log")
     rows = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     sums = [r["reranker_abs_sum"] for r in rows]
