@@ -70,6 +70,10 @@ class DataSection:
 class ReaderSection:
     kind: ReaderKind = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config` (random weights)
+    # a frozen reader with no name_or_path has random weights, and EM or a training signal from it means nothing:
+    # the commands refuse it unless this is true (tests, benchmarks). A trainable reader (objective.name=reader)
+    # starts from random weights by design and needs no opt-in.
+    random_init: bool = False
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
     tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
@@ -378,12 +382,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = RunConfig()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file: give a YAML file, e.g. --config "
+                              "configs/demo.yaml")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ConfigError(f"{path}: config file not found (the shipped ones are in configs/)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         _apply(cfg, data, str(path))
     for text in overrides or []:
         apply_override(cfg, text)
