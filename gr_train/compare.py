@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ import torch
 
 from gr_train import config as config_mod
 from gr_train import train
+from gr_train.checkpoint import param_checksum
 from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, validate
 from gr_train.data import DataError, load_split
 from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
@@ -180,16 +180,6 @@ def labelled_dev(cfg: RunConfig) -> list:
 # ---------------------------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def param_checksum(module: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, values); equal iff the modules are bit-identical."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        # flattened first: view(uint8) refuses 0-d tensors
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def build_initial(cfg: RunConfig):
