@@ -17,7 +17,7 @@ WIKI_TRAIN = DATA / "2wikimultihopqa" / "train_sample_migres.json"
 WIKI_DEV = DATA / "2wikimultihopqa" / "dev_sample_migres.json"
 
 TINY = [
-    "run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
+    "run.progress=false", "reader.random_init=true", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
     "reader.model_config={d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2}",
     "reranker.kind=cross_encoder", "reranker.max_tokens=48",
     "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
@@ -99,7 +99,8 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
                 "dup_gold": {"synthetic": {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}}}
     cfg = load_config(demo, [
         "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2]",
-        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.name_or_path=null", "reader.random_init=true",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}", "train.max_steps=2", "train.micro_batch_size=4",
         "suite.objectives=[gumbel, gumbel_st=gumbel]", "suite.seeds=[0]",

@@ -20,6 +20,7 @@ def tiny_cfg(tmp_path, *overrides):
         f"run.run_dir={tmp_path / 'run'}", "run.progress=false",
         "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
         "synthetic.n_train=48", "synthetic.n_dev=16",
+        "reader.name_or_path=null", "reader.random_init=true",  # a tiny random reader, on purpose
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
