@@ -26,6 +26,7 @@ def tiny_cfg(root: Path, *overrides):
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
         "synthetic.n_train=24", "synthetic.n_dev=12",
+        "reader.name_or_path=null", "reader.random_init=true",  # a tiny random reader, on purpose
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
@@ -203,7 +204,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-CLI_OVERRIDES = ["run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48",
+CLI_OVERRIDES = ["run.progress=false", "reader.random_init=true", "reader.kind=fid_t5", "reader.passage_max_tokens=48",
                  "reader.answer_max_tokens=8", "reranker.kind=cross_encoder", "reranker.max_tokens=64",
                  "reranker.model_config={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
                  "intermediate_size: 64, max_position_embeddings: 128}",
