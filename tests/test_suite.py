@@ -30,7 +30,7 @@ TINY = [
 def suite_cfg(tmp_path, *overrides):
     datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV)},
                 "2wiki": {"train": str(WIKI_TRAIN), "dev": str(WIKI_DEV), "format": "2wiki",
-                          "overrides": ["data.n_candidates=4"]}}
+                          "overrides": ["data.n_candidates=4", "eval.ks=[2, 4]"]}}
     return load_config(None, [*TINY, f"run.run_dir={tmp_path / 'out'}", f"suite.datasets={json.dumps(datasets)}",
                               *overrides])
 
