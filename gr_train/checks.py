@@ -223,12 +223,14 @@ def format_counts(counts: dict[str, int], n: int) -> str:
     return line
 
 
-def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labelled: tuple[str, ...] = ()) -> None:
+def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labelled: tuple[str, ...] = (),
+               reader_used: bool = True) -> None:
     """The data against the config, before any model is built.
 
     Args:
         splits: {split name: (path, records)}, e.g. {"train": (cfg.data.train_path, records)}.
         labelled: the splits that need is_gold on every passage (ranking metrics).
+        reader_used: False (evaluate --no-reader): only the reranker's tokenizer is checked.
     Raises ConfigError for k, eval.ks, eval.reader_k or data.n_candidates above the candidate count of the data;
     DataError for a missing is_gold label, or data the tokenizers cannot read (with the config that fits).
     """
@@ -238,7 +240,7 @@ def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labe
         if name in labelled:
             check_labels(path, records)
         check_candidates(cfg, path, records)
-    check_tokenizers(cfg, splits)
+    check_tokenizers(cfg, splits, reader_used)
 
 
 def check_labels(path: str, records: list[Record]) -> None:
@@ -272,12 +274,13 @@ def check_candidates(cfg: RunConfig, path: str, records: list[Record]) -> None:
                     counts["questions"], n)
 
 
-def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]]) -> None:
+def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], reader_used: bool = True) -> None:
     """The first SAMPLE_QUESTIONS questions of each split through the reader's and the reranker's tokenizers
     (loaded without their models): refused when more than MAX_UNK_SHARE of the tokens are unknown, or when the demo
     reader's decoder input (question + answer) exceeds its max_decoder_tokens. Raises DataError naming the file,
     the share or length and the config that fits."""
     tokenizers = _tokenizers(cfg)
+    reader = tokenizers.pop("reader") if not reader_used else tokenizers["reader"]
     for name, (path, records) in splits.items():
         sample = records[:SAMPLE_QUESTIONS]
         if not sample:
@@ -294,8 +297,8 @@ def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]]
                 raise DataError(path, f"{share:.0%} of the {which} tokenizer's tokens are unknown ({tok.unk_token}) "
                                 f"on its first {len(sample)} questions: the {which}'s vocabulary ({len(tok)} tokens) "
                                 f"does not fit this data. {FIT_HINT}")
-        if cfg.reader.kind == "demo_fid":
-            _check_demo_decoder(cfg, path, sample, tokenizers["reader"])
+        if cfg.reader.kind == "demo_fid" and reader_used:
+            _check_demo_decoder(cfg, path, sample, reader)
 
 
 def _check_demo_decoder(cfg: RunConfig, path: str, sample: list[Record], tok) -> None:

@@ -75,7 +75,8 @@ def cmd_evaluate(args) -> None:
     records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
-    checks.check_data(cfg, {"dev": (cfg.data.dev_path, records)}, labelled=("dev",))  # before model loading
+    checks.check_data(cfg, {"dev": (cfg.data.dev_path, records)}, labelled=("dev",),  # before model loading
+                      reader_used=not args.no_reader)
     import torch
 
     from gr_train.evaluate import evaluate, format_table
