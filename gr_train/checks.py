@@ -41,6 +41,8 @@ SAMPLE_QUESTIONS = 32
 MAX_UNK_SHARE = 0.2
 # A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else can only be a local path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# First path components that make a model path local, never a hub id: the folders prepare-models and train write.
+LOCAL_ROOTS = ("models", "runs")
 FIT_HINT = ("configs/demo.yaml fits the embedded demo data (gr-train generate); for real text (HotpotQA, 2Wiki, "
             "MuSiQue) use configs/real.yaml")
 
@@ -117,13 +119,18 @@ def check_model_path(key: str, value: str | None, what: str | None) -> None:
                           "save_pretrained or by gr-train (e.g. <run_dir>/final/reranker)")
     if path.exists():
         raise ConfigError(f"{key}={value} is a file: give the model's folder")
-    hub = bool(HUB_ID.match(value))
+    # "org/name" is a hub id unless org is a local folder or one of the folders gr-train writes (models/, runs/)
+    first = value.split("/")[0]
+    hub = bool(HUB_ID.match(value)) and first not in LOCAL_ROOTS and not ("/" in value and Path(first).is_dir())
     if hub and not _offline():
         return  # downloaded by transformers
     if hub and _in_hub_cache(value):
         return
     hint = ""
-    if value.startswith("models/"):
+    repo = Path(__file__).resolve().parent.parent
+    if not path.is_absolute() and (repo / path).exists():
+        hint = f"; it is there relative to the repository root: run from {repo} (the configs' paths start there)"
+    elif value.startswith("models/"):
         hint = "; `gr-train prepare-models` writes models/all-minilm-l6-v2 and models/smollm2-135m"
     elif what is not None:
         hint = f"; a trained {what} is in <run_dir>/final/{what}"

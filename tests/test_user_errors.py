@@ -138,6 +138,19 @@ def test_errors_name_the_fix(demo_data, run_folder, tmp_path, capsys, monkeypatc
     assert not (tmp_path / "o.jsonl").exists() and not Path("out.txt").exists()
 
 
+def test_model_paths_that_are_local_never_go_to_the_hub(tmp_path, monkeypatch):
+    """models/... and runs/... are local even online (the hub's message would point to the wrong fix); a config path
+    that exists from the repository root names it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with pytest.raises(checks.ConfigError, match="models/smollm2-135m: no such folder .*gr-train prepare-models"):
+        checks.check_model_path("reader.name_or_path", "models/smollm2-135m", "reader")
+    with pytest.raises(checks.ConfigError, match=f"demo_reader: no such folder .*run from {REPO}"):
+        checks.check_model_path("reader.name_or_path", "gr_train/assets/demo_reader", "reader")
+    checks.check_model_path("reranker.name_or_path", "BAAI/bge-reranker-base", "reranker")  # a hub id, online
+
+
 def test_a_config_error_comes_before_torch_is_imported(tmp_path):
     """In a fresh interpreter: each config mistake is reported with torch, transformers and deepspeed never imported."""
     bad = tmp_path / "bad.yaml"
