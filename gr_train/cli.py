@@ -51,9 +51,12 @@ def _load(args, command: str | None = None, **kw):
 
 
 def cmd_demo(args) -> None:
+    cfg = load_config(args.config, args.overrides)
+    # The demo always trains anew: a previous demo run in run_dir is replaced, never continued in the same tb/.
+    checks.check_run_dir(cfg.run.run_dir, resume=False, overwrite=True)
     from gr_train import demo
 
-    demo.run(load_config(args.config, args.overrides))
+    demo.run(cfg)
 
 
 def cmd_train(args) -> None:

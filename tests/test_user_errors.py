@@ -289,6 +289,25 @@ def test_train_into_a_finished_run_is_refused_unless_overwrite(tiny_run, capsys)
     assert again == steps  # one set of curves, not two
 
 
+def test_running_the_demo_again_replaces_its_run(tmp_path):
+    from gr_train.config import ReaderSection, SyntheticSection
+    from gr_train.models import build_reader
+
+    reader = build_reader(ReaderSection(kind="demo_fid", passage_max_tokens=8, answer_max_tokens=4,
+                                        model_config={"d_model": 32, "n_heads": 2, "d_ff": 64}),
+                          synthetic.build_tokenizer(SyntheticSection()))
+    reader.save(tmp_path / "reader")
+    run = tmp_path / "run"
+    argv = ["demo", f"run.run_dir={run}", f"demo.reader_path={tmp_path / 'reader'}", "run.progress=false",
+            "synthetic.n_train=16", "synthetic.n_dev=8", "train.max_steps=2", "train.micro_batch_size=8",
+            "train.eval_every_steps=0", TINY_RERANKER]
+    assert cli.main(argv) == 0
+    steps = [json.loads(x)["step"] for x in (run / "tb" / "scalars.jsonl").read_text().splitlines()]
+    assert cli.main(argv) == 0
+    assert [json.loads(x)["step"] for x in (run / "tb" / "scalars.jsonl").read_text().splitlines()] == steps
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+
+
 # 7. --help and convert ---------------------------------------------------------------------------------------
 
 
