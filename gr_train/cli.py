@@ -202,7 +202,10 @@ def _help(description: str, example: str, writes: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="gr-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gr-train", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Train and evaluate RAG rerankers with Gumbel Reranking (G-Rerank) through a frozen reader.\n"
+        "`gr-train COMMAND --help`: what the command does, an example and the files it writes. Commands with\n"
+        "--config also take section.key=value overrides anywhere among their flags (README.md, \"Commands\")."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("demo", help="embedded data → frozen reader → G-Rerank → evaluation table", **_help(
         "The whole method in miniature on CPU: generates the embedded multi-hop data, loads the shipped frozen "
