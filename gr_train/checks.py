@@ -153,8 +153,11 @@ def _in_hub_cache(repo_id: str) -> bool:
 def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, main_rank: bool = True) -> None:
     """`train` into a folder that already holds a run: refused (UserError) when training would start again at step
     0 (no step-NNNNNN/ checkpoint to resume, or --no-resume) and append a second set of curves to tb/; with
-    overwrite, the run's checkpoints, best/, final/, tb/ and config.yaml are deleted first (by the main rank only;
-    the caller must then not resume)."""
+    overwrite, the run's checkpoints, best/, final/, tb/ and config.yaml are deleted first (the caller must then not
+    resume). Under a launcher only the main rank checks: the others may start after it began writing the run (its
+    refusal ends the launch)."""
+    if not main_rank:
+        return
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run.run_dir={run_dir} is a file: give a folder")
@@ -168,8 +171,6 @@ def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, main_rank:
         raise UserError(f"run.run_dir={run_dir} already holds a run ({', '.join(p.name for p in present[:4])}) and "
                         f"{why}: training would start again at step 0 and add a second set of curves to its tb/. "
                         "Give another run.run_dir, or add --overwrite to delete that run first")
-    if not main_rank:
-        return
     for p in present:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     log.info("--overwrite: deleted %s", ", ".join(str(p) for p in present))
