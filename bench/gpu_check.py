@@ -25,7 +25,6 @@ peak RSS of the process so far), ok. Exit status 1 when any case is not ok.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -67,14 +66,6 @@ def records(B: int, n: int, seed: int = 0):
             for b in range(B)]
 
 
-def on_device(batch, device):
-    """objectives.Batch with every tensor on `device` (collate builds them on the CPU)."""
-    move = lambda v: v.to(device) if torch.is_tensor(v) else v  # noqa: E731
-    return dataclasses.replace(batch, valid=batch.valid.to(device), gold=batch.gold.to(device),
-                               reranker_inputs={k: move(v) for k, v in (batch.reranker_inputs or {}).items()},
-                               reader_inputs={k: move(v) for k, v in batch.reader_inputs.items()})
-
-
 def mask_gradient(reader, batch) -> tuple[float, torch.Tensor]:
     """(mean answer loss, d loss / d log M [B, n] fp32) for a fixed mask: M_i = 1, 0.5, 0.25, ..."""
     from gr_train import gumbel
@@ -113,8 +104,8 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     ref_cfg = load_config(None, [*overrides, "reader.dtype=fp32"])
     ref_reader, ref_reranker = build_models(ref_cfg)
     ref_reader.to(device)
-    ref_loss, ref_grad = mask_gradient(ref_reader, on_device(objectives.collate(recs, size["n"], ref_reranker,
-                                                                                 ref_reader), device))
+    ref_loss, ref_grad = mask_gradient(ref_reader, objectives.collate(recs, size["n"], ref_reranker, ref_reader,
+                                                                      device=device))
     del ref_reader, ref_reranker
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -130,7 +121,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     runtime.prepare(reranker, frozen=reader)
     if engine == "local":
         reader.to(device), reranker.to(device)
-    batch = on_device(objectives.collate(recs, size["n"], reranker, reader), device)
+    batch = objectives.collate(recs, size["n"], reranker, reader, device=device)
     loss, grad = mask_gradient(reader, batch)
     reranker.zero_grad(set_to_none=True)
     err = float((grad - ref_grad).norm() / ref_grad.norm().clamp_min(1e-30))

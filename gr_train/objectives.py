@@ -46,10 +46,19 @@ class Batch:
     reranker_inputs: dict | None
     reader_inputs: dict
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with every tensor (valid, gold, and the tokenizers' flat dicts of tensors) on `device`."""
+        move = lambda inputs: None if inputs is None else {  # noqa: E731
+            k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        return Batch(self.records, self.valid.to(device), self.gold.to(device), move(self.reranker_inputs),
+                     move(self.reader_inputs))
 
-def collate(records: list, n: int, reranker=None, reader=None, intermediates: bool = False) -> Batch:
+
+def collate(records: list, n: int, reranker=None, reader=None, intermediates: bool = False,
+            device: torch.device | str | None = None) -> Batch:
     """Cut each record to its first n candidates, pad to the batch's largest count with ("", ""), tokenize
-    for the reranker and the reader (either may be None). Padded candidates have valid False."""
+    for the reranker and the reader (either may be None). Padded candidates have valid False. The tensors are
+    built on the CPU and moved to `device` when one is given (the training recipe passes its runtime's)."""
     n_b = max(min(n, len(r.ctxs)) for r in records)
     passages, valid, gold = [], [], []
     for r in records:
@@ -64,7 +73,8 @@ def collate(records: list, n: int, reranker=None, reader=None, intermediates: bo
     if reader is not None:
         extra = {"intermediates": [r.intermediate for r in records]} if intermediates else {}
         rd_inputs = reader.tokenize(questions, passages, [r.target_text for r in records], **extra)
-    return Batch(records, torch.tensor(valid), torch.tensor(gold), rr_inputs, rd_inputs)
+    batch = Batch(records, torch.tensor(valid), torch.tensor(gold), rr_inputs, rd_inputs)
+    return batch if device is None else batch.to(device)
 
 
 @dataclass

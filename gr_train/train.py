@@ -169,7 +169,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         noise = step_noise(cfg, step, recipe.global_batch)
         for i, mb in enumerate(micro_batches(recipe, step)):
             batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
-                            intermediates=objective.intermediate_labels)
+                            intermediates=objective.intermediate_labels, device=runtime.device)
             rows = (runtime.rank * accum + i) * mb_size
             mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
             out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)

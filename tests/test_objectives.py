@@ -378,3 +378,21 @@ def test_gumbel_objective_with_each_estimator_and_several_samples(tmp_path, esti
             losses.append(recipe.reader.answer_loss(states, batch.reader_inputs, log_M).mean())
     assert out.loss.item() == pytest.approx(((losses[0] + losses[1]) / 2).item(), abs=1e-5)
     assert abs(losses[0].item() - losses[1].item()) > 1e-4  # the two masks differ: the mean could be wrong
+
+
+def test_collate_puts_every_tensor_of_the_batch_on_the_requested_device(tmp_path):
+    """The training recipe collates on the CPU and hands the batch to the runtime's device: every tensor moves,
+    nothing else changes (the meta device stands in for an accelerator)."""
+    from gr_train.objectives import collate
+
+    reader, reranker = models.build_models(tiny_cfg(tmp_path))
+    records = [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in
+                                                           enumerate(PASSAGES[i])]) for i in range(2)]
+    cpu = collate(records, 3, reranker, reader)
+    meta = collate(records, 3, reranker, reader, device="meta")
+    leaves = [meta.valid, meta.gold, *meta.reranker_inputs.values(), *meta.reader_inputs.values()]
+    assert all(t.device.type == "meta" for t in leaves if torch.is_tensor(t))
+    assert meta.reranker_inputs.keys() == cpu.reranker_inputs.keys()
+    assert meta.reader_inputs.keys() == cpu.reader_inputs.keys()
+    assert all(m.shape == c.shape for m, c in zip(meta.reader_inputs.values(), cpu.reader_inputs.values())
+               if torch.is_tensor(c))
