@@ -36,7 +36,9 @@ class RunSection:
     seed: int = 0  # seeds data order, model init and Gumbel noise
     device: str = "cpu"  # torch device for the single-process runtime ("cpu", "cuda")
     progress: bool = True  # tqdm progress bars on long loops
-    num_threads: int = 0  # torch intra-op CPU threads; 0 = torch's default (one per core)
+    # torch / OpenMP / MKL threads per process; 0 = automatic (gr_train/threads.py): the cores free to this process
+    # (affinity mask less the load of other work) shared among this machine's ranks, never ranks x threads > cores
+    num_threads: int = 0
 
 
 @dataclass

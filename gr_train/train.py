@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gr_train import checkpoint, gumbel, synthetic
+from gr_train import checkpoint, gumbel, synthetic, threads
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
@@ -50,8 +50,7 @@ class Recipe:
 
 
 def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
-    if cfg.run.num_threads > 0:
-        torch.set_num_threads(cfg.run.num_threads)
+    threads.apply(cfg.run.num_threads)  # before the first parallel op; 0 = automatic (threads.py)
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     runtime = build_runtime(cfg)  # joins the process group under a launcher (runtime.engine=deepspeed)
