@@ -230,8 +230,12 @@ class DemoFiDReader(Reader):
 
     # -- inputs -------------------------------------------------------------------------------------------
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def _ids_of(self, texts) -> dict[str, list[int]]:
+        """{text: token ids without special tokens} for every distinct text, in one batched tokenizer call
+        (the same ids as one call per text; "" → [])."""
+        distinct = sorted({t for t in texts if t})
+        encoded = self.tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []
+        return {"": [], **dict(zip(distinct, encoded))}
 
     def tokenize(self, questions, passages: list[list[PassageText]], targets=None, intermediates=None):
         """passage_ids/passage_mask [B, n, L]: question [SEP] title text [EOS]; dec_ids/dec_mask [B, T]:
@@ -242,25 +246,29 @@ class DemoFiDReader(Reader):
         B = len(questions)
         n = max(1, max(len(p) for p in passages))
         L = self.L
-        pid = torch.full((B, n, L), pad, dtype=torch.long)
+        texts = [*questions, *(t for ps in passages for pair in ps for t in pair), *(targets or []),
+                 *(t for t in (intermediates or []) if t)]
+        ids_of = self._ids_of(texts)
+        grid = [[[pad] * L for _ in range(n)] for _ in range(B)]
         cut = 0
         for b, (q, ps) in enumerate(zip(questions, passages)):
-            qi = self._ids(q)
+            qi = ids_of[q]
             for i, (title, text) in enumerate(ps or [("", "")]):
-                ids = (qi + [sep] + self._ids(title) + self._ids(text))[: L - 1] + [eos]
-                pid[b, i, : len(ids)] = torch.tensor(ids)
+                ids = (qi + [sep] + ids_of[title] + ids_of[text])[: L - 1] + [eos]
+                grid[b][i][: len(ids)] = ids
                 cut += bool(title or text) and len(qi) + 1 >= L - 1  # the question and [SEP] fill the budget
+        pid = torch.tensor(grid, dtype=torch.long)
         self.truncations.add("passages_without_text", cut, f"reader: {cut} demo reader inputs lost their whole "
                              f"passage to truncation: the question fills the {L} tokens (reader.passage_max_tokens)")
         rows, lab_rows, aux_rows = [], [], []
         for b, q in enumerate(questions):
-            prompt = [bos] + self._ids(q) + [ans]
-            target = (self._ids(targets[b])[: self.answer_max_tokens - 1] + [eos]) if targets else []
+            prompt = [bos] + ids_of[q] + [ans]
+            target = (ids_of[targets[b]][: self.answer_max_tokens - 1] + [eos]) if targets else []
             seq = prompt + target[:-1]
             labels = [-100] * (len(prompt) - 1) + target
             aux = [-100] * len(seq)
             if intermediates is not None and intermediates[b]:
-                aux[len(prompt) - 2] = self._ids(intermediates[b])[0]
+                aux[len(prompt) - 2] = ids_of[intermediates[b]][0]
             rows.append(seq)
             lab_rows.append(labels + [-100] * (len(seq) - len(labels)))
             aux_rows.append(aux)
@@ -279,7 +287,7 @@ class DemoFiDReader(Reader):
             "passage_mask": pid != pad,
             "dec_ids": dec_ids,
             "dec_mask": pad_to([[1] * len(r) for r in rows], 0).bool(),
-            "prompt_len": torch.tensor([len(self._ids(q)) + 2 for q in questions]),
+            "prompt_len": torch.tensor([len(ids_of[q]) + 2 for q in questions]),
             "labels": pad_to(lab_rows, -100),
             "aux_labels": pad_to(aux_rows, -100),
         }
