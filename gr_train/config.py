@@ -219,6 +219,9 @@ class PreprocessSection:
     questions_path: str | None = None  # FiD JSON/JSONL, HotpotQA / 2Wiki / MuSiQue JSON(L), or Parquet
     questions_format: Literal["auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"] = "auto"
     output_dir: str = "runs/preprocessed"  # part-*.parquet, manifest.json, rejects.jsonl
+    # retrieve: top_k candidates per question from the sharded index (retrieval.*) | input: each question keeps the
+    # candidates it came with (FiD records with ctxs, e.g. the demo's data; a question without any is rejected)
+    candidates: Literal["retrieve", "input"] = "retrieve"
     tokenize: bool = True  # also store reranker and reader token ids (per candidate, unpadded)
     num_workers: int = 2  # Ray Data actors fetching candidates and tokenizing; each has one batch in flight
     worker_num_cpus: float = 1.0  # Ray CPUs reserved per Ray Data task / actor

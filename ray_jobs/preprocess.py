@@ -4,7 +4,10 @@ Parquet shards with a schema version and provenance; bad records go to rejects.j
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m ray_jobs.preprocess --config configs/x.yaml preprocess.questions_path=/data/nq-train.jsonl
 
-Reads `cfg.preprocess` and `cfg.retrieval` (the index must exist: ray_jobs.build_index). Writes to
+Reads `cfg.preprocess` and `cfg.retrieval` (with preprocess.candidates=retrieve the index must exist:
+ray_jobs.build_index; with preprocess.candidates=input each question keeps the candidates it came with, as the
+demo's data). Workers tokenize with the models' tokenizers only: the models are built on the meta device, so no
+worker holds (or initialises) weights. Writes to
 preprocess.output_dir: *.parquet (data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads
 it), rejects.jsonl, config.yaml, manifest.json (counts, config hash, index version). Every input record is either
 written or rejected: the job fails if the counts do not add up.
@@ -86,9 +89,12 @@ def detect_format(obj) -> str:
     return "fid"
 
 
-def parse_row(item: dict, fmt: str, path: str) -> dict:
+def parse_row(item: dict, fmt: str, path: str, keep_ctxs: bool = False) -> dict:
     """{index, where, raw} → {index, where, id, record (JSON of the question fields, "" if rejected), reason (the
-    full message, "" if accepted), kind (the reason without its location, for counting)}."""
+    full message, "" if accepted), kind (the reason without its location, for counting)}.
+
+    keep_ctxs (preprocess.candidates=input): the record also carries its own candidates as `ctxs` ({title, text,
+    is_gold, has_answer} each), and a question without any is rejected."""
     out = {"index": item["index"], "where": item["where"], "id": "", "record": "", "reason": "", "kind": ""}
     try:
         obj = json.loads(item["raw"])
@@ -103,11 +109,19 @@ def parse_row(item: dict, fmt: str, path: str) -> dict:
         out["reason"], out["kind"] = str(e), (f"field '{e.field}': " if e.field else "") + e.problem
         return out
     out["id"] = record.id
-    out["record"] = json.dumps({"id": record.id, "question": record.question, "answers": record.answers,
-                                "target": record.target,
-                                # the gold paragraphs [[title, text], ...] label retrieved passages (by paragraph,
-                                # never by title alone: titles repeat); None = unlabelled input
-                                "gold": gold_paragraphs(record.ctxs)})
+    fields = {"id": record.id, "question": record.question, "answers": record.answers, "target": record.target,
+              # the gold paragraphs [[title, text], ...] label retrieved passages (by paragraph, never by title
+              # alone: titles repeat); None = unlabelled input
+              "gold": gold_paragraphs(record.ctxs)}
+    if keep_ctxs:
+        if not record.ctxs:
+            out["reason"] = (f"{path} {item['where']} (id {record.id}): field 'ctxs': no candidates "
+                             "(preprocess.candidates=input keeps each question's own; use retrieve to fetch them)")
+            out["kind"] = "field 'ctxs': no candidates"
+            return out
+        fields["ctxs"] = [{"title": c.title, "text": c.text, "is_gold": c.is_gold, "has_answer": c.has_answer}
+                          for c in record.ctxs]
+    out["record"] = json.dumps(fields)
     return out
 
 
@@ -122,6 +136,15 @@ def attach_candidates(records: list[dict], hits, provenance: dict) -> list[dict]
         rows.append({"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
                      "ctxs": ctxs, "schema_version": PARQUET_SCHEMA_VERSION, **provenance})
     return rows
+
+
+def input_candidate_rows(records: list[dict], provenance: dict) -> list[dict]:
+    """Output rows (BASE_SCHEMA) from parsed question fields that carry their own candidates (parse_row with
+    keep_ctxs): candidate i keeps its title, text and labels, pid = i, no docid or score."""
+    return [{"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
+             "ctxs": [{"pid": i, "docid": None, "title": c["title"], "text": c["text"], "score": None,
+                       "is_gold": c["is_gold"], "has_answer": c["has_answer"]} for i, c in enumerate(rec["ctxs"])],
+             "schema_version": PARQUET_SCHEMA_VERSION, **provenance} for rec in records]
 
 
 def _unpadded(values: np.ndarray, mask: np.ndarray) -> list:
@@ -155,14 +178,26 @@ def token_columns(prefix: str, inputs: dict) -> dict[str, list]:
 
 
 class Tokenizer:
-    """The configured reranker's and reader's `tokenize` over output rows. Builds the models once per worker
-    (models.build_models: the tokenizers need the models' configs; weights load once per worker, not per batch)."""
+    """The configured reranker's and reader's `tokenize` over output rows, with tokenizers only.
+
+    The models are built once per worker by models.build_models (so the token ids are exactly those training
+    computes: same tokenizers, templates and lengths) but on the meta device: parameters have shapes and no
+    storage, so no weights are initialised or held (a folder's weights are read as a no-op copy, or memory-mapped
+    by transformers without being touched). `tokenize` needs only the tokenizers and the models' configs.
+    """
 
     def __init__(self, cfg: RunConfig):
+        import warnings
+
+        import torch
+
         from gr_train.models import build_models
 
         self.cfg = cfg
-        self.reader, self.reranker = build_models(cfg)
+        with torch.device("meta"), warnings.catch_warnings():
+            # "copying from a non-meta parameter ... to a meta parameter ... is a no-op": the point here
+            warnings.filterwarnings("ignore", message=".*meta parameter.*")
+            self.reader, self.reranker = build_models(cfg)
 
     def __call__(self, rows: list[dict]) -> dict[str, list]:
         questions = [r["question"] for r in rows]
@@ -202,8 +237,9 @@ def config_hash(cfg: RunConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _parse_batch(batch: pa.Table, fmt: str, path: str) -> pa.Table:
-    return pa.Table.from_pylist([parse_row(item, fmt, path) for item in batch.to_pylist()], schema=PARSED_SCHEMA)
+def _parse_batch(batch: pa.Table, fmt: str, path: str, keep_ctxs: bool = False) -> pa.Table:
+    return pa.Table.from_pylist([parse_row(item, fmt, path, keep_ctxs) for item in batch.to_pylist()],
+                                schema=PARSED_SCHEMA)
 
 
 class CandidatesStage:
@@ -223,23 +259,43 @@ class CandidatesStage:
         return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
 
 
-def run(cfg: RunConfig) -> dict:
-    """The whole job on the connected Ray cluster; returns the summary (also written as manifest.json)."""
+class InputCandidatesStage:
+    """Ray Data actor for preprocess.candidates=input: each question's own candidates → output rows → token ids.
+    One actor per worker holds the tokenizers (Tokenizer: no model weights)."""
+
+    def __init__(self, cfg: RunConfig, provenance: dict):
+        self.provenance = provenance
+        self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = input_candidate_rows([json.loads(r) for r in batch["record"].to_pylist()], self.provenance)
+        return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
+
+
+def run(cfg: RunConfig, progress: bool = True) -> dict:
+    """The whole job on the connected Ray cluster; returns the summary (also written as manifest.json).
+    `progress`: Ray Data's progress bars. Output rows keep the input order (Ray Data preserve_order)."""
     t0 = time.perf_counter()
     pp, rcfg = cfg.preprocess, cfg.retrieval
     if not pp.questions_path:
         raise ValueError("preprocess.questions_path is required")
+    from_input = pp.candidates == "input"
     out = Path(pp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("*.parquet"), out / "manifest.json", out / "rejects.jsonl"]:
         old.unlink(missing_ok=True)  # a re-run replaces its output instead of appending to it
-    meta = load_index_meta(rcfg.index_dir)
-    provenance = {"config_hash": config_hash(cfg), "index_version": meta["index_version"]}
+    meta = None if from_input else load_index_meta(rcfg.index_dir)
+    provenance = {"config_hash": config_hash(cfg), "index_version": "input" if from_input else meta["index_version"]}
+    context = ray.data.DataContext.get_current()
+    # Rows in input order: shards and training read the questions as the file lists them (data order = f(seed)).
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = progress
 
     items = read_question_items(pp.questions_path, pp.questions_format)
     blocks = max(1, min(len(items) // pp.batch_size, 4 * pp.num_workers))
     parsed = (ray.data.from_items(items, override_num_blocks=blocks)
-              .map_batches(_parse_batch, fn_kwargs={"fmt": pp.questions_format, "path": pp.questions_path},
+              .map_batches(_parse_batch, fn_kwargs={"fmt": pp.questions_format, "path": pp.questions_path,
+                                                    "keep_ctxs": from_input},
                            batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus)
               .materialize())
 
@@ -262,28 +318,35 @@ def run(cfg: RunConfig) -> dict:
 
     good = parsed.map_batches(_keep_good, fn_kwargs={"duplicates": sorted(duplicates)}, batch_format="pyarrow",
                               num_cpus=pp.worker_num_cpus)
-
-    pool = ShardPool(rcfg)
+    # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in flight at
+    # the shard actors to num_workers.
+    actors = ray.data.ActorPoolStrategy(size=pp.num_workers, max_tasks_in_flight_per_actor=1)
+    pool = None
     try:
-        ds = good.map_batches(CandidatesStage, fn_constructor_kwargs={
-            "actors": pool.actors, "budgets_s": pool.retry_budget_s, "meta": meta, "cfg": cfg,
-            "provenance": provenance}, batch_format="pyarrow",
-            batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus,
-            # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in
-            # flight at the shard actors to num_workers.
-            compute=ray.data.ActorPoolStrategy(size=pp.num_workers, max_tasks_in_flight_per_actor=1))
+        if from_input:
+            ds = good.map_batches(InputCandidatesStage, fn_constructor_kwargs={"cfg": cfg, "provenance": provenance},
+                                  batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus,
+                                  compute=actors)
+        else:
+            pool = ShardPool(rcfg)
+            ds = good.map_batches(CandidatesStage, fn_constructor_kwargs={
+                "actors": pool.actors, "budgets_s": pool.retry_budget_s, "meta": meta, "cfg": cfg,
+                "provenance": provenance}, batch_format="pyarrow",
+                batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus, compute=actors)
         ds.write_parquet(str(out), max_rows_per_file=pp.rows_per_file, ray_remote_args={"num_cpus": pp.worker_num_cpus})
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
 
     files = sorted(out.glob("*.parquet"))
     written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     reasons = Counter(r["kind"] for r in rejects)
-    summary = {"schema_version": PARQUET_SCHEMA_VERSION, **provenance, "index_dir": rcfg.index_dir,
+    summary = {"schema_version": PARQUET_SCHEMA_VERSION, **provenance, "candidates": pp.candidates,
+               "index_dir": None if from_input else rcfg.index_dir,
                "questions_path": pp.questions_path, "input": len(items), "written": written,
                "rejected": len(rejects), "rejects_by_reason": dict(reasons.most_common(20)),
-               "top_k": rcfg.top_k, "files": [f.name for f in files],
-               "wall_s": round(time.perf_counter() - t0, 2)}
+               "top_k": None if from_input else rcfg.top_k, "files": [f.name for f in files],
+               "num_workers": pp.num_workers, "wall_s": round(time.perf_counter() - t0, 2)}
     save_config(cfg, out / "config.yaml")
     (out / "manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
     if written + len(rejects) != len(items):

@@ -418,3 +418,83 @@ def test_token_columns_drop_padding():
 
     assert table.schema.field("reranker_input_ids").type == pa.list_(pa.list_(pa.int32()))
     assert table.column("reranker_input_ids").to_pylist() == [[[5, 6], [7]]]
+
+
+def test_input_candidates_keep_each_questions_own_passages(tmp_path):
+    """preprocess.candidates=input: the record carries its ctxs with their labels; a question without any is a
+    reject naming the line and the field."""
+    from ray_jobs.preprocess import input_candidate_rows, parse_row, read_question_items
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"id": "a", "question": "who?", "answers": ["Ann"],
+                                "ctxs": [{"title": "T", "text": "Ann wrote it", "is_gold": True},
+                                         {"title": "", "text": "Bob", "is_gold": False}]}) + "\n"
+                    + json.dumps({"id": "b", "question": "what?", "answers": ["x"]}) + "\n")
+    rows = [parse_row(item, "auto", str(path), keep_ctxs=True) for item in read_question_items(str(path), "auto")]
+    assert rows[1]["kind"] == "field 'ctxs': no candidates" and "line 2" in rows[1]["reason"]
+    (out,) = input_candidate_rows([json.loads(rows[0]["record"])], {"config_hash": "h", "index_version": "input"})
+    assert [(c["pid"], c["title"], c["text"], c["is_gold"], c["has_answer"]) for c in out["ctxs"]] == [
+        (0, "T", "Ann wrote it", True, True), (1, "", "Bob", False, False)]
+    assert parse_row(read_question_items(str(path), "auto")[0], "auto", str(path))["record"].find("ctxs") == -1
+
+
+@pytest.mark.parametrize("kind", ["demo", "cross_encoder"])
+def test_preprocess_tokenizer_holds_no_weights_and_matches_the_models(kind):
+    """The Ray Data workers' Tokenizer builds the models on the meta device (no weights anywhere) and writes the
+    token ids the real models' tokenize gives."""
+    import torch
+
+    from gr_train import synthetic
+    from gr_train.demo import SHIPPED_READER
+    from gr_train.models import build_models
+    from ray_jobs.preprocess import Tokenizer, token_columns
+
+    overrides = [f"reader.name_or_path={SHIPPED_READER}"] if kind == "demo" else [
+        "reranker.kind=cross_encoder", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    tok = Tokenizer(cfg)
+    params = [*tok.reader.parameters(), *tok.reranker.parameters()]
+    assert params and all(p.is_meta for p in params)
+    records = synthetic.generate(cfg.synthetic, 40, seed=3)
+    rows = [{"question": r.question, "answers": r.answers, "target": r.target,
+             "ctxs": [{"title": c.title, "text": c.text} for c in r.ctxs]} for r in records]
+    torch.manual_seed(0)
+    reader, reranker = build_models(cfg)
+    questions = [r.question for r in records]
+    passages = [[(c.title, c.text) for c in r.ctxs] for r in records]
+    expected = {**token_columns("reader", reader.tokenize(questions, passages, [r.answers[0] for r in records])),
+                **token_columns("reranker", reranker.tokenize(questions, passages))}
+    assert tok(rows) == expected
+
+
+def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray_local):
+    """Ray Data with the questions' own candidates: every good record written in input order with its passages and
+    labels, the bad one in rejects.jsonl, the manifest's counts add up; training reads the shards back."""
+    from gr_train import synthetic
+    from gr_train.config import SyntheticSection
+    from gr_train.data import load_any, save_records
+    from ray_jobs import preprocess
+
+    records = synthetic.generate(SyntheticSection(), 90, seed=4)
+    save_records(records, tmp_path / "q.jsonl")
+    with open(tmp_path / "q.jsonl", "a") as f:
+        f.write('{"id": "bad", "question": "no candidates", "answers": ["x"]}\n')
+    from gr_train.demo import SHIPPED_READER
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"reader.name_or_path={SHIPPED_READER}", "preprocess.candidates=input",
+        f"preprocess.questions_path={tmp_path / 'q.jsonl'}", f"preprocess.output_dir={tmp_path / 'out'}",
+        "preprocess.num_workers=1", "preprocess.worker_num_cpus=0.5", "preprocess.batch_size=16",
+        "preprocess.rows_per_file=40"])
+    summary = preprocess.run(cfg, progress=False)
+    assert (summary["input"], summary["written"], summary["rejected"]) == (91, 90, 1)
+    assert len(summary["files"]) >= 3  # 40 rows per file at most
+    (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "bad" and "line 91" in reject["reason"]
+    back = load_any(tmp_path / "out")
+    assert [r.id for r in back] == [r.id for r in records]
+    assert all([(c.title, c.text, c.is_gold, c.has_answer) for c in a.ctxs]
+               == [(c.title, c.text, c.is_gold, c.has_answer) for c in b.ctxs] for a, b in zip(back, records))
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["index_version"] == "input"
