@@ -1,7 +1,10 @@
 """Ray entrypoints, run with `ray job submit ... -- python -m ray_jobs.<job> --config FILE [section.key=value ...]`:
-build_index (one task per shard), preprocess (Ray Data + shard actors), evaluate, train. Ray is imported only here."""
+build_index (one task per shard), preprocess (Ray Data + shard actors), evaluate, train. Ray is imported only here.
+`local_ray` starts a token-authenticated Ray inside a process (`gr-train demo`)."""
 
 from __future__ import annotations
+
+import contextlib
 
 
 def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None):
@@ -26,3 +29,37 @@ def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None)
     if not ray.is_initialized():
         ray.init()
     return args, cfg
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int, dashboard: bool = False):
+    """A Ray instance started in this process for the length of the `with` block, stopped on exit, error included.
+
+    Token authentication is on (RAY_AUTH_MODE=token) with the caller's RAY_AUTH_TOKEN, or a fresh random one
+    (256 bits) kept in this process's environment only (inherited by the workers; nothing written to ~/.ray). The
+    dashboard is off, or on 127.0.0.1 with `dashboard=True`; usage statistics are off. Raises RuntimeError when a
+    Ray connection already exists in this process (it would be reused with its own settings).
+    """
+    import os
+    import secrets
+    import sys
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    refresh = "ray" in sys.modules  # Ray reads the auth mode at import: re-read it when imported earlier
+    import ray
+
+    if refresh:
+        from ray._raylet import Config
+
+        Config.initialize("")
+    if ray.is_initialized():
+        raise RuntimeError("local_ray: Ray is already initialised in this process")
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+             configure_logging=True, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
