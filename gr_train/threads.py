@@ -11,7 +11,10 @@ ranks x threads more than the cores.
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger("gr_train.threads")
 
 # Environment variables read by OpenMP, MKL and OpenBLAS when a process starts: set for this process (before
 # torch starts its pool) and inherited by every child it launches (ranks, Ray workers).
@@ -91,4 +94,6 @@ def apply(num_threads: int, ranks: int | None = None) -> int:
     import torch
 
     torch.set_num_threads(n)
+    log.info("torch threads per process: %d (run.num_threads=%d%s)", n, num_threads,
+             ", automatic" if num_threads == 0 else "")
     return n
