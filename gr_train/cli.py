@@ -56,7 +56,7 @@ def cmd_demo(args) -> None:
     checks.check_run_dir(cfg.run.run_dir, resume=False, overwrite=True)
     from gr_train import demo
 
-    demo.run(cfg)
+    demo.run(cfg, single_process=args.single_process, use_ray=not args.no_ray)
 
 
 def cmd_train(args) -> None:
@@ -207,14 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
         "`gr-train COMMAND --help`: what the command does, an example and the files it writes. Commands with\n"
         "--config also take section.key=value overrides anywhere among their flags (README.md, \"Commands\")."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    p = sub.add_parser("demo", help="embedded data → frozen reader → G-Rerank → evaluation table", **_help(
-        "The whole method in miniature on CPU: generates the embedded multi-hop data, loads the shipped frozen "
-        "demo reader, evaluates the untrained bi-encoder, trains it with G-Rerank from the reader's answer loss "
-        "alone and evaluates it again (configs/demo.yaml).",
+    p = sub.add_parser("demo", help="every stage on the embedded data: Ray Data preprocessing → G-Rerank on 2 "
+                       "DeepSpeed ZeRO-3 ranks → evaluation → TensorBoard → plot → export", **_help(
+        "The whole system in miniature on CPU: generates the embedded multi-hop data, preprocesses it with Ray Data "
+        "on a local Ray (token authentication), trains the bi-encoder with G-Rerank from the shipped frozen demo "
+        "reader's answer loss alone on 2 DeepSpeed ZeRO-3 ranks, evaluates it before and after, plots the dev "
+        "curves and exports the reranker (configs/demo.yaml). --single-process and --no-ray skip stages.",
         "gr-train demo train.max_steps=300 run.num_threads=1",
-        "<run_dir>/data/{train,dev}.jsonl, <run_dir>/results.{json,md}, <run_dir>/tb/ (TensorBoard + "
-        "scalars.jsonl), <run_dir>/best/, <run_dir>/final/reranker; run_dir = runs/demo by default"))
+        "<run_dir>/data/{train,dev}.jsonl, the Parquet shards with manifest and rejects file, ds_config.json, "
+        "<run_dir>/results.{json,md}, <run_dir>/tb/ (TensorBoard + scalars.jsonl), the dev-curve PNG, "
+        "<run_dir>/best/, <run_dir>/final/reranker and the exported folder; run_dir = runs/demo by default"))
     _config_args(p, DEMO_CONFIG)
+    p.add_argument("--single-process", action="store_true",
+                   help="train in this process on the local engine (no DeepSpeed ranks)")
+    p.add_argument("--no-ray", action="store_true",
+                   help="skip the Ray Data preprocessing; training reads the generated JSONL")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("train", help="run the training recipe (resumes from the latest checkpoint)", **_help(
         "Train a reranker (or, with objective.name=reader, the demo reader) with the recipe of --config. Resumes "

@@ -183,6 +183,10 @@ class DemoSection:
     reader_path: str | None = None  # demo reader folder; None = the one shipped in gr_train/assets/demo_reader
     reader_config: str | None = None  # reader pre-training recipe used when training it; None = configs/demo_reader.yaml
     train_reader: bool = False  # retrain the demo reader even if reader_path exists
+    # training ranks `gr-train demo` launches (DeepSpeed ZeRO-3, torchrun); each rank's micro-batch is
+    # train.micro_batch_size / ranks, so the global batch is the single-process one
+    ranks: int = 2
+    dashboard: bool = False  # the demo's local Ray: its dashboard on 127.0.0.1 (off by default)
 
 
 @dataclass
