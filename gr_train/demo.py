@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -195,6 +196,7 @@ def evaluate_and_train(cfg: RunConfig, ranks: int, nthreads: int, stages: Stages
     reader, untrained = build_models(cfg)
     start = run_dir / "untrained" / "reranker"
     untrained.save(start)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)  # a fresh run (--no-resume): no events of an earlier one
 
     tcfg = dataclasses.replace(cfg, reranker=dataclasses.replace(cfg.reranker, name_or_path=str(start)))
     with stages.stage("train", total=cfg.train.max_steps, unit="step") as (bar, summary):
