@@ -25,6 +25,8 @@ import torch  # noqa: E402
 # One intra-op thread: the tensors here are tiny, and two processes each spinning 2 OpenMP threads on a 2-core
 # machine (a test plus a subprocess it launches) slow tiny forwards down by ~50x.
 torch.set_num_threads(1)
+# run.num_threads=0 (automatic, gr_train/threads.py) takes an OMP_NUM_THREADS it finds: recipes run in-process keep 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
