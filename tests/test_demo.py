@@ -93,7 +93,7 @@ def test_demo_runs_every_stage_with_ray_and_two_ranks(tmp_path, capsys):
     assert (pre / "rejects.jsonl").read_text() == ""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(pre)
+    table = pq.read_table(pre / manifest["files"][0])
     assert {"reader_passage_ids", "reranker_p_input_ids"} <= set(table.column_names)  # tokenized
 
     ds = json.loads((run / "ds_config.json").read_text())
