@@ -24,6 +24,7 @@ ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised"
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
 Estimator = Literal["max_softmax", "subset", "straight_through"]
+PromptStyle = Literal["plain", "chat"]  # reader.prompt (reader.query_prompts)
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,11 @@ class ReaderSection:
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
     trainable: bool = False  # true only for reader pre-training (objective.name=reader)
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
+    # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
+    # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; reader.query_prompts)
+    prompt: PromptStyle = "plain"
+    instruction: str = "Answer the question from the passages. Reply with the answer only, in a few words."  # chat
+    answer_eos: bool = True  # the target ends with the tokenizer's eos token (false: answer tokens only)
 
 
 @dataclass
@@ -399,6 +405,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
     if g.samples < 1:
         raise ConfigError(f"gumbel.samples: must be >= 1, got {g.samples}")
+    rd = cfg.reader
+    if rd.prompt != "plain" and rd.kind != "causal_lm":
+        raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
