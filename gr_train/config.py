@@ -76,13 +76,19 @@ class ReaderSection:
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
-    trainable: bool = False  # true only for reader pre-training (objective.name=reader)
+    trainable: bool = False  # true only for reader pre-training / fine-tuning (objective.name=reader)
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
     # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
     # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; reader.query_prompts)
     prompt: PromptStyle = "plain"
     instruction: str = "Answer the question from the passages. Reply with the answer only, in a few words."  # chat
     answer_eos: bool = True  # the target ends with the tokenizer's eos token (false: answer tokens only)
+    # Reader fine-tuning (objective.name=reader, HF readers; reader_tuning.py). Only the top N transformer layers
+    # train (decoder-only: the last N blocks + final norm; FiD-T5: the last N decoder blocks + final norm); 0 = all
+    train_layers: int = 0
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank (peft) on lora_targets; the base weights stay frozen
+    lora_alpha: float = 16.0  # LoRA scaling alpha / rank
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # module names
 
 
 @dataclass
@@ -408,6 +414,14 @@ def validate(cfg: RunConfig) -> None:
     rd = cfg.reader
     if rd.prompt != "plain" and rd.kind != "causal_lm":
         raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")
+    if rd.train_layers < 0 or rd.lora_rank < 0:
+        raise ConfigError("reader.train_layers / reader.lora_rank: must be >= 0 (0 = off)")
+    if (rd.train_layers or rd.lora_rank) and rd.kind == "demo_fid":
+        raise ConfigError("reader.train_layers / reader.lora_rank: for HF readers (fid_t5, causal_lm), not demo_fid")
+    if rd.train_layers and rd.lora_rank:
+        raise ConfigError("reader.train_layers and reader.lora_rank: choose one (top layers or LoRA)")
+    if rd.lora_rank and cfg.runtime.engine == "deepspeed":
+        raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":

@@ -5,7 +5,8 @@
 
 Writes DIR/losses.jsonl (rank 0, one line per step, flushed, so a killed run keeps what it did) and
 DIR/report-rank<r>.json at the end: the reader's parameter elements held by this rank, whether any reader
-parameter got a .grad, whether the reader's / reranker's gathered weights changed during training.
+parameter got a .grad, whether the reader's / reranker's gathered weights changed during training (no reranker
+when the reader trains: objective.name=reader).
 --kill-after-step S: rank 0 SIGKILLs itself when step S (0-based) is done, i.e. after the checkpoint of step S.
 --kill-in-save NAME: rank 0 SIGKILLs itself while writing checkpoint NAME, after model.safetensors is written.
 """
@@ -57,7 +58,9 @@ def main() -> None:
 
         checkpoint.torch.save = save_then_die
 
-    reader0, reranker0 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    reranker = recipe.reranker  # None when the reader itself trains (objective.name=reader)
+    reader0 = gathered_copy(rt, recipe.reader)
+    reranker0 = gathered_copy(rt, reranker) if reranker is not None else {}
     losses = open(out / "losses.jsonl", "a") if rt.is_main else None
 
     def on_step(step, scalars):
@@ -71,7 +74,8 @@ def main() -> None:
         train.train(recipe, on_step)
     final = train.save_checkpoint(recipe)
     held, total = rt.param_elements(recipe.reader)
-    reader1, reranker1 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    reader1 = gathered_copy(rt, recipe.reader)
+    reranker1 = gathered_copy(rt, reranker) if reranker is not None else {}
     report = {
         "rank": rt.rank, "world_size": rt.world_size, "engine": rt.name, "start_step": recipe.start_step,
         "reader_elements_held": held, "reader_elements": total,
@@ -79,7 +83,7 @@ def main() -> None:
         "reader_requires_grad": sum(p.requires_grad for p in recipe.reader.parameters()),
         "reader_changed": [k for k in reader0 if not torch.equal(reader0[k], reader1[k])],
         "reranker_changed": [k for k in reranker0 if not torch.equal(reranker0[k], reranker1[k])],
-        "reranker_params": [n for n, p in recipe.reranker.named_parameters() if p.requires_grad],
+        "reranker_params": [n for n, p in reranker.named_parameters() if p.requires_grad] if reranker else [],
         "final": str(final) if final else None,
     }
     if recipe.start_step:  # resumed: the weights it started from are the checkpoint's, exactly
