@@ -79,8 +79,11 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     dev = labelled_dev(base)
     rows: dict[str, dict[int, dict]] = {}
     per_question: dict[str, dict[int, dict]] = {}
+    report = None
     for seed in seeds:
-        ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}")
+        ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}",
+                             with_report=base.eval.reader_report and seed == seeds[0])
+        report = report or ref.get("reader_report")
         for name, metrics in ref["rows"].items():
             rows.setdefault(name, {})[seed] = metrics
         per_question.setdefault(UNTRAINED, {})[seed] = ref.get("per_question")
@@ -97,6 +100,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
                "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
                "rows": {name: aggregate(rows[name]) for name in order},
                "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base))}
+    if report is not None:  # the frozen reader's report on the dev set (first seed's reader)
+        summary["reader_report"] = {k: v for k, v in report.items() if k != "per_question"}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
@@ -199,10 +204,11 @@ def build_initial(cfg: RunConfig):
     return build_models(cfg)
 
 
-def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict:
-    """The untrained reranker of this seed, evaluated, and the reader-only rows. Cached in run_dir/RESULT_FILE.
+def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path, with_report: bool = False) -> dict:
+    """The untrained reranker of this seed, evaluated, and the reader-only rows; with_report, also the reader
+    report (reader_report.py) on the dev set. Cached in run_dir/RESULT_FILE.
 
-    Returns {"init_checksum": str, "rows": {row name: metrics}}.
+    Returns {"init_checksum": str, "rows": {row name: metrics}, "per_question", "reader_report" (with_report)}.
     """
     cfg = copy.deepcopy(base)
     cfg.run.seed, cfg.run.run_dir = seed, str(run_dir)
@@ -219,6 +225,10 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
     result = {"init_checksum": param_checksum(reranker), "rows": rows, "per_question": untrained["per_question"],
               "config": comparable(cfg)}
+    if with_report:
+        from gr_train.reader_report import reader_report
+
+        result["reader_report"] = reader_report(reader, cut, cfg, cfg.run.progress)
     write_json(run_dir / RESULT_FILE, result)
     return result
 
@@ -414,7 +424,13 @@ def format_markdown(summary: dict) -> str:
             cells.append(f"{row['mean'][key]:{fmt}} ± {row['std'][key]:{fmt}}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ivs = format_intervals(summary)
-    return "\n".join(lines) + ("\n\n" + ivs if ivs else "")
+    text = "\n".join(lines) + ("\n\n" + ivs if ivs else "")
+    if summary.get("reader_report"):
+        from gr_train.reader_report import format_report
+
+        text += "\n\nReader report on the dev set (does the reader's loss reward the gold passages?):\n\n"
+        text += format_report(summary["reader_report"])
+    return text
 
 
 def plot_k(cfg: RunConfig) -> int:

@@ -166,6 +166,7 @@ class EvalSection:
     ks: list[int] = field(default_factory=lambda: [2, 5])  # Recall/NDCG cut-offs
     reader_k: int = 0  # passages given to the reader for EM/F1; 0 = gumbel.k
     max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
+    reader_report: bool = True  # compare / suite: the reader report (reader_report.py) on the dev set, once per dataset
     batch_size: int = 32
     # per-question score std below which scores "did not separate": evaluation's `separated`, and the recipe's
     # train/low_spread_fraction and warning

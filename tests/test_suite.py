@@ -55,6 +55,7 @@ def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
         assert len(dev) == 6 and all(len(json.loads(line)["ctxs"]) == 10 for line in dev)  # cut at training time
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## hotpotqa" in md and "## 2wiki" in md and "| gumbel |" in md
+    assert md.count("Reader report on the dev set") == 2  # one per dataset
     assert json.loads((tmp_path / "out" / "suite.json").read_text())["wall_s"] > 0
 
 
