@@ -280,13 +280,21 @@ def comparable(cfg: RunConfig | dict) -> dict:
     return {k: v for k, v in d.items() if k not in NOT_COMPARED}
 
 
+def with_defaults(recorded: dict) -> dict:
+    """A recorded config with the keys it lacks set to their defaults: a key added to config.py after a run was
+    recorded keeps the old behaviour at its default (the rule for new keys), so the run still counts as finished."""
+    defaults = json.loads(json.dumps(comparable(RunConfig())))
+    return {sec: ({**defaults[sec], **vals} if isinstance(vals, dict) and sec in defaults else vals)
+            for sec, vals in recorded.items()}
+
+
 def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
     """The finished result in run_dir, or None; ConfigError when it was produced with another config."""
     path = run_dir / RESULT_FILE
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if comparable(result.get("config") or {"run": {}}) != json.loads(json.dumps(comparable(cfg))):
+    if with_defaults(comparable(result.get("config") or {"run": {}})) != json.loads(json.dumps(comparable(cfg))):
         raise ConfigError(f"{path}: was produced with a different config; delete {run_dir} to rerun it, or use "
                           "another --out")
     return result

@@ -164,6 +164,25 @@ def test_the_reader_report_is_the_first_seeds_reader_on_the_dev_questions(done):
     assert summary["reader_report"]["signal"] == expected["signal"]
 
 
+def test_a_run_recorded_before_a_config_key_existed_still_counts_as_finished(done, monkeypatch):
+    """A key added later keeps the old behaviour at its default: a result file without it is not stale."""
+    cfg, out, _ = done
+    base = compare.base_config(cfg, {o: o for o in OBJECTIVES}, {})
+    cfg = compare.objective_config(base, OBJECTIVES[0], 0, out, [])  # the run's own config
+    path = out / OBJECTIVES[0] / "seed-0" / compare.RESULT_FILE
+    result = json.loads(path.read_text())
+    del result["config"]["eval"]["reader_report"], result["config"]["reader"]["prompt"]
+    path.write_text(json.dumps(result))
+    monkeypatch.setattr(compare.train, "setup", None)  # any retraining would fail
+    assert compare.load_result(path.parent, cfg)["metrics"] == result["metrics"]
+    result["config"]["reader"]["answer_eos"] = False  # a recorded value that differs still does
+    path.write_text(json.dumps(result))
+    with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+        compare.load_result(path.parent, cfg)
+    result["config"]["reader"]["answer_eos"] = True
+    path.write_text(json.dumps(result))
+
+
 def test_the_suite_section_does_not_make_a_run_different(done, monkeypatch):
     """A suite over more datasets reuses the runs a suite over one made: the suite section is not compared."""
     cfg, out, _ = done
