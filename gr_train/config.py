@@ -227,8 +227,9 @@ class PreprocessSection:
 class SuiteSection:
     """Several datasets, one objective comparison each (suite.py, `gr-train suite`)."""
 
-    # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v]}
-    # or {synthetic: {generator key: value}, overrides: [...]} (data written by the embedded generator)
+    # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v],
+    # dev_for_train: N (the last N dev questions move to the training set)} or {synthetic: {generator key: value},
+    # overrides: [...]} (data written by the embedded generator)
     datasets: dict[str, Any] = field(default_factory=dict)
     # run only these datasets (names of suite.datasets); [] = all. Lets a long study run a part per process into
     # the same --out folder; results.md / suite.json / suite.png then cover the datasets run
@@ -239,6 +240,9 @@ class SuiteSection:
     row_overrides: dict[str, Any] = field(default_factory=dict)  # row label -> [section.key=value, ...]
     seeds: list[int] = field(default_factory=lambda: [0])
     models_dir: str | None = None  # run prepare-models into this folder first (the packaged MiniLM / SmolLM2)
+    # Reader fine-tuning before the comparisons: overrides of one run (objective.name=reader ...) on every dataset's
+    # training questions together; its final/reader then reads for every row. [] = the configured reader as is
+    reader_tuning: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -117,3 +117,43 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Best rows per dataset" in md and "| dup_gold |" in md and "coverage@2" in md
     assert (tmp_path / "out" / "suite.png").stat().st_size > 10_000
+
+
+def test_reader_fine_tuning_runs_once_before_the_comparisons_and_every_row_reads_its_reader(tmp_path, monkeypatch):
+    """suite.reader_tuning: the report of the configured reader on the dev questions, one reader fine-tuning run on
+    the training questions (here with 47 of the 53 dev questions moved to training: dev_for_train), then every row
+    reads the fine-tuned reader; a second run trains nothing."""
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 47}}
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}", "suite.max_train=0",
+                             "suite.reader_tuning=[objective.name=reader, reader.trainable=true, train.max_steps=2]"])
+    results = run_suite(cfg, tmp_path / "out")
+    tuning, d = results["reader_tuning"], results["datasets"]["hotpotqa"]
+    assert (d["train_questions"], d["dev_questions"]) == (100 + 47, 6)
+    assert tuning["train_questions"] == 147 and tuning["steps"] == 2
+    assert Path(tuning["path"]) == tmp_path / "out" / "reader" / "run" / "final" / "reader"
+    assert (Path(tuning["path"]) / "model.safetensors").is_file()
+    assert tuning["before"]["hotpotqa"]["questions"] == 6
+    run_cfg = load_config(tmp_path / "out" / "hotpotqa" / "gumbel" / "seed-0" / "config.yaml")
+    assert run_cfg.reader.name_or_path == tuning["path"] and run_cfg.reader.trainable is False
+    after = d["compare"]["reader_report"]
+    assert after["reader"]["name_or_path"] == tuning["path"] and after["questions"] == 6
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Reader fine-tuning" in md and "### hotpotqa, before fine-tuning" in md
+    import gr_train.train
+
+    monkeypatch.setattr(gr_train.train, "main", None)  # any training would fail
+    monkeypatch.setattr(gr_train.train, "setup", None)
+    again = run_suite(cfg, tmp_path / "out")
+    assert json.dumps(again["reader_tuning"]) == json.dumps(tuning)  # NaN-safe equality
+
+
+def test_dev_for_train_and_reader_tuning_are_checked(tmp_path):
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 53}}
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}"])
+    with pytest.raises(ConfigError, match="dev_for_train"):
+        run_suite(cfg, tmp_path / "out")
+    datasets["hotpotqa"]["dev_for_train"] = 3
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}",
+                             "suite.reader_tuning=[train.max_steps=2]"])
+    with pytest.raises(ConfigError, match="objective.name=reader"):
+        run_suite(cfg, tmp_path / "out")
