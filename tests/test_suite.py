@@ -157,3 +157,24 @@ def test_dev_for_train_and_reader_tuning_are_checked(tmp_path):
                              "suite.reader_tuning=[train.max_steps=2]"])
     with pytest.raises(ConfigError, match="objective.name=reader"):
         run_suite(cfg, tmp_path / "out")
+
+
+def test_the_real_study_evaluates_at_least_150_dev_questions_per_dataset_never_trained_on(tmp_path, monkeypatch):
+    """configs/real_study.yaml: HotpotQA and MuSiQue move their last dev questions to training (100 training
+    questions each), 2Wiki keeps its 500; every dataset evaluates >= 150 questions that no run trains on; the reader
+    fine-tuning run is a reader run in the study's prompt format."""
+    from gr_train.suite import tuning_config
+
+    monkeypatch.chdir(DATA.parent)
+    cfg = load_config("configs/real_study.yaml")
+    sizes = {}
+    for name, spec in cfg.suite.datasets.items():
+        dcfg, n_train, n_dev = dataset_config(cfg, name, spec, tmp_path)
+        sizes[name] = (n_train, n_dev, dcfg.data.n_candidates)
+        ids = lambda path: {json.loads(line)["id"] for line in Path(path).read_text().splitlines()}  # noqa: E731
+        assert not ids(dcfg.data.train_path) & ids(dcfg.data.dev_path), name
+    assert sizes == {"hotpotqa": (149, 150, 10), "2wiki": (500, 164, 10), "musique": (150, 150, 20)}
+    rcfg = tuning_config(cfg, tmp_path / "train.jsonl", tmp_path / "run")
+    assert rcfg.objective.name == "reader" and rcfg.reader.trainable and rcfg.reader.prompt == cfg.reader.prompt
+    assert cfg.gumbel.k == 5 and cfg.suite.seeds == [0, 1] and cfg.suite.row_overrides["gumbel_st"] == [
+        "gumbel.estimator=straight_through", "gumbel.tau_end=null"]
