@@ -127,3 +127,30 @@ def test_cli_demo_reader_on_the_embedded_data(tmp_path, capsys):
     assert rep["signal"]["direct"] == "yes" and rep["signal"]["indirect"] in ("yes", "partly")
     md = (tmp_path / "out" / "reader_report.md").read_text()
     assert "Signal for G-Rerank: direct passages **yes**" in md and md.strip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", [["reader.kind=fid_t5"], ["reader.kind=causal_lm",
+                                                              "reader.model_config={model_type: llama}"]],
+                         ids=["fid_t5", "causal_lm"])
+def test_hf_readers_masked_sets_equal_the_passages_read_alone(tmp_path, family):
+    """For HF readers the report's hard 0/1 masks over one encoding give the loss of reading only those passages."""
+    from gr_train.data import load_records
+    from gr_train.models import build_reader
+
+    cfg = load_config(None, [*family, "synthetic.n_dev=6", "data.n_candidates=6", "reader.passage_max_tokens=24"])
+    _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path, 0)
+    records = load_records(dev)
+    torch.manual_seed(0)
+    reader = build_reader(cfg.reader)  # random weights, byte-level tokenizer
+    rep = reader_report(reader, records, cfg)
+    for b, r in enumerate(records):
+        for kind, keep in (("gold", lambda p: p.is_gold), ("all", lambda p: True), ("none", lambda p: False)):
+            ps = [(p.title, p.text) for p in r.ctxs[:6] if keep(p)]
+            if not ps and kind != "none":  # no gold passage among the first 6 candidates: undefined
+                assert math.isnan(rep["per_question"][f"nll_{kind}"][b])
+                continue
+            inputs = reader.tokenize([r.question], [ps], [r.target_text])
+            with torch.no_grad():
+                alone = reader.answer_loss(reader.encode_passages(inputs), inputs,
+                                           torch.zeros(1, inputs["passage_ids"].shape[1]))
+            assert rep["per_question"][f"nll_{kind}"][b] == pytest.approx(alone.item(), abs=1e-4), (kind, b)
