@@ -178,3 +178,17 @@ def test_the_real_study_evaluates_at_least_150_dev_questions_per_dataset_never_t
     assert rcfg.objective.name == "reader" and rcfg.reader.trainable and rcfg.reader.prompt == cfg.reader.prompt
     assert cfg.gumbel.k == 5 and cfg.suite.seeds == [0, 1] and cfg.suite.row_overrides["gumbel_st"] == [
         "gumbel.estimator=straight_through", "gumbel.tau_end=null"]
+
+
+def test_a_suite_run_in_parts_tunes_one_reader_on_every_datasets_training_questions(tmp_path):
+    """suite.only runs a part of the datasets, but the fine-tuned reader is the whole suite's: trained on every
+    dataset's training questions and reported before tuning on every dev set, once, for all parts."""
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 47},
+                "2wiki": {"train": str(WIKI_TRAIN), "dev": str(WIKI_DEV)}}
+    tuning = "suite.reader_tuning=[objective.name=reader, reader.trainable=true, train.max_steps=1]"
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}", "suite.max_train=0", tuning,
+                             "suite.only=[2wiki]", "suite.objectives=[pdist]"])
+    results = run_suite(cfg, tmp_path / "out")
+    assert list(results["datasets"]) == ["2wiki"]
+    assert results["reader_tuning"]["train_questions"] == 147 + 500
+    assert set(results["reader_tuning"]["before"]) == {"hotpotqa", "2wiki"}
