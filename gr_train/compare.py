@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -25,9 +24,10 @@ from pathlib import Path
 import torch
 
 from gr_train import config as config_mod
-from gr_train import train
+from gr_train import checks, train
+from gr_train.checkpoint import param_checksum
 from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, validate
-from gr_train.data import DataError, load_split
+from gr_train.data import load_split
 from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
 from gr_train.models import build_models
 from gr_train.objectives import OBJECTIVES
@@ -76,7 +76,12 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     out_dir = Path(out_dir)
     per_objective_overrides = per_objective_overrides or {}
     base = base_config(cfg, rows_of, per_objective_overrides)
+    checks.check_reader_weights(base)
+    checks.check_model_paths(base)
     dev = labelled_dev(base)
+    # Before any model is built: the data against k, eval.ks, reader_k, n_candidates and the tokenizers.
+    train_records = load_split(base.data.train_path, base.data.n_candidates, "train")
+    checks.check_data(base, {"train": (base.data.train_path, train_records), "dev": (base.data.dev_path, dev)})
     rows: dict[str, dict[int, dict]] = {}
     per_question: dict[str, dict[int, dict]] = {}
     report = None
@@ -98,6 +103,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
                "global_batch": base.global_batch(world_size=1),  # compare trains in this process
                "row_objectives": dict(rows_of),
                "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
+               "counts": checks.question_counts(dev, base.data.n_candidates),
+               "n_candidates": base.data.n_candidates,
                "rows": {name: aggregate(rows[name]) for name in order},
                "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base))}
     if report is not None:  # the frozen reader's report on the dev set (first seed's reader)
@@ -174,27 +181,13 @@ def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overri
 def labelled_dev(cfg: RunConfig) -> list:
     """The dev records (first eval.max_questions, if set); DataError naming the file when a label is missing."""
     records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
-    for r in records:
-        for i, p in enumerate(r.ctxs):
-            if p.is_gold is None:
-                raise DataError(cfg.data.dev_path, "no is_gold label: compare needs gold labels on every dev "
-                                "passage (ranking metrics)", record_id=r.id, field=f"ctxs[{i}].is_gold")
+    checks.check_labels(cfg.data.dev_path, records)
     return records[: cfg.eval.max_questions] if cfg.eval.max_questions else records
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def param_checksum(module: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, values); equal iff the modules are bit-identical."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        # flattened first: view(uint8) refuses 0-d tensors
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def build_initial(cfg: RunConfig):
@@ -431,6 +424,8 @@ def format_markdown(summary: dict) -> str:
             fmt = ".2e" if key == "s_per_query" else ".3f"
             cells.append(f"{row['mean'][key]:{fmt}} ± {row['std'][key]:{fmt}}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "counts" in summary:
+        lines += ["", f"Dev: {checks.format_counts(summary['counts'], summary['n_candidates'])}."]
     ivs = format_intervals(summary)
     text = "\n".join(lines) + ("\n\n" + ivs if ivs else "")
     if summary.get("reader_report"):

@@ -71,11 +71,21 @@ class DataSection:
 class ReaderSection:
     kind: ReaderKind = "demo_fid"  # demo_fid (plain-torch FiD, demo) | fid_t5 (HF T5 FiD) | causal_lm (HF decoder-only)
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config` (random weights)
+    # a frozen reader with no name_or_path has random weights, and EM or a training signal from it means nothing:
+    # the commands refuse it unless this is true (tests, benchmarks). A trainable reader (objective.name=reader)
+    # starts from random weights by design and needs no opt-in.
+    random_init: bool = False
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
     tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
+    # causal_lm: tokens of the prompt ("question: q\nanswer:"); longer prompts are cut from the left (counted, warned);
+    # 0 = what the model's position limit leaves after passage_max_tokens + answer_max_tokens (no limit: no cut)
+    prompt_max_tokens: int = 0
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa
+    # weights and activations of the reader, whatever dtype its checkpoint was saved in; None = runtime.precision
+    # (fp32 under the local engine). A set value must equal runtime.precision under the deepspeed engine.
+    dtype: Literal["fp32", "bf16", "fp16"] | None = None
     trainable: bool = False  # true only for reader pre-training / fine-tuning (objective.name=reader)
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
     # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
@@ -159,6 +169,10 @@ class TrainSection:
     # the hard top-k of the scores; needs no relevance labels)
     keep_best: bool = True
     save_every_steps: int = 0  # checkpoints step-NNNNNN/; 0 = only final/
+    # a step whose loss is non-finite on any rank (or whose gradient norm is, fp16 loss-scale overflows aside) is
+    # skipped, no optimizer update, and counted (train/nonfinite_steps); the run stops with an error at this many
+    # consecutive skipped steps (1 = at the first)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -385,12 +399,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = RunConfig()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file: give a YAML file, e.g. --config "
+                              "configs/demo.yaml")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ConfigError(f"{path}: config file not found (the shipped ones are in configs/)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         _apply(cfg, data, str(path))
     for text in overrides or []:
         apply_override(cfg, text)
@@ -431,6 +450,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
         raise ConfigError("runtime.precision: bf16/fp16 need runtime.engine=deepspeed (the local engine is fp32)")
+    if cfg.reader.dtype is not None and cfg.runtime.engine == "deepspeed" and cfg.reader.dtype != cfg.runtime.precision:
+        raise ConfigError(f"reader.dtype: {cfg.reader.dtype} differs from runtime.precision={cfg.runtime.precision} "
+                          "(the DeepSpeed engine casts the reader to runtime.precision; set both alike)")
+    if cfg.reader.trainable and (cfg.reader.dtype or "fp32") != "fp32" and cfg.runtime.engine == "local":
+        raise ConfigError(f"reader.dtype: a trainable reader in {cfg.reader.dtype} needs runtime.engine=deepspeed "
+                          "(the local engine trains fp32 weights)")
+    if min(cfg.reader.passage_max_tokens, cfg.reader.answer_max_tokens) < 1 or cfg.reader.prompt_max_tokens < 0:
+        raise ConfigError("reader.passage_max_tokens / answer_max_tokens: must be >= 1; reader.prompt_max_tokens: "
+                          "must be >= 0")
+    if cfg.train.max_nonfinite_steps < 1:
+        raise ConfigError(f"train.max_nonfinite_steps: must be >= 1, got {cfg.train.max_nonfinite_steps}")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
     r = cfg.retrieval

@@ -627,26 +627,40 @@ def load_any(path: str | os.PathLike, fmt: str = "auto") -> list[Record]:
         return load_parquet(path)
     items = _read_items(path)
     if fmt == "auto":
-        where, first = items[0]
-        keys = _object(first, _Where(path, where), None).keys()
-        if "ctxs" in keys:
-            fmt = "fid"
-        elif "paragraphs" in keys:
-            fmt = "musique"
-        elif "context" in keys:
-            fmt = "2wiki" if "evidences" in keys else "hotpotqa"
-        else:
-            raise DataError(
-                path,
-                "cannot detect the format: expected a key 'ctxs' (fid), 'paragraphs' (musique) or 'context' "
-                f"(hotpotqa / 2wiki); got {sorted(keys)[:10]}; pass fmt explicitly",
-                where=where,
-            )
+        fmt = _detect(path, items)
     if fmt == "fid":
         return _parse_items(path, items, _fid_record)
     if fmt == "musique":
         return _parse_items(path, items, _musique_record)
     return _convert_context(path, items, sep=" " if fmt == "2wiki" else "", dataset=fmt)
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format load_any(path, "auto") reads the file as: parquet | fid | musique | 2wiki | hotpotqa.
+    Raises DataError when the file cannot be read or its first record fits no format."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        return "parquet"
+    return _detect(path, _read_items(path))
+
+
+def _detect(path: Path, items: list[Item]) -> str:
+    """The format of the first record, by its keys: `ctxs` → fid, `paragraphs` → musique, `context` with
+    `evidences` → 2wiki, `context` → hotpotqa."""
+    where, first = items[0]
+    keys = _object(first, _Where(path, where), None).keys()
+    if "ctxs" in keys:
+        return "fid"
+    if "paragraphs" in keys:
+        return "musique"
+    if "context" in keys:
+        return "2wiki" if "evidences" in keys else "hotpotqa"
+    raise DataError(
+        path,
+        "cannot detect the format: expected a key 'ctxs' (fid), 'paragraphs' (musique) or 'context' "
+        f"(hotpotqa / 2wiki); got {sorted(keys)[:10]}; pass fmt explicitly",
+        where=where,
+    )
 
 
 def parse_item(obj: Any, fmt: str, path: str | os.PathLike, where: str) -> Record:

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gr_train.attention import passage_key_bias
-from gr_train.gumbel import NEG_BIAS
+# The attention logits are fp32 whatever the weights' dtype (Attention.forward), so the fp32 fill value applies.
+from gr_train.attention import NEG_BIAS, passage_key_bias
+from gr_train.lengths import Truncations
 from gr_train.data import PassageText
-from gr_train.reader import Reader, attention_mass, token_mean_ce, visible_log_mask
+from gr_train.reader import Reader, attention_mass, reader_dtype, token_mean_ce, visible_log_mask
 
 
 @dataclass
@@ -44,7 +45,8 @@ class DemoFiDConfig:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with an additive float bias (fp32) on the logits."""
+    """Multi-head attention with an additive float bias (fp32) on the logits; logits and softmax in fp32 whatever
+    the weights' dtype, so attention.NEG_BIAS (the fp32 fill value) stays finite under fp16 / bf16 weights."""
 
     def __init__(self, d: int, h: int):
         super().__init__()
@@ -177,17 +179,27 @@ class DemoFiDReader(Reader):
         self.tokenizer = tokenizer
         self.L = min(passage_max_tokens, model.config.max_passage_tokens)
         self.answer_max_tokens = answer_max_tokens
+        self.truncations = Truncations()
+        c = model.config
+        if passage_max_tokens > c.max_passage_tokens:
+            self.truncations.add("passage_budget", 1, f"reader.passage_max_tokens ({passage_max_tokens}) > the demo "
+                                 f"reader's max_passage_tokens ({c.max_passage_tokens}): inputs are cut to "
+                                 f"{c.max_passage_tokens} tokens")
+        if answer_max_tokens + 2 > c.max_decoder_tokens:  # [BOS] [ANS] + target; the question comes on top
+            raise ValueError(f"reader.answer_max_tokens ({answer_max_tokens}) + [BOS] + [ANS] (2) > the demo reader's "
+                             f"max_decoder_tokens ({c.max_decoder_tokens}); lower reader.answer_max_tokens")
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "DemoFiDReader":
-        """From cfg.name_or_path (a folder written by `save`) or from cfg.model_config (random init)."""
+        """From cfg.name_or_path (a folder written by `save`) or from cfg.model_config (random init); in
+        reader_dtype(cfg)."""
         if cfg.name_or_path:
             return cls.load(cfg.name_or_path, cfg)
         if tokenizer is None:
             raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
         sep = tokenizer.convert_tokens_to_ids("[SEP]")
         c = DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
-        return cls(DemoFiDModel(c), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+        return cls(DemoFiDModel(c).to(reader_dtype(cfg)), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -209,6 +221,7 @@ class DemoFiDReader(Reader):
         c = DemoFiDConfig(**json.loads((path / "config.json").read_text()))
         model = DemoFiDModel(c)
         model.load_state_dict(load_file(path / "model.safetensors"))
+        model.to(reader_dtype(cfg))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
@@ -231,11 +244,15 @@ class DemoFiDReader(Reader):
         n = max(1, max(len(p) for p in passages))
         L = self.L
         pid = torch.full((B, n, L), pad, dtype=torch.long)
+        cut = 0
         for b, (q, ps) in enumerate(zip(questions, passages)):
             qi = self._ids(q)
             for i, (title, text) in enumerate(ps or [("", "")]):
                 ids = (qi + [sep] + self._ids(title) + self._ids(text))[: L - 1] + [eos]
                 pid[b, i, : len(ids)] = torch.tensor(ids)
+                cut += bool(title or text) and len(qi) + 1 >= L - 1  # the question and [SEP] fill the budget
+        self.truncations.add("passages_without_text", cut, f"reader: {cut} demo reader inputs lost their whole "
+                             f"passage to truncation: the question fills the {L} tokens (reader.passage_max_tokens)")
         rows, lab_rows, aux_rows = [], [], []
         for b, q in enumerate(questions):
             prompt = [bos] + self._ids(q) + [ans]
@@ -250,7 +267,9 @@ class DemoFiDReader(Reader):
             aux_rows.append(aux)
         T = max(len(r) for r in rows)
         if T > self.model.config.max_decoder_tokens:
-            raise ValueError(f"demo reader: decoder input of {T} tokens exceeds max_decoder_tokens")
+            raise ValueError(f"demo reader: decoder input [BOS] question [ANS] target of {T} tokens > the model's "
+                             f"max_decoder_tokens ({self.model.config.max_decoder_tokens}); lower "
+                             "reader.answer_max_tokens or shorten the question")
 
         def pad_to(rs, value):
             return torch.tensor([r + [value] * (T - len(r)) for r in rs], dtype=torch.long)

@@ -13,6 +13,8 @@ import torch
 from tqdm import tqdm
 
 from gr_train import gumbel, ranking
+from gr_train.checkpoint import param_checksum
+from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
 from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
 from gr_train.reader import extract_answer, visible_log_mask
@@ -192,13 +194,18 @@ def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:
 
 def evaluate(cfg, reranker, reader, records, progress: bool = False, per_question: bool = False) -> dict:
     """Everything above for one reranker on `records` (requires is_gold labels). With per_question, the result
-    also holds "per_question": {metric: [one value per record]} (ranking_metrics, answer_metrics)."""
+    also holds "per_question": {metric: [one value per record]} (ranking_metrics, answer_metrics).
+    "counts" are the questions of each kind (checks.question_counts: with a direct / indirect gold passage among
+    the first n candidates, yes/no, lost every gold passage to the cut); "reranker_checksum" identifies the
+    evaluated weights (checkpoint.param_checksum; export puts only the tables of the exported reranker in its
+    model card)."""
     n = cfg.data.n_candidates
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
     scores = score_records(reranker, records, n, cfg.eval.batch_size, progress)
     rows: dict | None = {} if per_question else None
-    result = {"questions": len(records), "n_candidates": n,
+    result = {"questions": len(records), "n_candidates": n, "counts": question_counts(records, n),
+              "reranker_checksum": param_checksum(reranker),
               "ranking": ranking_metrics(records, scores, cfg.eval.ks, rows)}
     result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
     if reader is not None:
@@ -227,12 +234,22 @@ def reader_reference(reader, records, batch_size: int = 32) -> dict:
 
 
 def format_table(results: dict[str, dict], ks: list[int]) -> str:
-    """Markdown table, one row per named result (e.g. untrained / trained)."""
+    """Markdown table, one row per named result (e.g. untrained / trained), then the question counts of each row
+    (one line when every row has the same). EM / F1 are "–" for a result without a reader (--no-reader)."""
     cols = [f"R@{k} {kind}" for k in ks for kind in KINDS] + ["MRR", "EM", "F1", "w_std"]
     lines = ["| reranker | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         cells = [r["ranking"][kind][f"recall@{k}"] for k in ks for kind in KINDS]
-        cells += [r["ranking"]["all"]["mrr"], r.get("reader", {}).get("em", float("nan")),
-                  r.get("reader", {}).get("f1", float("nan")), r["scores"]["w_std_median"]]
-        lines.append(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        reader = r.get("reader")
+        cells += [r["ranking"]["all"]["mrr"], reader["em"] if reader else None, reader["f1"] if reader else None,
+                  r["scores"]["w_std_median"]]
+        lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines.append("")
+    counted = {name: format_counts(r["counts"], r["n_candidates"]) for name, r in results.items() if "counts" in r}
+    if len(set(counted.values())) == 1:
+        lines.append(next(iter(counted.values())) + ".")
+    else:
+        lines += [f"{name}: {line}." for name, line in counted.items()]
+    if any("reader" not in r for r in results.values()):
+        lines.append("EM, F1: – = not computed (no reader was run: --no-reader).")
     return "\n".join(lines)

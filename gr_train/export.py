@@ -8,16 +8,21 @@ w. Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gr_train.checkpoint import param_checksum
+from gr_train.checks import UserError
 from gr_train.config import RunConfig, load_config, save_config
 from gr_train.data import DataError
 from gr_train.objectives import OBJECTIVES
 from gr_train.reranker import SETTINGS_FILE, Reranker
+
+log = logging.getLogger("gr_train.export")
 
 CARD_FILE = "README.md"
 CONFIG_FILE = "gr_train_config.yaml"  # the resolved training config, copied next to the weights
@@ -44,10 +49,12 @@ def export_run(source: str | Path, out_dir: str | Path, checkpoint: str = "final
             reranker folder written by `Reranker.save` (holds gr_train_reranker.json).
         out_dir: the export folder (created; files of the same name are overwritten).
         checkpoint: checkpoint folder inside a run dir; only `final/` holds an exported reranker.
-        eval_paths: eval JSON files for the card's table; None = the run dir's results.json / eval.json if present.
+        eval_paths: eval JSON files for the card's table, each with a row of this reranker (its
+            reranker_checksum); None = the results.json / eval.json of the checkpoint folder and the run dir that
+            evaluated this reranker (others are skipped with a warning).
     Returns: out_dir.
     Raises: FileNotFoundError naming the missing folder, reranker folder, config.yaml or eval file; DataError
-        naming an eval file without results.
+        naming an eval file without results; UserError naming an eval file of another reranker.
     """
     reranker_dir, checkpoint_dir, run_dir = _locate(Path(source), checkpoint)
     config_path = next((p / "config.yaml" for p in (checkpoint_dir, run_dir)
@@ -60,13 +67,34 @@ def export_run(source: str | Path, out_dir: str | Path, checkpoint: str = "final
     if checkpoint_dir is not None and (checkpoint_dir / "trainer_state.json").is_file():
         state = json.loads((checkpoint_dir / "trainer_state.json").read_text())
         step = {"step": state.get("step"), "world_size": state.get("world_size", 1)}
-    if eval_paths is None:
-        eval_paths = [run_dir / name for name in EVAL_FILES if run_dir is not None and (run_dir / name).is_file()]
+    reranker = Reranker.load(reranker_dir)
+    checksum = param_checksum(reranker)
     evaluation = {}
-    for path in eval_paths:
-        evaluation.update(read_eval(path))
-    return export_reranker(Reranker.load(reranker_dir), out_dir, cfg, evaluation, step,
+    if eval_paths is None:  # the eval files found next to the reranker, if they evaluated this very reranker
+        found = [d / name for d in (checkpoint_dir, run_dir) if d is not None for name in EVAL_FILES
+                 if (d / name).is_file()]
+        for path in found:
+            results = read_eval(path)
+            if _evaluated(results, checksum):
+                evaluation.update(results)
+            else:
+                log.warning("export: %s evaluated another reranker (its weights' checksum differs): not in the "
+                            "model card", path)
+    for path in eval_paths or []:
+        results = read_eval(path)
+        if not _evaluated(results, checksum):
+            raise UserError(f"export: {path} did not evaluate the reranker in {reranker_dir} (no row has its "
+                            "weights' checksum, reranker_checksum): evaluate it first, `gr-train evaluate "
+                            f"reranker.name_or_path={reranker_dir} ...`, and pass that eval.json")
+        evaluation.update(results)
+    return export_reranker(reranker, out_dir, cfg, evaluation, step,
                            source=f"`{reranker_dir}` (training config `{config_path}`)")
+
+
+def _evaluated(results: dict[str, dict], checksum: str) -> bool:
+    """Whether one of the results (rows of an eval file) is of the reranker whose weights have `checksum`; the other
+    rows of such a file (demo's untrained row) are its references."""
+    return any(r.get("reranker_checksum") == checksum for r in results.values())
 
 
 def _locate(source: Path, checkpoint: str) -> tuple[Path, Path | None, Path | None]:

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from gr_train.attention import NEG_BIAS
+
 # Uniform samples are clamped into [U_EPS, 1 - U_EPS] so that -log(-log u) stays finite (|G| < 17 in fp32).
 U_EPS = 1e-7
 
@@ -237,7 +239,7 @@ def hard_topk_mask(w: torch.Tensor, k: int, valid: torch.Tensor | None = None) -
 def log_mask(M: torch.Tensor, eps: float = 1e-9, valid: torch.Tensor | None = None,
              smooth: bool = False) -> torch.Tensor:
     """The attention-logit bias in fp32: log(clamp(M, eps)), or log(M + eps) when `smooth`; padded candidates get
-    NEG_BIAS. [B, n] → [B, n].
+    attention.NEG_BIAS (= neg_bias(fp32); readers clamp it to their dtype). [B, n] → [B, n].
 
     The clamp gives M_i < eps no gradient; `smooth` keeps d/dM_i = 1 / (M_i + eps) there, which the straight-through
     estimator needs at M_i = 0 (the product with the attention weight ~eps stays finite)."""
@@ -246,10 +248,6 @@ def log_mask(M: torch.Tensor, eps: float = 1e-9, valid: torch.Tensor | None = No
         logM = logM.masked_fill(~valid, NEG_BIAS)
     return logM
 
-
-# Bias for keys that must get zero attention (padding, padded candidates). Finite so that a row that is
-# fully masked yields a uniform softmax rather than NaN; exp(-1e9) underflows to exactly 0 in fp32 and bf16.
-NEG_BIAS = -1e9
 
 
 def mask_entropy(M: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

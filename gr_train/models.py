@@ -8,6 +8,7 @@ ray_jobs/evaluate.py and the Ray Data tokenizers of ray_jobs/preprocess.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from gr_train import synthetic
 from gr_train.config import ReaderSection, RunConfig
@@ -40,13 +41,15 @@ def build_reader(cfg: ReaderSection, tokenizer=None) -> Reader:
 def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]:
     """(reader, reranker or None when the objective trains the reader alone: objective.name=reader). The demo's
     word-level tokenizer is built when no model names one. With a runtime, the reader is built inside its
-    partitioned_init() (ZeRO-3: no rank holds the whole reader). Seeds are the caller's job (train.setup seeds
-    before building)."""
+    partitioned_init() (ZeRO-3: no rank holds the whole reader). The reader's dtype: reader.dtype, else
+    runtime.precision. Seeds are the caller's job (train.setup seeds before building)."""
     tokenizer = None
     if cfg.reader.kind == "demo_fid" and not cfg.reader.name_or_path:
         tokenizer = synthetic.build_tokenizer(cfg.synthetic)
+    # The reader's dtype is the config's: reader.dtype, else runtime.precision (fp32 under the local engine).
+    reader_cfg = dataclasses.replace(cfg.reader, dtype=cfg.reader.dtype or cfg.runtime.precision)
     with runtime.partitioned_init() if runtime is not None else contextlib.nullcontext():
-        reader = build_reader(cfg.reader, tokenizer)
+        reader = build_reader(reader_cfg, tokenizer)
     reranker = None
     if OBJECTIVES[cfg.objective.name].trains == "reranker":
         rr_tok = None

@@ -23,16 +23,26 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    Cache,
     DynamicCache,
     EncoderDecoderCache,
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.cache_utils import DynamicLayer
 
-from gr_train.attention import answer_bias, causal_bias, cross_attention_bias, fused_bias, passage_key_bias
+from gr_train.attention import (
+    NEG_BIAS,
+    answer_bias,
+    causal_bias,
+    cross_attention_bias,
+    fused_bias,
+    passage_key_bias,
+    to_attention_dtype,
+)
 from gr_train.data import PassageText
-from gr_train.gumbel import NEG_BIAS
+from gr_train.lengths import Truncations, check_budget, position_limit
 
 
 
@@ -43,6 +53,7 @@ class Reader(nn.Module):
     """
 
     tokenizer: Any
+    truncations: Truncations  # what tokenize's truncation removed (lengths.Truncations), logged by the recipe
     # Parameters read outside the forward of the module that owns them (e.g. a tied output projection): an engine
     # that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
     params_used_outside_forward: tuple[str, ...] = ()
@@ -51,7 +62,7 @@ class Reader(nn.Module):
         """The layers that run with autograd in the answer pass, for activation checkpointing
         (runtime.reader_checkpointing). Raises ValueError for readers that do not support it."""
         raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} "
-                         "(fid_t5 and demo_fid readers only)")
+                         "(fid_t5, causal_lm and demo_fid readers only)")
 
     def tokenize(
         self, questions: list[str], passages: list[list[PassageText]], targets: list[str] | None = None
@@ -97,6 +108,16 @@ TINY_CAUSAL = {
     "qwen2": _TINY_LLAMA_LIKE,
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
 }
+
+
+# reader.dtype → torch dtype; None (not resolved against runtime.precision, e.g. a bare ReaderSection) = fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def reader_dtype(cfg) -> torch.dtype:
+    """The torch dtype of `cfg.dtype` (config.ReaderSection): the dtype a reader is built and loaded in, whatever
+    dtype its checkpoint was saved in."""
+    return DTYPES[cfg.dtype or "fp32"]
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -270,6 +291,9 @@ class FiDT5Reader(Reader):
     logits after the (zero) cross-attention position bias, sdpa folds it into that bias (create_position_bias_mask).
     """
 
+    # One encoder input per passage; the context text comes last, so truncation cuts it first.
+    PASSAGE_FORMAT = "question: {q} title: {t} context: {x}"
+
     def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int,
                  answer_eos: bool = True):
         super().__init__()
@@ -278,6 +302,13 @@ class FiDT5Reader(Reader):
         self.passage_max_tokens = passage_max_tokens
         self.answer_max_tokens = answer_max_tokens
         self.answer_eos = answer_eos  # targets end with eos (reader.answer_eos)
+        self.truncations = Truncations()
+        # T5's relative position biases have no length limit; the template alone must leave room for passage text.
+        template = len(tokenizer(self.PASSAGE_FORMAT.format(q="", t="", x=""))["input_ids"])
+        if template >= passage_max_tokens:
+            raise ValueError(f"reader.passage_max_tokens ({passage_max_tokens}) leaves no passage text: the FiD input "
+                             f"template '{self.PASSAGE_FORMAT}' takes {template} tokens without question, title and "
+                             "context; raise reader.passage_max_tokens")
         config = model.config
         start = getattr(config, "decoder_start_token_id", None)
         if start is None and model.generation_config is not None:
@@ -287,26 +318,29 @@ class FiDT5Reader(Reader):
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "FiDT5Reader":
-        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config."""
+        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config; in
+        reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
             model = T5ForConditionalGeneration.from_pretrained(
-                cfg.name_or_path, attn_implementation=cfg.attn_implementation
+                cfg.name_or_path, attn_implementation=cfg.attn_implementation, dtype=reader_dtype(cfg)
             )
         else:
             ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
             config = T5Config(**{**TINY_T5, **ids, **cfg.model_config})
-            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation,
+                                                      dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded); with targets, also
         labels [B, T] (T <= answer_max_tokens, eos last, -100 on padding)."""
         B = len(questions)
-        texts = _passage_texts(questions, passages, "question: {q} title: {t} context: {x}", "question: {q}")
+        texts = _passage_texts(questions, passages, self.PASSAGE_FORMAT, "question: {q}")
         L = self.passage_max_tokens
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
+        self._count_cut_contexts(questions, passages)
         passage_ids, passage_mask = _pad(ids, L, self.tokenizer.pad_token_id)
         inputs = {"passage_ids": passage_ids.view(B, -1, L), "passage_mask": passage_mask.view(B, -1, L)}
         if targets is not None:
@@ -314,6 +348,19 @@ class FiDT5Reader(Reader):
             labels, target_mask = _pad(target, max(map(len, target)), self.tokenizer.pad_token_id)
             inputs["labels"] = labels.masked_fill(~target_mask, -100)
         return inputs
+
+    def _count_cut_contexts(self, questions, passages) -> None:
+        """Count (and warn about, once) inputs whose whole context text is cut: the question and title fill
+        passage_max_tokens, so the passage reads as its question alone."""
+        heads = [self.PASSAGE_FORMAT.format(q=q, t=t, x="").rstrip() for q, ps in zip(questions, passages)
+                 for t, x in ps if x.strip()]
+        if not heads:
+            return
+        room = self.passage_max_tokens - self.tokenizer.num_special_tokens_to_add()
+        cut = sum(len(h) >= room for h in self.tokenizer(heads, add_special_tokens=False)["input_ids"])
+        self.truncations.add("passages_without_text", cut, f"reader: {cut} of {len(heads)} FiD inputs lost their whole "
+                             f"context text to truncation: 'question: q title: t' fills reader.passage_max_tokens "
+                             f"({self.passage_max_tokens}); raise it")
 
     def _encode(self, inputs) -> FiDStates:
         ids, mask = inputs["passage_ids"], inputs["passage_mask"]
@@ -332,7 +379,7 @@ class FiDT5Reader(Reader):
 
     def _cross_bias(self, states: FiDStates, log_M: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
-        return cross_attention_bias(log_M, states.token_mask).to(states.hidden.dtype)
+        return to_attention_dtype(cross_attention_bias(log_M, states.token_mask), states.hidden.dtype)
 
     def _decoder_input_ids(self, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the start token, then the target shifted right (pads for -100). [B, T] → [B, T]."""
@@ -403,11 +450,39 @@ class PassageCache:
     values: tuple[torch.Tensor, ...]  # per layer [B, kv_heads, n*L, head_dim]
     token_mask: torch.Tensor  # [B, n, L] bool
 
+    def read_only_cache(self) -> "ReadOnlyPassageCache":
+        """These states as a cache that the answer pass reads and never extends (ReadOnlyPassageCache); no copy."""
+        return ReadOnlyPassageCache(self.keys, self.values)
+
     def fresh_cache(self) -> DynamicCache:
-        """A new Cache holding these states. The answer pass appends its own keys to the cache it is given, so each
-        call gets its own (baselines run several answer passes on one encoding). No config: every layer a full
-        DynamicLayer, i.e. sliding-window layers would see all passages too."""
+        """A new Cache holding these states, for decoding: it appends each new token's keys, so each call gets its
+        own (baselines run several answer passes on one encoding). No config: every layer a full DynamicLayer, i.e.
+        sliding-window layers would see all passages too."""
         return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+
+
+class ReadOnlyPassageCache(Cache):
+    """The passage K/V given to every layer of the teacher-forced answer pass as a read-only input.
+
+    `update(k, v, layer)` returns [passage K/V of that layer; k, v] (concatenated on the sequence axis) and stores
+    nothing. So one instance serves any number of answer passes, and a layer that activation checkpointing
+    recomputes in backward (runtime.checkpoint_answer_pass) sees exactly the keys its forward saw; a DynamicCache
+    would append the answer's keys a second time. Not for decoding token by token (PassageCache.fresh_cache).
+    keys, values: per layer [B, kv_heads, n*L, head_dim].
+    """
+
+    def __init__(self, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...]):
+        layers = []
+        for k, v in zip(keys, values):
+            layer = DynamicLayer()
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v  # the passage states themselves, not a copy
+            layers.append(layer)
+        super().__init__(layers=layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
 
 
 class CausalLMReader(Reader):
@@ -422,8 +497,8 @@ class CausalLMReader(Reader):
     eager and sdpa, gradient included.
     """
 
-    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int, prompt: str = "plain",
-                 answer_eos: bool = True, instruction: str = ""):
+    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int, prompt_max_tokens: int = 0,
+                 prompt: str = "plain", answer_eos: bool = True, instruction: str = ""):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -432,23 +507,62 @@ class CausalLMReader(Reader):
         self.prompt, self.answer_eos, self.instruction = prompt, answer_eos, instruction  # see query_prompts
         # Pads are masked out everywhere, so any id will do where the tokenizer has no pad token (GPT-2, Llama).
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.truncations = Truncations()
+        self.position_limit = position_limit(model.config)
+        self.prompt_max_tokens = None  # no cut while measuring the prompt template
+        self.prompt_max_tokens = self._prompt_budget(prompt_max_tokens)
+
+    def _prompt_budget(self, prompt_max_tokens: int) -> int | None:
+        """Prompt tokens allowed: the query runs at positions passage_max_tokens .. + prompt + answer - 1, which must
+        stay inside the model's position limit. ValueError (naming the keys, lengths and limit) when the passage,
+        prompt and answer budgets cannot fit; None = no limit."""
+        L, T = self.passage_max_tokens, self.answer_max_tokens
+        template = self.tokenize([""], [[]])["prompt_ids"].shape[1]  # the prompt without a question
+        limit = self.position_limit
+        if prompt_max_tokens:
+            parts = {"reader.passage_max_tokens": L, "reader.prompt_max_tokens": prompt_max_tokens,
+                     "reader.answer_max_tokens": T}
+            budget = prompt_max_tokens
+        else:
+            parts = {"reader.passage_max_tokens": L, "the prompt without its question": template,
+                     "one question token": 1, "reader.answer_max_tokens": T}
+            budget = None if limit is None else limit[1] - L - T
+        check_budget("reader", parts, limit)
+        if budget is not None and budget <= template:
+            raise ValueError(f"reader.prompt_max_tokens ({budget}) leaves no question: the prompt takes {template} "
+                             "tokens without it; raise reader.prompt_max_tokens")
+        return budget
+
+    def _fit_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Prompt token ids cut from the left to prompt_max_tokens (the end, next to the answer, stays); counted."""
+        budget = self.prompt_max_tokens
+        if budget is None:
+            return prompts
+        cut = sum(len(p) > budget for p in prompts)
+        self.truncations.add("prompts", cut, f"reader: {cut} of {len(prompts)} prompts were cut from the left to "
+                             f"{budget} tokens (reader.prompt_max_tokens, or what the model's position limit leaves "
+                             "after reader.passage_max_tokens and reader.answer_max_tokens)")
+        return [p[-budget:] for p in prompts] if cut else prompts
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "CausalLMReader":
         """From `cfg.name_or_path` (hub id or local folder), else a random model of `model_config["model_type"]`
-        (llama | qwen2 | gpt2 | any AutoConfig type; default llama) from TINY_CAUSAL + cfg.model_config."""
+        (llama | qwen2 | gpt2 | any AutoConfig type; default llama) from TINY_CAUSAL + cfg.model_config; in
+        reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation,
+                                                         dtype=reader_dtype(cfg))
         else:
             overrides = dict(cfg.model_config)
             model_type = overrides.pop("model_type", "llama")
             ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
             config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
-            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
-        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt, cfg.answer_eos,
-                   cfg.instruction)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation,
+                                                     dtype=reader_dtype(cfg))
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens,
+                   cfg.prompt, cfg.answer_eos, cfg.instruction)
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
@@ -460,7 +574,7 @@ class CausalLMReader(Reader):
         L = self.passage_max_tokens
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
         passage_ids, passage_mask = _pad(ids, L, self.pad_id)
-        prompts = query_prompts(self.tokenizer, questions, self.prompt, self.instruction)
+        prompts = self._fit_prompts(query_prompts(self.tokenizer, questions, self.prompt, self.instruction))
         prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
         inputs = {
             "passage_ids": passage_ids.view(B, -1, L),
@@ -477,14 +591,20 @@ class CausalLMReader(Reader):
         return inputs
 
     def answer_pass_layers(self) -> list[nn.Module]:
-        """Refused: the answer pass's layers append to the passage KV cache, and a recomputed layer would append a
-        second time."""
-        raise ValueError(f"runtime.reader_checkpointing: not supported for {type(self).__name__} (its answer layers "
-                         "append to the passage KV cache; fid_t5 and demo_fid readers only)")
+        """The decoder layers (transformers' GradientCheckpointingLayer modules: LlamaDecoderLayer, Qwen2DecoderLayer,
+        GPT2Block, ...). Each reads the passage K/V as a read-only input (ReadOnlyPassageCache), so a recompute in
+        backward sees what the forward saw. Passage encoding runs under no_grad and is not recomputed."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not layers:
+            raise ValueError(f"runtime.reader_checkpointing: {type(self.model).__name__} has no decoder layers that "
+                             "transformers marks for checkpointing (GradientCheckpointingLayer)")
+        return layers
 
     def _mask(self, bias: torch.Tensor) -> torch.Tensor:
         # sdpa wants the float mask in the query dtype; in fp32 this is a no-op.
-        return bias.to(self.model.dtype)
+        return to_attention_dtype(bias, self.model.dtype)
 
     def encode_passages(self, inputs) -> PassageCache:
         """Block-causal prefill of the B*n passages under no_grad → PassageCache, K,V [B, kv_heads, n*L, head_dim]."""
@@ -539,7 +659,7 @@ class CausalLMReader(Reader):
             input_ids=query_ids,
             attention_mask=self._mask(bias),
             position_ids=self._query_positions(query_mask, states.token_mask.shape[-1]),
-            cache=states.fresh_cache(),
+            cache=states.read_only_cache(),
             use_cache=True,
             **kwargs,
         )
@@ -575,11 +695,14 @@ class CausalLMReader(Reader):
 
     @torch.no_grad()
     def generate_ids(self, states: PassageCache, inputs, log_M=None, max_new_tokens: int = 8) -> torch.Tensor:
-        """Greedy decoding after the prompt, one token per step on a growing cache. → [B, <= max_new_tokens]."""
+        """Greedy decoding after the prompt, one token per step on a growing cache. → [B, <= max_new_tokens];
+        max_new_tokens is capped where the model's position limit ends."""
         B, n, L = states.token_mask.shape
         if log_M is None:
             log_M = torch.zeros(B, n, device=states.token_mask.device)
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        if self.position_limit is not None:  # the last generated token sits at position L + P + max_new_tokens - 1
+            max_new_tokens = max(1, min(max_new_tokens, self.position_limit[1] - L - prompt_ids.shape[1]))
         cache = states.fresh_cache()
         key_bias = passage_key_bias(log_M, states.token_mask)  # [B, n*L], grows by one column per token
         positions = self._query_positions(prompt_mask, L)

@@ -25,6 +25,7 @@ from transformers import (
 
 from gr_train.config import RerankerSection
 from gr_train.data import PassageText, passage_string
+from gr_train.lengths import check_budget, position_limit
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
 SETTINGS_FILE = "gr_train_reranker.json"
@@ -260,6 +261,7 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     folder, else the `tokenizer` argument. A folder written by Reranker.save must agree with cfg on kind and
     scoring settings. name_or_path None: random weights from a tiny config overridden by cfg.model_config
     (which may name a `model_type`); the tokenizer (cfg.tokenizer_path or the argument) sets the vocabulary size.
+    ValueError when reranker.max_tokens exceeds the model's position limit (lengths.position_limit).
     """
     if cfg.kind not in RERANKERS:
         raise ValueError(f"reranker.kind: unknown '{cfg.kind}' ({' | '.join(RERANKERS)})")
@@ -279,6 +281,8 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
                 "set reranker.tokenizer_path or pass tokenizer= to build_reranker"
             )
         model = cls.auto_class.from_config(_scratch_config(cfg, cls, tokenizer))
+    # Every pair (cross-encoder) or text (bi-encoder) is cut to max_tokens; it must fit the model's positions.
+    check_budget("reranker", {"reranker.max_tokens": cfg.max_tokens}, position_limit(model.config))
     reranker = cls(model, tokenizer, cfg)
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)

@@ -43,8 +43,10 @@ class Runtime(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradient of one micro-batch's mean loss (scaled by 1/grad_accum_steps)."""
 
-    def step(self) -> dict[str, float]:
-        """Optimizer step at the accumulation boundary → {"train/grad_norm", "train/lr"}."""
+    def step(self, skip: bool = False) -> dict[str, float]:
+        """Optimizer step at the accumulation boundary → {"train/grad_norm", "train/lr", "train/step_skipped"}.
+        skip (every rank passes the same value): discard the accumulated gradients, no update, the LR schedule
+        stays; a non-finite gradient norm skips too. step_skipped: 1.0 when no update was made."""
 
     def module_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights of the trainable module (on rank 0; collective)."""
@@ -172,15 +174,21 @@ class LocalRuntime(_Engine):
         the step's gradient is the mean over all questions of the step."""
         (loss / self.cfg.train.grad_accum_steps).backward()
 
-    def step(self) -> dict[str, float]:
-        """Clip, update, advance the schedule, zero grads. Returns {grad_norm, lr} (pre-clip global norm)."""
-        clip = self.cfg.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+    def step(self, skip: bool = False) -> dict[str, float]:
+        """Clip, update, advance the schedule, zero grads. Returns {grad_norm, lr, step_skipped} (pre-clip global
+        norm). skip, or a non-finite norm: gradients dropped, no update, the schedule stays (as DeepSpeed does on
+        an overflow)."""
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
+        norm = float("nan")
+        if not skip:
+            clip = self.cfg.optim.grad_clip
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf")))
+            skip = not math.isfinite(norm)
+        if not skip:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"train/grad_norm": float(norm), "train/lr": lr}
+        return {"train/grad_norm": norm, "train/lr": lr, "train/step_skipped": float(skip)}
 
     # -- checkpoint state ---------------------------------------------------------------------------------
 
@@ -364,11 +372,20 @@ class DeepSpeedRuntime(_Engine):
         if not self.engine.is_gradient_accumulation_boundary():
             self.engine.step()
 
-    def step(self) -> dict[str, float]:
+    def step(self, skip: bool = False) -> dict[str, float]:
+        """engine.step(). DeepSpeed itself discards a step whose global gradient norm is not finite (zero grads, no
+        update, the LR schedule stays; the norm is all-reduced, so every rank agrees): the recipe requests a skip
+        by backpropagating a NaN loss on every rank (see train.train), and this checks that it happened."""
         lr = self._lr_optimizer.param_groups[0]["lr"]
+        skipped_before = self.engine.skipped_steps
         self.engine.step()  # reduce-scatter, clip (gradient_clipping), AdamW on each rank's slice, schedule
+        skipped = self.engine.skipped_steps > skipped_before
+        if skip and not skipped:
+            raise RuntimeError("runtime: a skipped step was requested but DeepSpeed updated the weights (its "
+                               "non-finite gradient check did not fire)")
         norm = self.engine.get_global_grad_norm()
-        return {"train/grad_norm": float(norm) if norm is not None else float("nan"), "train/lr": lr}
+        return {"train/grad_norm": float(norm) if norm is not None else float("nan"), "train/lr": lr,
+                "train/step_skipped": float(skipped)}
 
     # -- checkpoint state: full, world-size independent tensors, gathered collectively, kept on rank 0 ---------
 

@@ -41,6 +41,8 @@ class Recipe:
     dev_records: list | None
     start_step: int = 0
     best: dict | None = None  # {"step", "dev_loss_hard"} of <run_dir>/best/ (train.keep_best)
+    nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm, whole run
+    nonfinite_run: int = 0  # ... of them in a row up to the current step (train.max_nonfinite_steps stops the run)
 
     @property
     def global_batch(self) -> int:
@@ -75,6 +77,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         state = checkpoint.load_checkpoint(last, runtime)
         recipe.start_step = state["step"]
         recipe.best = state.get("best")
+        recipe.nonfinite_steps = state.get("nonfinite_steps", 0)
         log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
                  state.get("world_size", 1), runtime.world_size)
         if state.get("global_batch", recipe.global_batch) != recipe.global_batch:
@@ -99,6 +102,14 @@ def model_scalars(recipe: Recipe) -> dict[str, float]:
     if recipe.trainable is not recipe.reader:
         scalars["model/trainable_param_abs_sum"] = runtime.param_abs_sum(recipe.trainable)
     return scalars
+
+
+def truncation_scalars(recipe: Recipe) -> dict[str, float]:
+    """reader/truncated_<kind>: what the reader's tokenization cut so far (lengths.Truncations), summed over ranks.
+    Collective."""
+    counts = recipe.runtime.all_gather_object(dict(recipe.reader.truncations.counts))
+    kinds = sorted(set().union(*counts))
+    return {f"reader/truncated_{k}": float(sum(c.get(k, 0) for c in counts)) for k in kinds}
 
 
 def micro_batches(recipe: Recipe, step: int) -> list[list]:
@@ -155,6 +166,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         loss_total = 0.0
+        skip = False
         noise = step_noise(cfg, step, recipe.global_batch)
         for i, mb in enumerate(micro_batches(recipe, step)):
             batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
@@ -162,10 +174,13 @@ def train(recipe: Recipe, on_step=None) -> dict:
             rows = (runtime.rank * accum + i) * mb_size
             mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
             out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"step {step}: non-finite loss {out.loss.item()}")
+            # Every rank learns whether any rank's loss is non-finite (one all-reduce), so all skip the step alike.
+            if runtime.mean_across_ranks({"nonfinite": float(not torch.isfinite(out.loss))})["nonfinite"] > 0:
+                skip = True
             tb = time.perf_counter()
-            runtime.backward(out.loss)
+            # A skipped step still runs every backward (under ZeRO-3 the gradient reduction happens inside it), on
+            # a NaN loss: all of the step's gradients are NaN and the engine's step discards them.
+            runtime.backward(out.loss * float("nan") if skip else out.loss)
             sums["time/backward"] = sums.get("time/backward", 0.0) + time.perf_counter() - tb
             loss_total += out.loss.item() / accum
             for k, v in out.metrics.items():  # means over the step's micro-batches
@@ -173,23 +188,39 @@ def train(recipe: Recipe, on_step=None) -> dict:
             for k, v in out.timings.items():  # seconds per step: summed over its micro-batches
                 sums[k] = sums.get(k, 0.0) + v
         t1 = time.perf_counter()
-        stepped = runtime.step()
+        stepped = runtime.step(skip=skip)
         t2 = time.perf_counter()
+        # fp16 loss-scale overflows are skipped by DeepSpeed as a matter of course; they do not count.
+        nonfinite = skip or (stepped["train/step_skipped"] > 0 and cfg.runtime.precision != "fp16")
+        recipe.nonfinite_steps += nonfinite
+        recipe.nonfinite_run = recipe.nonfinite_run + 1 if nonfinite else 0
         # Means over ranks: each rank holds the same number of questions, so this is the global-batch mean.
         scalars = {**runtime.mean_across_ranks({"train/loss": loss_total, **sums, "time/optimizer": t2 - t1}),
                    **stepped}
-        scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0)})
+        scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0),
+                        "train/nonfinite_steps": recipe.nonfinite_steps})
         if "train/w_std" in scalars and scalars["train/w_std"] < cfg.eval.separation_min_std:
             low_spread_steps += 1
         if on_step is not None:
             on_step(step, scalars)
         done = step + 1
-        if done % cfg.train.log_every_steps == 0 or done == cfg.train.max_steps:
+        if done % cfg.train.log_every_steps == 0 or done == cfg.train.max_steps or nonfinite:
             rss = runtime.all_gather_object(peak_rss_mb())
             scalars["perf/peak_rss_mb"] = rss[0]
             scalars.update({f"perf/peak_rss_mb/rank{r}": v for r, v in enumerate(rss)})
+            scalars.update(truncation_scalars(recipe))
             recipe.writer.log(scalars, done)
             bar.set_postfix(loss=f"{loss_total:.3f}")
+        if nonfinite:
+            log.warning("step %d skipped: non-finite %s (%d in a row, %d in the run; train.max_nonfinite_steps=%d)",
+                        step, "loss" if skip else "gradient norm", recipe.nonfinite_run, recipe.nonfinite_steps,
+                        cfg.train.max_nonfinite_steps)
+            if recipe.nonfinite_run >= cfg.train.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"step {step}: {recipe.nonfinite_run} optimizer steps in a row had a non-finite "
+                    f"{'loss' if skip else 'gradient norm'} on some rank and were skipped (train.max_nonfinite_steps="
+                    f"{cfg.train.max_nonfinite_steps}); lower optim.lr, check the data, or use runtime.precision=bf16 "
+                    "over fp16")
         if cfg.train.eval_every_steps and done % cfg.train.eval_every_steps == 0 and recipe.dev_records:
             eval_during_training(recipe, done)
         if cfg.train.save_every_steps and done % cfg.train.save_every_steps == 0 and done < cfg.train.max_steps:
@@ -235,7 +266,7 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
     """Checkpoint `<run_dir>/<name>/`. Every rank calls it; the path comes back on the main rank, else None."""
     state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": recipe.global_batch,
-             "best": recipe.best}
+             "best": recipe.best, "nonfinite_steps": recipe.nonfinite_steps}
     return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.runtime, recipe.cfg, state)
 
 

@@ -9,6 +9,8 @@ parameter got a .grad, whether the reader's / reranker's gathered weights change
 when the reader trains: objective.name=reader).
 --kill-after-step S: rank 0 SIGKILLs itself when step S (0-based) is done, i.e. after the checkpoint of step S.
 --kill-in-save NAME: rank 0 SIGKILLs itself while writing checkpoint NAME, after model.safetensors is written.
+--nan-at STEP:RANK: on rank RANK only, the reader's answer loss is NaN during optimizer step STEP (repeatable).
+Every losses.jsonl row also holds the reranker's parameter checksum after the step (runtime.param_abs_sum).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     p.add_argument("--kill-after-step", type=int, default=-1)
     p.add_argument("--kill-in-save", default="")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--nan-at", action="append", default=[])
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -58,14 +61,32 @@ def main() -> None:
 
         checkpoint.torch.save = save_then_die
 
+    nan_steps = {int(s) for s, r in (x.split(":") for x in args.nan_at) if int(r) == rt.rank}
+    if nan_steps:
+        current = {}
+        real_noise, real_loss = train.step_noise, recipe.reader.answer_loss
+
+        def step_noise(cfg_, step, global_batch):  # called once at the start of every step
+            current["step"] = step
+            return real_noise(cfg_, step, global_batch)
+
+        def answer_loss(*a, **kw):
+            loss = real_loss(*a, **kw)
+            return loss * float("nan") if current.get("step") in nan_steps else loss
+
+        train.step_noise = step_noise
+        recipe.reader.answer_loss = answer_loss
+
     reranker = recipe.reranker  # None when the reader itself trains (objective.name=reader)
     reader0 = gathered_copy(rt, recipe.reader)
     reranker0 = gathered_copy(rt, reranker) if reranker is not None else {}
     losses = open(out / "losses.jsonl", "a") if rt.is_main else None
 
     def on_step(step, scalars):
+        checksum = rt.param_abs_sum(reranker) if reranker is not None else 0.0  # collective
         if losses is not None:
-            losses.write(json.dumps({"step": step, "loss": scalars["train/loss"], "world_size": rt.world_size}) + "\n")
+            losses.write(json.dumps({"step": step, "loss": scalars["train/loss"], "world_size": rt.world_size,
+                                     "reranker_abs_sum": checksum}) + "\n")
             losses.flush()
         if step == args.kill_after_step and rt.is_main:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -85,6 +106,7 @@ def main() -> None:
         "reranker_changed": [k for k in reranker0 if not torch.equal(reranker0[k], reranker1[k])],
         "reranker_params": [n for n, p in reranker.named_parameters() if p.requires_grad] if reranker else [],
         "final": str(final) if final else None,
+        "skipped_steps": getattr(getattr(rt, "engine", None), "skipped_steps", None),
     }
     if recipe.start_step:  # resumed: the weights it started from are the checkpoint's, exactly
         from safetensors.torch import load_file

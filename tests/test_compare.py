@@ -26,6 +26,7 @@ def tiny_cfg(root: Path, *overrides):
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
         "synthetic.n_train=24", "synthetic.n_dev=12",
+        "reader.name_or_path=null", "reader.random_init=true",  # a tiny random reader, on purpose
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
@@ -240,7 +241,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-CLI_OVERRIDES = ["run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48",
+CLI_OVERRIDES = ["run.progress=false", "reader.random_init=true", "reader.kind=fid_t5", "reader.passage_max_tokens=48",
                  "reader.answer_max_tokens=8", "reranker.kind=cross_encoder", "reranker.max_tokens=64",
                  "reranker.model_config={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
                  "intermediate_size: 64, max_position_embeddings: 128}",
@@ -261,7 +262,12 @@ def test_cli_compare_on_a_fid_jsonl_file(tmp_path, capsys):
     assert math.isfinite(summary["rows"]["gumbel"]["mean"]["mrr"])
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert load_config(out / "gumbel" / "seed-0" / "config.yaml").optim.lr == 0.01
-    assert "| gumbel |" in capsys.readouterr().out
+    # every dev question has a bridge (indirect) and an answer (direct) gold passage among its 4 candidates
+    assert summary["counts"] == {"questions": 6, "direct": 6, "indirect": 6, "yes_no": 0, "with_gold": 6,
+                                 "no_gold": 0, "lost_gold": 0}
+    printed = capsys.readouterr().out
+    assert "| gumbel |" in printed
+    assert "Dev: 6 questions: 6 with a direct and 6 with an indirect gold passage, 0 yes/no." in printed
 
 
 def test_cli_compare_refuses_a_dev_file_without_labels(tmp_path, capsys):

@@ -297,6 +297,22 @@ def test_zero3_fine_tunes_a_partitioned_hf_reader_without_a_reranker(data, tmp_p
 
 
 @pytest.mark.ray
+def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(data, tmp_path):
+    """Rank 1 alone gets a NaN loss in step 1: both ranks skip that optimizer step (no weight moves, DeepSpeed counts
+    one skipped step on each), the run goes on, and train/nonfinite_steps counts it."""
+    out, run_dir = tmp_path / "out", tmp_path / "run"
+    launch(torchrun(2, int(free_ports(1)[0]), str(DRIVER), "--out", str(out), "--no-resume", "--nan-at", "1:1",
+                    "--config", "configs/demo.yaml", *overrides(data, run_dir, "train.save_every_steps=0")),
+           tmp_path / "nan.log")
+    rows = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    sums = [r["reranker_abs_sum"] for r in rows]
+    assert len(rows) == STEPS and math.isnan(rows[1]["loss"]) and all(math.isfinite(r["loss"]) for r in rows[2:])
+    assert sums[1] == sums[0] and len({sums[0], sums[2], sums[3], sums[4]}) == 4  # step 1 alone made no update
+    assert [rep["skipped_steps"] for rep in reports(out, 2)] == [1, 1]
+    logged = [(row["step"], row["train/nonfinite_steps"]) for row in scalars(run_dir) if "train/nonfinite_steps" in row]
+    assert logged == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1)]
+
+
 def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
     """ray_jobs/train.py on a local Ray: TorchTrainer, 2 workers from runtime.num_workers, gloo."""
     import tempfile

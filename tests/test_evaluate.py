@@ -53,7 +53,7 @@ def test_evaluate_cli_on_a_real_fid_file(tmp_path):
     build_reranker(cfg, tok).save(tmp_path / "rr")
     out = tmp_path / "eval.json"
     rc = cli.main(["evaluate", f"data.dev_path={tmp_path / 'dev.jsonl'}", f"reranker.name_or_path={tmp_path / 'rr'}",
-                   "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reranker.max_tokens=64",
+                   "reader.kind=fid_t5", "reader.random_init=true", "reader.passage_max_tokens=48", "reranker.max_tokens=64",
                    "run.progress=false", f"run.run_dir={tmp_path}", "--output", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())

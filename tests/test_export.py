@@ -80,11 +80,12 @@ def tiny_reranker(kind: str) -> Reranker:
 
 def tiny_run(tmp_path: Path):
     """A 3-step G-Rerank run of a tiny cross-encoder (tests/test_train.py's tiny config), then `gr-train evaluate`
-    (ranking only) into <run_dir>/eval.json."""
+    (ranking only) into <run_dir>/final/eval.json, next to the evaluated reranker."""
     data = tmp_path / "data"
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"run.run_dir={tmp_path / 'run'}", "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2",
-        "synthetic.n_train=24", "synthetic.n_dev=8", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "synthetic.n_train=24", "synthetic.n_dev=8", "reader.name_or_path=null", "reader.random_init=true",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32, initializer_range: 0.5}",  # scores spread at once
         "train.max_steps=3", "train.micro_batch_size=4", "optim.lr=1e-2", "optim.warmup_steps=0", "eval.ks=[2, 5]",
@@ -211,7 +212,7 @@ def test_model_card_of_the_training_run(exports):
     assert "| k | 2 (`gumbel.k`" in body and "| kappa | 10 (score scale; `gumbel.kappa`, constant) |" in body
     assert "| tau | 0.5 (temperature; `gumbel.tau`, constant) |" in body
     assert "| estimator | straight_through (`gumbel.estimator`: the reader read the hard Gumbel top-k sample;" in body
-    result = json.loads((run_dir / "eval.json").read_text())
+    result = json.loads((run_dir / "final" / "eval.json").read_text())
     assert format_table({"eval.json": result}, [2, 5]) in body
     assert "8 dev questions" in body and "no reader EM" in body
 
@@ -233,7 +234,7 @@ def test_eval_files_given_on_the_command_line_make_the_table(exports, tmp_path, 
     """--eval with the demo's results.json layout (named results among other entries): one row per result, in
     order, replacing the run's own eval.json; a file without results is refused, naming it."""
     run_dir = exports["run_dir"]
-    result = json.loads((run_dir / "eval.json").read_text())
+    result = json.loads((run_dir / "final" / "eval.json").read_text())
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"reader_em": {"all": 0.5}, "untrained": result, "trained": result}))
     out = tmp_path / "out"

@@ -157,6 +157,7 @@ def test_a_shard_that_reloads_slower_than_a_fixed_window_is_waited_for(tmp_path,
 # ---------------------------------------------------------------------------------------------------------------
 
 TINY = ["reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
+        "reader.name_or_path=null", "reader.random_init=true",  # a tiny random reader, on purpose
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}"]

@@ -137,7 +137,7 @@ def test_hf_readers_masked_sets_equal_the_passages_read_alone(tmp_path, family):
     from gr_train.data import load_records
     from gr_train.models import build_reader
 
-    cfg = load_config(None, [*family, "synthetic.n_dev=6", "data.n_candidates=6", "reader.passage_max_tokens=24"])
+    cfg = load_config(None, [*family, "synthetic.n_dev=6", "data.n_candidates=6", "reader.passage_max_tokens=48"])
     _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path, 0)
     records = load_records(dev)
     torch.manual_seed(0)

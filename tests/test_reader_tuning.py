@@ -30,7 +30,7 @@ def toy(tmp_path_factory) -> Path:
 def fine_tune(toy: Path, run_dir: Path, *overrides: str, steps: int = 30):
     cfg = load_config(None, [
         "reader.trainable=true", "objective.name=reader", f"data.train_path={toy / 'train.jsonl'}",
-        "data.n_candidates=4", "reader.passage_max_tokens=24", "reader.answer_max_tokens=8", f"train.max_steps={steps}",
+        "data.n_candidates=4", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8", f"train.max_steps={steps}",
         "train.micro_batch_size=8", "optim.lr=3e-3", f"run.run_dir={run_dir}", "run.progress=false",
         "train.log_every_steps=10", *overrides])
     losses = []
@@ -60,7 +60,7 @@ def test_full_fine_tuning_lowers_the_loss_and_the_saved_folder_scores_identicall
     folder = tmp_path / "run" / "final" / "reader"
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     reloaded = build_reader(load_config(None, [*family, f"reader.name_or_path={folder}",
-                                               "reader.passage_max_tokens=24", "reader.answer_max_tokens=8"]).reader)
+                                               "reader.passage_max_tokens=48", "reader.answer_max_tokens=8"]).reader)
     assert not any(p.requires_grad for p in reloaded.parameters()) and not reloaded.training  # loaded frozen
     dev = load_records(toy / "dev.jsonl")
     (loss_a, ans_a), (loss_b, ans_b) = scores(reader, dev), scores(reloaded, dev)
@@ -96,7 +96,7 @@ def test_lora_trains_adapters_only_and_saves_merged_weights_that_score_identical
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(saved[q_proj], base[f"model.{q_proj}"])  # the adapters are merged in
     reloaded = build_reader(load_config(None, [*CAUSAL, f"reader.name_or_path={tmp_path / 'run' / 'final' / 'reader'}",
-                                               "reader.passage_max_tokens=24", "reader.answer_max_tokens=8"]).reader)
+                                               "reader.passage_max_tokens=48", "reader.answer_max_tokens=8"]).reader)
     dev = load_records(toy / "dev.jsonl")
     (loss_a, ans_a), (loss_b, ans_b) = scores(reader, dev), scores(reloaded, dev)
     torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-5)

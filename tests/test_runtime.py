@@ -3,11 +3,14 @@ optimizer state, and activation checkpointing of the reader's answer pass."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from gr_train import objectives, runtime, train
-from gr_train.config import ConfigError, load_config
+from gr_train.attention import NEG_BIAS
+from gr_train.config import ConfigError, ReaderSection, load_config
 from gr_train.models import build_reader
 
 from test_train import tiny_cfg
@@ -99,10 +102,41 @@ def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
     assert len(calls) == 2 * n_iter  # each tied-decoder application ran twice: forward, then recompute
 
 
-def test_reader_checkpointing_refuses_decoder_only_readers():
-    cfg = load_config(overrides=["reader.kind=causal_lm"])
-    with pytest.raises(ValueError, match="reader_checkpointing"):
-        build_reader(cfg.reader).answer_pass_layers()
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "qwen2", "fid_t5"])
+def test_reader_checkpointing_of_hf_readers_gives_the_same_loss_and_mask_gradient(model_type):
+    """Decoder-only readers too: each answer-pass layer reads the passage K/V as a read-only input, so its recompute
+    in backward sees the keys its forward saw (a cache it appended to would hold the answer's keys twice)."""
+    kind = "fid_t5" if model_type == "fid_t5" else "causal_lm"
+    model_config = {} if kind == "fid_t5" else {"model_type": model_type, "initializer_range": 0.3}
+    torch.manual_seed(0)
+    reader = build_reader(ReaderSection(kind=kind, model_config=model_config, passage_max_tokens=48))
+    passages = [[("Book", "the book was written by bob"), ("Sky", "the sky is blue"), ("", "")],
+                [("Ann", "ann lives in paris"), ("Red", "roses are red"), ("Cat", "the cat sleeps")]]
+    inputs = reader.tokenize(["who wrote it?", "where is ann?"], passages, ["bob", "paris"])
+    states = reader.encode_passages(inputs)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+
+    def loss_and_grad():
+        log_M = torch.tensor([[-0.1, -2.0, 0.0], [-0.7, 0.0, -5.0]]).masked_fill(~valid, NEG_BIAS).requires_grad_(True)
+        loss = reader.answer_loss(states, inputs, log_M).mean()
+        loss.backward()
+        return loss.detach(), log_M.grad
+
+    plain = loss_and_grad()
+    assert plain[1][valid].abs().min() > 1e-6  # every valid passage gets a gradient: the comparison can fail
+    layers = reader.answer_pass_layers()
+    assert len(layers) == 2  # the tiny models' two decoder layers
+    calls = []
+    # A submodule's hook fires in the forward and again in the recompute (the layer's own hook only once).
+    first = next(m for m in layers[0].modules() if list(m.parameters(recurse=False)))  # a projection or a norm
+    first.register_forward_hook(lambda *a: calls.append(torch.is_grad_enabled()))
+    runtime.checkpoint_answer_pass(reader)
+    checkpointed = loss_and_grad()
+    assert torch.allclose(plain[0], checkpointed[0], rtol=0, atol=1e-5)
+    assert torch.allclose(plain[1], checkpointed[1], rtol=0, atol=1e-5)
+    assert len(calls) == 2  # forward, then recompute
+    again = loss_and_grad()  # the same states serve another checkpointed pass
+    assert torch.allclose(plain[1], again[1], rtol=0, atol=1e-5)
 
 
 def test_both_engines_implement_the_runtime_protocol():
@@ -119,3 +153,22 @@ def test_both_engines_implement_the_runtime_protocol():
     assert runtime.LocalRuntime.prepare is runtime.DeepSpeedRuntime.prepare  # one prepare
     assert isinstance(runtime.build_runtime(load_config()), runtime.Runtime)
     assert not isinstance(object(), runtime.Runtime)
+
+
+def test_local_step_skips_a_requested_or_nonfinite_step_and_keeps_the_schedule():
+    """step(skip=True), or gradients with a non-finite norm: no update, gradients dropped, the LR schedule stays."""
+    cfg = load_config(overrides=["optim.warmup_steps=10"])
+    rt = runtime.LocalRuntime(cfg)
+    module = torch.nn.Linear(3, 1)
+    rt.prepare(module)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for skip, grad in ((True, 1.0), (False, float("nan")), (False, float("inf"))):
+        module(torch.ones(1, 3)).sum().mul(grad).backward()
+        out = rt.step(skip=skip)
+        assert out["train/step_skipped"] == 1.0 and out["train/lr"] == pytest.approx(1e-5)  # warm-up step 0 of 10
+        assert all(p.grad is None for p in module.parameters())
+        assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    module(torch.ones(1, 3)).sum().backward()
+    out = rt.step()
+    assert out["train/step_skipped"] == 0.0 and math.isfinite(out["train/grad_norm"])
+    assert not torch.equal(module.weight, before["weight"]) and rt.scheduler.last_epoch == 1

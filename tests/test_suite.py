@@ -17,7 +17,7 @@ WIKI_TRAIN = DATA / "2wikimultihopqa" / "train_sample_migres.json"
 WIKI_DEV = DATA / "2wikimultihopqa" / "dev_sample_migres.json"
 
 TINY = [
-    "run.progress=false", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
+    "run.progress=false", "reader.random_init=true", "reader.kind=fid_t5", "reader.passage_max_tokens=48", "reader.answer_max_tokens=8",
     "reader.model_config={d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_decoder_layers: 1, num_heads: 2}",
     "reranker.kind=cross_encoder", "reranker.max_tokens=48",
     "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
@@ -30,7 +30,7 @@ TINY = [
 def suite_cfg(tmp_path, *overrides):
     datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV)},
                 "2wiki": {"train": str(WIKI_TRAIN), "dev": str(WIKI_DEV), "format": "2wiki",
-                          "overrides": ["data.n_candidates=4"]}}
+                          "overrides": ["data.n_candidates=4", "eval.ks=[2, 4]"]}}
     return load_config(None, [*TINY, f"run.run_dir={tmp_path / 'out'}", f"suite.datasets={json.dumps(datasets)}",
                               *overrides])
 
@@ -55,6 +55,7 @@ def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
         assert len(dev) == 6 and all(len(json.loads(line)["ctxs"]) == 10 for line in dev)  # cut at training time
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## hotpotqa" in md and "## 2wiki" in md and "| gumbel |" in md
+    assert md.count("Dev: 6 questions:") == 2  # the question counts under each dataset's table
     assert md.count("Reader report on the dev set") == 2  # one per dataset
     assert json.loads((tmp_path / "out" / "suite.json").read_text())["wall_s"] > 0
 
@@ -100,7 +101,8 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
                 "dup_gold": {"synthetic": {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}}}
     cfg = load_config(demo, [
         "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2]",
-        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.name_or_path=null", "reader.random_init=true",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}", "train.max_steps=2", "train.micro_batch_size=4",
         "suite.objectives=[gumbel, gumbel_st=gumbel]", "suite.seeds=[0]",

@@ -20,6 +20,7 @@ def tiny_cfg(tmp_path, *overrides):
         f"run.run_dir={tmp_path / 'run'}", "run.progress=false",
         "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
         "synthetic.n_train=48", "synthetic.n_dev=16",
+        "reader.name_or_path=null", "reader.random_init=true",  # a tiny random reader, on purpose
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
@@ -167,3 +168,47 @@ def test_best_checkpoint_follows_the_lowest_label_free_dev_loss_and_survives_res
     resumed = train.setup(cfg, resume=True)
     early = min((2, 4), key=evals.get)
     assert resumed.start_step == 4 and resumed.best == {"step": early, "dev_loss_hard": evals[early]}
+
+
+def inject_nan(monkeypatch, recipe, steps: set[int]) -> None:
+    """The reader's answer loss becomes NaN during the optimizer steps in `steps` (as an fp16 overflow would)."""
+    current = {}
+    real_noise, real_loss = train.step_noise, recipe.reader.answer_loss
+
+    def step_noise(cfg, step, global_batch):  # called once at the start of every step
+        current["step"] = step
+        return real_noise(cfg, step, global_batch)
+
+    def answer_loss(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if current.get("step") in steps else loss
+
+    monkeypatch.setattr(train, "step_noise", step_noise)
+    monkeypatch.setattr(recipe.reader, "answer_loss", answer_loss)
+
+
+def test_nonfinite_loss_skips_the_step_counts_it_and_training_goes_on(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    inject_nan(monkeypatch, recipe, {1, 2, 4})
+    weights = []
+    train.train(recipe, on_step=lambda step, s: weights.append(
+        {k: v.clone() for k, v in recipe.reranker.state_dict().items()}))
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights, weights[1:])]
+    assert same == [True, True, False, True, False]  # steps 1, 2, 4 made no update; 3 and 5 did
+    state = recipe.runtime.state_dict()
+    assert state["optimizer"]["step"] == 3 and state["scheduler"]["last_epoch"] == 3  # AdamW and LR: 6 - 3 skipped
+    logged = read_scalars(Path(cfg.run.run_dir) / "tb")["train/nonfinite_steps"]  # TensorBoard
+    assert logged == [(1, 0.0), (2, 1.0), (3, 2.0), (4, 2.0), (5, 3.0), (6, 3.0)]
+    assert recipe.nonfinite_steps == 3 and recipe.nonfinite_run == 0
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_with_the_key_named(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, "train.max_nonfinite_steps=3")
+    recipe = train.setup(cfg, resume=False)
+    inject_nan(monkeypatch, recipe, {1, 2, 3})
+    seen = []
+    with pytest.raises(FloatingPointError, match=r"step 3: 3 optimizer steps in a row had a non-finite loss on some "
+                                                 r"rank and were skipped \(train.max_nonfinite_steps=3\)"):
+        train.train(recipe, on_step=lambda step, s: seen.append(step))
+    assert seen == [0, 1, 2, 3]

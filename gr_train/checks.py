@@ -1,0 +1,354 @@
+"""Checks run before any model is built: the mistakes a user makes with the command line, each reported as one
+line that names the key, file or value and the fix.
+
+Two stages, called by cli.py (and by compare.run_compare for `compare` and `suite`):
+- `check_config(cfg, command)`: the config alone, without importing torch: a frozen reader with no weights,
+  model paths that do not exist or name a run folder, missing data paths.
+- `check_data(cfg, splits)`: the data against the config: candidate counts against gumbel.k / eval.ks /
+  eval.reader_k / data.n_candidates, gold labels for evaluation, and a sample of the data through the reader's and
+  the reranker's tokenizers (share of unknown tokens, the demo reader's decoder length) before any model runs.
+
+`USER_ERRORS` are the exceptions cli.main turns into one `gr-train: error: ...` line (exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from gr_train.config import ConfigError, RunConfig
+from gr_train.data import DataError, Record
+
+log = logging.getLogger("gr_train.checks")
+
+
+class UserError(ValueError):
+    """A command-line mistake that is neither a config key nor a data record (an output path, a run folder that
+    already holds a run, an eval file of another reranker). The message names the fix."""
+
+
+# The user mistakes cli.main reports as one line; anything else is a bug and keeps its traceback. export and
+# prepare-models raise FileNotFoundError (subclasses) naming a missing folder or package.
+USER_ERRORS = (ConfigError, DataError, UserError, FileNotFoundError)
+
+# Questions read from each file by the tokenizer check (the first ones: enough to tell a vocabulary that does
+# not fit, cheap next to model loading).
+SAMPLE_QUESTIONS = 32
+# The tokenizer check refuses data when more than this share of its tokens are the unknown token.
+MAX_UNK_SHARE = 0.2
+# A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'); anything else can only be a local path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# First path components that make a model path local, never a hub id: the folders prepare-models and train write.
+LOCAL_ROOTS = ("models", "runs")
+FIT_HINT = ("configs/demo.yaml fits the embedded demo data (gr-train generate); for real text (HotpotQA, 2Wiki, "
+            "MuSiQue) use configs/real.yaml")
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (YAML and tokenizer messages carry newlines)."""
+    return " ".join(str(error).split())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The config alone (no torch)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_config(cfg: RunConfig, command: str, reader_used: bool = True) -> None:
+    """The config-level checks of `command` (train | evaluate | compare | suite); reader_used False (evaluate
+    --no-reader) skips the reader-weights check. Raises ConfigError."""
+    if command == "train" and cfg.data.train_path is None and cfg.objective.name != "reader":
+        raise ConfigError(f"data.train_path: not set; objective.name={cfg.objective.name} trains on a file: add "
+                          "data.train_path=FILE (FiD JSON/JSONL, HotpotQA / 2Wiki / MuSiQue, or a Parquet folder; "
+                          "`gr-train generate --out-dir runs/data` writes the demo's runs/data/train.jsonl)")
+    if command == "evaluate" and not cfg.data.dev_path:
+        raise ConfigError("data.dev_path: not set; add data.dev_path=FILE (FiD JSON/JSONL with is_gold labels, or "
+                          "a HotpotQA / 2Wiki / MuSiQue file)")
+    for key in ("data.train_path", "data.dev_path"):
+        path = getattr(cfg.data, key.split(".")[1])
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{key}={path}: no such file (relative paths start at the working directory "
+                              f"{Path.cwd()})")
+    if reader_used:
+        check_reader_weights(cfg)
+    if command != "suite":  # suite writes its models first (suite.models_dir); run_compare checks them then
+        check_model_paths(cfg)
+
+
+def check_reader_weights(cfg: RunConfig) -> None:
+    """A frozen reader must load weights (reader.name_or_path) unless reader.random_init says random ones are
+    meant. Reader pre-training (objective.name=reader) starts from random weights by design."""
+    if cfg.objective.name == "reader" or cfg.reader.name_or_path or cfg.reader.random_init:
+        return
+    raise ConfigError("reader.name_or_path: not set, so the frozen reader would have random weights and its answers "
+                      "and loss would mean nothing: name its weights, e.g. reader.name_or_path=gr_train/assets/"
+                      "demo_reader (configs/demo.yaml) or models/smollm2-135m (configs/real.yaml), or set "
+                      "reader.random_init=true to use a random reader on purpose")
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """reader / reranker name_or_path and tokenizer_path: an existing model folder, or a hub id (offline: one in
+    the local hub cache). A run or checkpoint folder given for a model is named with the folder to give instead."""
+    check_model_path("reader.name_or_path", cfg.reader.name_or_path, "reader")
+    check_model_path("reader.tokenizer_path", cfg.reader.tokenizer_path, None)
+    check_model_path("reranker.name_or_path", cfg.reranker.name_or_path, "reranker")
+    check_model_path("reranker.tokenizer_path", cfg.reranker.tokenizer_path, None)
+
+
+def check_model_path(key: str, value: str | None, what: str | None) -> None:
+    """One model (what: reader | reranker) or tokenizer (what: None) location. Raises ConfigError."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if what is None or (path / "config.json").is_file():
+            return
+        for sub in (Path("final") / what, Path("best") / what, Path(what)):
+            if (path / sub / "config.json").is_file():
+                kind = "a checkpoint folder" if len(sub.parts) == 1 else "a run folder"
+                alt = f" (or {path / 'best' / what}: the lowest label-free dev loss)" if sub.parts[0] == "final" \
+                    and (path / "best" / what).is_dir() else ""
+                raise ConfigError(f"{key}={value} is {kind}, not a {what} folder: give {key}={path / sub}{alt}")
+        if (path / "config.yaml").is_file():
+            raise ConfigError(f"{key}={value} is a run folder with no {what} yet: final/{what} is written when the "
+                              "run finishes (`gr-train train` with the same run.run_dir resumes it)")
+        raise ConfigError(f"{key}={value}: no model in this folder (no config.json): give a folder written by "
+                          "save_pretrained or by gr-train (e.g. <run_dir>/final/reranker)")
+    if path.exists():
+        raise ConfigError(f"{key}={value} is a file: give the model's folder")
+    # "org/name" is a hub id unless org is a local folder or one of the folders gr-train writes (models/, runs/)
+    first = value.split("/")[0]
+    hub = bool(HUB_ID.match(value)) and first not in LOCAL_ROOTS and not ("/" in value and Path(first).is_dir())
+    if hub and not _offline():
+        return  # downloaded by transformers
+    if hub and _in_hub_cache(value):
+        return
+    hint = ""
+    repo = Path(__file__).resolve().parent.parent
+    if not path.is_absolute() and (repo / path).exists():
+        hint = f"; it is there relative to the repository root: run from {repo} (the configs' paths start there)"
+    elif value.startswith("models/"):
+        hint = "; `gr-train prepare-models` writes models/all-minilm-l6-v2 and models/smollm2-135m"
+    elif what is not None:
+        hint = f"; a trained {what} is in <run_dir>/final/{what}"
+    raise ConfigError(f"{key}={value}: no such folder (relative paths start at the working directory {Path.cwd()})"
+                      + (" and not in the local hub cache (offline)" if hub else "") + hint)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE",
+                                                                                     "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str)
+               for name in ("config.json", "tokenizer_config.json"))
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, main_rank: bool = True) -> None:
+    """`train` into a folder that already holds a run: refused (UserError) when training would start again at step
+    0 (no step-NNNNNN/ checkpoint to resume, or --no-resume) and append a second set of curves to tb/; with
+    overwrite, the run's checkpoints, best/, final/, tb/ and config.yaml are deleted first (the caller must then not
+    resume). Under a launcher only the main rank checks: the others may start after it began writing the run (its
+    refusal ends the launch)."""
+    if not main_rank:
+        return
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run.run_dir={run_dir} is a file: give a folder")
+    steps = sorted(run_dir.glob("step-[0-9]*")) if run_dir.is_dir() else []
+    owned = [run_dir / name for name in ("final", "best", "tb", "config.yaml", "ds_config.json")] + steps
+    present = [p for p in owned if p.exists()]
+    if not present or (resume and steps):
+        return
+    if not overwrite:
+        why = "--no-resume was given" if steps else "it has no step-NNNNNN/ checkpoint to resume from"
+        raise UserError(f"run.run_dir={run_dir} already holds a run ({', '.join(p.name for p in present[:4])}) and "
+                        f"{why}: training would start again at step 0 and add a second set of curves to its tb/. "
+                        "Give another run.run_dir, or add --overwrite to delete that run first")
+    for p in present:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    log.info("--overwrite: deleted %s", ", ".join(str(p) for p in present))
+
+
+def check_output_dir(path: str | Path, what: str) -> None:
+    """An output folder path: not an existing file. Raises UserError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file: give a folder (it is created if missing)")
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) -> None:
+    """An output file path: not a folder, and one of `suffixes`. Raises UserError."""
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        raise UserError(f"{what} {path} is a folder: give a file name, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix not in suffixes:
+        raise UserError(f"{what} {path}: unknown extension '{path.suffix}': give a file ending in "
+                        f"{' or '.join(suffixes)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The data against the config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def question_counts(records: list[Record], n: int) -> dict[str, int]:
+    """Questions of `records` as the evaluation sees them with their first n candidates:
+    {"questions", "direct", "indirect", "yes_no" (questions with at least one passage of the kind among the first
+    n; yes/no questions have no direct or indirect passages), "with_gold" (a gold passage among the first n),
+    "no_gold" (no gold passage at all), "lost_gold" (gold passages, all beyond the first n)}.
+    Unlabelled passages (is_gold None) count as not gold."""
+    counts = dict.fromkeys(("questions", "direct", "indirect", "yes_no", "with_gold", "no_gold", "lost_gold"), 0)
+    for r in records:
+        kept = r.ctxs[:n]
+        counts["questions"] += 1
+        counts["yes_no"] += r.yes_no
+        if not r.yes_no:
+            counts["direct"] += any(p.direct for p in kept)
+            counts["indirect"] += any(p.indirect for p in kept)
+        gold = any(p.is_gold for p in r.ctxs)
+        counts["with_gold"] += any(p.is_gold for p in kept)
+        counts["no_gold"] += not gold
+        counts["lost_gold"] += gold and not any(p.is_gold for p in kept)
+    return counts
+
+
+def format_counts(counts: dict[str, int], n: int) -> str:
+    """One line for under a table: the question counts of question_counts."""
+    line = (f"{counts['questions']} questions: {counts['direct']} with a direct and {counts['indirect']} with an "
+            f"indirect gold passage, {counts['yes_no']} yes/no")
+    if counts.get("lost_gold"):
+        line += (f"; {counts['lost_gold']} lost every gold passage to the cut at data.n_candidates={n} (recall is "
+                 f"over the {counts['with_gold']} that keep one)")
+    if counts.get("no_gold"):
+        line += f"; {counts['no_gold']} have no gold passage"
+    return line
+
+
+def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labelled: tuple[str, ...] = (),
+               reader_used: bool = True) -> None:
+    """The data against the config, before any model is built.
+
+    Args:
+        splits: {split name: (path, records)}, e.g. {"train": (cfg.data.train_path, records)}.
+        labelled: the splits that need is_gold on every passage (ranking metrics).
+        reader_used: False (evaluate --no-reader): only the reranker's tokenizer is checked.
+    Raises ConfigError for k, eval.ks, eval.reader_k or data.n_candidates above the candidate count of the data;
+    DataError for a missing is_gold label, or data the tokenizers cannot read (with the config that fits).
+    """
+    if not splits:
+        return
+    for name, (path, records) in splits.items():
+        if name in labelled:
+            check_labels(path, records)
+        check_candidates(cfg, path, records)
+    check_tokenizers(cfg, splits, reader_used)
+
+
+def check_labels(path: str, records: list[Record]) -> None:
+    """Every passage has an is_gold label (evaluation's ranking metrics). Raises DataError naming the first gap."""
+    for r in records:
+        for i, p in enumerate(r.ctxs):
+            if p.is_gold is None:
+                raise DataError(path, "no is_gold label: evaluation needs gold labels on every passage (ranking "
+                                "metrics); the HotpotQA / 2Wiki / MuSiQue converters set them (gr-train convert)",
+                                record_id=r.id, field=f"ctxs[{i}].is_gold")
+
+
+def check_candidates(cfg: RunConfig, path: str, records: list[Record]) -> None:
+    """data.n_candidates, gumbel.k, eval.ks and eval.reader_k against the candidates per question of `records`
+    (the most any question has). Logs the questions that lose every gold passage to the cut at n_candidates."""
+    most = max((len(r.ctxs) for r in records), default=0)
+    n = cfg.data.n_candidates
+    if n > most:
+        raise ConfigError(f"data.n_candidates={n}, but {path} has at most {most} candidates per question: set "
+                          f"data.n_candidates={most} or less")
+    for key, value in (("gumbel.k", cfg.gumbel.k), ("eval.reader_k", cfg.eval.reader_k),
+                       *((f"eval.ks[{i}]", k) for i, k in enumerate(cfg.eval.ks))):
+        if value > n:
+            raise ConfigError(f"{key}={value} is above the {n} candidates per question (data.n_candidates={n}, "
+                              f"{path} has up to {most}): every metric at {value} would be the one at {n}; give a "
+                              f"value of at most {n}")
+    counts = question_counts(records, n)
+    if counts["lost_gold"]:
+        log.warning("%s: %d of %d questions lose every gold passage to the cut at data.n_candidates=%d (recall is "
+                    "computed over the others; a larger data.n_candidates keeps them)", path, counts["lost_gold"],
+                    counts["questions"], n)
+
+
+def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], reader_used: bool = True) -> None:
+    """The first SAMPLE_QUESTIONS questions of each split through the reader's and the reranker's tokenizers
+    (loaded without their models): refused when more than MAX_UNK_SHARE of the tokens are unknown, or when the demo
+    reader's decoder input (question + answer) exceeds its max_decoder_tokens. Raises DataError naming the file,
+    the share or length and the config that fits."""
+    tokenizers = _tokenizers(cfg)
+    reader = tokenizers.pop("reader") if not reader_used else tokenizers["reader"]
+    for name, (path, records) in splits.items():
+        sample = records[:SAMPLE_QUESTIONS]
+        if not sample:
+            continue
+        texts = [t for r in sample for t in (r.question, r.target_text, *(f"{p.title} {p.text}"
+                                                                          for p in r.ctxs[: cfg.data.n_candidates]))]
+        for which, tok in tokenizers.items():
+            unk = tok.unk_token_id
+            if unk is None:
+                continue
+            ids = [i for row in tok(texts, add_special_tokens=False)["input_ids"] for i in row]
+            share = sum(i == unk for i in ids) / max(1, len(ids))
+            if share > MAX_UNK_SHARE:
+                raise DataError(path, f"{share:.0%} of the {which} tokenizer's tokens are unknown ({tok.unk_token}) "
+                                f"on its first {len(sample)} questions: the {which}'s vocabulary ({len(tok)} tokens) "
+                                f"does not fit this data. {FIT_HINT}")
+        if cfg.reader.kind == "demo_fid" and reader_used:
+            _check_demo_decoder(cfg, path, sample, reader)
+
+
+def _check_demo_decoder(cfg: RunConfig, path: str, sample: list[Record], tok) -> None:
+    """The demo reader's decoder reads [BOS] question [ANS] answer: at most max_decoder_tokens tokens."""
+    limit = _demo_reader_config(cfg).get("max_decoder_tokens", 16)
+    for r in sample:
+        q = len(tok(r.question, add_special_tokens=False)["input_ids"])
+        a = min(len(tok(r.target_text, add_special_tokens=False)["input_ids"]), cfg.reader.answer_max_tokens - 1)
+        if 2 + q + a > limit:
+            raise DataError(path, f"question and answer take {2 + q + a} decoder tokens, the demo reader reads at "
+                            f"most {limit} (max_decoder_tokens). {FIT_HINT}", record_id=r.id, field="question")
+
+
+def _demo_reader_config(cfg: RunConfig) -> dict:
+    import json
+
+    if cfg.reader.name_or_path and (Path(cfg.reader.name_or_path) / "config.json").is_file():
+        return json.loads((Path(cfg.reader.name_or_path) / "config.json").read_text())
+    return dict(cfg.reader.model_config)
+
+
+def _tokenizers(cfg: RunConfig) -> dict:
+    """{"reader": tokenizer, "reranker": tokenizer} as models.build_models would give them, without the weights."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from gr_train import synthetic
+
+    r = cfg.reader
+    if r.kind == "demo_fid":
+        reader = PreTrainedTokenizerFast.from_pretrained(r.name_or_path) if r.name_or_path else \
+            synthetic.build_tokenizer(cfg.synthetic)
+    elif r.tokenizer_path or r.name_or_path:
+        reader = AutoTokenizer.from_pretrained(r.tokenizer_path or r.name_or_path)
+    else:
+        from gr_train.reader import byte_level_tokenizer
+
+        reader = byte_level_tokenizer()
+    rr = cfg.reranker
+    path = rr.tokenizer_path or rr.name_or_path
+    tokenizers = {"reader": reader}
+    if not path:  # the tiny reranker built from scratch shares the reader's vocabulary (models.build_models)
+        tokenizers["reranker"] = reader
+    elif not Path(path).is_dir() or any(Path(path).glob("tokenizer*")):
+        tokenizers["reranker"] = AutoTokenizer.from_pretrained(path)
+    return tokenizers

