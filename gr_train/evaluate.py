@@ -17,7 +17,7 @@ from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
 from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
-from gr_train.reader import visible_log_mask
+from gr_train.reader import extract_answer, visible_log_mask
 
 KINDS = ("all", "direct", "indirect")
 # Yes/no questions (data.Record.yes_no) have no direct/indirect passages; ranking_metrics reports them on their own.
@@ -130,8 +130,10 @@ def _answers_from_cached_states(reader, records, chosen: list[list[int]], cfg) -
 
 
 def answer_metrics(records, preds: list[str], per_question: dict | None = None) -> dict:
-    """{"em", "f1", "questions"}: means over records of SQuAD exact match / F1 of preds against the answers.
+    """{"em", "f1", "questions"}: means over records of SQuAD exact match / F1 of the answers in preds (first line,
+    without "The answer is", quotes or a trailing period: reader.extract_answer) against the answers.
     per_question: a dict to fill with {"em": [...], "f1": [...]}, one value per record."""
+    preds = [extract_answer(p) for p in preds]
     em = [ranking.exact_match(p, r.answers) for p, r in zip(preds, records)]
     f1 = [ranking.f1_score(p, r.answers) for p, r in zip(preds, records)]
     if per_question is not None:

@@ -15,6 +15,7 @@ from gr_train.config import ReaderSection, RunConfig
 from gr_train.demo_reader import DemoFiDReader
 from gr_train.objectives import OBJECTIVES
 from gr_train.reader import CausalLMReader, FiDT5Reader, Reader
+from gr_train.reader_tuning import make_trainable
 from gr_train.reranker import Reranker, build_reranker
 
 # reader.kind → reader family; `Family.build(cfg.reader, tokenizer)` loads it from reader.name_or_path or builds
@@ -23,13 +24,16 @@ READERS: dict[str, type[Reader]] = {"demo_fid": DemoFiDReader, "fid_t5": FiDT5Re
 
 
 def build_reader(cfg: ReaderSection, tokenizer=None) -> Reader:
-    """Reader from `cfg` (config.ReaderSection), frozen (requires_grad False, eval mode) unless cfg.trainable.
+    """Reader from `cfg` (config.ReaderSection), frozen (requires_grad False, eval mode) unless cfg.trainable (then
+    reader_tuning.make_trainable picks the trainable parameters).
     Raises ValueError naming reader.kind when it is not a key of READERS."""
     if cfg.kind not in READERS:
         raise ValueError(f"reader.kind: unknown '{cfg.kind}' ({' | '.join(READERS)})")
     reader = READERS[cfg.kind].build(cfg, tokenizer)
     reader.requires_grad_(bool(cfg.trainable))
-    if not cfg.trainable:
+    if cfg.trainable:
+        make_trainable(reader, cfg)  # all parameters, the top reader.train_layers, or LoRA (reader.lora_rank)
+    else:
         reader.eval()
     return reader
 

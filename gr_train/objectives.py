@@ -16,7 +16,8 @@ an objective is its loss function plus its row (and its name in config.Objective
   reader_cache.py) across steps, epochs and runs in one process; so can the passage states
   (objective.cache_passage_states, opt-in: large).
 - `supervised`: the labelled upper-bound reference on is_gold: listwise -log sum_{gold} p_R, or per-passage BCE.
-- `reader`: pre-trains a reader with every passage visible (the demo reader).
+- `reader`: pre-trains (the demo reader) or fine-tunes (HF readers: reader_tuning.py) a reader with every passage
+  visible.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from gr_train import gumbel, reader_cache
 from gr_train.reader import visible_log_mask
+from gr_train.reader_tuning import answer_loss_all_visible
 
 
 @dataclass
@@ -71,7 +73,9 @@ def collate(records: list, n: int, reranker=None, reader=None, intermediates: bo
     rr_inputs = reranker.tokenize(questions, passages) if reranker is not None else None
     rd_inputs = None
     if reader is not None:
-        extra = {"intermediates": [r.intermediate for r in records]} if intermediates else {}
+        # the intermediate-entity labels (deep supervision) exist for the demo reader only
+        wants = intermediates and getattr(reader, "takes_intermediates", False)
+        extra = {"intermediates": [r.intermediate for r in records]} if wants else {}
         rd_inputs = reader.tokenize(questions, passages, [r.target_text for r in records], **extra)
     batch = Batch(records, torch.tensor(valid), torch.tensor(gold), rr_inputs, rd_inputs)
     return batch if device is None else batch.to(device)
@@ -134,12 +138,17 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
 
 
 def reader_pretrain(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
-    """Reader pre-training: answer CE with all passages visible, plus the demo reader's deep supervision."""
+    """Reader pre-training / fine-tuning: answer CE with all passages visible, the passage encoding under autograd
+    (reader_tuning.answer_loss_all_visible; HF readers in their own input format), plus the demo reader's deep
+    supervision."""
     if hasattr(reader, "training_loss"):
         answer, aux = reader.training_loss(batch.reader_inputs, None, cfg.reader.aux_loss_weight)
         loss = (answer + aux).mean()
         return Output(loss, {"train/answer_loss": answer.mean().item(), "train/aux_loss": aux.mean().item()})
-    raise NotImplementedError(f"reader pre-training is implemented for the demo reader only, not {type(reader)}")
+    t0 = time.perf_counter()
+    answer = answer_loss_all_visible(reader, batch.reader_inputs, batch.valid)
+    return Output(answer.mean(), {"train/answer_loss": answer.mean().item()},
+                  {"time/answer_pass": time.perf_counter() - t0})
 
 
 # -- the reader's per-passage quantities (the baselines' targets) -------------------------------------------------
@@ -325,6 +334,6 @@ OBJECTIVES: dict[str, Objective] = {
         supervised, "reranker", "supervised training on the is_gold passage labels (listwise or per-passage BCE)",
         shift_invariant=lambda cfg: cfg.objective.supervised_loss == "listwise", settings=("supervised_loss",)),
     "reader": Objective(
-        reader_pretrain, "reader", "reader pre-training: the reader's answer loss with every passage visible (plus the "
-        "demo reader's deep supervision)", intermediate_labels=True),
+        reader_pretrain, "reader", "reader pre-training / fine-tuning: the reader's answer loss with every passage "
+        "visible (plus the demo reader's deep supervision)", intermediate_labels=True),
 }

@@ -10,6 +10,7 @@ Every reader splits its forward in two (docs/design.md#cost-structure):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,10 +197,55 @@ def _passage_texts(questions: list[str], passages: list[list[PassageText]], fmt:
     return [fmt.format(q=q, t=t, x=x) for q, ps in zip(questions, passages) for t, x in ps]
 
 
-def _target_ids(tokenizer, targets: list[str], max_tokens: int, prefix: str = "") -> list[list[int]]:
-    """Target token ids without the tokenizer's special tokens, cut to max_tokens - 1, then eos."""
+def _target_ids(tokenizer, targets: list[str], max_tokens: int, prefix: str = "", eos: bool = True) -> list[list[int]]:
+    """Target token ids without the tokenizer's special tokens, cut to max_tokens - 1, then eos (eos False: cut to
+    max_tokens, no eos: reader.answer_eos)."""
     ids = tokenizer([prefix + t for t in targets], add_special_tokens=False)["input_ids"]
+    if not eos:
+        return [seq[:max_tokens] for seq in ids]
     return [seq[: max_tokens - 1] + [tokenizer.eos_token_id] for seq in ids]
+
+
+# -- prompts: how a decoder-only reader is asked (reader.prompt, reader.instruction, reader.answer_eos), and how an
+# answer is read back from what it generates (extract_answer, used for EM/F1) --------------------------------------
+
+PLAIN_PROMPT = "question: {q}\nanswer:"
+# The target follows the prompt: after "answer:" with a space (plain), at the start of the assistant turn (chat).
+TARGET_PREFIX = {"plain": " ", "chat": ""}
+# Leading phrases instruct models put before the answer ("The answer is: X", "Answer - X"), removed case-insensitively.
+_ANSWER_LEAD = re.compile(r"^\s*(?:so,?\s+)?(?:the\s+)?(?:final\s+|short\s+)?answer(?:\s+is\b\s*[:\-]?|\s*[:\-])\s*",
+                          re.I)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019*"
+
+
+def query_prompts(tokenizer, questions: list[str], style: str, instruction: str) -> list[list[int]]:
+    """Token ids of the query part of each question (the passages are encoded separately, in parallel).
+
+    style "plain": `question: q\nanswer:`; "chat": the tokenizer's own chat template with one user turn
+    `{instruction}\nQuestion: q` and the generation prompt (the assistant turn's opening), so an instruct model is
+    asked the way it was tuned. No special tokens are added besides the template's own. Raises ValueError when
+    style is chat and the tokenizer has no chat template.
+    """
+    if style == "plain":
+        return tokenizer([PLAIN_PROMPT.format(q=q) for q in questions], add_special_tokens=False)["input_ids"]
+    if style != "chat":
+        raise ValueError(f"reader.prompt: unknown '{style}' (plain | chat)")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"reader.prompt=chat: the tokenizer ({type(tokenizer).__name__}, "
+                         f"{getattr(tokenizer, 'name_or_path', '') or 'built locally'}) has no chat template; use "
+                         "reader.prompt=plain")
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{instruction}\nQuestion: {q}"}],
+                                           add_generation_prompt=True, tokenize=False) for q in questions]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def extract_answer(text: str) -> str:
+    """The answer in a generated string: its first non-empty line, without a leading "The answer is" / "Answer:",
+    surrounding quotes or a trailing period. "The answer is: \"Paris\"." → "Paris"; plain answers pass unchanged."""
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    line = _ANSWER_LEAD.sub("", line, count=1).strip()
+    line = line.rstrip(".").strip().strip(_QUOTES).strip()
+    return line.rstrip(".").strip()
 
 
 def _greedy(logits: torch.Tensor, step, eos_id: int, max_new_tokens: int) -> torch.Tensor:
@@ -248,12 +294,14 @@ class FiDT5Reader(Reader):
     # One encoder input per passage; the context text comes last, so truncation cuts it first.
     PASSAGE_FORMAT = "question: {q} title: {t} context: {x}"
 
-    def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
+    def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int,
+                 answer_eos: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.passage_max_tokens = passage_max_tokens
         self.answer_max_tokens = answer_max_tokens
+        self.answer_eos = answer_eos  # targets end with eos (reader.answer_eos)
         self.truncations = Truncations()
         # T5's relative position biases have no length limit; the template alone must leave room for passage text.
         template = len(tokenizer(self.PASSAGE_FORMAT.format(q="", t="", x=""))["input_ids"])
@@ -283,7 +331,7 @@ class FiDT5Reader(Reader):
             config = T5Config(**{**TINY_T5, **ids, **cfg.model_config})
             model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation,
                                                       dtype=reader_dtype(cfg))
-        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded); with targets, also
@@ -296,7 +344,7 @@ class FiDT5Reader(Reader):
         passage_ids, passage_mask = _pad(ids, L, self.tokenizer.pad_token_id)
         inputs = {"passage_ids": passage_ids.view(B, -1, L), "passage_mask": passage_mask.view(B, -1, L)}
         if targets is not None:
-            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens)
+            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, eos=self.answer_eos)
             labels, target_mask = _pad(target, max(map(len, target)), self.tokenizer.pad_token_id)
             inputs["labels"] = labels.masked_fill(~target_mask, -100)
         return inputs
@@ -442,18 +490,21 @@ class CausalLMReader(Reader):
 
     Passages ("title: t context: x", [B*n, L]) are encoded like separate documents: positions 0..L-1 each, causal
     attention within the passage only; their per-layer K,V are laid side by side ([B, kv_heads, n*L, head_dim]).
-    The query ("question: q\\nanswer:" left-padded, then target tokens + eos) continues at position L, attending
+    The query (query_prompts: "question: q\\nanswer:", or the model's chat template with reader.prompt=chat;
+    left-padded, then target tokens + eos unless reader.answer_eos is false) continues at position L, attending
     causally to itself and to every passage token with `log M_i` added on passage i's keys. Both passes use a
     4D float `attention_mask`, which transformers uses verbatim (masking_utils._preprocess_mask_arguments) with
     eager and sdpa, gradient included.
     """
 
-    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int, prompt_max_tokens: int = 0):
+    def __init__(self, model, tokenizer, passage_max_tokens: int, answer_max_tokens: int, prompt_max_tokens: int = 0,
+                 prompt: str = "plain", answer_eos: bool = True, instruction: str = ""):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.passage_max_tokens = passage_max_tokens
         self.answer_max_tokens = answer_max_tokens
+        self.prompt, self.answer_eos, self.instruction = prompt, answer_eos, instruction  # see query_prompts
         # Pads are masked out everywhere, so any id will do where the tokenizer has no pad token (GPT-2, Llama).
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.truncations = Truncations()
@@ -510,7 +561,8 @@ class CausalLMReader(Reader):
             config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
             model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation,
                                                      dtype=reader_dtype(cfg))
-        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens)
+        return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens,
+                   cfg.prompt, cfg.answer_eos, cfg.instruction)
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
@@ -522,8 +574,7 @@ class CausalLMReader(Reader):
         L = self.passage_max_tokens
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
         passage_ids, passage_mask = _pad(ids, L, self.pad_id)
-        prompts = self.tokenizer([f"question: {q}\nanswer:" for q in questions], add_special_tokens=False)["input_ids"]
-        prompts = self._fit_prompts(prompts)
+        prompts = self._fit_prompts(query_prompts(self.tokenizer, questions, self.prompt, self.instruction))
         prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
         inputs = {
             "passage_ids": passage_ids.view(B, -1, L),
@@ -532,7 +583,8 @@ class CausalLMReader(Reader):
             "prompt_mask": prompt_mask,
         }
         if targets is not None:
-            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, prefix=" ")
+            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, TARGET_PREFIX[self.prompt],
+                                 self.answer_eos)
             target_ids, target_mask = _pad(target, max(map(len, target)), self.pad_id)
             labels = target_ids.masked_fill(~target_mask, -100)
             inputs.update(target_ids=target_ids, target_mask=target_mask, labels=labels)

@@ -13,6 +13,7 @@ suite resumes where it stopped. `configs/study.yaml` is the structure study on g
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import platform
@@ -27,7 +28,7 @@ from gr_train.data import load_any, save_records
 
 log = logging.getLogger("gr_train.suite")
 
-DATASET_KEYS = {"train", "dev", "format", "overrides", "synthetic"}
+DATASET_KEYS = {"train", "dev", "format", "overrides", "synthetic", "dev_for_train"}
 
 
 def dataset_config(cfg: RunConfig, name: str, spec: dict, out_dir: Path) -> tuple[RunConfig, int, int]:
@@ -50,9 +51,16 @@ def dataset_config(cfg: RunConfig, name: str, spec: dict, out_dir: Path) -> tupl
                                                                           cfg.run.seed)))
     else:
         sources = {"train": spec["train"], "dev": spec["dev"]}
+    loaded = {split: load_any(sources[split], fmt) for split in ("train", "dev")}
+    moved = spec.get("dev_for_train", 0)
+    if not isinstance(moved, int) or isinstance(moved, bool) or not 0 <= moved < len(loaded["dev"]):
+        raise ConfigError(f"{where}.dev_for_train: expected an integer from 0 to {len(loaded['dev']) - 1} (the dev "
+                          f"file has {len(loaded['dev'])} questions), got {moved!r}")
+    if moved:  # a train sample too small: the last `moved` dev questions train, the rest evaluate
+        loaded = {"train": loaded["train"] + loaded["dev"][-moved:], "dev": loaded["dev"][:-moved]}
     files = {}
     for split, limit in (("train", s.max_train), ("dev", s.max_dev)):
-        records = load_any(sources[split], fmt)
+        records = loaded[split]
         records = records[:limit] if limit else records
         path = out_dir / name / "data" / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +72,66 @@ def dataset_config(cfg: RunConfig, name: str, spec: dict, out_dir: Path) -> tupl
     dcfg.data.train_path, dcfg.data.dev_path = str(files["train"][0]), str(files["dev"][0])
     validate(dcfg)
     return dcfg, files["train"][1], files["dev"][1]
+
+
+TUNED = "reader"  # <out>/reader/: the reader fine-tuning's data, run, report before and record
+
+
+def tuning_config(cfg: RunConfig, train_file: Path, run_dir: Path) -> RunConfig:
+    """cfg + suite.reader_tuning, training on train_file into run_dir; ConfigError unless it fine-tunes the reader
+    (objective.name=reader, reader.trainable=true)."""
+    rcfg = copy.deepcopy(cfg)
+    for text in cfg.suite.reader_tuning:
+        apply_override(rcfg, text, f"suite.reader_tuning '{text}'")
+    rcfg.data.train_path, rcfg.data.dev_path, rcfg.run.run_dir = str(train_file), None, str(run_dir)
+    validate(rcfg)
+    if rcfg.objective.name != "reader" or not rcfg.reader.trainable:
+        raise ConfigError("suite.reader_tuning: needs objective.name=reader and reader.trainable=true (got "
+                          f"objective.name={rcfg.objective.name}, reader.trainable={rcfg.reader.trainable})")
+    return rcfg
+
+
+def tune_reader(cfg: RunConfig, prepared: dict, out_dir: Path) -> dict:
+    """suite.reader_tuning: the reader report of the configured reader on every dataset's dev questions (kept in
+    <out>/reader/report_before.json), then one fine-tuning run on all datasets' training questions together
+    (<out>/reader/run, resumed from its step-NNNNNN/ checkpoints; not run again once <out>/reader/tuned.json is
+    written). Processes that run parts of one suite into the same --out (suite.only) share it: the first one does
+    the work under <out>/reader/.lock, the others wait for it and read its record. Returns {"path": the fine-tuned
+    reader folder, "train_questions", "wall_s", "steps", "before": {dataset: report without per-question values}}."""
+    import fcntl
+
+    root = out_dir / TUNED
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        return _tune_reader(cfg, prepared, root)
+
+
+def _tune_reader(cfg: RunConfig, prepared: dict, root: Path) -> dict:
+    from gr_train import train
+    from gr_train.models import build_reader
+    from gr_train.reader_report import reader_report
+
+    train_file = root / "data" / "train.jsonl"
+    records = [r for dcfg, _, _ in prepared.values() for r in load_any(dcfg.data.train_path)]
+    save_records(records, train_file)
+    rcfg = tuning_config(cfg, train_file, root / "run")
+    before_path, record_path = root / "report_before.json", root / "tuned.json"
+    before = json.loads(before_path.read_text()) if before_path.is_file() else {}
+    for name, (dcfg, _, _) in prepared.items():
+        if name not in before:
+            torch.manual_seed(dcfg.run.seed)
+            report = reader_report(build_reader(dcfg.reader), load_any(dcfg.data.dev_path), dcfg, dcfg.run.progress)
+            before[name] = {k: v for k, v in report.items() if k != "per_question"}
+            compare.write_json(before_path, before)
+            reader_cache.clear()
+    if not record_path.is_file():
+        log.info("suite: fine-tuning the reader on %d training questions (%s)", len(records), root / "run")
+        t0 = time.perf_counter()
+        out = train.main(rcfg, resume=True)
+        compare.write_json(record_path, {"train_questions": len(records), "wall_s": time.perf_counter() - t0,
+                                         "steps": rcfg.train.max_steps, "path": str(Path(out["final"]) / "reader")})
+    return {**json.loads(record_path.read_text()), "before": before}
 
 
 def run_suite(cfg: RunConfig, out_dir: str | Path) -> dict:
@@ -84,6 +152,12 @@ def run_suite(cfg: RunConfig, out_dir: str | Path) -> dict:
     results = {"config": to_dict(cfg), "machine": machine(), "datasets": {}}
     # Every dataset's files and overrides are checked before the first (long) training starts.
     prepared = {name: dataset_config(cfg, name, spec, out_dir) for name, spec in datasets.items()}
+    if s.reader_tuning:  # one reader for the whole suite, tuned on every dataset's training questions (suite.only too)
+        pool = {name: prepared[name] if name in prepared else dataset_config(cfg, name, spec, out_dir)
+                for name, spec in s.datasets.items()}
+        results["reader_tuning"] = tune_reader(cfg, pool, out_dir)
+        for dcfg, _, _ in prepared.values():  # every row reads the fine-tuned reader, frozen
+            dcfg.reader.name_or_path = results["reader_tuning"]["path"]
     for name, spec in datasets.items():
         t0 = time.perf_counter()
         dcfg, n_train, n_dev = prepared[name]
@@ -179,6 +253,17 @@ def write_heatmap(path: Path, results: dict) -> None:
 def format_results(results: dict) -> str:
     lines = [f"Wall time {results['wall_s'] / 60:.1f} min on {results['machine']['cpus']} CPUs "
              f"({results['machine']['torch_threads']} torch threads)."]
+    tuning = results.get("reader_tuning")
+    if tuning:
+        from gr_train.reader_report import format_report
+
+        lines += ["", "## Reader fine-tuning", "",
+                  f"{tuning['steps']} steps on the {tuning['train_questions']} training questions of every dataset "
+                  f"({tuning['wall_s'] / 60:.1f} min; overrides: "
+                  f"{' '.join(results['config']['suite']['reader_tuning'])}) → `{tuning['path']}`, which every row "
+                  "reads. Reader report before fine-tuning (after: in each dataset's section):"]
+        for name, report in tuning["before"].items():
+            lines += ["", format_report(report, f"{name}, before fine-tuning")]
     metrics = heatmap_metrics(results)
     lines += ["", "Best rows per dataset (the best mean and every row whose paired 95% interval of the difference "
               "from it includes 0):", "", "| dataset | " + " | ".join(metrics) + " |",

@@ -23,6 +23,7 @@ from gr_train.data import load_split
 from gr_train.metrics import MetricsWriter, peak_rss_mb
 from gr_train.objectives import OBJECTIVES, collate
 from gr_train.models import build_models
+from gr_train.reader_tuning import save_reader
 from gr_train.runtime import Runtime, build_runtime
 
 log = logging.getLogger("gr_train.train")
@@ -280,15 +281,14 @@ def save_reranker(recipe: Recipe, name: str, step: int) -> Path | None:
 
 
 def save_checkpoint(recipe: Recipe) -> Path | None:
-    """final/: the trainable module's weights, plus an exported model folder (reranker or demo reader),
+    """final/: the trainable module's weights, plus an exported model folder (reranker, or reader: a plain HF folder),
     consolidated: the parameters are gathered whole for the export, never written as ZeRO shards."""
     if recipe.reranker is not None and recipe.trainable is recipe.reranker:
         return save_reranker(recipe, "final", recipe.cfg.train.max_steps)
     path = save(recipe, "final", recipe.cfg.train.max_steps)
-    if hasattr(recipe.reader, "save"):
-        with recipe.runtime.gathered(recipe.reader):
-            if path is not None:
-                recipe.reader.save(path / "reader")
+    with recipe.runtime.gathered(recipe.reader):
+        if path is not None:
+            save_reader(recipe.reader, path / "reader")  # a folder reader.name_or_path loads
     recipe.runtime.barrier()
     return path
 

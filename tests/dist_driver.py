@@ -5,7 +5,8 @@
 
 Writes DIR/losses.jsonl (rank 0, one line per step, flushed, so a killed run keeps what it did) and
 DIR/report-rank<r>.json at the end: the reader's parameter elements held by this rank, whether any reader
-parameter got a .grad, whether the reader's / reranker's gathered weights changed during training.
+parameter got a .grad, whether the reader's / reranker's gathered weights changed during training (no reranker
+when the reader trains: objective.name=reader).
 --kill-after-step S: rank 0 SIGKILLs itself when step S (0-based) is done, i.e. after the checkpoint of step S.
 --kill-in-save NAME: rank 0 SIGKILLs itself while writing checkpoint NAME, after model.safetensors is written.
 --nan-at STEP:RANK: on rank RANK only, the reader's answer loss is NaN during optimizer step STEP (repeatable).
@@ -76,11 +77,13 @@ def main() -> None:
         train.step_noise = step_noise
         recipe.reader.answer_loss = answer_loss
 
-    reader0, reranker0 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    reranker = recipe.reranker  # None when the reader itself trains (objective.name=reader)
+    reader0 = gathered_copy(rt, recipe.reader)
+    reranker0 = gathered_copy(rt, reranker) if reranker is not None else {}
     losses = open(out / "losses.jsonl", "a") if rt.is_main else None
 
     def on_step(step, scalars):
-        checksum = rt.param_abs_sum(recipe.reranker)  # collective
+        checksum = rt.param_abs_sum(reranker) if reranker is not None else 0.0  # collective
         if losses is not None:
             losses.write(json.dumps({"step": step, "loss": scalars["train/loss"], "world_size": rt.world_size,
                                      "reranker_abs_sum": checksum}) + "\n")
@@ -92,7 +95,8 @@ def main() -> None:
         train.train(recipe, on_step)
     final = train.save_checkpoint(recipe)
     held, total = rt.param_elements(recipe.reader)
-    reader1, reranker1 = gathered_copy(rt, recipe.reader), gathered_copy(rt, recipe.reranker)
+    reader1 = gathered_copy(rt, recipe.reader)
+    reranker1 = gathered_copy(rt, reranker) if reranker is not None else {}
     report = {
         "rank": rt.rank, "world_size": rt.world_size, "engine": rt.name, "start_step": recipe.start_step,
         "reader_elements_held": held, "reader_elements": total,
@@ -100,7 +104,7 @@ def main() -> None:
         "reader_requires_grad": sum(p.requires_grad for p in recipe.reader.parameters()),
         "reader_changed": [k for k in reader0 if not torch.equal(reader0[k], reader1[k])],
         "reranker_changed": [k for k in reranker0 if not torch.equal(reranker0[k], reranker1[k])],
-        "reranker_params": [n for n, p in recipe.reranker.named_parameters() if p.requires_grad],
+        "reranker_params": [n for n, p in reranker.named_parameters() if p.requires_grad] if reranker else [],
         "final": str(final) if final else None,
         "skipped_steps": getattr(getattr(rt, "engine", None), "skipped_steps", None),
     }

@@ -84,6 +84,10 @@ def test_markdown_and_png(done):
     assert "R@2 indirect" in md and "NDCG@5 direct" in md and "MRR all" in md and "s/query" in md
     m = summary["rows"][OBJECTIVES[0]]
     assert f"{m['mean']['recall@2']:.3f} ± {m['std']['recall@2']:.3f}" in md
+    # The frozen reader's report on the dev set (first seed's reader), with its table in compare.md.
+    report = summary["reader_report"]
+    assert report["questions"] == 12 and "per_question" not in report
+    assert "Reader report on the dev set" in md and f"{report['nll']['all']['mean']:.3f}" in md
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -145,6 +149,39 @@ def test_a_finished_run_with_another_config_is_refused(done):
     changed = tiny_cfg(out.parent, "train.max_steps=5")
     with pytest.raises(ConfigError, match=compare.RESULT_FILE):
         compare.run_compare(changed, OBJECTIVES, SEEDS, out)
+
+
+def test_the_reader_report_is_the_first_seeds_reader_on_the_dev_questions(done):
+    from gr_train.reader_report import reader_report
+
+    cfg, out, summary = done
+    cfg0 = copy.deepcopy(cfg)
+    cfg0.run.seed = 0
+    reader, _ = compare.build_initial(cfg0)
+    dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    expected = reader_report(reader, dev, cfg0)
+    for c in ("all", "gold", "none"):
+        assert summary["reader_report"]["nll"][c]["mean"] == pytest.approx(expected["nll"][c]["mean"], abs=1e-6)
+    assert summary["reader_report"]["signal"] == expected["signal"]
+
+
+def test_a_run_recorded_before_a_config_key_existed_still_counts_as_finished(done, monkeypatch):
+    """A key added later keeps the old behaviour at its default: a result file without it is not stale."""
+    cfg, out, _ = done
+    base = compare.base_config(cfg, {o: o for o in OBJECTIVES}, {})
+    cfg = compare.objective_config(base, OBJECTIVES[0], 0, out, [])  # the run's own config
+    path = out / OBJECTIVES[0] / "seed-0" / compare.RESULT_FILE
+    result = json.loads(path.read_text())
+    del result["config"]["eval"]["reader_report"], result["config"]["reader"]["prompt"]
+    path.write_text(json.dumps(result))
+    monkeypatch.setattr(compare.train, "setup", None)  # any retraining would fail
+    assert compare.load_result(path.parent, cfg)["metrics"] == result["metrics"]
+    result["config"]["reader"]["answer_eos"] = False  # a recorded value that differs still does
+    path.write_text(json.dumps(result))
+    with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+        compare.load_result(path.parent, cfg)
+    result["config"]["reader"]["answer_eos"] = True
+    path.write_text(json.dumps(result))
 
 
 def test_the_suite_section_does_not_make_a_run_different(done, monkeypatch):

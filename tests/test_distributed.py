@@ -253,6 +253,49 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run_then_continues_on
     assert got[4] == pytest.approx(ref[4], abs=1e-2)
 
 
+def test_zero3_fine_tunes_a_partitioned_hf_reader_without_a_reranker(data, tmp_path):
+    """Reader fine-tuning (objective.name=reader) of a decoder-only reader in the parallel format on 2 ranks: the
+    reader is partitioned and trained (its top layer only: reader.train_layers=1), no reranker is built, and
+    final/reader is a plain HF folder holding exactly the trained weights, which the reranker recipes load frozen."""
+    from gr_train.reader import byte_level_tokenizer
+    from gr_train.reader_tuning import save_reader
+
+    causal = ["reader.kind=causal_lm", "reader.passage_max_tokens=24", "reader.answer_max_tokens=8"]
+    torch.manual_seed(0)
+    source = save_reader(build_reader(load_config(None, [*causal, "reader.model_config={model_type: llama}"]).reader,
+                                      byte_level_tokenizer()), tmp_path / "source")
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    tuning = ["run.progress=false", f"run.run_dir={run_dir}", f"data.train_path={data / 'train.jsonl'}", *causal,
+              f"reader.name_or_path={source}", "reader.trainable=true", "reader.train_layers=1",
+              "objective.name=reader", "data.n_candidates=4", "train.max_steps=4", "train.micro_batch_size=4",
+              "train.log_every_steps=1", "optim.lr=3e-3", "runtime.engine=deepspeed"]
+    launch(torchrun(2, 29735, str(DRIVER), "--out", str(out), "--no-resume", "--config", "configs/demo.yaml",
+                    *tuning), tmp_path / "log.txt")
+    for rep in reports(out, 2):
+        assert rep["engine"] == "deepspeed" and rep["world_size"] == 2 and rep["reranker_params"] == []
+        assert abs(rep["reader_elements_held"] / rep["reader_elements"] - 0.5) < 0.05  # partitioned
+        changed = rep["reader_changed"]
+        assert changed and all(k.startswith(("model.model.layers.1.", "model.model.norm.")) for k in changed), changed
+        assert rep["reader_requires_grad"] > 0
+    got = losses(out)
+    assert sorted(got) == list(range(4)) and all(math.isfinite(v) for v in got.values())
+    saved = checkpoint.load_file(run_dir / "final" / "model.safetensors")  # the gathered trained reader
+    reloaded = build_reader(load_config(None, [*causal, f"reader.name_or_path={run_dir / 'final' / 'reader'}"]).reader)
+    assert not any(p.requires_grad for p in reloaded.parameters())
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    # The same recipe in one process (same global batch of 8 questions) computes the same losses and weights.
+    local_losses = {}
+    local = train.main(load_config(REPO / "configs" / "demo.yaml", [
+        *tuning, "runtime.engine=local", "train.grad_accum_steps=2", f"run.run_dir={tmp_path / 'local'}"]),
+        resume=False, on_step=lambda step, sc: local_losses.update({step: sc["train/loss"]}))
+    for step, loss in got.items():
+        assert loss == pytest.approx(local_losses[step], abs=1e-5), step
+    trained = local["recipe"].reader.state_dict()
+    for name, value in reloaded.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=1e-5)
+
+
 @pytest.mark.ray
 def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(data, tmp_path):
     """Rank 1 alone gets a NaN loss in step 1: both ranks skip that optimizer step (no weight moves, DeepSpeed counts

@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("gr_train", "ray_jobs")
 RECIPE = "gr_train.train"
 # The only library modules that may import the recipe: each of them runs training (`gr-train train`, the demo's
-# reader pre-training and G-Rerank run, compare's runs, Ray Train's workers), through the entry points below.
-RECIPE_RUNNERS = {"gr_train.cli", "gr_train.compare", "gr_train.demo", "ray_jobs.train"}
+# reader pre-training and G-Rerank run, compare's runs, the suite's reader fine-tuning, Ray Train's workers),
+# through the entry points below.
+RECIPE_RUNNERS = {"gr_train.cli", "gr_train.compare", "gr_train.demo", "gr_train.suite", "ray_jobs.train"}
 RECIPE_ENTRY_POINTS = {"main", "setup", "train", "save_checkpoint", "cleanup"}
 
 

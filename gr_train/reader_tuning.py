@@ -1,0 +1,115 @@
+"""Reader fine-tuning (objective.name=reader with reader.trainable): which parameters train, the loss, the saved folder.
+
+The paper's step 1 (Huang et al., ACL 2025, after Izacard & Grave 2021): before a reranker is trained
+through it, the reader is fine-tuned on the task's question-answer pairs with every passage visible. Here it reads
+them in its own input format, so that what it learns is what G-Rerank later reads: decoder-only readers in the
+parallel format (each passage at positions 0..L-1, the query after them, reader.CausalLMReader), FiD-T5 with the
+passages encoded separately. The same recipe runs on the local engine and on ZeRO-3 (the reader then partitioned
+and trained; no reranker is built).
+
+- `make_trainable`: all parameters (default), the top reader.train_layers blocks and the final norm, or LoRA
+  adapters (peft, Hu et al. 2022) of rank reader.lora_rank on reader.lora_targets, the base weights frozen.
+- `answer_loss_all_visible`: the loss, passage encoding under autograd (Reader.answer_loss_naive).
+- `save_reader`: a plain HF folder (config, model.safetensors, tokenizer; LoRA merged into the weights) that
+  `reader.name_or_path` loads frozen in the reranker recipes; the demo reader writes its own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gr_train.reader import visible_log_mask
+
+
+def layer_stack(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(transformer blocks bottom to top, final norms) of the stack whose top blocks reader.train_layers trains:
+    a T5's decoder (block, final_layer_norm); a decoder-only model's base (layers or h; norm or ln_f). Raises
+    ValueError for an architecture without such a stack."""
+    if hasattr(model, "decoder") and hasattr(model.decoder, "block"):
+        return list(model.decoder.block), [model.decoder.final_layer_norm]
+    base = model.base_model
+    for name in ("layers", "h"):
+        if isinstance(getattr(base, name, None), nn.ModuleList):
+            norms = [getattr(base, n) for n in ("norm", "ln_f") if isinstance(getattr(base, n, None), nn.Module)]
+            return list(getattr(base, name)), norms
+    raise ValueError(f"reader.train_layers: no layer stack found in {type(model).__name__} (decoder.block, layers "
+                     "or h)")
+
+
+def make_trainable(reader, cfg) -> None:
+    """Choose the reader's trainable parameters from cfg (config.ReaderSection); called by models.build_reader when
+    cfg.trainable. train_layers N > 0: only the top N blocks of layer_stack and its final norms; lora_rank r > 0:
+    LoRA adapters (lora_A [r, in], lora_B [out, r], scaling lora_alpha / r, B zero-initialised so the model starts
+    unchanged) injected into every Linear named in lora_targets, everything else frozen. Raises ValueError when N
+    exceeds the stack or no module matches lora_targets."""
+    model = reader.model
+    if cfg.train_layers:
+        blocks, norms = layer_stack(model)
+        if cfg.train_layers > len(blocks):
+            raise ValueError(f"reader.train_layers={cfg.train_layers}: the reader has {len(blocks)} layers")
+        model.requires_grad_(False)
+        for module in blocks[-cfg.train_layers :] + norms:
+            module.requires_grad_(True)
+    elif cfg.lora_rank:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        model.requires_grad_(False)
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                          lora_dropout=0.0, bias="none")
+        try:
+            inject_adapter_in_model(lora, model)
+        except ValueError as e:
+            raise ValueError(f"reader.lora_targets={cfg.lora_targets}: {e}") from None
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+
+def trainable_fraction(reader) -> float:
+    """Share of the reader's parameter elements that train (for logs and tests)."""
+    total = sum(p.numel() for p in reader.parameters())
+    return sum(p.numel() for p in reader.parameters() if p.requires_grad) / max(1, total)
+
+
+def answer_loss_all_visible(reader, inputs: dict, valid: torch.Tensor) -> torch.Tensor:
+    """Token-mean answer CE with every valid passage visible, [B] fp32, differentiable w.r.t. every reader
+    parameter (passage encoding included): Reader.answer_loss_naive with log M = 0 on valid candidates and NEG_BIAS
+    on padding. valid: [B, n] bool."""
+    return reader.answer_loss_naive(inputs, visible_log_mask(valid))
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights with LoRA adapters merged (W + scaling * B @ A) under the base model's own names, so that
+    the class loads them as a plain checkpoint; without adapters, model.state_dict()."""
+    from peft.tuners.lora import LoraLayer
+
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    if not adapted:
+        return model.state_dict()
+    state = {k: v for k, v in model.state_dict().items()
+             if "lora_" not in k and not any(k.startswith(f"{name}.base_layer.") for name in adapted)}
+    with torch.no_grad():
+        for name, m in adapted.items():
+            base = m.get_base_layer()
+            delta = sum(m.get_delta_weight(a) for a in m.active_adapters)
+            state[f"{name}.weight"] = base.weight + delta
+            if base.bias is not None:
+                state[f"{name}.bias"] = base.bias
+    return state
+
+
+def save_reader(reader, path: str | Path) -> Path:
+    """Write the reader as a folder that reader.name_or_path loads: HF readers save_pretrained (config.json,
+    model.safetensors, generation config, tokenizer with its chat template; LoRA merged); the demo reader its own
+    format. Call with the parameters whole (runtime.gathered under ZeRO-3). Returns path."""
+    path = Path(path)
+    if hasattr(reader, "save"):
+        reader.save(path)
+        return path
+    model = reader.model
+    state = {k: v.detach().cpu() for k, v in merged_state_dict(model).items()}
+    model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    reader.tokenizer.save_pretrained(path)
+    return path
