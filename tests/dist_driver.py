@@ -27,6 +27,7 @@ import torch
 
 from gr_train import checkpoint, train
 from gr_train.config import load_config
+from helpers import nan_loss_on_steps
 
 
 def gathered_copy(runtime, module) -> dict[str, torch.Tensor]:
@@ -63,19 +64,7 @@ def main() -> None:
 
     nan_steps = {int(s) for s, r in (x.split(":") for x in args.nan_at) if int(r) == rt.rank}
     if nan_steps:
-        current = {}
-        real_noise, real_loss = train.step_noise, recipe.reader.answer_loss
-
-        def step_noise(cfg_, step, global_batch):  # called once at the start of every step
-            current["step"] = step
-            return real_noise(cfg_, step, global_batch)
-
-        def answer_loss(*a, **kw):
-            loss = real_loss(*a, **kw)
-            return loss * float("nan") if current.get("step") in nan_steps else loss
-
-        train.step_noise = step_noise
-        recipe.reader.answer_loss = answer_loss
+        train.step_noise, recipe.reader.answer_loss = nan_loss_on_steps(recipe, nan_steps)
 
     reranker = recipe.reranker  # None when the reader itself trains (objective.name=reader)
     reader0 = gathered_copy(rt, recipe.reader)

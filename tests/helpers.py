@@ -12,3 +12,24 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def nan_loss_on_steps(recipe, steps: set[int]):
+    """(step_noise, answer_loss): wrappers of gr_train.train.step_noise and recipe.reader.answer_loss under which the
+    reader's answer loss is NaN during the optimizer steps in `steps` (as an fp16 overflow would be). step_noise is
+    called once at the start of every step, so it tells the loss which step it is in; the caller installs both."""
+    from gr_train import train
+
+    current = {}
+    real_noise, real_loss = train.step_noise, recipe.reader.answer_loss
+
+    def step_noise(cfg, step, global_batch):
+        current["step"] = step
+        return real_noise(cfg, step, global_batch)
+
+    def answer_loss(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if current.get("step") in steps else loss
+
+    return step_noise, answer_loss
+

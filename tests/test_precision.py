@@ -36,14 +36,6 @@ ATOL = {"fp32": 0.0, "bf16": 0.08, "fp16": 0.01}
 CASES = [(f, a, d) for f, (_, _, attns) in FAMILIES.items() for a in attns for d in ("fp32", "bf16", "fp16")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_reader(family: str, attn: str, dtype: str | None, name_or_path: str | None = None):
     kind, model_config, _ = FAMILIES[family]
     torch.manual_seed(0)

@@ -58,15 +58,6 @@ def _state_tensors(states) -> list[torch.Tensor]:
 families = pytest.mark.parametrize("family", list(FAMILIES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they made every op ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @families
 def test_hard_mask_equals_reading_only_the_selected_passages(family):
     reader = make_reader(family)

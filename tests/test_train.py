@@ -9,7 +9,7 @@ import torch
 
 from gr_train import checkpoint, objectives, synthetic, train
 from gr_train.config import load_config
-from helpers import read_scalars
+from helpers import nan_loss_on_steps, read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,18 +171,8 @@ def test_best_checkpoint_follows_the_lowest_label_free_dev_loss_and_survives_res
 
 
 def inject_nan(monkeypatch, recipe, steps: set[int]) -> None:
-    """The reader's answer loss becomes NaN during the optimizer steps in `steps` (as an fp16 overflow would)."""
-    current = {}
-    real_noise, real_loss = train.step_noise, recipe.reader.answer_loss
-
-    def step_noise(cfg, step, global_batch):  # called once at the start of every step
-        current["step"] = step
-        return real_noise(cfg, step, global_batch)
-
-    def answer_loss(*args, **kwargs):
-        loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if current.get("step") in steps else loss
-
+    """The reader's answer loss becomes NaN during the optimizer steps in `steps` (helpers.nan_loss_on_steps)."""
+    step_noise, answer_loss = nan_loss_on_steps(recipe, steps)
     monkeypatch.setattr(train, "step_noise", step_noise)
     monkeypatch.setattr(recipe.reader, "answer_loss", answer_loss)
 
