@@ -56,6 +56,14 @@ class SyntheticSection:
     gold_copies: int = 1
     answer_distractors: int = 0  # extra single "P born-in T" passages (answer-typed, outside every chain)
     bridge_distractors: int = 0  # extra single "W created-by P" passages (bridge-typed, outside every chain)
+    # Topical distractors: single passages that name the question's entity with another relation whose object is a
+    # town (answer-typed): "W set-in T" for a work, "P lives-in T" for a person. They add two relation words to the
+    # vocabulary, so a reader must be trained with them (configs/demo_reader_topical.yaml).
+    topical_distractors: int = 0
+    # One-hop shortcuts: share of two-hop questions whose answer passages also state their chain's bridge fact
+    # ("W created-by P born-in T"), so the gold answer passage names the question's work and the bridge passage
+    # (still labelled gold, as HotpotQA labels both supporting facts) is not needed. 5-token passages.
+    shortcut_fraction: float = 0.0
     n_train: int = 3000  # questions written to train.jsonl by `demo` / `generate`
     n_dev: int = 300  # questions written to dev.jsonl
     curriculum: list[list[int]] = field(default_factory=list)  # [[steps, n_chains], ...] before n_chains (reader training)
@@ -483,6 +491,10 @@ def validate(cfg: RunConfig) -> None:
     if syn.n_chains < 1 or syn.gold_copies < 1 or syn.answer_distractors < 0 or syn.bridge_distractors < 0:
         raise ConfigError("synthetic.n_chains / gold_copies: must be >= 1; synthetic.answer_distractors / "
                           "bridge_distractors: must be >= 0")
+    if syn.topical_distractors < 0:
+        raise ConfigError(f"synthetic.topical_distractors: must be >= 0, got {syn.topical_distractors}")
+    if not 0.0 <= syn.shortcut_fraction <= 1.0:
+        raise ConfigError(f"synthetic.shortcut_fraction: must be in [0, 1], got {syn.shortcut_fraction}")
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")

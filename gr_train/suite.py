@@ -66,7 +66,8 @@ def dataset_config(cfg: RunConfig, name: str, spec: dict, out_dir: Path) -> tupl
         path.parent.mkdir(parents=True, exist_ok=True)
         save_records(records, path)
         files[split] = (path, len(records))
-    dcfg = copy.deepcopy(cfg)
+    # a generated dataset's runs keep its generator settings: the reranker's tokenizer is built from them
+    dcfg = copy.deepcopy(gcfg if generated else cfg)
     for text in spec.get("overrides", []):
         apply_override(dcfg, text, f"{where}.overrides '{text}'")
     dcfg.data.train_path, dcfg.data.dev_path = str(files["train"][0]), str(files["dev"][0])

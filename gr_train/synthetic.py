@@ -21,6 +21,8 @@ BORN = "birthplace-of"  # P -> T, one hop
 CREATOR = "creator-of"  # W -> P, one hop
 CREATED_BY = "created-by"
 BORN_IN = "born-in"
+SET_IN = "set-in"  # topical distractors only: work -> town
+LIVES_IN = "lives-in"  # topical distractors only: person -> town
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]", "[BOS]", "[ANS]", "[MASK]"]
 
@@ -36,13 +38,16 @@ def entity_names(cfg) -> tuple[list[str], list[str], list[str]]:
 
 def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_fraction: float) -> Record:
     """One question with n_chains chains (2 * n_chains candidate passages), gold_copies - 1 extra copies of each
-    gold passage, answer_distractors + bridge_distractors single passages outside every chain, shuffled.
-    At the defaults (1, 0, 0) it draws from `rng` exactly as the demo data always did."""
+    gold passage, answer_distractors + bridge_distractors + topical_distractors single passages outside every
+    chain, shuffled. A two-hop question is a one-hop shortcut with probability shortcut_fraction: every chain's
+    answer passage then reads "W created-by P born-in T". At the defaults (1, 0, 0, 0, 0.0) it draws from `rng`
+    exactly as the demo data always did."""
     works, people, towns = entity_names(cfg)
     singles = cfg.answer_distractors + cfg.bridge_distractors  # each with a person of its own
-    if n_chains + singles > min(len(works), len(people), len(towns)):
-        raise ValueError(f"synthetic: n_chains={n_chains} plus {singles} single distractors exceed the entity "
-                         f"vocabulary ({min(len(works), len(people), len(towns))} of each type)")
+    if n_chains + singles + cfg.topical_distractors > min(len(works), len(people), len(towns)):
+        raise ValueError(f"synthetic: n_chains={n_chains} plus {singles + cfg.topical_distractors} single "
+                         f"distractors exceed the entity vocabulary ({min(len(works), len(people), len(towns))} "
+                         "of each type)")
     ws, ps, ts = rng.sample(works, n_chains), rng.sample(people, n_chains), rng.sample(towns, n_chains)
     chains = list(zip(ws, ps, ts))
     w, p, t = chains[0]  # the gold chain; the others are distractors
@@ -53,9 +58,11 @@ def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_frac
         question, answer, intermediate, gold = f"{BORN} {p}", t, None, {"answer"}
     else:
         question, answer, intermediate, gold = f"{CREATOR} {w}", p, None, {"bridge"}
+    shortcut = intermediate is not None and cfg.shortcut_fraction > 0 and rng.random() < cfg.shortcut_fraction
     ctxs = []
     for j, (cw, cp, ct) in enumerate(chains):
-        for kind, text in (("bridge", f"{cw} {CREATED_BY} {cp}"), ("answer", f"{cp} {BORN_IN} {ct}")):
+        answer_text = f"{cw} {CREATED_BY} {cp} {BORN_IN} {ct}" if shortcut else f"{cp} {BORN_IN} {ct}"
+        for kind, text in (("bridge", f"{cw} {CREATED_BY} {cp}"), ("answer", answer_text)):
             is_gold = j == 0 and kind in gold
             for _ in range(cfg.gold_copies if is_gold else 1):
                 ctxs.append(Passage(title="", text=text, is_gold=is_gold, has_answer=answer in text.split()))
@@ -66,6 +73,13 @@ def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_frac
         texts = [f"{p_} {BORN_IN} {t_}" for p_, t_ in zip(free_p, free_t)]
         texts += [f"{w_} {CREATED_BY} {p_}" for w_, p_ in zip(free_w, free_p[cfg.answer_distractors :])]
         ctxs += [Passage(title="", text=t, is_gold=False, has_answer=answer in t.split()) for t in texts]
+    if cfg.topical_distractors:  # the question's entity (its last word) with another relation, a town of its own
+        entity = question.split()[-1]
+        used = set(ts) | {p.text.split()[-1] for p in ctxs}
+        free_t = rng.sample([x for x in towns if x not in used], cfg.topical_distractors)
+        relation = LIVES_IN if entity in people else SET_IN
+        ctxs += [Passage(title="", text=f"{entity} {relation} {t_}", is_gold=False, has_answer=answer == t_)
+                 for t_ in free_t]
     rng.shuffle(ctxs)
     return Record(id=qid, question=question, answers=[answer], ctxs=ctxs, intermediate=intermediate)
 
@@ -99,8 +113,11 @@ def stream(cfg, seed: int, batch_size: int, start_step: int = 0) -> Iterator[lis
 
 
 def vocabulary(cfg) -> list[str]:
+    """Special tokens, relations, entities; the topical relations come last and only when cfg uses them, so the
+    ids of every other word (and the shipped demo reader's 103-word vocabulary) stay as they were."""
     works, people, towns = entity_names(cfg)
-    return SPECIAL_TOKENS + [TWO_HOP, BORN, CREATOR, CREATED_BY, BORN_IN] + works + people + towns
+    topical = [SET_IN, LIVES_IN] if cfg.topical_distractors else []
+    return SPECIAL_TOKENS + [TWO_HOP, BORN, CREATOR, CREATED_BY, BORN_IN] + works + people + towns + topical
 
 
 def build_tokenizer(cfg):

@@ -75,3 +75,43 @@ def test_default_structure_draws_the_demo_data_unchanged():
     cfg = load_config(None).synthetic
     r = synthetic.generate(cfg, 1, seed=3)[0]
     assert [p.text for p in r.ctxs][:3] == DEFAULT_SEED3_FIRST_TEXTS
+
+
+def test_topical_distractors_name_the_question_entity_with_another_relation_and_an_unused_town():
+    cfg = load_config(None, ["synthetic.n_chains=4", "synthetic.topical_distractors=2",
+                             "synthetic.answer_distractors=1"]).synthetic
+    records = synthetic.generate(cfg, 200, seed=5)
+    for r in records:
+        assert len(r.ctxs) == 2 * 4 + 1 + 2
+        entity = r.question.split()[-1]
+        topical = [p for p in r.ctxs if synthetic.SET_IN in p.text or synthetic.LIVES_IN in p.text]
+        assert len(topical) == 2 and not any(p.is_gold or p.has_answer for p in topical)
+        relation = synthetic.LIVES_IN if entity.startswith("P") else synthetic.SET_IN
+        assert all(p.text.split()[:2] == [entity, relation] for p in topical)
+        # each topical town appears nowhere else in the question's passages: no chain, no other distractor
+        words = [w for p in r.ctxs if p not in topical for w in p.text.split()]
+        assert all(p.text.split()[2] not in words and p.text.split()[2] != r.answers[0] for p in topical)
+    assert {"birthplace-of", "creator-of", "birthplace-of-creator"} == {r.question.split()[0] for r in records}
+    tok = synthetic.build_tokenizer(cfg)
+    assert len(tok) == len(synthetic.vocabulary(load_config(None).synthetic)) + 2
+    assert tok.convert_tokens_to_ids(synthetic.SET_IN) != tok.unk_token_id
+
+
+def test_shortcut_answer_passages_name_the_work_and_keep_both_gold_labels():
+    from gr_train import structure
+
+    cfg = load_config(None, ["synthetic.shortcut_fraction=0.5", "synthetic.one_hop_fraction=0"]).synthetic
+    records = synthetic.generate(cfg, 400, seed=2)
+    shortcut = [r for r in records if any(len(p.text.split()) == 5 for p in r.ctxs)]
+    assert 0.4 < len(shortcut) / len(records) < 0.6
+    for r in shortcut:
+        w = r.question.split()[-1]
+        direct = [p for p in r.ctxs if p.direct]
+        assert [p.text for p in direct] == [f"{w} created-by {r.intermediate} born-in {r.answers[0]}"]
+        assert sum(p.indirect for p in r.ctxs) == 1  # the bridge stays gold, as HotpotQA labels both facts
+        # every chain's answer passage has the long form: length alone does not single out the gold one
+        assert sum(len(p.text.split()) == 5 for p in r.ctxs) == cfg.n_chains
+    stats = structure.dataset_stats(records)
+    assert abs(stats["one_hop_shortcut"] - len(shortcut) / len(records)) < 1e-9
+    assert synthetic.generate(load_config(None).synthetic, 3, seed=2) == synthetic.generate(
+        load_config(None, ["synthetic.shortcut_fraction=0.0", "synthetic.topical_distractors=0"]).synthetic, 3, seed=2)
