@@ -286,6 +286,9 @@ class RuntimeSection:
     reader_checkpointing: bool = False  # recompute the reader's answer-pass layer activations in backward
     param_persistence_threshold: int = 0  # ZeRO-3 keeps parameters under this many elements whole on every rank
     dist_backend: str = ""  # torch.distributed backend; "" = nccl with CUDA, else gloo
+    # CPU: let DeepSpeed build its shared-memory all-reduce op at start (a C++ compile, 30-80 s the first time on a
+    # machine). Only DeepSpeed's inference all-reduce uses it, never ZeRO training, so it is off: not built.
+    shm_allreduce_op: bool = False
     ds_overrides: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DeepSpeed config
     num_workers: int = 2  # Ray Train: worker processes (ranks), ScalingConfig.num_workers
     use_gpu: bool = False  # Ray Train: one GPU per worker

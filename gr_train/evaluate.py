@@ -162,17 +162,23 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
 
 
 @torch.no_grad()
-def hard_topk_loss(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> float:
-    """The label-free dev loss: mean answer loss (token-mean CE of the target) of the frozen reader reading only the
-    hard top-k (gumbel.k) of each record's scores. Needs no relevance labels, so it can select checkpoints.
+def hard_topk_losses(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> torch.Tensor:
+    """The label-free dev loss per record: the answer loss (token-mean CE of the target) of the frozen reader reading
+    only the hard top-k (gumbel.k) of each record's scores. Needs no relevance labels, so it can select checkpoints.
 
-    Args: scores as from score_records (one [min(n, len(ctxs))] fp32 tensor per record). Returns nats per token.
+    Args: scores as from score_records (one [min(n, len(ctxs))] fp32 tensor per record).
+    Returns: [len(records)] fp32, nats per token.
     """
     losses = []
     for batch, w, states in _scored_batches(scores, reader, records, cfg, batch_size):
         log_M = gumbel.log_mask(gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid), cfg.gumbel.eps, batch.valid)
         losses.append(reader.answer_loss(states, batch.reader_inputs, log_M).float())
-    return torch.cat(losses).mean().item()
+    return torch.cat(losses)
+
+
+def hard_topk_loss(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> float:
+    """The mean of hard_topk_losses over records (nats per token)."""
+    return hard_topk_losses(scores, reader, records, cfg, batch_size).mean().item()
 
 
 def _scored_batches(scores: list[torch.Tensor], reader, records, cfg, batch_size: int):

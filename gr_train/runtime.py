@@ -126,6 +126,17 @@ def _check_names(expected: list[str], state: dict, what: str) -> None:
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
+def skip_shm_allreduce_op() -> None:
+    """Mark DeepSpeed's CPU shared-memory all-reduce op (ShareMemCommBuilder, "deepspeed_shm_comm") incompatible, so
+    `deepspeed.init_distributed` does not compile it. Its one user is `inference_all_reduce` (tensor-parallel
+    inference), which falls back to the process group's all_reduce without it; ZeRO-3 training never calls it.
+    DeepSpeed keeps its probed `deepspeed.ops.__compatible_ops__` as one module-level dict, read by
+    `comm.torch.build_shm_op` at init; this edits that dict."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class _Engine:
     """What both engines share: `prepare`. Subclasses start their optimizer in `_start`."""
 
@@ -318,6 +329,8 @@ class DeepSpeedRuntime(_Engine):
 
         self.cfg, self.ds, self.dist = cfg, deepspeed, dist
         backend = cfg.runtime.dist_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if not torch.cuda.is_available() and not cfg.runtime.shm_allreduce_op:
+            skip_shm_allreduce_op()
         # Reuses a process group that exists already (Ray Train creates one); else reads the launcher's env.
         deepspeed.init_distributed(dist_backend=backend)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()

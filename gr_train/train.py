@@ -238,20 +238,26 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
     """Dev evaluation at `step`: ranking metrics (when every dev passage is labelled), the score spread and the
     label-free dev loss (eval/dev_loss_hard); with train.keep_best, <run_dir>/best/ follows the lowest dev loss.
     Every rank calls it (the reader and the checkpoint are collective). Returns the logged scalars."""
-    from gr_train.evaluate import hard_topk_loss, ranking_metrics, score_records, score_spread
+    from gr_train.evaluate import hard_topk_losses, ranking_metrics, score_records, score_spread
 
     cfg = recipe.cfg
     if recipe.reranker is None:
         return {}
     records = recipe.dev_records[: cfg.eval.max_questions or None]
-    scores = score_records(recipe.reranker, records, cfg.data.n_candidates, cfg.eval.batch_size)
+    # Each rank scores and reads its share of the dev records; the shares are gathered in record order.
+    share, real = rank_share(records, recipe.runtime.rank, recipe.runtime.world_size)
+    local_scores = score_records(recipe.reranker, share, cfg.data.n_candidates, cfg.eval.batch_size)
+    local_losses = (hard_topk_losses(local_scores, recipe.reader, share, cfg, cfg.eval.batch_size).tolist()
+                    if cfg.train.keep_best else [])
+    parts = recipe.runtime.all_gather_object((local_scores[:real], local_losses[:real]))
+    scores = [s for part_scores, _ in parts for s in part_scores]
     scalars = {"eval/w_std": score_spread(scores, cfg.eval.separation_min_std)["w_std_median"]}
     if all(p.is_gold is not None for r in records for p in r.ctxs):
         ranking = ranking_metrics(records, scores, cfg.eval.ks)
         scalars.update({f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
                         for kind, row in ranking.items() for m, v in row.items() if m != "questions"})
     if cfg.train.keep_best:
-        loss = hard_topk_loss(scores, recipe.reader, records, cfg, cfg.eval.batch_size)
+        loss = sum(x for _, part_losses in parts for x in part_losses) / len(records)
         scalars["eval/dev_loss_hard"] = loss
         if recipe.best is None or loss < recipe.best["dev_loss_hard"]:
             recipe.best = {"step": step, "dev_loss_hard": loss}
@@ -260,6 +266,16 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
     recipe.writer.log(scalars, step)
     recipe.trainable.train()
     return scalars
+
+
+def rank_share(records: list, rank: int, world_size: int) -> tuple[list, int]:
+    """This rank's contiguous share of `records`, ceil(len / world_size) long on every rank (a short share is padded
+    with records from the start, so every rank runs the same number of batches, as ZeRO-3's collective forwards
+    need). Returns (share, how many of its records are real: the padding's results are dropped)."""
+    per = -(-len(records) // world_size)
+    share = records[rank * per : (rank + 1) * per]
+    real = len(share)
+    return share + (records * per)[: per - real], real
 
 
 def save(recipe: Recipe, name: str, step: int) -> Path | None:

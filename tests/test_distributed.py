@@ -27,6 +27,7 @@ import torch
 
 from gr_train import checkpoint, synthetic, train
 from gr_train.config import load_config
+from gr_train.data import load_records
 from gr_train.models import build_reader
 
 pytestmark = pytest.mark.distributed
@@ -169,12 +170,13 @@ def data(tmp_path_factory) -> Path:
 def reference(data, tmp_path_factory) -> Path:
     """The uninterrupted 2-rank run under torchrun, multi-node style (2 nodes x 1 rank)."""
     out = tmp_path_factory.mktemp("reference")
+    # A dev evaluation at the last step over 15 questions: rank 0 reads 8, rank 1 reads 7 and one padding question.
     args = [str(DRIVER), "--out", str(out), "--no-resume", "--config", "configs/demo.yaml",
-            *overrides(data, out / "run")]
+            *overrides(data, out / "run"), f"train.eval_every_steps={STEPS}", "eval.max_questions=15"]
     # Two torchrun agents, one per simulated node (--nnodes 2), as on a cluster; here both on localhost.
     launch_nodes([[str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(r), "--nproc_per_node", "1",
                    "--master_addr", "127.0.0.1", "--master_port", "29731", *args] for r in (0, 1)],
-                 [out / "node0.log", out / "node1.log"])
+                 [out / "node0.log", out / "node1.log"], TORCH_EXTENSIONS_DIR=str(out / "torch_extensions"))
     return out
 
 
@@ -202,6 +204,45 @@ def test_torchrun_zero3_partitions_the_reader_and_trains_the_reranker(reference)
     saved = checkpoint.load_file(run_dir / "final" / "model.safetensors")
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[f"model.{name}"]), name
+
+
+def test_cpu_ranks_train_without_compiling_deepspeeds_shm_allreduce_op(reference):
+    """runtime.shm_allreduce_op=false (the default): the ranks, started with an empty extensions folder, trained
+    (the test above) without compiling DeepSpeed's shared-memory op, which only its inference all-reduce uses."""
+    logs = (reference / "node0.log").read_text() + (reference / "node1.log").read_text()
+    assert "deepspeed_shm_comm" not in logs and "built successfully" not in logs
+    assert not list((reference / "torch_extensions").glob("**/deepspeed_shm_comm*"))
+    assert sorted(losses(reference)) == list(range(STEPS))
+
+
+def test_the_dev_evaluation_split_across_ranks_equals_one_process(reference, data):
+    """Each rank scores and reads its share of the dev questions; the gathered metrics and label-free loss are
+    those of one process evaluating the final reranker on all of them."""
+    from gr_train.evaluate import hard_topk_loss, ranking_metrics, score_records
+    from gr_train.models import build_models
+    from gr_train.reranker import Reranker
+
+    row = next(r for r in scalars(reference / "run") if "eval/dev_loss_hard" in r)
+    assert row["step"] == STEPS
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides(data, reference / "run" / "check"))
+    records = load_records(data / "dev.jsonl")[:15]
+    reader, _ = build_models(cfg)
+    reranker = Reranker.load(reference / "run" / "final" / "reranker")
+    scores = score_records(reranker, records, cfg.data.n_candidates)
+    assert row["eval/dev_loss_hard"] == pytest.approx(hard_topk_loss(scores, reader, records, cfg), abs=1e-5)
+    ranking = ranking_metrics(records, scores, cfg.eval.ks)
+    assert row["eval/recall@5"] == pytest.approx(ranking["all"]["recall@5"], abs=1e-9)
+    assert row["eval/recall@2_indirect"] == pytest.approx(ranking["indirect"]["recall@2"], abs=1e-9)
+
+
+def test_rank_share_covers_every_record_once_with_equal_lengths():
+    from gr_train.train import rank_share
+
+    records = list("abcde")
+    shares = [rank_share(records, r, 2) for r in range(2)]
+    assert shares == [(["a", "b", "c"], 3), (["d", "e", "a"], 2)]
+    assert [x for share, real in shares for x in share[:real]] == records
+    assert [rank_share(["a"], r, 3) for r in range(3)] == [(["a"], 1), (["a"], 0), (["a"], 0)]
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(reference, killed, data):
