@@ -94,7 +94,7 @@ def main() -> None:
         for workers in (1, 2):
             s = preprocess.run(config(f"ray{workers}", workers), progress=False)
             result[f"ray_{workers}_workers"] = {"written": s["written"], "wall_s": s["wall_s"],
-                                                "rows_per_s": round(s["written"] / s["wall_s"], 1)}
+                                                "rows_per_s": round(s["written"] / s["wall_s"], 1), "phase_s": s["phase_s"]}
             print(f"ray {workers} workers", result[f"ray_{workers}_workers"], flush=True)
     one, two = result["ray_1_workers"]["rows_per_s"], result["ray_2_workers"]["rows_per_s"]
     result["ratio_2_over_1_workers"] = round(two / one, 2)

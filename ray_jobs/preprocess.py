@@ -292,12 +292,14 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     context.enable_progress_bars = progress
 
     items = read_question_items(pp.questions_path, pp.questions_format)
+    phase_s = {"read": time.perf_counter() - t0}
     blocks = max(1, min(len(items) // pp.batch_size, 4 * pp.num_workers))
     parsed = (ray.data.from_items(items, override_num_blocks=blocks)
               .map_batches(_parse_batch, fn_kwargs={"fmt": pp.questions_format, "path": pp.questions_path,
                                                     "keep_ctxs": from_input},
                            batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus)
               .materialize())
+    phase_s["parse"] = time.perf_counter() - t0 - sum(phase_s.values())
 
     # Rejects and duplicate ids need the whole set: the (index, where, id, reason) columns are small.
     summary_rows = sorted(parsed.select_columns(["index", "where", "id", "reason", "kind"]).take_all(),
@@ -315,6 +317,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
             first_seen[r["id"]] = r["where"]
     with open(out / "rejects.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rejects)
+    phase_s["rejects"] = time.perf_counter() - t0 - sum(phase_s.values())
 
     good = parsed.map_batches(_keep_good, fn_kwargs={"duplicates": sorted(duplicates)}, batch_format="pyarrow",
                               num_cpus=pp.worker_num_cpus)
@@ -338,6 +341,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
         if pool is not None:
             pool.shutdown()
 
+    phase_s["candidates_tokenize_write"] = time.perf_counter() - t0 - sum(phase_s.values())
     files = sorted(out.glob("*.parquet"))
     written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     reasons = Counter(r["kind"] for r in rejects)
@@ -346,7 +350,8 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
                "questions_path": pp.questions_path, "input": len(items), "written": written,
                "rejected": len(rejects), "rejects_by_reason": dict(reasons.most_common(20)),
                "top_k": None if from_input else rcfg.top_k, "files": [f.name for f in files],
-               "num_workers": pp.num_workers, "wall_s": round(time.perf_counter() - t0, 2)}
+               "num_workers": pp.num_workers, "wall_s": round(time.perf_counter() - t0, 2),
+               "phase_s": {k: round(v, 2) for k, v in phase_s.items()}}
     save_config(cfg, out / "config.yaml")
     (out / "manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
     if written + len(rejects) != len(items):
