@@ -40,7 +40,8 @@ def single_process(cfg, out: Path) -> dict:
     for i in range(0, len(items), pp.batch_size):
         parsed = [P.parse_row(item, pp.questions_format, pp.questions_path, keep_ctxs=True)
                   for item in items[i : i + pp.batch_size]]
-        rows = P.input_candidate_rows([json.loads(p["record"]) for p in parsed if not p["reason"]], provenance)
+        good = [p for p in parsed if not p["reason"]]
+        rows = P.input_candidate_rows([json.loads(p["record"]) for p in good], provenance, [p["index"] for p in good])
         tables.append(P.to_table(rows, tokenizer(rows)))
         if sum(t.num_rows for t in tables) >= pp.rows_per_file or i + pp.batch_size >= len(items):
             import pyarrow as pa

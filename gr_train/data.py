@@ -689,9 +689,9 @@ def parse_item(obj: Any, fmt: str, path: str | os.PathLike, where: str) -> Recor
 # ---------------------------------------------------------------------------------------------------------------
 
 # Version of the columns below; ray_jobs/preprocess.py writes it into every row and manifest.json.
-PARQUET_SCHEMA_VERSION = 1
+PARQUET_SCHEMA_VERSION = 2  # 2: input_index
 # Columns a training Record needs; token-id columns (reranker_*, reader_*) and provenance are not read here.
-PARQUET_COLUMNS = ("id", "question", "answers", "target", "ctxs", "schema_version")
+PARQUET_COLUMNS = ("id", "question", "answers", "target", "ctxs", "schema_version", "input_index")
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
@@ -704,12 +704,19 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
 
 
 def iter_parquet_records(path: str | os.PathLike, rank: int = 0, world_size: int = 1):
-    """Stream Records from preprocessed Parquet shards, one row group in memory at a time.
+    """Stream Records from preprocessed Parquet shards, one row group in memory at a time, in the shards' order
+    (load_parquet restores the input file's order).
 
     The row groups of all files, in file order, are dealt round-robin: rank r reads groups r, r + W, r + 2W, ...,
     so W ranks read disjoint parts that together are the whole set. Raises DataError on a file of another
     schema version or with a malformed row (named by file and row).
     """
+    for _, record in _iter_parquet_rows(path, rank, world_size):
+        yield record
+
+
+def _iter_parquet_rows(path: str | os.PathLike, rank: int = 0, world_size: int = 1):
+    """(input_index, Record) for iter_parquet_records."""
     import pyarrow.parquet as pq
 
     group = 0
@@ -723,7 +730,7 @@ def iter_parquet_records(path: str | os.PathLike, rank: int = 0, world_size: int
             rows = pf.metadata.row_group(g).num_rows
             if group % world_size == rank:
                 for i, row in enumerate(pf.read_row_group(g, columns=list(PARQUET_COLUMNS)).to_pylist()):
-                    yield _parquet_record(row, _Where(file, f"row {offset + i}"))
+                    yield row["input_index"], _parquet_record(row, _Where(file, f"row {offset + i}"))
             group += 1
             offset += rows
 
@@ -742,11 +749,13 @@ def _parquet_record(row: dict, err: _Where) -> Record:
 
 
 def load_parquet(path: str | os.PathLike) -> list[Record]:
-    """Every record of preprocessed Parquet shards (see iter_parquet_records); ids must be unique."""
-    records, seen = [], set()
-    for record in iter_parquet_records(path):
+    """Every record of preprocessed Parquet shards (see iter_parquet_records) in the order of the input file they
+    were made from (their input_index: the shards' own row order can differ); ids must be unique."""
+    rows, seen = [], set()
+    for index, record in _iter_parquet_rows(path):
         if record.id in seen:
             raise DataError(path, "duplicate id across the Parquet shards", record_id=record.id, field="id")
         seen.add(record.id)
-        records.append(record)
-    return records
+        rows.append((index, record))
+    rows.sort(key=lambda row: row[0])
+    return [record for _, record in rows]

@@ -40,7 +40,7 @@ CTX_TYPE = pa.struct([("pid", pa.int64()), ("docid", pa.string()), ("title", pa.
                       ("score", pa.float32()), ("is_gold", pa.bool_()), ("has_answer", pa.bool_())])
 BASE_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("answers", pa.list_(pa.string())),
                          ("target", pa.string()), ("ctxs", pa.list_(CTX_TYPE)), ("schema_version", pa.int32()),
-                         ("config_hash", pa.string()), ("index_version", pa.string())])
+                         ("config_hash", pa.string()), ("index_version", pa.string()), ("input_index", pa.int64())])
 PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id", pa.string()),
                            ("record", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
@@ -125,26 +125,29 @@ def parse_row(item: dict, fmt: str, path: str, keep_ctxs: bool = False) -> dict:
     return out
 
 
-def attach_candidates(records: list[dict], hits, provenance: dict) -> list[dict]:
-    """Output rows (BASE_SCHEMA) from parsed question fields and their merged Hits (row q = records[q])."""
+def attach_candidates(records: list[dict], hits, provenance: dict, indices: list[int]) -> list[dict]:
+    """Output rows (BASE_SCHEMA) from parsed question fields and their merged Hits (row q = records[q]); indices:
+    each record's position in the input file (input_index)."""
     rows = []
-    for q, rec in enumerate(records):
+    for q, (rec, index) in enumerate(zip(records, indices, strict=True)):
         gold = rec["gold"]
         ctxs = [{**h, "is_gold": is_gold_passage(h["title"], h["text"], gold) if gold is not None else None,
                  "has_answer": has_answer(passage_string(h["title"], h["text"]), rec["answers"])}
                 for h in hits.rows(q)]
         rows.append({"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
-                     "ctxs": ctxs, "schema_version": PARQUET_SCHEMA_VERSION, **provenance})
+                     "ctxs": ctxs, "schema_version": PARQUET_SCHEMA_VERSION, **provenance, "input_index": index})
     return rows
 
 
-def input_candidate_rows(records: list[dict], provenance: dict) -> list[dict]:
+def input_candidate_rows(records: list[dict], provenance: dict, indices: list[int]) -> list[dict]:
     """Output rows (BASE_SCHEMA) from parsed question fields that carry their own candidates (parse_row with
-    keep_ctxs): candidate i keeps its title, text and labels, pid = i, no docid or score."""
+    keep_ctxs): candidate i keeps its title, text and labels, pid = i, no docid or score; indices: each record's
+    position in the input file (input_index)."""
     return [{"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
              "ctxs": [{"pid": i, "docid": None, "title": c["title"], "text": c["text"], "score": None,
                        "is_gold": c["is_gold"], "has_answer": c["has_answer"]} for i, c in enumerate(rec["ctxs"])],
-             "schema_version": PARQUET_SCHEMA_VERSION, **provenance} for rec in records]
+             "schema_version": PARQUET_SCHEMA_VERSION, **provenance, "input_index": index}
+            for rec, index in zip(records, indices, strict=True)]
 
 
 def _unpadded(values: np.ndarray, mask: np.ndarray) -> list:
@@ -255,7 +258,7 @@ class CandidatesStage:
         records = [json.loads(r) for r in batch["record"].to_pylist()]
         queries = ray.put(self.encoder.encode([r["question"] for r in records]))
         hits = search_all(self.actors, queries, self.cfg.retrieval.top_k, self.budgets_s)
-        rows = attach_candidates(records, hits, self.provenance)
+        rows = attach_candidates(records, hits, self.provenance, batch["index"].to_pylist())
         return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
 
 
@@ -268,13 +271,16 @@ class InputCandidatesStage:
         self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = input_candidate_rows([json.loads(r) for r in batch["record"].to_pylist()], self.provenance)
+        rows = input_candidate_rows([json.loads(r) for r in batch["record"].to_pylist()], self.provenance,
+                                    batch["index"].to_pylist())
         return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
 
 
 def run(cfg: RunConfig, progress: bool = True) -> dict:
     """The whole job on the connected Ray cluster; returns the summary (also written as manifest.json).
-    `progress`: Ray Data's progress bars. Output rows keep the input order (Ray Data preserve_order)."""
+    `progress`: Ray Data's progress bars. Every row carries its question's position in the input file
+    (input_index): under load the shards' row order has differed from the input's despite Ray Data's
+    preserve_order (blocks of one batch swapped), and data.load_parquet restores the input order from it."""
     t0 = time.perf_counter()
     pp, rcfg = cfg.preprocess, cfg.retrieval
     if not pp.questions_path:
@@ -287,7 +293,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     meta = None if from_input else load_index_meta(rcfg.index_dir)
     provenance = {"config_hash": config_hash(cfg), "index_version": "input" if from_input else meta["index_version"]}
     context = ray.data.DataContext.get_current()
-    # Rows in input order: shards and training read the questions as the file lists them (data order = f(seed)).
+    # Rows in input order where Ray Data keeps it; input_index makes the order exact for readers (load_parquet).
     context.execution_options.preserve_order = True
     context.enable_progress_bars = progress
 

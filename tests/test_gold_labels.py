@@ -42,7 +42,7 @@ def preprocess_labels(path: Path, items: list[dict], order=reversed) -> dict[str
                                  path, item["where"])
         idx = list(order(range(len(record.ctxs))))
         ctxs = preprocess.attach_candidates([rec], hits_of([(record.ctxs[i].title, record.ctxs[i].text)
-                                                            for i in idx]), {})[0]["ctxs"]
+                                                            for i in idx]), {}, [0])[0]["ctxs"]
         labels = [None] * len(idx)
         for pos, i in enumerate(idx):
             labels[i] = ctxs[pos]["is_gold"]

@@ -342,7 +342,7 @@ def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
 
     table = pq.read_table(sorted(out_dir.glob("*.parquet")))
     assert set(table["index_version"].to_pylist()) == {index["index_version"]}
-    assert set(table["schema_version"].to_pylist()) == {1}
+    assert set(table["schema_version"].to_pylist()) == {2}
     assert {"reranker_input_ids", "reader_passage_ids"} <= set(table.column_names)
     loaded = {r.id: r for r in load_any(out_dir)}
     assert sorted(loaded) == sorted(r.id for r in records)
@@ -411,13 +411,38 @@ def test_token_columns_drop_padding():
               "attention_mask": torch.tensor([[[1, 1, 0], [1, 0, 0]]]), "labels": torch.tensor([[3, 4, -100]])}
     cols = token_columns("reranker", inputs)
     assert cols == {"reranker_input_ids": [[[5, 6], [7]]], "reranker_labels": [[3, 4]]}
-    row = {"id": "q", "question": "?", "answers": ["a"], "target": None, "ctxs": [], "schema_version": 1,
-           "config_hash": "h", "index_version": "v"}
+    row = {"id": "q", "question": "?", "answers": ["a"], "target": None, "ctxs": [], "schema_version": 2,
+           "config_hash": "h", "index_version": "v", "input_index": 0}
     table = to_table([row], cols)
     import pyarrow as pa
 
     assert table.schema.field("reranker_input_ids").type == pa.list_(pa.list_(pa.int32()))
     assert table.column("reranker_input_ids").to_pylist() == [[[5, 6], [7]]]
+
+
+def test_load_parquet_restores_the_input_order_when_the_shards_swapped_blocks(tmp_path):
+    """Under load the Ray job has written one batch's block after the next one's, despite preserve_order (the demo's
+    shards: rows 439-502 after 503-566). Every row carries input_index; load_parquet reads the input order back."""
+    import pyarrow.parquet as pq
+
+    from gr_train import synthetic
+    from gr_train.config import SyntheticSection
+    from gr_train.data import iter_parquet_records, load_parquet
+    from ray_jobs.preprocess import input_candidate_rows, to_table
+
+    records = synthetic.generate(SyntheticSection(), 12, seed=0)
+    parsed = [{"id": r.id, "question": r.question, "answers": r.answers, "target": None,
+               "ctxs": [{"title": c.title, "text": c.text, "is_gold": c.is_gold, "has_answer": c.has_answer}
+                        for c in r.ctxs]} for r in records]
+    rows = input_candidate_rows(parsed,
+                                {"config_hash": "h", "index_version": "input"}, list(range(12)))
+    blocks = [rows[0:4], rows[8:12], rows[4:8]]  # the second and third blocks swapped
+    (tmp_path / "out").mkdir()
+    pq.write_table(to_table(blocks[0] + blocks[1], None), tmp_path / "out" / "a-000000.parquet")
+    pq.write_table(to_table(blocks[2], None), tmp_path / "out" / "a-000001.parquet")
+    streamed = [r.id for r in iter_parquet_records(tmp_path / "out")]
+    assert streamed == [r.id for r in records[:4] + records[8:] + records[4:8]]  # the shards' own order
+    assert [r.id for r in load_parquet(tmp_path / "out")] == [r.id for r in records]
 
 
 def test_input_candidates_keep_each_questions_own_passages(tmp_path):
@@ -432,7 +457,9 @@ def test_input_candidates_keep_each_questions_own_passages(tmp_path):
                     + json.dumps({"id": "b", "question": "what?", "answers": ["x"]}) + "\n")
     rows = [parse_row(item, "auto", str(path), keep_ctxs=True) for item in read_question_items(str(path), "auto")]
     assert rows[1]["kind"] == "field 'ctxs': no candidates" and "line 2" in rows[1]["reason"]
-    (out,) = input_candidate_rows([json.loads(rows[0]["record"])], {"config_hash": "h", "index_version": "input"})
+    (out,) = input_candidate_rows([json.loads(rows[0]["record"])], {"config_hash": "h", "index_version": "input"},
+                                  [rows[0]["index"]])
+    assert out["input_index"] == 0
     assert [(c["pid"], c["title"], c["text"], c["is_gold"], c["has_answer"]) for c in out["ctxs"]] == [
         (0, "T", "Ann wrote it", True, True), (1, "", "Bob", False, False)]
     assert parse_row(read_question_items(str(path), "auto")[0], "auto", str(path))["record"].find("ctxs") == -1
