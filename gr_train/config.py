@@ -97,6 +97,9 @@ class ReaderSection:
     # (fp32 under the local engine). A set value must equal runtime.precision under the deepspeed engine.
     dtype: Literal["fp32", "bf16", "fp16"] | None = None
     trainable: bool = False  # true only for reader pre-training / fine-tuning (objective.name=reader)
+    # demo_fid built from model_config: start from this demo reader folder's weights instead of a random init (the
+    # vocabulary may have grown: embedding rows are matched by token, new tokens keep their random rows)
+    init_from: str | None = None
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
     # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
     # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; reader.query_prompts)

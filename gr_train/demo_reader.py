@@ -165,6 +165,26 @@ class DemoFiDModel(nn.Module):
         return torch.log(probs + 1e-9)
 
 
+def init_from_reader(model: DemoFiDModel, tokenizer, source: "DemoFiDReader") -> None:
+    """Copy `source`'s weights into `model` (reader.init_from): every tensor of equal shape as it is; the token
+    embedding [vocab, d_model] row by row for the tokens both vocabularies hold, so a vocabulary that grew keeps
+    what the source learned and its new tokens keep their random rows.
+
+    Raises ValueError when a tensor other than the token embedding differs in shape (another architecture)."""
+    own, theirs = model.state_dict(), source.model.state_dict()
+    ours_vocab, their_vocab = tokenizer.get_vocab(), source.tokenizer.get_vocab()
+    with torch.no_grad():
+        for name, value in own.items():
+            if name == "embed.weight":
+                rows = [(i, their_vocab[tok]) for tok, i in ours_vocab.items() if tok in their_vocab]
+                value[[i for i, _ in rows]] = theirs[name][[j for _, j in rows]].to(value.dtype)
+            elif name not in theirs or theirs[name].shape != value.shape:
+                raise ValueError(f"reader.init_from: {name} {tuple(value.shape)} differs from the source reader's "
+                                 f"{tuple(theirs[name].shape) if name in theirs else 'none'}: same model_config needed")
+            else:
+                value.copy_(theirs[name])
+
+
 class DemoFiDReader(Reader):
     """Reader interface over DemoFiDModel with a word-level tokenizer (synthetic.build_tokenizer)."""
 
@@ -199,7 +219,10 @@ class DemoFiDReader(Reader):
             raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
         sep = tokenizer.convert_tokens_to_ids("[SEP]")
         c = DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
-        return cls(DemoFiDModel(c).to(reader_dtype(cfg)), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+        model = DemoFiDModel(c)
+        if cfg.init_from:
+            init_from_reader(model, tokenizer, cls.load(cfg.init_from, cfg))
+        return cls(model.to(reader_dtype(cfg)), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file

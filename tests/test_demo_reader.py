@@ -114,3 +114,28 @@ def test_shipped_reader_does_the_hop():
     assert em["all"] >= 0.8
     assert em["no_indirect"] <= 0.45
     assert em["none"] <= 0.1
+
+
+def test_init_from_copies_a_reader_into_a_grown_vocabulary(tmp_path):
+    """reader.init_from: the topical relations grow the vocabulary by two words; every other weight and every
+    shared token's embedding row comes from the source reader, the new rows keep their random init."""
+    small = {"d_model": 32, "n_heads": 2, "d_ff": 64}
+    torch.manual_seed(0)
+    source = build_reader(ReaderSection(model_config=small), synthetic.build_tokenizer(SyntheticSection()))
+    source.save(tmp_path / "source")
+    grown_tok = synthetic.build_tokenizer(SyntheticSection(topical_distractors=1))
+    torch.manual_seed(1)
+    grown = build_reader(ReaderSection(model_config=small, init_from=str(tmp_path / "source")), grown_tok)
+    theirs, ours = source.model.state_dict(), grown.model.state_dict()
+    assert ours["embed.weight"].shape[0] == theirs["embed.weight"].shape[0] + 2
+    for name, value in ours.items():
+        if name != "embed.weight":
+            assert torch.equal(value, theirs[name]), name
+    their_vocab = source.tokenizer.get_vocab()
+    for tok, i in grown_tok.get_vocab().items():
+        if tok in their_vocab:
+            assert torch.equal(ours["embed.weight"][i], theirs["embed.weight"][their_vocab[tok]]), tok
+    new = [grown_tok.convert_tokens_to_ids(t) for t in (synthetic.SET_IN, synthetic.LIVES_IN)]
+    assert not any(torch.equal(ours["embed.weight"][i], row) for i in new for row in theirs["embed.weight"])
+    with pytest.raises(ValueError, match="same model_config"):
+        build_reader(ReaderSection(model_config={**small, "d_ff": 32}, init_from=str(tmp_path / "source")), grown_tok)
