@@ -204,8 +204,9 @@ class EvalSection:
 
 @dataclass
 class DemoSection:
-    reader_path: str | None = None  # demo reader folder; None = the one shipped in gr_train/assets/demo_reader
-    reader_config: str | None = None  # reader pre-training recipe used when training it; None = configs/demo_reader.yaml
+    reader_path: str | None = None  # demo reader folder; None = the one shipped in gr_train/assets/demo_reader_topical
+    # reader training recipe used when training it; None = configs/demo_reader_topical.yaml
+    reader_config: str | None = None
     train_reader: bool = False  # retrain the demo reader even if reader_path exists
     # training ranks `gr-train demo` launches (DeepSpeed ZeRO-3, torchrun); each rank's micro-batch is
     # train.micro_batch_size / ranks, so the global batch is the single-process one

@@ -39,8 +39,8 @@ log = logging.getLogger("gr_train.demo")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-SHIPPED_READER = PACKAGE_DIR / "assets" / "demo_reader"
-READER_CONFIG = REPO_DIR / "configs" / "demo_reader.yaml"
+SHIPPED_READER = PACKAGE_DIR / "assets" / "demo_reader_topical"  # configs/demo.yaml's reader
+READER_CONFIG = REPO_DIR / "configs" / "demo_reader_topical.yaml"
 STAGES = ("generate", "preprocess", "train", "evaluate", "tensorboard", "plot", "export")
 EXPORT_TOLERANCE = 1e-5  # max |w_exported - w_training| accepted by the export check
 

@@ -65,7 +65,7 @@ def test_a_frozen_reader_without_weights_is_refused_unless_asked_for(demo_data, 
 
 def test_the_demo_config_names_the_shipped_reader():
     cfg = load_config(DEMO)
-    assert cfg.reader.name_or_path == "gr_train/assets/demo_reader"
+    assert cfg.reader.name_or_path == "gr_train/assets/demo_reader_topical"
     assert (REPO / cfg.reader.name_or_path / "model.safetensors").is_file()
 
 
