@@ -6,6 +6,8 @@ Every question comes with n_chains - 1 distractor chains built the same way, so 
 answer-bearing or bridge passage (hard distractors). Facts are re-randomised for every question: a reader must
 read them, it cannot memorise them. Entity vocabularies are small and reused (30 of each, one token each): the
 recipe that made a 0.7M-parameter reader learn the hop on CPU (docs/design.md#demo-reader-recipe).
+Structure knobs (config.SyntheticSection) add copies of the gold passages, single answer-, bridge-typed and topical
+distractors ("W set-in T", "P lives-in T": two more relation words) and one-hop shortcuts.
 """
 
 from __future__ import annotations
