@@ -154,7 +154,8 @@ def test_full_demo_raises_gold_recall_and_reader_em(tmp_path):
 
     Indirect (bridge) recall is recorded in results.json but not asserted: the untrained bi-encoder already ranks
     the question's own bridge first, and G-Rerank keeps it only when k leaves room for every answer candidate
-    (see configs/demo.yaml and README)."""
+    (see configs/demo.yaml and README). The reader needs the bridge on the two-hop questions that are not one-hop
+    shortcuts (half of them in the demo's setting): removing it costs at least a fifth of two-hop EM."""
     run = tmp_path / "demo"
     assert cli.main(["demo", f"run.run_dir={run}", "run.progress=false"]) == 0
     r = json.loads((run / "results.json").read_text())
@@ -163,4 +164,5 @@ def test_full_demo_raises_gold_recall_and_reader_em(tmp_path):
     assert after["ranking"]["all"][f"recall@{k}"] >= before["ranking"]["all"][f"recall@{k}"] + 0.08
     assert after["reader"]["em"] >= before["reader"]["em"] + 0.1
     assert after["scores"]["separated"]
-    assert r["reader_em"]["two_hop"]["all"] >= 0.8 and r["reader_em"]["two_hop"]["no_indirect"] <= 0.45
+    two_hop = r["reader_em"]["two_hop"]
+    assert two_hop["all"] >= 0.8 and two_hop["no_indirect"] <= two_hop["all"] - 0.2

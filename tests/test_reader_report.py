@@ -108,14 +108,15 @@ def test_verdict_rule():
 
 
 def test_cli_demo_reader_on_the_embedded_data(tmp_path, capsys):
-    """The shipped demo reader does the hop: gold beats all, and the bridge is needed among the answer-typed
-    distractors (removing it costs nats), though next to the answer passage alone it adds little (it copies the one
-    visible town)."""
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=4", "synthetic.n_dev=150"])
+    """The base demo reader does the hop on the 5-chain setting (no shortcuts): gold beats all, and the bridge is
+    needed among the answer-typed distractors (removing it costs nats), though next to the answer passage alone it
+    adds little (it copies the one visible town)."""
+    five_chains = ["synthetic.n_chains=5", "synthetic.topical_distractors=0", "synthetic.shortcut_fraction=0"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=4", "synthetic.n_dev=150", *five_chains])
     _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path / "data", 0)
     rc = cli.main(["reader-report", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(dev), "--out",
                    str(tmp_path / "out"), "run.progress=false", "reader.name_or_path=gr_train/assets/demo_reader",
-                   "eval.batch_size=50"])
+                   "reader.passage_max_tokens=8", "eval.batch_size=50", *five_chains])
     assert rc == 0
     rep = json.loads((tmp_path / "out" / "reader_report.json").read_text())[str(dev)]
     assert rep["questions"] == 150 and rep["yes_no_questions"] == 0

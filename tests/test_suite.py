@@ -101,7 +101,8 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
                 "dup_gold": {"synthetic": {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}}}
     cfg = load_config(demo, [
         "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2]",
-        "synthetic.n_train=16", "synthetic.n_dev=8", "reader.name_or_path=null", "reader.random_init=true",
+        "synthetic.n_train=16", "synthetic.n_dev=8", "synthetic.n_chains=5", "synthetic.topical_distractors=0",
+        "synthetic.shortcut_fraction=0", "reader.name_or_path=null", "reader.random_init=true",
         "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}", "train.max_steps=2", "train.micro_batch_size=4",
@@ -114,7 +115,8 @@ def test_a_structure_study_on_generated_settings_with_variant_rows_writes_a_heat
     assert len(dev) == 8 and set(golds) <= {2, 4} and 4 in golds  # one gold fact (one-hop) or two, twice each
     assert all(len(r["ctxs"]) == 3 * 2 + g // 2 + 2 for r, g in zip(dev, golds))  # chains + copies + singles
     st = load_config(tmp_path / "out" / "dup_gold" / "gumbel_st" / "seed-0" / "config.yaml")
-    assert st.gumbel.estimator == "straight_through" and st.synthetic.gold_copies == 1  # data generated, not run
+    # the run's config keeps the setting's generator knobs (its reranker tokenizer is built from them)
+    assert st.gumbel.estimator == "straight_through" and st.synthetic.gold_copies == 2
     assert results["datasets"]["dup_gold"]["synthetic"] == {"gold_copies": 2, "n_chains": 3, "bridge_distractors": 2}
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Best rows per dataset" in md and "| dup_gold |" in md and "coverage@2" in md
