@@ -275,7 +275,7 @@ def rank_share(records: list, rank: int, world_size: int) -> tuple[list, int]:
     per = -(-len(records) // world_size)
     share = records[rank * per : (rank + 1) * per]
     real = len(share)
-    return share + (records * per)[: per - real], real
+    return share + records[: per - real], real  # per <= len(records), so the padding is always there
 
 
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
