@@ -159,6 +159,9 @@ class ObjectiveSection:
     # keep every question's passage states in memory after its first encoding (reader_cache.py): saves the
     # reader's n*L-token pass on every later visit (epochs, seeds, objectives); memory grows with the training set
     cache_passage_states: bool = False
+    # with cache_passage_states: keep them on disk in this folder instead (one safetensors file per question, shared
+    # by processes and runs, kept across restarts; reader_cache.py), for training sets too large for memory
+    passage_state_dir: str | None = None
 
 
 @dataclass
@@ -472,6 +475,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
+    if cfg.objective.passage_state_dir and not cfg.objective.cache_passage_states:
+        raise ConfigError(f"objective.passage_state_dir={cfg.objective.passage_state_dir}: needs "
+                          "objective.cache_passage_states=true (it says where the cached states live)")
     if cfg.runtime.precision != "fp32" and cfg.runtime.engine != "deepspeed":
         raise ConfigError("runtime.precision: bf16/fp16 need runtime.engine=deepspeed (the local engine is fp32)")
     if cfg.reader.dtype is not None and cfg.runtime.engine == "deepspeed" and cfg.reader.dtype != cfg.runtime.precision:

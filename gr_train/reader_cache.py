@@ -9,25 +9,36 @@ text, target and candidate passages, so an edited record or another reader misse
 - `targets`: [n] fp32 per question (objectives.reader_quantity), a few bytes each; on by default
   (objective.cache_reader_targets).
 - `states`: the passage states of encode_passages, split per question (every tensor in them has the batch first).
-  Large (decoder-only: layers x 2 x kv_dim x n x L floats per question), so opt-in (objective.cache_passage_states)
-  for small training sets read many times (several epochs, seeds or objectives).
+  Large (decoder-only: layers x 2 x kv_dim x n x L floats per question, 29.5 MB for SmolLM2-135M with 10 passages
+  of 64 tokens), so opt-in (objective.cache_passage_states) for training sets read many times (several epochs,
+  seeds or objectives). In memory by default; with objective.passage_state_dir, on disk instead: one safetensors
+  file per question, written atomically, shared by the processes and runs that use the folder and kept across
+  restarts. A file's name also hashes the reader's weight and tokenizer files and the torch and transformers
+  versions, so retrained weights in the same folder miss. Loading rebuilds only gr_train's own state classes
+  (PassageCache, FiDStates); it executes no code from the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 _TARGETS: dict[tuple, torch.Tensor] = {}
 _STATES: dict[tuple, Any] = {}
+_FINGERPRINTS: dict[tuple, str] = {}  # reader folder (path, file names, sizes, mtimes) -> sha256 of its files
 
 
 def clear() -> None:
+    """Forget every cached value in memory (files under objective.passage_state_dir stay)."""
     _TARGETS.clear()
     _STATES.clear()
+    _FINGERPRINTS.clear()
 
 
 def reader_key(cfg) -> str:
@@ -64,8 +75,11 @@ def cached_targets(batch, cfg, what: str, compute: Callable[[], torch.Tensor]) -
 
 def cached_states(batch, cfg, encode: Callable[[], Any]) -> Any:
     """The batch's passage states: each question's slice from the cache, or `encode()` for the whole batch when
-    any question is missing (then every question's slice is stored)."""
+    any question is missing (then every question's slice is stored). In memory, or on disk under
+    cfg.objective.passage_state_dir when it is set."""
     keys = question_keys(batch, cfg, "states")
+    if cfg.objective.passage_state_dir:
+        return _disk_states(keys, cfg, encode)
     if any(k not in _STATES for k in keys):
         states = encode()
         for b, k in enumerate(keys):
@@ -96,3 +110,119 @@ def _cat(parts: list) -> Any:
         return dataclasses.replace(first, **{f.name: _cat([getattr(p, f.name) for p in parts])
                                              for f in dataclasses.fields(first)})
     raise TypeError(f"reader_cache: cannot merge passage states of type {type(first).__name__}")
+
+
+# -- passage states on disk ---------------------------------------------------------------------------------------
+
+def _state_classes() -> dict[str, type]:
+    from gr_train.reader import FiDStates, PassageCache
+
+    return {"PassageCache": PassageCache, "FiDStates": FiDStates}
+
+
+def _folder_digest(path: str) -> str:
+    """sha256 over the names and bytes of the regular files directly in a local folder (weights, config,
+    tokenizer); the path itself when it is not a local folder. Memoised per (path, names, sizes, mtimes)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    stamp = (str(folder.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+        _FINGERPRINTS[stamp] = h.hexdigest()
+    return _FINGERPRINTS[stamp]
+
+
+def reader_fingerprint(cfg) -> str:
+    """What determines the frozen reader's passage states across processes: reader_key, the contents of its
+    weight and tokenizer folders, and the torch and transformers versions (their kernels)."""
+    import transformers
+
+    parts = [reader_key(cfg), torch.__version__, transformers.__version__]
+    parts += [_folder_digest(p) for p in (cfg.reader.name_or_path, cfg.reader.tokenizer_path) if p]
+    return json.dumps(parts)
+
+
+def state_path(root: Path, fingerprint: str, key: tuple) -> Path:
+    """<root>/<sha256 of (reader fingerprint, question key)>.safetensors."""
+    digest = hashlib.sha256(json.dumps([fingerprint, key], default=str).encode()).hexdigest()
+    return root / f"{digest}.safetensors"
+
+
+def _disk_states(keys: list[tuple], cfg, encode: Callable[[], Any]) -> Any:
+    root = Path(cfg.objective.passage_state_dir)
+    fingerprint = reader_fingerprint(cfg)
+    paths = [state_path(root, fingerprint, k) for k in keys]
+    if all(p.is_file() for p in paths):
+        return _cat([load_states(p) for p in paths])
+    states = encode()
+    root.mkdir(parents=True, exist_ok=True)
+    for b, path in enumerate(paths):
+        if not path.is_file():
+            save_states(_map(states, lambda t, b=b: t[b : b + 1]), path)
+    return states
+
+
+def _flatten(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    """A JSON tree of obj with each tensor replaced by its index in `tensors` (appended)."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj.detach().cpu().contiguous().clone())
+        return {"tensor": len(tensors) - 1}
+    if isinstance(obj, (tuple, list)):
+        return {"seq": type(obj).__name__, "items": [_flatten(x, tensors) for x in obj]}
+    name = type(obj).__name__
+    if dataclasses.is_dataclass(obj) and _state_classes().get(name) is type(obj):
+        return {"class": name, "fields": {f.name: _flatten(getattr(obj, f.name), tensors)
+                                          for f in dataclasses.fields(obj)}}
+    raise TypeError(f"reader_cache: cannot store passage states of type {name} (known: tensors, tuples, lists, "
+                    f"{', '.join(_state_classes())})")
+
+
+def save_states(states: Any, path: Path) -> None:
+    """Write one question's passage states to path (safetensors; the structure as JSON metadata), atomically:
+    a file that exists is complete, also after a crash or beside another process writing the same question."""
+    from safetensors.torch import save_file
+
+    tensors: list[torch.Tensor] = []
+    tree = _flatten(states, tensors)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({str(i): t for i, t in enumerate(tensors)}, str(tmp), metadata={"tree": json.dumps(tree)})
+    os.replace(tmp, path)
+
+
+def load_states(path: Path) -> Any:
+    """Read passage states written by save_states. Raises ValueError naming the file when it is unreadable or its
+    structure names anything but tensors, tuples, lists and gr_train's state classes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tree = json.loads((f.metadata() or {})["tree"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # OSError, a missing or bad 'tree' entry, safetensors' own SafetensorError
+        raise ValueError(f"{path}: not a passage-state file ({type(e).__name__}: {e}); delete it to re-encode") from e
+    classes = _state_classes()
+
+    def build(node: Any, where: str) -> Any:
+        if isinstance(node, dict) and set(node) == {"tensor"} and str(node["tensor"]) in tensors:
+            return tensors[str(node["tensor"])]
+        if isinstance(node, dict) and set(node) == {"seq", "items"} and node["seq"] in ("tuple", "list"):
+            items = [build(x, f"{where}[{i}]") for i, x in enumerate(node["items"])]
+            return tuple(items) if node["seq"] == "tuple" else items
+        if isinstance(node, dict) and set(node) == {"class", "fields"} and node["class"] in classes:
+            cls = classes[node["class"]]
+            names = {f.name for f in dataclasses.fields(cls)}
+            if set(node["fields"]) != names:
+                raise ValueError(f"{path}: field {where}: {cls.__name__} needs fields {sorted(names)}, got "
+                                 f"{sorted(node['fields'])}")
+            return cls(**{k: build(v, f"{where}.{k}") for k, v in node["fields"].items()})
+        raise ValueError(f"{path}: field {where}: not a tensor, tuple, list or one of {', '.join(classes)}: "
+                         f"{json.dumps(node)[:200]}")
+
+    return build(tree, "states")

@@ -1,0 +1,138 @@
+"""Passage states on disk (reader_cache.py, objective.passage_state_dir): a new process reads back exactly what was
+encoded, retrained weights in the same folder miss, training gives the same losses as without the cache, and a
+damaged or foreign file is refused with its name."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gr_train import objectives, reader_cache, train
+from gr_train.config import ConfigError, RunConfig, validate
+from gr_train.data import Passage, Record
+from gr_train.reader_tuning import save_reader
+from test_reader import FAMILIES, PASSAGES, QUESTIONS, TARGETS, make_reader
+from test_train import tiny_cfg
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    reader_cache.clear()
+    yield
+    reader_cache.clear()
+
+
+def _records() -> list[Record]:
+    return [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in enumerate(PASSAGES[i])])
+            for i in range(2)]
+
+
+def _disk_cfg(tmp_path) -> RunConfig:
+    cfg = RunConfig()
+    cfg.objective.cache_passage_states = True
+    cfg.objective.passage_state_dir = str(tmp_path / "states")
+    return cfg
+
+
+def _tensors(states) -> list[torch.Tensor]:
+    out = []
+    reader_cache._map(states, lambda t: out.append(t) or t)
+    return out
+
+
+@pytest.mark.parametrize("family", ["fid_t5", "llama"])
+def test_states_on_disk_are_read_back_exactly_in_a_new_process(family, tmp_path, monkeypatch):
+    reader = make_reader(family)
+    cfg = _disk_cfg(tmp_path)
+    records = _records()
+    objectives.passage_states(objectives.collate(records, 3, None, reader), reader, cfg)  # encodes, writes
+    assert len(list((tmp_path / "states").glob("*.safetensors"))) == 2
+    assert not list((tmp_path / "states").glob(".*"))  # no temporary file left behind
+    assert not reader_cache._STATES  # nothing kept in memory
+    reversed_batch = objectives.collate(records[::-1], 3, None, reader)
+    encoded = reader.encode_passages(reversed_batch.reader_inputs)
+    reader_cache.clear()  # as a new process would start
+    monkeypatch.setattr(reader, "encode_passages", lambda inputs: pytest.fail("encoded again"))
+    loaded = objectives.passage_states(reversed_batch, reader, cfg)
+    assert type(loaded) is type(encoded)
+    for a, b in zip(_tensors(loaded), _tensors(encoded), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    log_M = torch.log(torch.tensor([[0.9, 0.2, 0.5], [0.1, 1.0, 0.3]]))
+    inputs = reversed_batch.reader_inputs
+    torch.testing.assert_close(reader.answer_loss(loaded, inputs, log_M), reader.answer_loss(encoded, inputs, log_M),
+                               rtol=0, atol=1e-6)
+
+
+def test_retrained_weights_in_the_same_folder_miss_the_disk_cache(tmp_path):
+    folder = tmp_path / "reader"
+    save_reader(make_reader("llama"), folder)
+    cfg = _disk_cfg(tmp_path)
+    cfg.reader.kind, cfg.reader.name_or_path, cfg.reader.passage_max_tokens = "causal_lm", str(folder), 72
+    cfg.reader.attn_implementation = "eager"
+    calls = []
+
+    def states(reader):
+        batch = objectives.collate(_records(), 3, None, reader)
+        return reader_cache.cached_states(batch, cfg, lambda: calls.append(1) or reader.encode_passages(
+            batch.reader_inputs))
+
+    from gr_train.models import build_reader
+
+    first = build_reader(cfg.reader)
+    before = states(first)
+    reader_cache.clear()
+    states(build_reader(cfg.reader))  # same weights, new process: read from disk
+    assert len(calls) == 1
+    with torch.no_grad():
+        for p in first.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_reader(first, folder)  # retrained in place: same path, same config
+    reader_cache.clear()
+    after = states(build_reader(cfg.reader))
+    assert len(calls) == 2 and len(list((tmp_path / "states").glob("*.safetensors"))) == 4
+    assert (_tensors(after)[0] - _tensors(before)[0]).abs().max() > 1e-3  # the stale states would have been wrong
+
+
+def test_training_with_states_on_disk_gives_the_losses_of_training_without_them(tmp_path):
+    """G-Rerank, 2 epochs over 8 questions: the second epoch reads every question's states from disk, and the
+    run's logged losses are those of a run that encodes every step."""
+    common = ["train.max_steps=4", "train.micro_batch_size=4", "synthetic.n_train=8", "train.eval_every_steps=0"]
+    plain = train.main(tiny_cfg(tmp_path, "run.run_dir=" + str(tmp_path / "plain"), *common), resume=False)
+    cfg = tiny_cfg(tmp_path, "run.run_dir=" + str(tmp_path / "disk"), *common, "objective.cache_passage_states=true",
+                   f"objective.passage_state_dir={tmp_path / 'states'}")
+    disk = train.main(cfg, resume=False)
+    assert len(list((tmp_path / "states").glob("*.safetensors"))) >= 8
+    assert disk["last"]["train/loss"] == pytest.approx(plain["last"]["train/loss"], abs=1e-5)
+    assert disk["last"]["train/loss"] != pytest.approx(0.0)
+
+
+def test_a_damaged_or_foreign_state_file_is_refused_with_its_name(tmp_path):
+    good = tmp_path / "good.safetensors"
+    reader_cache.save_states((torch.ones(1, 2), [torch.zeros(1, 3, dtype=torch.bool)]), good)
+    loaded = reader_cache.load_states(good)
+    assert isinstance(loaded, tuple) and torch.equal(loaded[0], torch.ones(1, 2)) and loaded[1][0].dtype == torch.bool
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(ValueError, match="cut.safetensors: not a passage-state file"):
+        reader_cache.load_states(cut)
+    foreign = tmp_path / "foreign.safetensors"
+    tree = {"class": "os.system", "fields": {"command": {"tensor": 0}}}
+    save_file({"0": torch.zeros(1)}, str(foreign), metadata={"tree": json.dumps(tree)})
+    with pytest.raises(ValueError, match=r"foreign.safetensors: field states: not a tensor.*os\.system"):
+        reader_cache.load_states(foreign)
+    fields = tmp_path / "fields.safetensors"
+    tree = {"class": "PassageCache", "fields": {"keys": {"tensor": 0}}}
+    save_file({"0": torch.zeros(1)}, str(fields), metadata={"tree": json.dumps(tree)})
+    with pytest.raises(ValueError, match="fields.safetensors: field states: PassageCache needs fields"):
+        reader_cache.load_states(fields)
+    with pytest.raises(TypeError, match="cannot store passage states of type dict"):
+        reader_cache.save_states({"a": torch.ones(1)}, tmp_path / "dict.safetensors")
+
+
+def test_a_state_folder_without_the_cache_is_a_config_error():
+    cfg = RunConfig()
+    cfg.objective.passage_state_dir = "states"
+    with pytest.raises(ConfigError, match="objective.passage_state_dir=states: needs objective.cache_passage_states"):
+        validate(cfg)
