@@ -263,13 +263,17 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
 # Sections that say which comparisons to run, not how a run trains: a run is reused whatever they hold (a suite
 # run on one dataset and the same suite on three share their runs).
 NOT_COMPARED = ("suite",)
+# Keys that say where and whether the frozen reader's outputs are reused, not what they are (reader_cache.py;
+# tests/test_reader_cache.py: the same losses with and without): a run is reused whatever they hold.
+CACHE_KEYS = ("cache_reader_targets", "cache_passage_states", "passage_state_dir")
 
 
 def comparable(cfg: RunConfig | dict) -> dict:
-    """The config as recorded in a result file (or a recorded one, normalised): progress bars and the suite
+    """The config as recorded in a result file (or a recorded one, normalised): progress bars, caches and the suite
     section do not change a run's results."""
     d = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
     d["run"] = {k: v for k, v in d["run"].items() if k != "progress"}
+    d["objective"] = {k: v for k, v in d.get("objective", {}).items() if k not in CACHE_KEYS}
     return {k: v for k, v in d.items() if k not in NOT_COMPARED}
 
 

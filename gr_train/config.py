@@ -475,6 +475,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
+    if cfg.objective.cache_passage_states and cfg.reader.trainable:
+        raise ConfigError("objective.cache_passage_states: the reader is trainable (reader.trainable=true), so its "
+                          "passage states change every step; set objective.cache_passage_states=false")
     if cfg.objective.passage_state_dir and not cfg.objective.cache_passage_states:
         raise ConfigError(f"objective.passage_state_dir={cfg.objective.passage_state_dir}: needs "
                           "objective.cache_passage_states=true (it says where the cached states live)")

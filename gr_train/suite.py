@@ -79,9 +79,11 @@ TUNED = "reader"  # <out>/reader/: the reader fine-tuning's data, run, report be
 
 
 def tuning_config(cfg: RunConfig, train_file: Path, run_dir: Path) -> RunConfig:
-    """cfg + suite.reader_tuning, training on train_file into run_dir; ConfigError unless it fine-tunes the reader
-    (objective.name=reader, reader.trainable=true)."""
+    """cfg + suite.reader_tuning (passage-state caching off), training on train_file into run_dir; ConfigError
+    unless it fine-tunes the reader (objective.name=reader, reader.trainable=true)."""
     rcfg = copy.deepcopy(cfg)
+    # the suite's caches of the frozen reader's outputs are for the reranker rows; this run trains the reader
+    rcfg.objective.cache_passage_states, rcfg.objective.passage_state_dir = False, None
     for text in cfg.suite.reader_tuning:
         apply_override(rcfg, text, f"suite.reader_tuning '{text}'")
     rcfg.data.train_path, rcfg.data.dev_path, rcfg.run.run_dir = str(train_file), None, str(run_dir)

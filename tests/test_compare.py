@@ -184,6 +184,23 @@ def test_a_run_recorded_before_a_config_key_existed_still_counts_as_finished(don
     path.write_text(json.dumps(result))
 
 
+def test_where_the_reader_outputs_are_cached_does_not_make_a_run_different(done, monkeypatch):
+    """A finished run is reused when only its caches differ (memory, disk, another folder), and not when a key that
+    changes what it computes does."""
+    cfg, out, _ = done
+    base = compare.base_config(cfg, {o: o for o in OBJECTIVES}, {})
+    cfg = compare.objective_config(base, OBJECTIVES[0], 0, out, [])
+    path = out / OBJECTIVES[0] / "seed-0" / compare.RESULT_FILE
+    monkeypatch.setattr(compare.train, "setup", None)  # any retraining would fail
+    metrics = json.loads(path.read_text())["metrics"]
+    cfg.objective.cache_passage_states, cfg.objective.passage_state_dir = True, "elsewhere/states"
+    cfg.objective.cache_reader_targets = not cfg.objective.cache_reader_targets
+    assert compare.load_result(path.parent, cfg)["metrics"] == metrics
+    cfg.objective.theta += 1.0
+    with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+        compare.load_result(path.parent, cfg)
+
+
 def test_the_suite_section_does_not_make_a_run_different(done, monkeypatch):
     """A suite over more datasets reuses the runs a suite over one made: the suite section is not compared."""
     cfg, out, _ = done

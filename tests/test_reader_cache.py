@@ -136,3 +136,10 @@ def test_a_state_folder_without_the_cache_is_a_config_error():
     cfg.objective.passage_state_dir = "states"
     with pytest.raises(ConfigError, match="objective.passage_state_dir=states: needs objective.cache_passage_states"):
         validate(cfg)
+
+
+def test_caching_the_states_of_a_trainable_reader_is_a_config_error():
+    cfg = RunConfig()
+    cfg.objective.cache_passage_states, cfg.reader.trainable = True, True
+    with pytest.raises(ConfigError, match="objective.cache_passage_states: the reader is trainable"):
+        validate(cfg)

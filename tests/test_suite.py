@@ -180,6 +180,9 @@ def test_the_real_study_evaluates_at_least_150_dev_questions_per_dataset_never_t
     assert sizes == {"hotpotqa": (149, 150, 10), "2wiki": (500, 164, 10), "musique": (150, 150, 20)}
     rcfg = tuning_config(cfg, tmp_path / "train.jsonl", tmp_path / "run")
     assert rcfg.objective.name == "reader" and rcfg.reader.trainable and rcfg.reader.prompt == cfg.reader.prompt
+    # the rows read the frozen reader's passage states from disk; the reader's own fine-tuning caches nothing
+    assert cfg.objective.cache_passage_states and cfg.objective.passage_state_dir
+    assert not rcfg.objective.cache_passage_states and rcfg.objective.passage_state_dir is None
     assert cfg.gumbel.k == 5 and cfg.suite.seeds == [0, 1] and cfg.suite.row_overrides["gumbel_st"] == [
         "gumbel.estimator=straight_through", "gumbel.tau_end=null"]
 
