@@ -102,7 +102,7 @@ NOT_RUN = {
     "gr-train train --config configs/real.yaml objective.name=reader": "needs the packaged models; "
                                                                        "tests/test_reader_tuning.py fine-tunes tiny "
                                                                        "readers",
-    "gr-train suite --config configs/real_study.yaml": "needs the packaged models and ~28 h (RESULTS.md)",
+    "gr-train suite --config configs/real_study.yaml": "needs the packaged models and ~21 h on one thread (RESULTS.md)",
 }
 
 
