@@ -19,7 +19,8 @@ configured dtype, fp32 or bf16, whatever the folder holds); then per attention i
      with --checkpointing on, runtime.reader_checkpointing=true (every answer-pass layer recomputed in backward).
 Output, one JSON object per case: reader parameters, engine, dtype, mask-gradient error and tolerance, reader tokens
 per second (passage + prompt + target tokens of a step / median step time), peak memory (CUDA: max allocated; CPU:
-peak RSS of the process so far), ok. Exit status 1 when any case is not ok.
+peak RSS of the process so far), then a hard top-k evaluation (evaluate.evaluate) on the same device: its recall,
+hard top-k loss, or the error it raised; ok. Exit status 1 when any case is not ok.
 """
 
 from __future__ import annotations
@@ -138,6 +139,15 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     step_s = sorted(times[1:])[len(times[1:]) // 2]
+    # hard top-k evaluation on the same device (scores, greedy answers, soft/hard and label-free losses)
+    from gr_train.evaluate import evaluate
+
+    try:
+        ev = evaluate(cfg, reranker, reader, recs)
+        evaluated = {"eval_recall": ev["ranking"]["all"][f"recall@{cfg.eval.ks[0]}"], "eval_loss_hard":
+                     ev["loss"]["loss_hard"], "eval_error": None}
+    except Exception as e:  # recorded in the JSON: a failing evaluation makes the case not ok
+        evaluated = {"eval_recall": None, "eval_loss_hard": None, "eval_error": f"{type(e).__name__}: {e}"[:500]}
     inputs = batch.reader_inputs
     tokens = sum(int(inputs[k].sum()) for k in ("passage_mask", "prompt_mask", "target_mask") if k in inputs)
     if "target_mask" not in inputs:
@@ -148,7 +158,8 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
             "reader_dtype": str(next(reader.parameters()).dtype).replace("torch.", ""),
             "loss_fp32": ref_loss, "loss": loss, "mask_grad_rel_err": err, "tol": TOL, "mask_grad_finite": finite,
             "step_s": step_s, "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
-            "peak_memory_mb": peak_memory_mb(device), "ok": finite and err <= TOL and bool(torch.isfinite(out.loss))}
+            "peak_memory_mb": peak_memory_mb(device), **evaluated,
+            "ok": finite and err <= TOL and bool(torch.isfinite(out.loss)) and evaluated["eval_error"] is None}
 
 
 def main() -> None:

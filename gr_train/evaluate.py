@@ -16,7 +16,7 @@ from gr_train import gumbel, ranking
 from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
-from gr_train.objectives import collate, gumbel_tau_kappa, passage_states
+from gr_train.objectives import collate, gumbel_tau_kappa, module_device, move_inputs, passage_states
 from gr_train.reader import extract_answer, visible_log_mask
 
 KINDS = ("all", "direct", "indirect")
@@ -31,12 +31,14 @@ def _batches(items: list, size: int, desc: str, progress: bool):
 
 @torch.no_grad()
 def score_records(reranker, records, n: int, batch_size: int = 32, progress: bool = False) -> list[torch.Tensor]:
-    """Reranker scores of each record's first n candidates: a list of [min(n, len(ctxs))] fp32 tensors."""
+    """Reranker scores of each record's first n candidates: a list of [min(n, len(ctxs))] fp32 CPU tensors (the
+    batches go to the reranker's device)."""
     was_training = reranker.training
     reranker.eval()
     out = []
+    device = module_device(reranker)
     for chunk in _batches(records, batch_size, "score", progress):
-        batch = collate(chunk, n, reranker=reranker, reader=None)
+        batch = collate(chunk, n, reranker=reranker, reader=None, device=device)
         w = reranker(batch.reranker_inputs).float().cpu()
         out.extend(w[b, : int(batch.valid[b].sum())] for b in range(len(chunk)))
     reranker.train(was_training)
@@ -99,9 +101,10 @@ def reader_answers(reader, records, select: Callable, batch_size: int = 32, prog
     With cfg.objective.cache_passage_states, the reader reads each question's cached states of its first
     data.n_candidates passages with a hard 0/1 mask (the same as dropping the others, see attention.py), so that
     every evaluation of a question after the first costs decoding only. Otherwise the selected passages are
-    encoded on their own.
+    encoded on their own. Inputs go to the reader's device.
     """
     preds = []
+    device = module_device(reader)
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         chosen = [select(start + j, r) for j, r in enumerate(chunk)]
@@ -113,14 +116,14 @@ def reader_answers(reader, records, select: Callable, batch_size: int = 32, prog
         n = max(len(p) for p in ps)
         valid = torch.tensor([[i < len(p) for i in range(n)] for p in ps], dtype=torch.bool)
         ps = [p + [("", "")] * (n - len(p)) for p in ps]
-        inputs = reader.tokenize(qs, ps)
-        log_M = gumbel.log_mask(valid.float(), valid=valid) if n > 0 else None
+        inputs = move_inputs(reader.tokenize(qs, ps), device)
+        log_M = gumbel.log_mask(valid.float(), valid=valid).to(device) if n > 0 else None
         preds.extend(reader.generate(reader.encode_passages(inputs), inputs, log_M))
     return preds
 
 
 def _answers_from_cached_states(reader, records, chosen: list[list[int]], cfg) -> list[str]:
-    batch = collate(records, cfg.data.n_candidates, None, reader)
+    batch = collate(records, cfg.data.n_candidates, None, reader, device=module_device(reader))
     visible = torch.zeros_like(batch.valid)
     for b, indices in enumerate(chosen):
         visible[b, indices] = True
@@ -153,10 +156,12 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
     soft, hard = [], []
     g = cfg.gumbel
     for batch, w, states in _scored_batches(scores, reader, records, cfg, batch_size):
-        M_soft = gumbel.training_mask(g.estimator, w, g.k, tau, kappa, g.noise, batch.valid, generator=gen)
-        M_hard = gumbel.hard_topk_mask(w, g.k, batch.valid)
+        valid = batch.valid.cpu()  # the masks are sampled on the CPU (the generator's device), then moved
+        M_soft = gumbel.training_mask(g.estimator, w, g.k, tau, kappa, g.noise, valid, generator=gen)
+        M_hard = gumbel.hard_topk_mask(w, g.k, valid)
         for M, out in ((M_soft, soft), (M_hard, hard)):
-            out.append(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid)))
+            log_M = gumbel.log_mask(M, g.eps, valid).to(batch.valid.device)
+            out.append(reader.answer_loss(states, batch.reader_inputs, log_M))
     s, h = torch.cat(soft).mean().item(), torch.cat(hard).mean().item()
     return {"loss_soft": s, "loss_hard": h, "gap": h - s}
 
@@ -167,12 +172,13 @@ def hard_topk_losses(scores: list[torch.Tensor], reader, records, cfg, batch_siz
     only the hard top-k (gumbel.k) of each record's scores. Needs no relevance labels, so it can select checkpoints.
 
     Args: scores as from score_records (one [min(n, len(ctxs))] fp32 tensor per record).
-    Returns: [len(records)] fp32, nats per token.
+    Returns: [len(records)] fp32 on the CPU, nats per token.
     """
     losses = []
     for batch, w, states in _scored_batches(scores, reader, records, cfg, batch_size):
-        log_M = gumbel.log_mask(gumbel.hard_topk_mask(w, cfg.gumbel.k, batch.valid), cfg.gumbel.eps, batch.valid)
-        losses.append(reader.answer_loss(states, batch.reader_inputs, log_M).float())
+        valid = batch.valid.cpu()
+        log_M = gumbel.log_mask(gumbel.hard_topk_mask(w, cfg.gumbel.k, valid), cfg.gumbel.eps, valid)
+        losses.append(reader.answer_loss(states, batch.reader_inputs, log_M.to(batch.valid.device)).float().cpu())
     return torch.cat(losses)
 
 
@@ -182,9 +188,11 @@ def hard_topk_loss(scores: list[torch.Tensor], reader, records, cfg, batch_size:
 
 
 def _scored_batches(scores: list[torch.Tensor], reader, records, cfg, batch_size: int):
-    """Yield (batch, w [B, n] fp32 with zeros on padding, passage states) over records in chunks of batch_size."""
+    """Yield (batch and its passage states on the reader's device, w [B, n] fp32 on the CPU with zeros on padding)
+    over records in chunks of batch_size."""
+    device = module_device(reader)
     for start in range(0, len(records), batch_size):
-        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader)
+        batch = collate(records[start : start + batch_size], cfg.data.n_candidates, None, reader, device=device)
         w = torch.zeros(batch.valid.shape)  # padded candidates are masked out through `valid`
         for b, s in enumerate(scores[start : start + batch_size]):
             w[b, : len(s)] = s

@@ -50,10 +50,22 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch with every tensor (valid, gold, and the tokenizers' flat dicts of tensors) on `device`."""
-        move = lambda inputs: None if inputs is None else {  # noqa: E731
-            k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        return Batch(self.records, self.valid.to(device), self.gold.to(device), move(self.reranker_inputs),
-                     move(self.reader_inputs))
+        return Batch(self.records, self.valid.to(device), self.gold.to(device),
+                     move_inputs(self.reranker_inputs, device), move_inputs(self.reader_inputs, device))
+
+
+def move_inputs(inputs: dict | None, device: torch.device | str) -> dict | None:
+    """A tokenizer's flat dict with every tensor on `device` (other values as they are); None stays None."""
+    if inputs is None:
+        return None
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+def module_device(module) -> torch.device:
+    """Where a model computes: its first parameter's device (under ZeRO-3 a partitioned parameter is still on its
+    rank's device); the CPU for a module without parameters."""
+    first = next(iter(module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def collate(records: list, n: int, reranker=None, reader=None, intermediates: bool = False,

@@ -76,16 +76,18 @@ def cached_targets(batch, cfg, what: str, compute: Callable[[], torch.Tensor]) -
 def cached_states(batch, cfg, encode: Callable[[], Any]) -> Any:
     """The batch's passage states: each question's slice from the cache, or `encode()` for the whole batch when
     any question is missing (then every question's slice is stored). In memory, or on disk under
-    cfg.objective.passage_state_dir when it is set."""
+    cfg.objective.passage_state_dir when it is set. Returned on the batch's device."""
     keys = question_keys(batch, cfg, "states")
     if cfg.objective.passage_state_dir:
-        return _disk_states(keys, cfg, encode)
-    if any(k not in _STATES for k in keys):
+        states = _disk_states(keys, cfg, encode)
+    elif any(k not in _STATES for k in keys):
         states = encode()
         for b, k in enumerate(keys):
             _STATES[k] = _map(states, lambda t, b=b: t[b : b + 1].clone())
-        return states
-    return _cat([_STATES[k] for k in keys])
+    else:
+        states = _cat([_STATES[k] for k in keys])
+    device = batch.valid.device  # states read from disk come back on the CPU
+    return _map(states, lambda t: t.to(device))
 
 
 def _map(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

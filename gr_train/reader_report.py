@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from gr_train.evaluate import answer_metrics
-from gr_train.objectives import collate, passage_states
+from gr_train.objectives import collate, module_device, move_inputs, passage_states
 from gr_train.reader import visible_log_mask
 from gr_train.stats import paired_bootstrap
 
@@ -83,12 +83,13 @@ def per_question(reader, records, cfg, progress: bool = False) -> dict[str, list
     was_training = reader.training
     reader.eval()
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    device = module_device(reader)
     for chunk in tqdm(chunks, desc="reader report", leave=False, disable=not progress):
-        batch = collate(chunk, n, None, reader)
+        batch = collate(chunk, n, None, reader, device=device)
         states = passage_states(batch, reader, cfg)
         n_b = batch.valid.shape[1]
         for kind in (*CONDITIONS[:-1], "pair"):
-            visible = _visible(chunk, n_b, kind) & batch.valid
+            visible = _visible(chunk, n_b, kind).to(device) & batch.valid
             loss = reader.answer_loss(states, batch.reader_inputs, visible_log_mask(visible)).float()
             loss = loss.masked_fill(~visible.any(-1), float("nan"))
             out.setdefault(f"nll_{kind}", []).extend(loss.tolist())
@@ -100,9 +101,10 @@ def per_question(reader, records, cfg, progress: bool = False) -> dict[str, list
                     vals = [v if bool(visible[b].any()) else float("nan") for b, v in enumerate(scores[m])]
                     out.setdefault(f"{m}_{kind}", []).extend(vals)
         # none: the reader's own input for "no passages" (the question alone), as compare's reader-only row
-        inputs = reader.tokenize([r.question for r in chunk], [[] for _ in chunk], [r.target_text for r in chunk])
+        inputs = move_inputs(reader.tokenize([r.question for r in chunk], [[] for _ in chunk],
+                                             [r.target_text for r in chunk]), device)
         none_states = reader.encode_passages(inputs)
-        zeros = torch.zeros(len(chunk), inputs["passage_ids"].shape[1])
+        zeros = torch.zeros(len(chunk), inputs["passage_ids"].shape[1], device=device)
         out.setdefault("nll_none", []).extend(reader.answer_loss(none_states, inputs, zeros).float().tolist())
     reader.train(was_training)
     return out

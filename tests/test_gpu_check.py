@@ -34,4 +34,5 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(engine, attns, checkpointing, tmp_p
         assert r["reader_dtype"] == "bfloat16" and r["sizes"] == "tiny"  # saved in bf16, configured bf16
         assert r["mask_grad_finite"] and 0 < r["mask_grad_rel_err"] <= r["tol"] == 0.1
         assert abs(r["loss"] - r["loss_fp32"]) < 0.05 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
+        assert r["eval_error"] is None and 0 <= r["eval_recall"] <= 1 and r["eval_loss_hard"] > 0
         assert r["ok"]
