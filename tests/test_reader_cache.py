@@ -95,15 +95,19 @@ def test_retrained_weights_in_the_same_folder_miss_the_disk_cache(tmp_path):
     assert (_tensors(after)[0] - _tensors(before)[0]).abs().max() > 1e-3  # the stale states would have been wrong
 
 
-def test_training_with_states_on_disk_gives_the_losses_of_training_without_them(tmp_path):
+def test_training_with_states_on_disk_gives_the_losses_of_training_without_them(tmp_path, monkeypatch):
     """G-Rerank, 2 epochs over 8 questions: the second epoch reads every question's states from disk, and the
     run's logged losses are those of a run that encodes every step."""
     common = ["train.max_steps=4", "train.micro_batch_size=4", "synthetic.n_train=8", "train.eval_every_steps=0"]
     plain = train.main(tiny_cfg(tmp_path, "run.run_dir=" + str(tmp_path / "plain"), *common), resume=False)
     cfg = tiny_cfg(tmp_path, "run.run_dir=" + str(tmp_path / "disk"), *common, "objective.cache_passage_states=true",
                    f"objective.passage_state_dir={tmp_path / 'states'}")
+    loaded = []
+    real_load = reader_cache.load_states
+    monkeypatch.setattr(reader_cache, "load_states", lambda path: loaded.append(path) or real_load(path))
     disk = train.main(cfg, resume=False)
     assert len(list((tmp_path / "states").glob("*.safetensors"))) >= 8
+    assert len(loaded) >= 8  # the second epoch's 8 question visits read their states from disk
     assert disk["last"]["train/loss"] == pytest.approx(plain["last"]["train/loss"], abs=1e-5)
     assert disk["last"]["train/loss"] != pytest.approx(0.0)
 
