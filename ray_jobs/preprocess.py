@@ -7,9 +7,9 @@ Parquet shards with a schema version and provenance; bad records go to rejects.j
 Reads `cfg.preprocess` and `cfg.retrieval` (with preprocess.candidates=retrieve the index must exist:
 ray_jobs.build_index; with preprocess.candidates=input each question keeps the candidates it came with, as the
 demo's data). Workers tokenize with the models' tokenizers only: the models are built on the meta device, so no
-worker holds (or initialises) weights. Writes to
-preprocess.output_dir: *.parquet (data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads
-it), rejects.jsonl, config.yaml, manifest.json (counts, config hash, index version). Every input record is either
+worker holds (or initialises) weights. Writes to preprocess.output_dir: part-<first input position>.parquet, one
+per batch, each written by its worker atomically (data.PARQUET_SCHEMA_VERSION; `gr-train train
+data.train_path=DIR` reads it), rejects.jsonl, config.yaml, manifest.json (counts, config hash, index version). Every input record is either
 written or rejected: the job fails if the counts do not add up.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -245,35 +246,79 @@ def _parse_batch(batch: pa.Table, fmt: str, path: str, keep_ctxs: bool = False) 
                                 schema=PARSED_SCHEMA)
 
 
-class CandidatesStage:
-    """Ray Data actor: encodes each batch's questions once, fans them out to every shard actor, merges, marks
-    has_answer / is_gold, tokenizes. One actor per worker holds the query encoder and the tokenizers."""
+def shard_name(first_index: int) -> str:
+    """The output file of the rows whose first input position is first_index: names sort in input order."""
+    return f"part-{first_index:09d}.parquet"
 
-    def __init__(self, actors: list, budgets_s: list[float], meta: dict, cfg: RunConfig, provenance: dict):
-        self.actors, self.budgets_s, self.cfg, self.provenance = actors, budgets_s, cfg, provenance
-        self.encoder = QueryEncoder(meta)
+
+def write_shard(table: pa.Table, out_dir: str) -> dict:
+    """One output file, named by the table's first input_index, written atomically (a hidden temporary name, then
+    renamed): a file `*.parquet` in out_dir is always complete, and a retried batch rewrites the same file.
+    Returns {file, rows}."""
+    import os
+
+    name = shard_name(table["input_index"][0].as_py())
+    tmp = Path(out_dir) / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, Path(out_dir) / name)
+    return {"file": name, "rows": table.num_rows}
+
+
+class ShardStage:
+    """A Ray Data actor that turns one batch of parsed questions into one Parquet file: output rows in input order,
+    in chunks of preprocess.batch_size questions (`rows`, per subclass) → token ids → write_shard. Writing inside
+    the actor (rather than a `write_parquet` operator after the map) leaves Ray Data no separate write tasks, which
+    its resource budget holds back while the actors own every CPU. Returns one {file, rows} row per batch."""
+
+    def __init__(self, cfg: RunConfig, provenance: dict, out_dir: str):
+        self.cfg, self.provenance, self.out_dir = cfg, provenance, out_dir
         self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
 
+    def rows(self, records: list[dict], indices: list[int]) -> list[dict]:
+        raise NotImplementedError
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = batch.sort_by("index")
         records = [json.loads(r) for r in batch["record"].to_pylist()]
+        indices = batch["index"].to_pylist()
+        chunk = self.cfg.preprocess.batch_size
+        tables = []
+        for i in range(0, len(records), chunk):
+            rows = self.rows(records[i : i + chunk], indices[i : i + chunk])
+            tables.append(to_table(rows, self.tokenizer(rows) if self.tokenizer else None))
+        written = write_shard(pa.concat_tables(tables), self.out_dir)
+        return pa.Table.from_pylist([written], schema=pa.schema([("file", pa.string()), ("rows", pa.int64())]))
+
+
+class CandidatesStage(ShardStage):
+    """preprocess.candidates=retrieve: encodes each chunk's questions once, fans them out to every shard actor,
+    merges, marks has_answer / is_gold. One actor per worker holds the query encoder and the tokenizers."""
+
+    def __init__(self, actors: list, budgets_s: list[float], meta: dict, cfg: RunConfig, provenance: dict,
+                 out_dir: str):
+        super().__init__(cfg, provenance, out_dir)
+        self.actors, self.budgets_s = actors, budgets_s
+        self.encoder = QueryEncoder(meta)
+
+    def rows(self, records: list[dict], indices: list[int]) -> list[dict]:
         queries = ray.put(self.encoder.encode([r["question"] for r in records]))
         hits = search_all(self.actors, queries, self.cfg.retrieval.top_k, self.budgets_s)
-        rows = attach_candidates(records, hits, self.provenance, batch["index"].to_pylist())
-        return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
+        return attach_candidates(records, hits, self.provenance, indices)
 
 
-class InputCandidatesStage:
-    """Ray Data actor for preprocess.candidates=input: each question's own candidates → output rows → token ids.
-    One actor per worker holds the tokenizers (Tokenizer: no model weights)."""
+class InputCandidatesStage(ShardStage):
+    """preprocess.candidates=input: each question keeps its own candidates. One actor per worker holds the
+    tokenizers (Tokenizer: no model weights)."""
 
-    def __init__(self, cfg: RunConfig, provenance: dict):
-        self.provenance = provenance
-        self.tokenizer = Tokenizer(cfg) if cfg.preprocess.tokenize else None
+    def rows(self, records: list[dict], indices: list[int]) -> list[dict]:
+        return input_candidate_rows(records, self.provenance, indices)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = input_candidate_rows([json.loads(r) for r in batch["record"].to_pylist()], self.provenance,
-                                    batch["index"].to_pylist())
-        return to_table(rows, self.tokenizer(rows) if self.tokenizer else None)
+
+def rows_per_shard(questions: int, pp) -> int:
+    """Questions per output file: at most preprocess.rows_per_file, and few enough that each worker gets about 4
+    files (a whole multiple of preprocess.batch_size), so that the last files do not leave a worker idle."""
+    per_worker = math.ceil(questions / (4 * pp.num_workers) / pp.batch_size) * pp.batch_size
+    return max(1, min(pp.rows_per_file, per_worker))
 
 
 def run(cfg: RunConfig, progress: bool = True) -> dict:
@@ -288,7 +333,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     from_input = pp.candidates == "input"
     out = Path(pp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("*.parquet"), out / "manifest.json", out / "rejects.jsonl"]:
+    for old in [*out.glob("*.parquet"), *out.glob(".part-*.tmp"), out / "manifest.json", out / "rejects.jsonl"]:
         old.unlink(missing_ok=True)  # a re-run replaces its output instead of appending to it
     meta = None if from_input else load_index_meta(rcfg.index_dir)
     provenance = {"config_hash": config_hash(cfg), "index_version": "input" if from_input else meta["index_version"]}
@@ -328,24 +373,26 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     good = parsed.map_batches(_keep_good, fn_kwargs={"duplicates": sorted(duplicates)}, batch_format="pyarrow",
                               num_cpus=pp.worker_num_cpus)
     # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in flight at
-    # the shard actors to num_workers.
+    # the shard actors to num_workers. Each batch is one output file, written by the actor itself.
     actors = ray.data.ActorPoolStrategy(size=pp.num_workers, max_tasks_in_flight_per_actor=1)
+    shard_rows = rows_per_shard(len(items) - len(rejects), pp)
+    stage_args = {"cfg": cfg, "provenance": provenance, "out_dir": str(out)}
     pool = None
     try:
         if from_input:
-            ds = good.map_batches(InputCandidatesStage, fn_constructor_kwargs={"cfg": cfg, "provenance": provenance},
-                                  batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus,
-                                  compute=actors)
+            stage = InputCandidatesStage
         else:
             pool = ShardPool(rcfg)
-            ds = good.map_batches(CandidatesStage, fn_constructor_kwargs={
-                "actors": pool.actors, "budgets_s": pool.retry_budget_s, "meta": meta, "cfg": cfg,
-                "provenance": provenance}, batch_format="pyarrow",
-                batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus, compute=actors)
-        ds.write_parquet(str(out), max_rows_per_file=pp.rows_per_file, ray_remote_args={"num_cpus": pp.worker_num_cpus})
+            stage = CandidatesStage
+            stage_args.update(actors=pool.actors, budgets_s=pool.retry_budget_s, meta=meta)
+        shards = good.map_batches(stage, fn_constructor_kwargs=stage_args, batch_format="pyarrow",
+                                  batch_size=shard_rows, num_cpus=pp.worker_num_cpus, compute=actors).take_all()
     finally:
         if pool is not None:
             pool.shutdown()
+    missing = [s["file"] for s in shards if not (out / s["file"]).is_file()]
+    if missing:
+        raise RuntimeError(f"preprocess: workers reported files that are not in {out}: {missing[:5]}")
 
     phase_s["candidates_tokenize_write"] = time.perf_counter() - t0 - sum(phase_s.values())
     files = sorted(out.glob("*.parquet"))

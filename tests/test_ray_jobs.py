@@ -515,9 +515,22 @@ def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray
         f"preprocess.questions_path={tmp_path / 'q.jsonl'}", f"preprocess.output_dir={tmp_path / 'out'}",
         "preprocess.num_workers=1", "preprocess.worker_num_cpus=0.5", "preprocess.batch_size=16",
         "preprocess.rows_per_file=40"])
+    (tmp_path / "out").mkdir()
+    stale = [tmp_path / "out" / "part-000999999.parquet", tmp_path / "out" / ".part-000000005.parquet.tmp"]
+    for path in stale:  # a previous run's file, and one a crash left half written
+        path.write_bytes(b"PAR1")
     summary = preprocess.run(cfg, progress=False)
+    assert not any(path.exists() for path in stale)
     assert (summary["input"], summary["written"], summary["rejected"]) == (91, 90, 1)
     assert len(summary["files"]) >= 3  # 40 rows per file at most
+    # Each file is written by its worker, named by its first input position, its rows in input order; no temporary
+    # file is left behind.
+    import pyarrow.parquet as pq
+
+    for name in summary["files"]:
+        positions = pq.read_table(tmp_path / "out" / name, columns=["input_index"])["input_index"].to_pylist()
+        assert name == preprocess.shard_name(positions[0]) and positions == sorted(positions) and len(positions) <= 40
+    assert not list((tmp_path / "out").glob(".*"))
     (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert reject["id"] == "bad" and "line 91" in reject["reason"]
     back = load_any(tmp_path / "out")
@@ -525,3 +538,38 @@ def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray
     assert all([(c.title, c.text, c.is_gold, c.has_answer) for c in a.ctxs]
                == [(c.title, c.text, c.is_gold, c.has_answer) for c in b.ctxs] for a, b in zip(back, records))
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["index_version"] == "input"
+
+
+def test_a_shard_is_written_atomically_and_a_retried_batch_rewrites_it(tmp_path, monkeypatch):
+    """write_shard: the file appears under its final name only when complete (a crash mid-write leaves a hidden
+    temporary file, which no reader globs and the next run removes); a retried batch rewrites the same file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_jobs import preprocess
+
+    table = pa.table({"id": ["a", "b"], "input_index": pa.array([7, 8], pa.int64())})
+    assert preprocess.write_shard(table, str(tmp_path)) == {"file": "part-000000007.parquet", "rows": 2}
+    assert preprocess.write_shard(table, str(tmp_path)) == {"file": "part-000000007.parquet", "rows": 2}
+    assert pq.read_table(tmp_path / "part-000000007.parquet").equals(table)
+
+    def crash(table, where):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(preprocess.pq, "write_table", crash)
+    with pytest.raises(OSError, match="disk full"):
+        preprocess.write_shard(table.slice(1), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == ["part-000000007.parquet"]
+    assert (tmp_path / ".part-000000008.parquet.tmp").is_file()
+
+
+def test_rows_per_shard_gives_each_worker_about_four_files():
+    from gr_train.config import PreprocessSection
+    from ray_jobs.preprocess import rows_per_shard
+
+    pp = PreprocessSection(num_workers=2, batch_size=256, rows_per_file=5000)
+    assert rows_per_shard(20000, pp) == 2560  # 20000 / 8 = 2500, up to a whole batch
+    assert rows_per_shard(200000, pp) == 5000  # capped by rows_per_file
+    assert rows_per_shard(90, PreprocessSection(num_workers=1, batch_size=16, rows_per_file=40)) == 32
+    assert rows_per_shard(0, pp) == 1
