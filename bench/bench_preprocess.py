@@ -1,14 +1,15 @@
 """Preprocessing throughput on the demo's questions: Ray Data with 1 and 2 workers against a single-process loop
 over the same file, in one run (BENCHMARKS.md, "Preprocessing the demo's questions").
 
-    python bench/bench_preprocess.py [--questions 20000] [--out runs/bench_preprocess]
+    python bench/bench_preprocess.py [--questions 20000] [--repeats 3] [--out runs/bench_preprocess]
 
 Every path does the same work per question: parse and validate the JSON line, keep its own candidates
 (preprocess.candidates=input), tokenize for the demo reranker and the demo reader with tokenizers only
 (ray_jobs.preprocess.Tokenizer: meta-device models), build the Arrow rows and write Parquet. rows/s = questions
 written / wall seconds of the job: for Ray, `ray_jobs.preprocess.run` on an already started local Ray (its workers'
 start-up, imports and tokenizer builds included; Ray's own start is reported apart); for the loop, from reading the
-file to the last Parquet file (its one tokenizer build included, the interpreter's imports not).
+file to the last Parquet file (its one tokenizer build included, the interpreter's imports not). The three paths
+run --repeats times, interleaved; result.json has every run, the medians and the ratios within each run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=20000, help="generated demo questions (default 20000)")
     p.add_argument("--out", default="runs/bench_preprocess")
     p.add_argument("--batch-size", type=int, default=256, help="questions per Ray Data batch (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of the three paths, interleaved (default 3)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -81,10 +84,7 @@ def main() -> None:
             f"preprocess.num_workers={workers}", f"preprocess.batch_size={args.batch_size}"])
 
     result = {"questions": args.questions, "batch_size": args.batch_size, "cpus": len(os.sched_getaffinity(0)),
-              "load_before": os.getloadavg()}
-    result["single_process"] = single_process(config("loop", 1), out / "loop")
-    print("single process", result["single_process"], flush=True)
-
+              "repeats": args.repeats, "load_before": os.getloadavg(), "runs": []}
     from ray_jobs import local_ray
 
     t0 = time.perf_counter()
@@ -92,17 +92,26 @@ def main() -> None:
         result["ray_start_s"] = round(time.perf_counter() - t0, 2)
         from ray_jobs import preprocess
 
-        for workers in (1, 2):
-            s = preprocess.run(config(f"ray{workers}", workers), progress=False)
-            result[f"ray_{workers}_workers"] = {"written": s["written"], "wall_s": s["wall_s"],
-                                                "rows_per_s": round(s["written"] / s["wall_s"], 1), "phase_s": s["phase_s"]}
-            print(f"ray {workers} workers", result[f"ray_{workers}_workers"], flush=True)
-    one, two = result["ray_1_workers"]["rows_per_s"], result["ray_2_workers"]["rows_per_s"]
-    result["ratio_2_over_1_workers"] = round(two / one, 2)
-    result["ratio_1_worker_over_loop"] = round(one / result["single_process"]["rows_per_s"], 2)
+        for repeat in range(args.repeats):  # the three paths interleaved, so that the machine's drift hits each
+            run = {"single_process": single_process(config("loop", 1), out / "loop")}
+            for workers in (1, 2):
+                s = preprocess.run(config(f"ray{workers}", workers), progress=False)
+                run[f"ray_{workers}_workers"] = {"written": s["written"], "wall_s": s["wall_s"],
+                                                 "rows_per_s": round(s["written"] / s["wall_s"], 1),
+                                                 "phase_s": s["phase_s"]}
+            run["ratio_2_over_1_workers"] = round(run["ray_2_workers"]["rows_per_s"]
+                                                  / run["ray_1_workers"]["rows_per_s"], 2)
+            run["ratio_1_worker_over_loop"] = round(run["ray_1_workers"]["rows_per_s"]
+                                                    / run["single_process"]["rows_per_s"], 2)
+            result["runs"].append(run)
+            print(f"repeat {repeat}: " + json.dumps(run), flush=True)
+    for key in ("ratio_2_over_1_workers", "ratio_1_worker_over_loop"):
+        result[f"median_{key}"] = statistics.median(r[key] for r in result["runs"])
+    for path in ("single_process", "ray_1_workers", "ray_2_workers"):
+        result[f"median_{path}_rows_per_s"] = statistics.median(r[path]["rows_per_s"] for r in result["runs"])
     result["load_after"] = os.getloadavg()
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
 if __name__ == "__main__":
