@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -230,7 +231,8 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     """Train one (objective, seed) run (resuming from its latest checkpoint) and evaluate it with hard top-k.
 
     Raises RuntimeError when its reranker does not start from `init_checksum` (the seed's untrained reranker).
-    Returns {"metrics": {...}, "eval": evaluate()'s result, "train_s", "steps", "init_checksum"}.
+    Returns {"metrics": {...}, "eval": evaluate()'s result, "train_s" and "steps" (the optimizer steps' seconds and
+    count over the whole run, parts before a resume included), "eval_s", "init_checksum"}.
     """
     run_dir = Path(cfg.run.run_dir)
     cached = load_result(run_dir, cfg)
@@ -246,16 +248,17 @@ def objective_run(cfg: RunConfig, dev: list, init_checksum: str) -> dict:
     if init != init_checksum:
         raise RuntimeError(f"{run_dir}: objective {cfg.objective.name} seed {cfg.run.seed} did not start from the "
                            "seed's untrained reranker (a per-objective override changed the reranker?)")
-    step_seconds: list[float] = []
-    train.train(recipe, on_step=lambda step, scalars: step_seconds.append(scalars["time/step"]))
+    train.train(recipe)
     train.save_checkpoint(recipe)
     train.cleanup(recipe)
+    t0 = time.perf_counter()
     result = evaluate(cfg, recipe.reranker, recipe.reader, dev, cfg.run.progress, per_question=True)
-    # Optimizer steps only (forward, backward, update): in-training evaluation and checkpoints are not counted.
-    queries = len(step_seconds) * recipe.global_batch
-    metrics = dict(flatten(result), s_per_query=sum(step_seconds) / queries if queries else float("nan"))
-    out = {"metrics": metrics, "eval": result, "train_s": sum(step_seconds), "steps": len(step_seconds),
-           "init_checksum": init, "config": comparable(cfg)}
+    # Optimizer steps only (forward, backward, update), over the whole run, parts before a resume included:
+    # in-training evaluation and checkpoints are not counted.
+    queries = recipe.timed_steps * recipe.global_batch
+    metrics = dict(flatten(result), s_per_query=recipe.train_s / queries if queries else float("nan"))
+    out = {"metrics": metrics, "eval": result, "train_s": recipe.train_s, "steps": recipe.timed_steps,
+           "eval_s": time.perf_counter() - t0, "init_checksum": init, "config": comparable(cfg)}
     write_json(run_dir / RESULT_FILE, out)
     return out
 

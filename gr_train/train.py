@@ -43,6 +43,11 @@ class Recipe:
     best: dict | None = None  # {"step", "dev_loss_hard"} of <run_dir>/best/ (train.keep_best)
     nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm, whole run
     nonfinite_run: int = 0  # ... of them in a row up to the current step (train.max_nonfinite_steps stops the run)
+    # Seconds of the optimizer steps (forward, backward, update) and how many steps they cover, over the whole run:
+    # saved in every checkpoint, so a resumed run's total includes the part before the interruption (a checkpoint
+    # written before these were recorded restarts them at 0).
+    train_s: float = 0.0
+    timed_steps: int = 0
 
     @property
     def global_batch(self) -> int:
@@ -77,6 +82,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         recipe.start_step = state["step"]
         recipe.best = state.get("best")
         recipe.nonfinite_steps = state.get("nonfinite_steps", 0)
+        recipe.train_s, recipe.timed_steps = state.get("train_s", 0.0), state.get("timed_steps", 0)
         log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
                  state.get("world_size", 1), runtime.world_size)
         if state.get("global_batch", recipe.global_batch) != recipe.global_batch:
@@ -196,6 +202,7 @@ def train(recipe: Recipe, on_step=None) -> dict:
         # Means over ranks: each rank holds the same number of questions, so this is the global-batch mean.
         scalars = {**runtime.mean_across_ranks({"train/loss": loss_total, **sums, "time/optimizer": t2 - t1}),
                    **stepped}
+        recipe.train_s, recipe.timed_steps = recipe.train_s + t2 - t0, recipe.timed_steps + 1
         scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0),
                         "train/nonfinite_steps": recipe.nonfinite_steps})
         if "train/w_std" in scalars and scalars["train/w_std"] < cfg.eval.separation_min_std:
@@ -281,7 +288,8 @@ def rank_share(records: list, rank: int, world_size: int) -> tuple[list, int]:
 def save(recipe: Recipe, name: str, step: int) -> Path | None:
     """Checkpoint `<run_dir>/<name>/`. Every rank calls it; the path comes back on the main rank, else None."""
     state = {"step": step, "objective": recipe.cfg.objective.name, "global_batch": recipe.global_batch,
-             "best": recipe.best, "nonfinite_steps": recipe.nonfinite_steps}
+             "best": recipe.best, "nonfinite_steps": recipe.nonfinite_steps, "train_s": recipe.train_s,
+             "timed_steps": recipe.timed_steps}
     return checkpoint.save_checkpoint(recipe.cfg.run.run_dir, name, recipe.runtime, recipe.cfg, state)
 
 

@@ -110,11 +110,21 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     with pytest.raises(Interrupt):
         train.main(cfg, resume=False, on_step=crash_after_checkpoint)
     assert [p.name for p in checkpoint.list_checkpoints(cfg.run.run_dir)] == ["step-000003"]
-    resumed = {}
-    train.main(cfg, resume=True, on_step=lambda s, sc: resumed.__setitem__(s, sc["train/loss"]))
+    saved = json.loads((Path(cfg.run.run_dir) / "step-000003" / "trainer_state.json").read_text())
+    assert saved["timed_steps"] == 3 and saved["train_s"] > 0
+    resumed, seconds = {}, []
+
+    def record(step, scalars):
+        resumed[step] = scalars["train/loss"]
+        seconds.append(scalars["time/step"])
+
+    train.main(cfg, resume=True, on_step=record)
     assert sorted(resumed) == [3, 4, 5]
     for s in resumed:
         assert resumed[s] == pytest.approx(ref_losses[s], abs=1e-6)
+    # The run's training time covers every step, the 3 before the interruption included.
+    final = json.loads((Path(cfg.run.run_dir) / "final" / "trainer_state.json").read_text())
+    assert final["timed_steps"] == 6 and final["train_s"] == pytest.approx(saved["train_s"] + sum(seconds))
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
