@@ -471,6 +471,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("reader.train_layers / reader.lora_rank: for HF readers (fid_t5, causal_lm), not demo_fid")
     if rd.train_layers and rd.lora_rank:
         raise ConfigError("reader.train_layers and reader.lora_rank: choose one (top layers or LoRA)")
+    if rd.init_from and rd.kind != "demo_fid":
+        raise ConfigError(f"reader.init_from: for reader.kind=demo_fid built from model_config (got {rd.kind}); an "
+                          "HF reader starts from reader.name_or_path")
+    if rd.init_from and not rd.name_or_path and cfg.runtime.engine == "deepspeed" and cfg.runtime.partition_reader:
+        raise ConfigError("reader.init_from: not built for a reader partitioned as it is created (runtime.engine="
+                          "deepspeed with runtime.partition_reader=true, ZeRO-3): copying the source's weights into "
+                          "partitioned parameters needs a gather. Train the initialised reader on runtime.engine=local "
+                          "and point reader.name_or_path at its final/reader folder, or set "
+                          "runtime.partition_reader=false")
     if rd.lora_rank and cfg.runtime.engine == "deepspeed":
         raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:

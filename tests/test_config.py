@@ -56,6 +56,18 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
         load_config(f)
 
 
+def test_reader_init_from_is_refused_where_it_cannot_work():
+    """reader.init_from copies a demo reader folder into a demo reader built from model_config; under ZeRO-3 the
+    reader is partitioned as it is built (the copy used to fail on an empty slice's shape), and an HF reader
+    would ignore it."""
+    zero3 = ["reader.init_from=gr_train/assets/demo_reader", "runtime.engine=deepspeed"]
+    with pytest.raises(ConfigError, match=r"reader.init_from: .*ZeRO-3.*runtime.partition_reader=false"):
+        load_config(None, zero3)
+    assert load_config(None, [*zero3, "runtime.partition_reader=false"]).reader.init_from  # not partitioned: works
+    with pytest.raises(ConfigError, match=r"reader.init_from: for reader.kind=demo_fid .*got causal_lm"):
+        load_config(None, ["reader.kind=causal_lm", "reader.init_from=x"])
+
+
 def test_bad_overrides():
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(None, ["kappa=1"])
