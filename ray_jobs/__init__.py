@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 
 
-def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None):
+def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None, check=None):
     """The shared start of the data-plane entrypoints: logging, `--config FILE [section.key=value ...]` (plus
-    the job's own flags via `add_arguments(parser)`), the config, and a Ray connection (inside `ray job submit`
-    it joins the cluster; elsewhere it starts a local one). Returns (args, cfg)."""
+    the job's own flags via `add_arguments(parser)`), the config, the job's checks (`check(args, cfg)`, raising
+    one of gr_train.checks.USER_ERRORS) before Ray starts, and a Ray connection (inside `ray job submit` it joins
+    the cluster; elsewhere it starts a local one). Returns (args, cfg)."""
     import argparse
     import logging
 
@@ -26,9 +27,27 @@ def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None)
         add_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if check is not None:
+        check(args, cfg)
     if not ray.is_initialized():
         ray.init()
     return args, cfg
+
+
+def run_job(prog: str, main) -> int:
+    """`main()` of an entrypoint run as `prog` (e.g. `python -m ray_jobs.preprocess`); a user's mistake
+    (gr_train.checks.USER_ERRORS: a config key, a data record, a missing file) ends in one `<prog>: error: ...`
+    line and exit code 2, as the gr-train commands do."""
+    import sys
+
+    from gr_train import checks
+
+    try:
+        main()
+    except checks.USER_ERRORS as e:
+        print(f"{prog}: error: {checks.one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 import ray
@@ -19,7 +20,7 @@ import ray
 from gr_train.config import RunConfig
 from gr_train.retrieval import (BM25Builder, CorpusStats, build_dense_shard, corpus_size, index_meta,
                                 read_corpus_slice, shard_dir, write_index_meta)
-from ray_jobs import start_job
+from ray_jobs import run_job, start_job
 
 log = logging.getLogger("ray_jobs.build_index")
 
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_job("python -m ray_jobs.build_index", main))

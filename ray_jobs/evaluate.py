@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import ray
 
+from gr_train import checks
 from gr_train.config import RunConfig
-from ray_jobs import start_job
+from ray_jobs import run_job, start_job
 
 log = logging.getLogger("ray_jobs.evaluate")
 
@@ -77,11 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument("--output", help="JSON result path (default <run_dir>/eval.json)")
         parser.add_argument("--no-reader", action="store_true", help="ranking metrics only")
 
-    args, cfg = start_job("evaluate", __doc__, argv, flags)
+    args, cfg = start_job("evaluate", __doc__, argv, flags,
+                          check=lambda args, cfg: checks.check_config(cfg, "evaluate", reader_used=not args.no_reader))
     result = run(cfg, not args.no_reader, args.output)
     print("evaluate summary: " + json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_job("python -m ray_jobs.evaluate", main))

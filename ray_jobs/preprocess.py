@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,12 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from gr_train.config import RunConfig, save_config, to_dict
+from gr_train.config import ConfigError, RunConfig, save_config, to_dict
 from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, gold_paragraphs, has_answer, is_gold_passage, parse_item,
                            passage_string)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
-from ray_jobs import start_job
+from ray_jobs import run_job, start_job
 
 log = logging.getLogger("ray_jobs.preprocess")
 
@@ -328,8 +329,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     preserve_order (blocks of one batch swapped), and data.load_parquet restores the input order from it."""
     t0 = time.perf_counter()
     pp, rcfg = cfg.preprocess, cfg.retrieval
-    if not pp.questions_path:
-        raise ValueError("preprocess.questions_path is required")
+    check_questions(cfg)
     from_input = pp.candidates == "input"
     out = Path(pp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,12 +419,23 @@ def _keep_good(batch: pa.Table, duplicates: list[int]) -> pa.Table:
     return batch.filter(keep)
 
 
+def check_questions(cfg: RunConfig) -> None:
+    """ConfigError when preprocess.questions_path is not set or is not a file (before Ray starts)."""
+    path = cfg.preprocess.questions_path
+    if not path:
+        raise ConfigError("preprocess.questions_path: not set; add preprocess.questions_path=FILE (FiD JSON/JSONL, "
+                          "HotpotQA / 2Wiki / MuSiQue, or Parquet)")
+    if not Path(path).is_file():
+        raise ConfigError(f"preprocess.questions_path={path}: no such file (relative paths start at the working "
+                          f"directory {Path.cwd()})")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    _, cfg = start_job("preprocess", __doc__, argv)
+    _, cfg = start_job("preprocess", __doc__, argv, check=lambda args, cfg: check_questions(cfg))
     summary = run(cfg)
     print("preprocess summary: " + json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_job("python -m ray_jobs.preprocess", main))

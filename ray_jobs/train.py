@@ -24,6 +24,7 @@ from ray.train import RunConfig as RayRunConfig
 from ray.train import ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from gr_train import checks
 from gr_train.config import load_config, to_dict
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     cfg = load_config(args.config, [*args.overrides, "runtime.engine=deepspeed"])  # bad configs fail here
+    checks.check_config(cfg, "train")  # and missing data or weights, before Ray and DeepSpeed start
     cfg.run.run_dir = str(Path(cfg.run.run_dir).resolve())
     r = cfg.runtime
     env = {} if r.use_gpu else {"DS_ACCELERATOR": "cpu"}  # skip DeepSpeed's accelerator probing on CPU workers
@@ -69,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    sys.exit(main())
+    from ray_jobs import run_job
+
+    sys.exit(run_job("python ray_jobs/train.py", main))

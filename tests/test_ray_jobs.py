@@ -573,3 +573,22 @@ def test_rows_per_shard_gives_each_worker_about_four_files():
     assert rows_per_shard(200000, pp) == 5000  # capped by rows_per_file
     assert rows_per_shard(90, PreprocessSection(num_workers=1, batch_size=16, rows_per_file=40)) == 32
     assert rows_per_shard(0, pp) == 1
+
+
+@pytest.mark.parametrize("job, overrides, expected", [
+    (["ray_jobs/train.py"], ["data.train_path=/nonexistent/train.jsonl"],
+     "data.train_path=/nonexistent/train.jsonl: no such file"),
+    (["-m", "ray_jobs.evaluate"], [], "data.dev_path: not set"),
+    (["-m", "ray_jobs.preprocess"], ["preprocess.questions_path=/nonexistent/q.jsonl"],
+     "preprocess.questions_path=/nonexistent/q.jsonl: no such file"),
+])
+def test_a_ray_jobs_mistake_is_one_line_before_ray_starts(job, overrides, expected):
+    """The Ray entrypoints check their config as the gr-train commands do: one `error:` line naming the key, exit
+    code 2, no traceback, and no Ray started (a cluster's start-up is not spent on a typo)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, *job, "--config", "configs/demo.yaml", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"python {' '.join(job)}: error: {expected}"), \
+        proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stderr + proc.stdout
