@@ -43,6 +43,7 @@ CTX_TYPE = pa.struct([("pid", pa.int64()), ("docid", pa.string()), ("title", pa.
 BASE_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("answers", pa.list_(pa.string())),
                          ("target", pa.string()), ("ctxs", pa.list_(CTX_TYPE)), ("schema_version", pa.int32()),
                          ("config_hash", pa.string()), ("index_version", pa.string()), ("input_index", pa.int64())])
+SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64())])  # the workers' report: one row per file
 PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id", pa.string()),
                            ("record", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
@@ -266,10 +267,11 @@ def write_shard(table: pa.Table, out_dir: str) -> dict:
 
 
 class ShardStage:
-    """A Ray Data actor that turns one batch of parsed questions into one Parquet file: output rows in input order,
+    """A Ray Data actor that turns one block of parsed questions into one Parquet file: output rows in input order,
     in chunks of preprocess.batch_size questions (`rows`, per subclass) → token ids → write_shard. Writing inside
     the actor (rather than a `write_parquet` operator after the map) leaves Ray Data no separate write tasks, which
-    its resource budget holds back while the actors own every CPU. Returns one {file, rows} row per batch."""
+    its resource budget holds back while the actors own every CPU. Returns one {file, rows} row per file
+    (SHARDS_SCHEMA; none for a block whose questions were all rejected)."""
 
     def __init__(self, cfg: RunConfig, provenance: dict, out_dir: str):
         self.cfg, self.provenance, self.out_dir = cfg, provenance, out_dir
@@ -279,6 +281,8 @@ class ShardStage:
         raise NotImplementedError
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:  # every question of the block was rejected: no file
+            return SHARDS_SCHEMA.empty_table()
         batch = batch.sort_by("index")
         records = [json.loads(r) for r in batch["record"].to_pylist()]
         indices = batch["index"].to_pylist()
@@ -287,8 +291,7 @@ class ShardStage:
         for i in range(0, len(records), chunk):
             rows = self.rows(records[i : i + chunk], indices[i : i + chunk])
             tables.append(to_table(rows, self.tokenizer(rows) if self.tokenizer else None))
-        written = write_shard(pa.concat_tables(tables), self.out_dir)
-        return pa.Table.from_pylist([written], schema=pa.schema([("file", pa.string()), ("rows", pa.int64())]))
+        return pa.Table.from_pylist([write_shard(pa.concat_tables(tables), self.out_dir)], schema=SHARDS_SCHEMA)
 
 
 class CandidatesStage(ShardStage):
@@ -317,9 +320,8 @@ class InputCandidatesStage(ShardStage):
 
 def rows_per_shard(questions: int, pp) -> int:
     """Questions per output file: at most preprocess.rows_per_file, and few enough that each worker gets about 4
-    files (a whole multiple of preprocess.batch_size), so that the last files do not leave a worker idle."""
-    per_worker = math.ceil(questions / (4 * pp.num_workers) / pp.batch_size) * pp.batch_size
-    return max(1, min(pp.rows_per_file, per_worker))
+    files, so that the last files do not leave a worker idle."""
+    return max(1, min(pp.rows_per_file, math.ceil(questions / (4 * pp.num_workers))))
 
 
 def run(cfg: RunConfig, progress: bool = True) -> dict:
@@ -344,11 +346,13 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
 
     items = read_question_items(pp.questions_path, pp.questions_format)
     phase_s = {"read": time.perf_counter() - t0}
-    blocks = max(1, min(len(items) // pp.batch_size, 4 * pp.num_workers))
+    # One block per output file, kept from the parse to the write: a stage gives each task whole blocks, so a
+    # batch bundled from several blocks would leave fewer blocks than workers (a small job on one worker).
+    blocks = max(1, math.ceil(len(items) / rows_per_shard(len(items), pp)))
     parsed = (ray.data.from_items(items, override_num_blocks=blocks)
               .map_batches(_parse_batch, fn_kwargs={"fmt": pp.questions_format, "path": pp.questions_path,
                                                     "keep_ctxs": from_input},
-                           batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=pp.worker_num_cpus)
+                           batch_format="pyarrow", batch_size=None, num_cpus=pp.worker_num_cpus)
               .materialize())
     phase_s["parse"] = time.perf_counter() - t0 - sum(phase_s.values())
 
@@ -373,9 +377,8 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     good = parsed.map_batches(_keep_good, fn_kwargs={"duplicates": sorted(duplicates)}, batch_format="pyarrow",
                               num_cpus=pp.worker_num_cpus)
     # One batch per actor at a time: with the ShardPool's own fan-out this bounds the query batches in flight at
-    # the shard actors to num_workers. Each batch is one output file, written by the actor itself.
+    # the shard actors to num_workers. Each block is one output file, written by the actor itself.
     actors = ray.data.ActorPoolStrategy(size=pp.num_workers, max_tasks_in_flight_per_actor=1)
-    shard_rows = rows_per_shard(len(items) - len(rejects), pp)
     stage_args = {"cfg": cfg, "provenance": provenance, "out_dir": str(out)}
     pool = None
     try:
@@ -386,7 +389,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
             stage = CandidatesStage
             stage_args.update(actors=pool.actors, budgets_s=pool.retry_budget_s, meta=meta)
         shards = good.map_batches(stage, fn_constructor_kwargs=stage_args, batch_format="pyarrow",
-                                  batch_size=shard_rows, num_cpus=pp.worker_num_cpus, compute=actors).take_all()
+                                  batch_size=None, num_cpus=pp.worker_num_cpus, compute=actors).take_all()
     finally:
         if pool is not None:
             pool.shutdown()

@@ -569,9 +569,9 @@ def test_rows_per_shard_gives_each_worker_about_four_files():
     from ray_jobs.preprocess import rows_per_shard
 
     pp = PreprocessSection(num_workers=2, batch_size=256, rows_per_file=5000)
-    assert rows_per_shard(20000, pp) == 2560  # 20000 / 8 = 2500, up to a whole batch
+    assert rows_per_shard(20000, pp) == 2500  # 4 files per worker
     assert rows_per_shard(200000, pp) == 5000  # capped by rows_per_file
-    assert rows_per_shard(90, PreprocessSection(num_workers=1, batch_size=16, rows_per_file=40)) == 32
+    assert rows_per_shard(90, PreprocessSection(num_workers=1, batch_size=16, rows_per_file=40)) == 23
     assert rows_per_shard(0, pp) == 1
 
 
@@ -592,3 +592,39 @@ def test_a_ray_jobs_mistake_is_one_line_before_ray_starts(job, overrides, expect
     assert proc.stderr.strip().splitlines()[-1].startswith(f"python {' '.join(job)}: error: {expected}"), \
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_a_small_job_keeps_both_workers_busy(tmp_path, ray_local):
+    """Fewer questions than two batches: each worker still gets a block of its own (Ray Data warned that the
+    actor pool received one input, and one worker tokenized everything)."""
+    import warnings
+
+    from gr_train import synthetic
+    from gr_train.config import SyntheticSection
+    from gr_train.data import load_any, save_records
+    from gr_train.demo import SHIPPED_READER
+    from ray_jobs import preprocess
+
+    records = synthetic.generate(SyntheticSection(), 40, seed=5)
+    save_records(records, tmp_path / "q.jsonl")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"reader.name_or_path={SHIPPED_READER}", "preprocess.candidates=input",
+        f"preprocess.questions_path={tmp_path / 'q.jsonl'}", f"preprocess.output_dir={tmp_path / 'out'}",
+        "preprocess.num_workers=2", "preprocess.worker_num_cpus=0.5", "preprocess.batch_size=64"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = preprocess.run(cfg, progress=False)
+    assert not [w for w in caught if "concurrent actors" in str(w.message)], [str(w.message) for w in caught]
+    assert summary["written"] == 40 and len(summary["files"]) == 8  # 5 questions per file: 4 per worker
+    assert [r.id for r in load_any(tmp_path / "out")] == [r.id for r in records]
+
+
+def test_a_block_whose_questions_were_all_rejected_writes_no_file(tmp_path):
+    import pyarrow as pa
+
+    from ray_jobs import preprocess
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["preprocess.tokenize=false"])
+    stage = preprocess.InputCandidatesStage(cfg, {"config_hash": "h", "index_version": "input"}, str(tmp_path))
+    out = stage(preprocess.PARSED_SCHEMA.empty_table())
+    assert out.num_rows == 0 and out.schema == preprocess.SHARDS_SCHEMA and not list(tmp_path.iterdir())
