@@ -60,7 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", type=int, default=20000, help="generated demo questions (default 20000)")
     p.add_argument("--out", default="runs/bench_preprocess")
-    p.add_argument("--batch-size", type=int, default=256, help="questions per Ray Data batch (default 256)")
+    p.add_argument("--batch-size", type=int, default=256, help="questions per tokenizer call (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="runs of the three paths, interleaved (default 3)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -255,10 +255,10 @@ class PreprocessSection:
     # candidates it came with (FiD records with ctxs, e.g. the demo's data; a question without any is rejected)
     candidates: Literal["retrieve", "input"] = "retrieve"
     tokenize: bool = True  # also store reranker and reader token ids (per candidate, unpadded)
-    num_workers: int = 2  # Ray Data actors fetching candidates and tokenizing; each has one batch in flight
+    num_workers: int = 2  # Ray Data actors fetching candidates, tokenizing and writing; one file in flight each
     worker_num_cpus: float = 1.0  # Ray CPUs reserved per Ray Data task / actor
-    batch_size: int = 64  # questions per Ray Data batch
-    rows_per_file: int = 5000  # questions per output Parquet file (at most)
+    batch_size: int = 64  # questions per tokenizer call (and per query batch to the shard actors) in a worker
+    rows_per_file: int = 5000  # questions per output Parquet file (at most; fewer so each worker gets ~4 files)
 
 
 @dataclass

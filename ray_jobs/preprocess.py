@@ -7,10 +7,11 @@ Parquet shards with a schema version and provenance; bad records go to rejects.j
 Reads `cfg.preprocess` and `cfg.retrieval` (with preprocess.candidates=retrieve the index must exist:
 ray_jobs.build_index; with preprocess.candidates=input each question keeps the candidates it came with, as the
 demo's data). Workers tokenize with the models' tokenizers only: the models are built on the meta device, so no
-worker holds (or initialises) weights. Writes to preprocess.output_dir: part-<first input position>.parquet, one
-per batch, each written by its worker atomically (data.PARQUET_SCHEMA_VERSION; `gr-train train
-data.train_path=DIR` reads it), rejects.jsonl, config.yaml, manifest.json (counts, config hash, index version). Every input record is either
-written or rejected: the job fails if the counts do not add up.
+worker holds (or initialises) weights. Writes to preprocess.output_dir: part-<first input position>.parquet (about
+4 per worker, each at most preprocess.rows_per_file questions, written by its worker atomically;
+data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads it), rejects.jsonl, config.yaml,
+manifest.json (counts, config hash, index version). Every input record is either written or rejected: the job
+fails if the counts do not add up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -257,8 +259,6 @@ def write_shard(table: pa.Table, out_dir: str) -> dict:
     """One output file, named by the table's first input_index, written atomically (a hidden temporary name, then
     renamed): a file `*.parquet` in out_dir is always complete, and a retried batch rewrites the same file.
     Returns {file, rows}."""
-    import os
-
     name = shard_name(table["input_index"][0].as_py())
     tmp = Path(out_dir) / f".{name}.tmp"
     pq.write_table(table, tmp)
