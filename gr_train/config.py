@@ -24,7 +24,7 @@ ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised"
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
 Estimator = Literal["max_softmax", "subset", "straight_through"]
-PromptStyle = Literal["plain", "chat"]  # reader.prompt (reader.query_prompts)
+PromptStyle = Literal["plain", "chat"]  # reader.prompt (inputs.query_prompts)
 
 
 class ConfigError(ValueError):
@@ -102,7 +102,7 @@ class ReaderSection:
     init_from: str | None = None
     aux_loss_weight: float = 1.0  # demo reader: weight of the intermediate-entity (deep supervision) loss
     # causal_lm: how the question is asked after the passages. plain: "question: q\nanswer:" | chat: the tokenizer's
-    # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; reader.query_prompts)
+    # own chat template with one user turn "{instruction}\nQuestion: q" (instruct models; inputs.query_prompts)
     prompt: PromptStyle = "plain"
     instruction: str = "Answer the question from the passages. Reply with the answer only, in a few words."  # chat
     answer_eos: bool = True  # the target ends with the tokenizer's eos token (false: answer tokens only)

@@ -18,8 +18,7 @@ from torch import nn
 
 # The attention logits are fp32 whatever the weights' dtype (Attention.forward), so the fp32 fill value applies.
 from gr_train.attention import NEG_BIAS, passage_key_bias
-from gr_train.lengths import Truncations
-from gr_train.data import PassageText
+from gr_train.inputs import DemoFiDInputs
 from gr_train.reader import Reader, attention_mass, reader_dtype, token_mean_ce, visible_log_mask
 
 
@@ -197,17 +196,10 @@ class DemoFiDReader(Reader):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.L = min(passage_max_tokens, model.config.max_passage_tokens)
-        self.answer_max_tokens = answer_max_tokens
-        self.truncations = Truncations()
+        self.answer_max_tokens = answer_max_tokens  # generate's default length
         c = model.config
-        if passage_max_tokens > c.max_passage_tokens:
-            self.truncations.add("passage_budget", 1, f"reader.passage_max_tokens ({passage_max_tokens}) > the demo "
-                                 f"reader's max_passage_tokens ({c.max_passage_tokens}): inputs are cut to "
-                                 f"{c.max_passage_tokens} tokens")
-        if answer_max_tokens + 2 > c.max_decoder_tokens:  # [BOS] [ANS] + target; the question comes on top
-            raise ValueError(f"reader.answer_max_tokens ({answer_max_tokens}) + [BOS] + [ANS] (2) > the demo reader's "
-                             f"max_decoder_tokens ({c.max_decoder_tokens}); lower reader.answer_max_tokens")
+        self.inputs = DemoFiDInputs(tokenizer, passage_max_tokens, answer_max_tokens, c.max_passage_tokens,
+                                    c.max_decoder_tokens)
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "DemoFiDReader":
@@ -251,70 +243,6 @@ class DemoFiDReader(Reader):
     def answer_pass_layers(self) -> list[nn.Module]:
         """The one tied decoder block (applied n_iterations times)."""
         return [self.model.decoder]
-
-    # -- inputs -------------------------------------------------------------------------------------------
-
-    def _ids_of(self, texts) -> dict[str, list[int]]:
-        """{text: token ids without special tokens} for every distinct text, in one batched tokenizer call
-        (the same ids as one call per text; "" → [])."""
-        distinct = sorted({t for t in texts if t})
-        encoded = self.tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []
-        return {"": [], **dict(zip(distinct, encoded))}
-
-    def tokenize(self, questions, passages: list[list[PassageText]], targets=None, intermediates=None):
-        """passage_ids/passage_mask [B, n, L]: question [SEP] title text [EOS]; dec_ids/dec_mask [B, T]:
-        [BOS] question [ANS] target...; labels [B, T] (-100 off target); aux_labels [B, T]: the intermediate
-        entity at the last question position (deep supervision), -100 elsewhere."""
-        tk = self.tokenizer
-        sep, eos, bos, ans, pad = (tk.convert_tokens_to_ids(t) for t in ("[SEP]", "[EOS]", "[BOS]", "[ANS]", "[PAD]"))
-        B = len(questions)
-        n = max(1, max(len(p) for p in passages))
-        L = self.L
-        texts = [*questions, *(t for ps in passages for pair in ps for t in pair), *(targets or []),
-                 *(t for t in (intermediates or []) if t)]
-        ids_of = self._ids_of(texts)
-        grid = [[[pad] * L for _ in range(n)] for _ in range(B)]
-        cut = 0
-        for b, (q, ps) in enumerate(zip(questions, passages)):
-            qi = ids_of[q]
-            for i, (title, text) in enumerate(ps or [("", "")]):
-                ids = (qi + [sep] + ids_of[title] + ids_of[text])[: L - 1] + [eos]
-                grid[b][i][: len(ids)] = ids
-                cut += bool(title or text) and len(qi) + 1 >= L - 1  # the question and [SEP] fill the budget
-        pid = torch.tensor(grid, dtype=torch.long)
-        self.truncations.add("passages_without_text", cut, f"reader: {cut} demo reader inputs lost their whole "
-                             f"passage to truncation: the question fills the {L} tokens (reader.passage_max_tokens)")
-        rows, lab_rows, aux_rows = [], [], []
-        for b, q in enumerate(questions):
-            prompt = [bos] + ids_of[q] + [ans]
-            target = (ids_of[targets[b]][: self.answer_max_tokens - 1] + [eos]) if targets else []
-            seq = prompt + target[:-1]
-            labels = [-100] * (len(prompt) - 1) + target
-            aux = [-100] * len(seq)
-            if intermediates is not None and intermediates[b]:
-                aux[len(prompt) - 2] = ids_of[intermediates[b]][0]
-            rows.append(seq)
-            lab_rows.append(labels + [-100] * (len(seq) - len(labels)))
-            aux_rows.append(aux)
-        T = max(len(r) for r in rows)
-        if T > self.model.config.max_decoder_tokens:
-            raise ValueError(f"demo reader: decoder input [BOS] question [ANS] target of {T} tokens > the model's "
-                             f"max_decoder_tokens ({self.model.config.max_decoder_tokens}); lower "
-                             "reader.answer_max_tokens or shorten the question")
-
-        def pad_to(rs, value):
-            return torch.tensor([r + [value] * (T - len(r)) for r in rs], dtype=torch.long)
-
-        dec_ids = pad_to(rows, pad)
-        return {
-            "passage_ids": pid,
-            "passage_mask": pid != pad,
-            "dec_ids": dec_ids,
-            "dec_mask": pad_to([[1] * len(r) for r in rows], 0).bool(),
-            "prompt_len": torch.tensor([len(ids_of[q]) + 2 for q in questions]),
-            "labels": pad_to(lab_rows, -100),
-            "aux_labels": pad_to(aux_rows, -100),
-        }
 
     # -- forward ------------------------------------------------------------------------------------------
 

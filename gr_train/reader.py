@@ -42,8 +42,8 @@ from gr_train.attention import (
     to_attention_dtype,
 )
 from gr_train.data import PassageText
-from gr_train.lengths import Truncations, check_budget, position_limit
-
+from gr_train.inputs import CausalLMInputs, FiDInputs
+from gr_train.lengths import Truncations, position_limit
 
 
 class Reader(nn.Module):
@@ -53,10 +53,15 @@ class Reader(nn.Module):
     """
 
     tokenizer: Any
-    truncations: Truncations  # what tokenize's truncation removed (lengths.Truncations), logged by the recipe
+    inputs: Any  # the family's input builder (gr_train.inputs): tokenize delegates to it
     # Parameters read outside the forward of the module that owns them (e.g. a tied output projection): an engine
     # that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
     params_used_outside_forward: tuple[str, ...] = ()
+
+    @property
+    def truncations(self) -> Truncations:
+        """What tokenize's truncation removed (lengths.Truncations), logged by the recipe."""
+        return self.inputs.truncations
 
     def answer_pass_layers(self) -> list[nn.Module]:
         """The layers that run with autograd in the answer pass, for activation checkpointing
@@ -65,12 +70,13 @@ class Reader(nn.Module):
                          "(fid_t5, causal_lm and demo_fid readers only)")
 
     def tokenize(
-        self, questions: list[str], passages: list[list[PassageText]], targets: list[str] | None = None
+        self, questions: list[str], passages: list[list[PassageText]], targets: list[str] | None = None, **kwargs
     ) -> dict[str, torch.Tensor]:
-        """Build model inputs. Every question has the same number n of passages (callers pad with ("", "")
-        and mask them through log_M). An empty passage list means "no passages": the reader encodes the
-        question alone as a single passage. Targets are required for answer_loss, not for generate."""
-        raise NotImplementedError
+        """Build model inputs (`self.inputs.tokenize`, gr_train.inputs). Every question has the same number n of
+        passages (callers pad with ("", "") and mask them through log_M). An empty passage list means "no
+        passages": the reader encodes the question alone as a single passage. Targets are required for
+        answer_loss, not for generate."""
+        return self.inputs.tokenize(questions, passages, targets, **kwargs)
 
     def encode_passages(self, inputs: dict[str, torch.Tensor]) -> Any:
         """Passage states under torch.no_grad(); the result holds no autograd graph."""
@@ -171,72 +177,12 @@ def _require_attentions(attentions, reader) -> tuple:
     return attentions
 
 
-def _pad(seqs: list[list[int]], length: int, pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token id lists to `length` → ids [N, length] long, mask [N, length] bool. Padding by hand keeps the
-    side independent of the tokenizer's own `padding_side` (LLM tokenizers often default to left)."""
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
-    for row, seq in enumerate(seqs):
-        seq = seq[:length]
-        span = slice(length - len(seq), length) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = True
-    return ids, mask
+# -- answers: how an answer is read back from what a reader generates (extract_answer, used for EM/F1) ---------
 
-
-def _passage_texts(questions: list[str], passages: list[list[PassageText]], fmt: str, empty: str) -> list[str]:
-    """Flatten B questions x n passages into B*n strings (row-major). All questions must have the same n;
-    n = 0 everywhere means "no passages": one input per question, `empty` formatted with the question."""
-    if len(questions) != len(passages):
-        raise ValueError(f"tokenize: {len(questions)} questions but {len(passages)} passage lists")
-    counts = {len(ps) for ps in passages}
-    if len(counts) != 1:
-        raise ValueError(f"tokenize: every question needs the same number of passages (pad with ('', '')): {counts}")
-    if counts == {0}:
-        return [empty.format(q=q) for q in questions]
-    return [fmt.format(q=q, t=t, x=x) for q, ps in zip(questions, passages) for t, x in ps]
-
-
-def _target_ids(tokenizer, targets: list[str], max_tokens: int, prefix: str = "", eos: bool = True) -> list[list[int]]:
-    """Target token ids without the tokenizer's special tokens, cut to max_tokens - 1, then eos (eos False: cut to
-    max_tokens, no eos: reader.answer_eos)."""
-    ids = tokenizer([prefix + t for t in targets], add_special_tokens=False)["input_ids"]
-    if not eos:
-        return [seq[:max_tokens] for seq in ids]
-    return [seq[: max_tokens - 1] + [tokenizer.eos_token_id] for seq in ids]
-
-
-# -- prompts: how a decoder-only reader is asked (reader.prompt, reader.instruction, reader.answer_eos), and how an
-# answer is read back from what it generates (extract_answer, used for EM/F1) --------------------------------------
-
-PLAIN_PROMPT = "question: {q}\nanswer:"
-# The target follows the prompt: after "answer:" with a space (plain), at the start of the assistant turn (chat).
-TARGET_PREFIX = {"plain": " ", "chat": ""}
 # Leading phrases instruct models put before the answer ("The answer is: X", "Answer - X"), removed case-insensitively.
 _ANSWER_LEAD = re.compile(r"^\s*(?:so,?\s+)?(?:the\s+)?(?:final\s+|short\s+)?answer(?:\s+is\b\s*[:\-]?|\s*[:\-])\s*",
                           re.I)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019*"
-
-
-def query_prompts(tokenizer, questions: list[str], style: str, instruction: str) -> list[list[int]]:
-    """Token ids of the query part of each question (the passages are encoded separately, in parallel).
-
-    style "plain": `question: q\nanswer:`; "chat": the tokenizer's own chat template with one user turn
-    `{instruction}\nQuestion: q` and the generation prompt (the assistant turn's opening), so an instruct model is
-    asked the way it was tuned. No special tokens are added besides the template's own. Raises ValueError when
-    style is chat and the tokenizer has no chat template.
-    """
-    if style == "plain":
-        return tokenizer([PLAIN_PROMPT.format(q=q) for q in questions], add_special_tokens=False)["input_ids"]
-    if style != "chat":
-        raise ValueError(f"reader.prompt: unknown '{style}' (plain | chat)")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"reader.prompt=chat: the tokenizer ({type(tokenizer).__name__}, "
-                         f"{getattr(tokenizer, 'name_or_path', '') or 'built locally'}) has no chat template; use "
-                         "reader.prompt=plain")
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{instruction}\nQuestion: {q}"}],
-                                           add_generation_prompt=True, tokenize=False) for q in questions]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def extract_answer(text: str) -> str:
@@ -291,24 +237,12 @@ class FiDT5Reader(Reader):
     logits after the (zero) cross-attention position bias, sdpa folds it into that bias (create_position_bias_mask).
     """
 
-    # One encoder input per passage; the context text comes last, so truncation cuts it first.
-    PASSAGE_FORMAT = "question: {q} title: {t} context: {x}"
-
     def __init__(self, model: T5ForConditionalGeneration, tokenizer, passage_max_tokens: int, answer_max_tokens: int,
                  answer_eos: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.passage_max_tokens = passage_max_tokens
-        self.answer_max_tokens = answer_max_tokens
-        self.answer_eos = answer_eos  # targets end with eos (reader.answer_eos)
-        self.truncations = Truncations()
-        # T5's relative position biases have no length limit; the template alone must leave room for passage text.
-        template = len(tokenizer(self.PASSAGE_FORMAT.format(q="", t="", x=""))["input_ids"])
-        if template >= passage_max_tokens:
-            raise ValueError(f"reader.passage_max_tokens ({passage_max_tokens}) leaves no passage text: the FiD input "
-                             f"template '{self.PASSAGE_FORMAT}' takes {template} tokens without question, title and "
-                             "context; raise reader.passage_max_tokens")
+        self.inputs = FiDInputs(tokenizer, passage_max_tokens, answer_max_tokens, answer_eos)
         config = model.config
         start = getattr(config, "decoder_start_token_id", None)
         if start is None and model.generation_config is not None:
@@ -332,35 +266,6 @@ class FiDT5Reader(Reader):
             model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation,
                                                       dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)
-
-    def tokenize(self, questions, passages, targets=None):
-        """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded); with targets, also
-        labels [B, T] (T <= answer_max_tokens, eos last, -100 on padding)."""
-        B = len(questions)
-        texts = _passage_texts(questions, passages, self.PASSAGE_FORMAT, "question: {q}")
-        L = self.passage_max_tokens
-        ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
-        self._count_cut_contexts(questions, passages)
-        passage_ids, passage_mask = _pad(ids, L, self.tokenizer.pad_token_id)
-        inputs = {"passage_ids": passage_ids.view(B, -1, L), "passage_mask": passage_mask.view(B, -1, L)}
-        if targets is not None:
-            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, eos=self.answer_eos)
-            labels, target_mask = _pad(target, max(map(len, target)), self.tokenizer.pad_token_id)
-            inputs["labels"] = labels.masked_fill(~target_mask, -100)
-        return inputs
-
-    def _count_cut_contexts(self, questions, passages) -> None:
-        """Count (and warn about, once) inputs whose whole context text is cut: the question and title fill
-        passage_max_tokens, so the passage reads as its question alone."""
-        heads = [self.PASSAGE_FORMAT.format(q=q, t=t, x="").rstrip() for q, ps in zip(questions, passages)
-                 for t, x in ps if x.strip()]
-        if not heads:
-            return
-        room = self.passage_max_tokens - self.tokenizer.num_special_tokens_to_add()
-        cut = sum(len(h) >= room for h in self.tokenizer(heads, add_special_tokens=False)["input_ids"])
-        self.truncations.add("passages_without_text", cut, f"reader: {cut} of {len(heads)} FiD inputs lost their whole "
-                             f"context text to truncation: 'question: q title: t' fills reader.passage_max_tokens "
-                             f"({self.passage_max_tokens}); raise it")
 
     def _encode(self, inputs) -> FiDStates:
         ids, mask = inputs["passage_ids"], inputs["passage_mask"]
@@ -490,7 +395,7 @@ class CausalLMReader(Reader):
 
     Passages ("title: t context: x", [B*n, L]) are encoded like separate documents: positions 0..L-1 each, causal
     attention within the passage only; their per-layer K,V are laid side by side ([B, kv_heads, n*L, head_dim]).
-    The query (query_prompts: "question: q\\nanswer:", or the model's chat template with reader.prompt=chat;
+    The query (inputs.query_prompts: "question: q\\nanswer:", or the model's chat template with reader.prompt=chat;
     left-padded, then target tokens + eos unless reader.answer_eos is false) continues at position L, attending
     causally to itself and to every passage token with `log M_i` added on passage i's keys. Both passes use a
     4D float `attention_mask`, which transformers uses verbatim (masking_utils._preprocess_mask_arguments) with
@@ -502,47 +407,9 @@ class CausalLMReader(Reader):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.passage_max_tokens = passage_max_tokens
-        self.answer_max_tokens = answer_max_tokens
-        self.prompt, self.answer_eos, self.instruction = prompt, answer_eos, instruction  # see query_prompts
-        # Pads are masked out everywhere, so any id will do where the tokenizer has no pad token (GPT-2, Llama).
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.truncations = Truncations()
         self.position_limit = position_limit(model.config)
-        self.prompt_max_tokens = None  # no cut while measuring the prompt template
-        self.prompt_max_tokens = self._prompt_budget(prompt_max_tokens)
-
-    def _prompt_budget(self, prompt_max_tokens: int) -> int | None:
-        """Prompt tokens allowed: the query runs at positions passage_max_tokens .. + prompt + answer - 1, which must
-        stay inside the model's position limit. ValueError (naming the keys, lengths and limit) when the passage,
-        prompt and answer budgets cannot fit; None = no limit."""
-        L, T = self.passage_max_tokens, self.answer_max_tokens
-        template = self.tokenize([""], [[]])["prompt_ids"].shape[1]  # the prompt without a question
-        limit = self.position_limit
-        if prompt_max_tokens:
-            parts = {"reader.passage_max_tokens": L, "reader.prompt_max_tokens": prompt_max_tokens,
-                     "reader.answer_max_tokens": T}
-            budget = prompt_max_tokens
-        else:
-            parts = {"reader.passage_max_tokens": L, "the prompt without its question": template,
-                     "one question token": 1, "reader.answer_max_tokens": T}
-            budget = None if limit is None else limit[1] - L - T
-        check_budget("reader", parts, limit)
-        if budget is not None and budget <= template:
-            raise ValueError(f"reader.prompt_max_tokens ({budget}) leaves no question: the prompt takes {template} "
-                             "tokens without it; raise reader.prompt_max_tokens")
-        return budget
-
-    def _fit_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Prompt token ids cut from the left to prompt_max_tokens (the end, next to the answer, stays); counted."""
-        budget = self.prompt_max_tokens
-        if budget is None:
-            return prompts
-        cut = sum(len(p) > budget for p in prompts)
-        self.truncations.add("prompts", cut, f"reader: {cut} of {len(prompts)} prompts were cut from the left to "
-                             f"{budget} tokens (reader.prompt_max_tokens, or what the model's position limit leaves "
-                             "after reader.passage_max_tokens and reader.answer_max_tokens)")
-        return [p[-budget:] for p in prompts] if cut else prompts
+        self.inputs = CausalLMInputs(tokenizer, self.position_limit, passage_max_tokens, answer_max_tokens,
+                                     prompt_max_tokens, prompt, answer_eos, instruction)
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "CausalLMReader":
@@ -563,32 +430,6 @@ class CausalLMReader(Reader):
                                                      dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens,
                    cfg.prompt, cfg.answer_eos, cfg.instruction)
-
-    def tokenize(self, questions, passages, targets=None):
-        """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
-        such as BOS included); prompt_ids, prompt_mask [B, P] (left-padded, so every prompt ends at P-1); with
-        targets also target_ids, target_mask, labels [B, T] (right-padded, eos last, labels -100 on padding)."""
-        B = len(questions)
-        # "No passages" is one empty passage: only special tokens (BOS), or nothing, which is fully masked.
-        texts = _passage_texts(questions, passages, "title: {t} context: {x}", "")
-        L = self.passage_max_tokens
-        ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
-        passage_ids, passage_mask = _pad(ids, L, self.pad_id)
-        prompts = self._fit_prompts(query_prompts(self.tokenizer, questions, self.prompt, self.instruction))
-        prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
-        inputs = {
-            "passage_ids": passage_ids.view(B, -1, L),
-            "passage_mask": passage_mask.view(B, -1, L),
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-        }
-        if targets is not None:
-            target = _target_ids(self.tokenizer, targets, self.answer_max_tokens, TARGET_PREFIX[self.prompt],
-                                 self.answer_eos)
-            target_ids, target_mask = _pad(target, max(map(len, target)), self.pad_id)
-            labels = target_ids.masked_fill(~target_mask, -100)
-            inputs.update(target_ids=target_ids, target_mask=target_mask, labels=labels)
-        return inputs
 
     def answer_pass_layers(self) -> list[nn.Module]:
         """The decoder layers (transformers' GradientCheckpointingLayer modules: LlamaDecoderLayer, Qwen2DecoderLayer,

@@ -24,7 +24,8 @@ from transformers import (
 )
 
 from gr_train.config import RerankerSection
-from gr_train.data import PassageText, passage_string
+from gr_train.data import PassageText
+from gr_train.inputs import RERANKER_INPUTS
 from gr_train.lengths import check_budget, position_limit
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
@@ -46,17 +47,6 @@ TOKENIZER_FILES = (
 )
 
 
-def _check_candidates(questions: list[str], passages: list[list[PassageText]]) -> tuple[int, int]:
-    """(B, n) of a batch; every question must have the same n >= 1 (callers pad with ("", ""))."""
-    B = len(questions)
-    if B == 0 or len(passages) != B:
-        raise ValueError(f"reranker: got {B} questions and {len(passages)} passage lists (need the same, >= 1)")
-    counts = {len(row) for row in passages}
-    if len(counts) != 1 or 0 in counts:
-        raise ValueError(f"reranker: every question needs the same number n >= 1 of candidates, got {sorted(counts)}")
-    return B, counts.pop()
-
-
 class Reranker(nn.Module):
     """Scores (question, passage) pairs. Shapes: B questions, n candidates, L tokens.
 
@@ -73,10 +63,12 @@ class Reranker(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.inputs = RERANKER_INPUTS[self.kind](tokenizer, cfg.max_tokens)
 
     def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
-        """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens."""
-        raise NotImplementedError
+        """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens
+        (`self.inputs.tokenize`, gr_train.inputs: the kind's RerankerInputs, where the shapes are given)."""
+        return self.inputs.tokenize(questions, passages)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """w: [B, n] fp32, one independent score per (question, candidate) pair."""
@@ -86,19 +78,6 @@ class Reranker(nn.Module):
         """tokenize + forward on the model's device. Returns w: [B, n] fp32."""
         device = next(self.model.parameters()).device
         return self({k: v.to(device) for k, v in self.tokenize(questions, passages).items()})
-
-    def _encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Tokenizer call shared by all kinds: pad to the longest, truncate to max_tokens, [N, L] tensors."""
-        return dict(
-            self.tokenizer(
-                texts,
-                pairs,
-                padding=True,
-                truncation=True,
-                max_length=self.cfg.max_tokens,
-                return_tensors="pt",
-            )
-        )
 
     def shift_parameters(self) -> list[nn.Parameter]:
         """Parameters that add the same constant to every candidate's score. Listwise objectives (G-Rerank's
@@ -130,13 +109,6 @@ class CrossEncoderReranker(Reranker):
 
     kind = "cross_encoder"
     auto_class = AutoModelForSequenceClassification
-
-    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
-        """Returns input_ids / attention_mask (/ token_type_ids when the tokenizer makes them): [B, n, L]."""
-        B, n = _check_candidates(questions, passages)
-        firsts = [q for q in questions for _ in range(n)]
-        seconds = [passage_string(title, text) for row in passages for title, text in row]
-        return {k: v.view(B, n, -1) for k, v in self._encode(firsts, seconds).items()}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         B, n, L = inputs["input_ids"].shape
@@ -192,16 +164,6 @@ class RankT5Reranker(Reranker):
                 if isinstance(getattr(attention, name, None), nn.Module):
                     getattr(attention, name).requires_grad_(False)
 
-    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
-        """Returns input_ids / attention_mask: [B, n, L]."""
-        B, n = _check_candidates(questions, passages)
-        texts = [
-            f"Query: {q} Document: {passage_string(title, text)}"
-            for q, row in zip(questions, passages)
-            for title, text in row
-        ]
-        return {k: v.view(B, n, -1) for k, v in self._encode(texts).items()}
-
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         B, n, L = inputs["input_ids"].shape
         start = torch.full((B * n, 1), self.model.config.decoder_start_token_id, device=inputs["input_ids"].device)
@@ -227,13 +189,6 @@ class BiEncoderReranker(Reranker):
         # rather than removed, so the exported folder stays a complete AutoModel checkpoint.
         if getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)
-
-    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
-        """Returns q_* tensors [B, Lq] for the questions and p_* tensors [B, n, L] for the passages."""
-        B, n = _check_candidates(questions, passages)
-        q = self._encode(list(questions))
-        p = self._encode([passage_string(title, text) for row in passages for title, text in row])
-        return {**{f"q_{k}": v for k, v in q.items()}, **{f"p_{k}": v.view(B, n, -1) for k, v in p.items()}}
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the last hidden states over non-pad tokens, fp32. inputs [N, L] → [N, d]."""

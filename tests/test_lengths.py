@@ -49,7 +49,7 @@ def test_decoder_only_budgets_past_the_position_limit_fail_at_build(model_config
 def test_long_prompt_is_cut_from_the_left_to_what_the_limit_leaves(model_type, key, caplog):
     # limit 96 - passage 48 - answer 8 = 40 prompt tokens; the 29-character question makes a 47-token prompt.
     reader = causal({"model_type": model_type, key: 96}, passage_max_tokens=48, answer_max_tokens=8)
-    assert reader.prompt_max_tokens == 40
+    assert reader.inputs.prompt_max_tokens == 40
     with caplog.at_level(logging.WARNING, logger="gr_train.lengths"):
         inputs = reader.tokenize([QUESTION_29, "who?"], [[("Tides", "a book by ann")], [("Sky", "blue")]],
                                  ["ann", "x" * 20])
