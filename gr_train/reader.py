@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,6 @@ from transformers import (
     EncoderDecoderCache,
     PreTrainedTokenizerFast,
     T5Config,
-    T5ForConditionalGeneration,
 )
 from transformers.cache_utils import DynamicLayer
 
@@ -44,6 +43,9 @@ from gr_train.attention import (
 from gr_train.data import PassageText
 from gr_train.inputs import CausalLMInputs, FiDInputs
 from gr_train.lengths import Truncations, position_limit
+
+if TYPE_CHECKING:
+    from transformers import T5ForConditionalGeneration
 
 
 class Reader(nn.Module):
@@ -256,6 +258,10 @@ class FiDT5Reader(Reader):
         reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
+            # Imported here: T5's modeling code (with transformers' generation and torch.distributed machinery) takes
+            # seconds to import, and models.build_inputs (the preprocessing workers) must not pay for it.
+            from transformers import T5ForConditionalGeneration
+
             model = T5ForConditionalGeneration.from_pretrained(
                 cfg.name_or_path, attn_implementation=cfg.attn_implementation, dtype=reader_dtype(cfg)
             )
