@@ -207,14 +207,38 @@ class DemoFiDReader(Reader):
         reader_dtype(cfg)."""
         if cfg.name_or_path:
             return cls.load(cfg.name_or_path, cfg)
-        if tokenizer is None:
-            raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
-        sep = tokenizer.convert_tokens_to_ids("[SEP]")
-        c = DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
-        model = DemoFiDModel(c)
+        model = DemoFiDModel(cls.scratch_config(cfg, tokenizer))
         if cfg.init_from:
             init_from_reader(model, tokenizer, cls.load(cfg.init_from, cfg))
         return cls(model.to(reader_dtype(cfg)), tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens)
+
+    @staticmethod
+    def scratch_config(cfg, tokenizer) -> DemoFiDConfig:
+        """The config of a demo reader built from scratch: DemoFiDConfig's defaults ← cfg.model_config, vocabulary
+        and [SEP] from the tokenizer. ValueError without a tokenizer."""
+        if tokenizer is None:
+            raise ValueError("reader.kind=demo_fid without name_or_path needs a tokenizer (synthetic.build_tokenizer)")
+        sep = tokenizer.convert_tokens_to_ids("[SEP]")
+        return DemoFiDConfig(**{"vocab_size": len(tokenizer), "sep_token_id": sep, **cfg.model_config})
+
+    @staticmethod
+    def saved_config(path: Path) -> DemoFiDConfig:
+        """The config of a folder written by `save`. FileNotFoundError when the folder holds no demo reader."""
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: no demo reader here (model.safetensors missing)")
+        return DemoFiDConfig(**json.loads((path / "config.json").read_text()))
+
+    @classmethod
+    def build_inputs(cls, cfg, tokenizer=None) -> DemoFiDInputs:
+        if cfg.name_or_path:
+            from transformers import PreTrainedTokenizerFast
+
+            c = cls.saved_config(Path(cfg.name_or_path))
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.name_or_path)
+        else:
+            c = cls.scratch_config(cfg, tokenizer)
+        return DemoFiDInputs(tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, c.max_passage_tokens,
+                             c.max_decoder_tokens)
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -231,10 +255,7 @@ class DemoFiDReader(Reader):
         from transformers import PreTrainedTokenizerFast
 
         path = Path(path)
-        if not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{path}: no demo reader here (model.safetensors missing)")
-        c = DemoFiDConfig(**json.loads((path / "config.json").read_text()))
-        model = DemoFiDModel(c)
+        model = DemoFiDModel(cls.saved_config(path))
         model.load_state_dict(load_file(path / "model.safetensors"))
         model.to(reader_dtype(cfg))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)

@@ -60,6 +60,13 @@ class Reader(nn.Module):
     # that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
     params_used_outside_forward: tuple[str, ...] = ()
 
+    @classmethod
+    def build_inputs(cls, cfg, tokenizer=None) -> Any:
+        """The family's input builder (gr_train.inputs) for `cfg` (config.ReaderSection) without the model: the
+        tokenizer and the sizes of the model's config that `build(cfg, tokenizer)` would use, so its tokenize gives
+        the same ids; no weights are loaded and no modeling code is imported (models.build_inputs)."""
+        raise NotImplementedError
+
     @property
     def truncations(self) -> Truncations:
         """What tokenize's truncation removed (lengths.Truncations), logged by the recipe."""
@@ -273,6 +280,10 @@ class FiDT5Reader(Reader):
                                                       dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)
 
+    @classmethod
+    def build_inputs(cls, cfg, tokenizer=None) -> FiDInputs:
+        return FiDInputs(_load_tokenizer(cfg, tokenizer), cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)
+
     def _encode(self, inputs) -> FiDStates:
         ids, mask = inputs["passage_ids"], inputs["passage_mask"]
         B, n, L = ids.shape
@@ -427,15 +438,31 @@ class CausalLMReader(Reader):
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, attn_implementation=cfg.attn_implementation,
                                                          dtype=reader_dtype(cfg))
         else:
-            overrides = dict(cfg.model_config)
-            model_type = overrides.pop("model_type", "llama")
-            ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-            config = AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
-            model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation,
+            model = AutoModelForCausalLM.from_config(cls.scratch_config(cfg, tokenizer),
+                                                     attn_implementation=cfg.attn_implementation,
                                                      dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.prompt_max_tokens,
                    cfg.prompt, cfg.answer_eos, cfg.instruction)
+
+    @staticmethod
+    def scratch_config(cfg, tokenizer):
+        """The HF config of a reader built from scratch: `model_config["model_type"]` (default llama) with
+        TINY_CAUSAL's sizes for it ← cfg.model_config; vocabulary and special ids from the tokenizer."""
+        overrides = dict(cfg.model_config)
+        model_type = overrides.pop("model_type", "llama")
+        ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return AutoConfig.for_model(model_type, **{**TINY_CAUSAL.get(model_type, {}), **ids, **overrides})
+
+    @classmethod
+    def build_inputs(cls, cfg, tokenizer=None) -> CausalLMInputs:
+        tokenizer = _load_tokenizer(cfg, tokenizer)
+        if cfg.name_or_path:
+            config = AutoConfig.from_pretrained(cfg.name_or_path)
+        else:
+            config = cls.scratch_config(cfg, tokenizer)
+        return CausalLMInputs(tokenizer, position_limit(config), cfg.passage_max_tokens, cfg.answer_max_tokens,
+                              cfg.prompt_max_tokens, cfg.prompt, cfg.answer_eos, cfg.instruction)
 
     def answer_pass_layers(self) -> list[nn.Module]:
         """The decoder layers (transformers' GradientCheckpointingLayer modules: LlamaDecoderLayer, Qwen2DecoderLayer,

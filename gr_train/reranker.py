@@ -25,7 +25,7 @@ from transformers import (
 
 from gr_train.config import RerankerSection
 from gr_train.data import PassageText
-from gr_train.inputs import RERANKER_INPUTS
+from gr_train.inputs import RERANKER_INPUTS, RerankerInputs
 from gr_train.lengths import check_budget, position_limit
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
@@ -134,19 +134,26 @@ class RankT5Reranker(Reranker):
 
     def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
         super().__init__(model, tokenizer, cfg)
+        self.score_token_id = self.checked_score_token(cfg, tokenizer, model.config)
+        self._freeze_single_step_self_attention()
+
+    @staticmethod
+    def checked_score_token(cfg: RerankerSection, tokenizer: Any, config: Any) -> int:
+        """The id of cfg.score_token. ValueError when the tokenizer lacks it or its id is outside the vocabulary of
+        the model's config."""
         vocab = tokenizer.get_vocab()
         if cfg.score_token not in vocab:
             raise ValueError(
                 f"reranker.score_token: the tokenizer has no token '{cfg.score_token}' "
                 f"(RankT5 scores with the logit of that token; vocabulary size {len(vocab)})"
             )
-        self.score_token_id = vocab[cfg.score_token]
-        if self.score_token_id >= model.config.vocab_size:
+        score_token_id = vocab[cfg.score_token]
+        if score_token_id >= config.vocab_size:
             raise ValueError(
-                f"reranker.score_token: '{cfg.score_token}' has id {self.score_token_id}, "
-                f"outside the model's vocabulary of {model.config.vocab_size}"
+                f"reranker.score_token: '{cfg.score_token}' has id {score_token_id}, "
+                f"outside the model's vocabulary of {config.vocab_size}"
             )
-        self._freeze_single_step_self_attention()
+        return score_token_id
 
     def _freeze_single_step_self_attention(self) -> None:
         """Freeze the decoder self-attention's query/key projections and position bias.
@@ -218,23 +225,13 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     (which may name a `model_type`); the tokenizer (cfg.tokenizer_path or the argument) sets the vocabulary size.
     ValueError when reranker.max_tokens exceeds the model's position limit (lengths.position_limit).
     """
-    if cfg.kind not in RERANKERS:
-        raise ValueError(f"reranker.kind: unknown '{cfg.kind}' ({' | '.join(RERANKERS)})")
-    cls = RERANKERS[cfg.kind]
+    cls = _family(cfg)
+    tokenizer = _tokenizer(cfg, cls, tokenizer)
     if cfg.name_or_path:
-        _check_saved_settings(cfg, cls)
-        tokenizer = _pretrained_tokenizer(cfg, tokenizer)
         extra = {"num_labels": 1} if cls is CrossEncoderReranker else {}
         # dtype: transformers 5 defaults to "auto" (a bf16 checkpoint would load as bf16); trainable weights stay fp32.
         model = cls.auto_class.from_pretrained(cfg.name_or_path, dtype=torch.float32, **extra)
     else:
-        if cfg.tokenizer_path:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
-        if tokenizer is None:
-            raise ValueError(
-                "reranker: building from reranker.model_config needs a tokenizer (it sets the vocabulary size): "
-                "set reranker.tokenizer_path or pass tokenizer= to build_reranker"
-            )
         model = cls.auto_class.from_config(_scratch_config(cfg, cls, tokenizer))
     # Every pair (cross-encoder) or text (bi-encoder) is cut to max_tokens; it must fit the model's positions.
     check_budget("reranker", {"reranker.max_tokens": cfg.max_tokens}, position_limit(model.config))
@@ -244,6 +241,41 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     # from_pretrained returns eval mode and from_config train mode; one mode for both, so that building twice
     # gives the same scores. The training recipe calls .train().
     return reranker.eval()
+
+
+def build_reranker_inputs(cfg: RerankerSection, tokenizer: Any = None) -> RerankerInputs:
+    """The reranker's input builder (gr_train.inputs) without the model: the tokenizer build_reranker(cfg,
+    tokenizer) would use and the same checks (saved settings, reranker.max_tokens against the position limit of
+    the model's config), so its tokenize gives the same ids; no weights are loaded and no modeling code is imported
+    (models.build_inputs). Raises ValueError as build_reranker does."""
+    cls = _family(cfg)
+    tokenizer = _tokenizer(cfg, cls, tokenizer)
+    config = AutoConfig.from_pretrained(cfg.name_or_path) if cfg.name_or_path else _scratch_config(cfg, cls, tokenizer)
+    check_budget("reranker", {"reranker.max_tokens": cfg.max_tokens}, position_limit(config))
+    if cls is RankT5Reranker:
+        cls.checked_score_token(cfg, tokenizer, config)
+    return RERANKER_INPUTS[cls.kind](tokenizer, cfg.max_tokens)
+
+
+def _family(cfg: RerankerSection) -> type[Reranker]:
+    if cfg.kind not in RERANKERS:
+        raise ValueError(f"reranker.kind: unknown '{cfg.kind}' ({' | '.join(RERANKERS)})")
+    return RERANKERS[cfg.kind]
+
+
+def _tokenizer(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any) -> Any:
+    """The tokenizer of build_reranker's rules; a saved folder's settings checked against cfg on the way."""
+    if cfg.name_or_path:
+        _check_saved_settings(cfg, cls)
+        return _pretrained_tokenizer(cfg, tokenizer)
+    if cfg.tokenizer_path:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path)
+    if tokenizer is None:
+        raise ValueError(
+            "reranker: building from reranker.model_config needs a tokenizer (it sets the vocabulary size): "
+            "set reranker.tokenizer_path or pass tokenizer= to build_reranker"
+        )
+    return tokenizer
 
 
 def _check_saved_settings(cfg: RerankerSection, cls: type[Reranker]) -> None:

@@ -124,3 +124,46 @@ def test_recipe_logs_the_truncation_counts():
     reader.tokenize(["who is the author of the book on tides?"], [[("Book", "by bob")]], ["bob"])
     recipe = SimpleNamespace(runtime=LocalRuntime(load_config()), reader=reader)
     assert train.truncation_scalars(recipe) == {"reader/truncated_passages_without_text": 1.0}
+
+
+def _reader_pair(kind, **kw):
+    from gr_train.models import READERS
+
+    cfg = ReaderSection(kind=kind, **kw)
+    tok = synthetic.build_tokenizer(SyntheticSection()) if kind == "demo_fid" else None
+    return lambda: build_reader(cfg, tok), lambda: READERS[kind].build_inputs(cfg, tok)
+
+
+def _reranker_pair(**kw):
+    from gr_train.reranker import build_reranker_inputs
+
+    cfg = RerankerSection(**kw)
+    tok = byte_level_tokenizer()
+    return lambda: build_reranker(cfg, tok), lambda: build_reranker_inputs(cfg, tok)
+
+
+BUDGET_ERRORS = {
+    "causal_lm positions": (lambda: _reader_pair("causal_lm", model_config={"model_type": "llama",
+                            "max_position_embeddings": 64}, passage_max_tokens=48, answer_max_tokens=8),
+                            r"= 75 positions > the model's max_position_embeddings \(64\)"),
+    "fid_t5 template": (lambda: _reader_pair("fid_t5", passage_max_tokens=24),
+                        r"reader.passage_max_tokens \(24\) leaves no passage text"),
+    "demo_fid answer": (lambda: _reader_pair("demo_fid", answer_max_tokens=15),
+                        r"reader.answer_max_tokens \(15\) \+ \[BOS\] \+ \[ANS\] \(2\) > the demo"),
+    "cross_encoder positions": (lambda: _reranker_pair(kind="cross_encoder", max_tokens=64,
+                                                       model_config={"max_position_embeddings": 32}),
+                                r"reranker.max_tokens \(64\) = 64 positions > the model's max_position_embeddings"),
+    "rankt5 score token": (lambda: _reranker_pair(kind="rankt5", score_token="<extra_id_10>"),
+                           r"reranker.score_token: the tokenizer has no token '<extra_id_10>'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUDGET_ERRORS))
+def test_the_input_builders_alone_refuse_what_the_models_refuse(case):
+    """models.build_inputs (the preprocessing workers, no model) checks the budgets and settings from the models'
+    configs: the same error, in the same words, as building the model."""
+    make, match = BUDGET_ERRORS[case]
+    build_model, build_inputs = make()
+    for build in (build_model, build_inputs):
+        with pytest.raises(ValueError, match=match):
+            build()
