@@ -5,7 +5,7 @@ over the same file, in one run (BENCHMARKS.md, "Preprocessing the demo's questio
 
 Every path does the same work per question: parse and validate the JSON line, keep its own candidates
 (preprocess.candidates=input), tokenize for the demo reranker and the demo reader with tokenizers only
-(ray_jobs.preprocess.Tokenizer: meta-device models), build the Arrow rows and write Parquet. rows/s = questions
+(ray_jobs.preprocess.Tokenizer: models.build_inputs, no model), build the Arrow rows and write Parquet. rows/s = questions
 written / wall seconds of the job: for Ray, `ray_jobs.preprocess.run` on an already started local Ray (its workers'
 start-up, imports and tokenizer builds included; Ray's own start is reported apart); for the loop, from reading the
 file to the last Parquet file (its one tokenizer build included, the interpreter's imports not). The three paths

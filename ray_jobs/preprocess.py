@@ -6,8 +6,8 @@ Parquet shards with a schema version and provenance; bad records go to rejects.j
 
 Reads `cfg.preprocess` and `cfg.retrieval` (with preprocess.candidates=retrieve the index must exist:
 ray_jobs.build_index; with preprocess.candidates=input each question keeps the candidates it came with, as the
-demo's data). Workers tokenize with the models' tokenizers only: the models are built on the meta device, so no
-worker holds (or initialises) weights. Writes to preprocess.output_dir: part-<first input position>.parquet (about
+demo's data). Workers tokenize with the models' tokenizers only (models.build_inputs): no worker builds a model,
+reads weights or imports modeling code. Writes to preprocess.output_dir: part-<first input position>.parquet (about
 4 per worker, each at most preprocess.rows_per_file questions, written by its worker atomically;
 data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads it), rejects.jsonl, config.yaml,
 manifest.json (counts, config hash, index version). Every input record is either written or rejected: the job
@@ -186,26 +186,18 @@ def token_columns(prefix: str, inputs: dict) -> dict[str, list]:
 
 
 class Tokenizer:
-    """The configured reranker's and reader's `tokenize` over output rows, with tokenizers only.
+    """The configured reranker's and reader's token ids for output rows, from their tokenizers alone.
 
-    The models are built once per worker by models.build_models (so the token ids are exactly those training
-    computes: same tokenizers, templates and lengths) but on the meta device: parameters have shapes and no
-    storage, so no weights are initialised or held (a folder's weights are read as a no-op copy, or memory-mapped
-    by transformers without being touched). `tokenize` needs only the tokenizers and the models' configs.
+    models.build_inputs gives the input builders of the very models training builds (same tokenizers, templates,
+    length budgets and checks), so the ids are exactly those training computes; but no model is built, no weights
+    are read and no modeling code is imported, so a worker starts in the time of its tokenizers.
     """
 
     def __init__(self, cfg: RunConfig):
-        import warnings
-
-        import torch
-
-        from gr_train.models import build_models
+        from gr_train.models import build_inputs
 
         self.cfg = cfg
-        with torch.device("meta"), warnings.catch_warnings():
-            # "copying from a non-meta parameter ... to a meta parameter ... is a no-op": the point here
-            warnings.filterwarnings("ignore", message=".*meta parameter.*")
-            self.reader, self.reranker = build_models(cfg)
+        self.reader, self.reranker = build_inputs(cfg)
 
     def __call__(self, rows: list[dict]) -> dict[str, list]:
         questions = [r["question"] for r in rows]

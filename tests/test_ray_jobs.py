@@ -465,35 +465,104 @@ def test_input_candidates_keep_each_questions_own_passages(tmp_path):
     assert parse_row(read_question_items(str(path), "auto")[0], "auto", str(path))["record"].find("ctxs") == -1
 
 
-@pytest.mark.parametrize("kind", ["demo", "cross_encoder"])
-def test_preprocess_tokenizer_holds_no_weights_and_matches_the_models(kind):
-    """The Ray Data workers' Tokenizer builds the models on the meta device (no weights anywhere) and writes the
-    token ids the real models' tokenize gives."""
+TINY_BERT = ("{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, "
+             "max_position_embeddings: 64}")
+WORDS = ["query document question title context who wrote the harbour was born in"]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny readers and rerankers of every family saved as HF folders (what a user points name_or_path at)."""
+    from gr_train.config import ReaderSection, RerankerSection
+    from gr_train.models import build_reader
+    from gr_train.reranker import build_reranker, build_word_tokenizer
+
+    root = tmp_path_factory.mktemp("saved")
+    folders = {}
+    for name, reader_cfg, tok in [
+        ("fid_t5", ReaderSection(kind="fid_t5", model_config={"d_model": 16, "num_layers": 1}),
+         build_word_tokenizer(WORDS, "t5")),
+        ("causal_lm", ReaderSection(kind="causal_lm", model_config={"model_type": "llama"}), None),
+    ]:
+        reader = build_reader(reader_cfg, tok)
+        reader.model.save_pretrained(root / name)
+        reader.tokenizer.save_pretrained(root / name)
+        folders[name] = root / name
+    for kind, style in [("rankt5", "t5"), ("cross_encoder", "bert"), ("bi_encoder", "bert")]:
+        model_config = {"d_model": 16, "num_layers": 1} if kind == "rankt5" else {
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+        build_reranker(RerankerSection(kind=kind, model_config=model_config),
+                       build_word_tokenizer(WORDS, style)).save(root / kind)
+        folders[kind] = root / kind
+    from gr_train.demo import SHIPPED_READER
+
+    return {**folders, "demo": Path(SHIPPED_READER)}
+
+
+# Every reader family with a reranker kind, from folders and from configs (demo.yaml's defaults otherwise).
+TOKENIZER_CASES = {
+    "demo folder, bi-encoder from config": lambda m: [f"reader.name_or_path={m['demo']}"],
+    "demo from config, cross-encoder from config": lambda m: [
+        "reader.name_or_path=null", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
+        "reranker.kind=cross_encoder", f"reranker.model_config={TINY_BERT}"],
+    "fid_t5 folder, rankt5 folder": lambda m: [
+        "reader.kind=fid_t5", f"reader.name_or_path={m['fid_t5']}", "reader.passage_max_tokens=24",
+        "reranker.kind=rankt5", f"reranker.name_or_path={m['rankt5']}"],
+    "causal_lm folder, cross-encoder folder": lambda m: [
+        "reader.kind=causal_lm", f"reader.name_or_path={m['causal_lm']}", "reader.passage_max_tokens=24",
+        "reader.answer_eos=false", "reranker.kind=cross_encoder", f"reranker.name_or_path={m['cross_encoder']}"],
+    "causal_lm from config, bi-encoder folder": lambda m: [
+        "reader.kind=causal_lm", "reader.name_or_path=null", "reader.model_config={model_type: llama}",
+        "reader.passage_max_tokens=24",
+        "reader.prompt_max_tokens=30", f"reranker.name_or_path={m['bi_encoder']}"],
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_CASES))
+def test_preprocess_tokenizer_builds_no_model_and_matches_the_models(case, saved_models):
+    """The Ray Data workers' Tokenizer holds the models' input builders only (no module, no weights) and writes
+    exactly the token ids the real models' tokenize gives, for every reader family and reranker kind."""
     import torch
 
     from gr_train import synthetic
-    from gr_train.demo import SHIPPED_READER
     from gr_train.models import build_models
     from ray_jobs.preprocess import Tokenizer, token_columns
 
-    overrides = [f"reader.name_or_path={SHIPPED_READER}"] if kind == "demo" else [
-        "reranker.kind=cross_encoder", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
-        "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
-        "intermediate_size: 64, max_position_embeddings: 32}"]
-    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    cfg = load_config(REPO / "configs" / "demo.yaml", TOKENIZER_CASES[case](saved_models))
     tok = Tokenizer(cfg)
-    params = [*tok.reader.parameters(), *tok.reranker.parameters()]
-    assert params and all(p.is_meta for p in params)
+    assert not isinstance(tok.reader, torch.nn.Module) and not isinstance(tok.reranker, torch.nn.Module)
     records = synthetic.generate(cfg.synthetic, 40, seed=3)
     rows = [{"question": r.question, "answers": r.answers, "target": r.target,
              "ctxs": [{"title": c.title, "text": c.text} for c in r.ctxs]} for r in records]
-    torch.manual_seed(0)
     reader, reranker = build_models(cfg)
     questions = [r.question for r in records]
     passages = [[(c.title, c.text) for c in r.ctxs] for r in records]
     expected = {**token_columns("reader", reader.tokenize(questions, passages, [r.answers[0] for r in records])),
                 **token_columns("reranker", reranker.tokenize(questions, passages))}
-    assert tok(rows) == expected
+    got = tok(rows)
+    assert sorted(got) == sorted(expected) and got == expected
+    assert dict(tok.reader.truncations.counts) == dict(reader.truncations.counts)
+
+
+def test_preprocess_tokenizer_imports_no_modeling_code(saved_models):
+    """A worker's Tokenizer loads tokenizers and configs only: transformers' modeling code (PreTrainedModel and the
+    architectures, seconds to import: the larger part of a worker's start) is never imported, for HF folders of
+    every family either."""
+    script = f"""
+import sys
+from gr_train.config import load_config
+from ray_jobs.preprocess import Tokenizer
+for overrides in {[TOKENIZER_CASES[c](saved_models) for c in TOKENIZER_CASES]!r}:
+    tok = Tokenizer(load_config({str(REPO / "configs" / "demo.yaml")!r}, overrides))
+    tok([{{"question": "who wrote it", "answers": ["ann"], "target": None, "ctxs": [{{"title": "t", "text": "x"}}]}}])
+# PreTrainedModel and every architecture's modeling file (the auto classes' name tables are light and allowed)
+print(sorted(m for m in sys.modules if m == "transformers.modeling_utils"
+             or (m.startswith("transformers.models.") and ".modeling_" in m and ".auto." not in m)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray_local):
