@@ -5,11 +5,13 @@ over the same file, in one run (BENCHMARKS.md, "Preprocessing the demo's questio
 
 Every path does the same work per question: parse and validate the JSON line, keep its own candidates
 (preprocess.candidates=input), tokenize for the demo reranker and the demo reader with tokenizers only
-(ray_jobs.preprocess.Tokenizer: models.build_inputs, no model), build the Arrow rows and write Parquet. rows/s = questions
-written / wall seconds of the job: for Ray, `ray_jobs.preprocess.run` on an already started local Ray (its workers'
-start-up, imports and tokenizer builds included; Ray's own start is reported apart); for the loop, from reading the
-file to the last Parquet file (its one tokenizer build included, the interpreter's imports not). The three paths
-run --repeats times, interleaved; result.json has every run, the medians and the ratios within each run.
+(ray_jobs.preprocess.Tokenizer: models.build_inputs, no model), build the Arrow rows and write Parquet. rows/s =
+questions written / wall seconds of the job: for Ray, `ray_jobs.preprocess.run` on an already started local Ray (its
+workers' start-up, imports and tokenizer builds included; Ray's own start is reported apart); for the loop, from
+reading the file to the last Parquet file (its one tokenizer build included, the interpreter's imports not). The
+three paths run --repeats times, interleaved; result.json has every run, the medians and the ratios within each run.
+Each run also times a worker's start alone (importing ray_jobs.preprocess and building its Tokenizer in a fresh
+interpreter) and, for each Ray job, the CPU seconds every process on the machine spent on it, by kind (CpuMeter).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,91 @@ def single_process(cfg, out: Path) -> dict:
             tables = []
     wall = time.perf_counter() - t0
     return {"written": written, "wall_s": round(wall, 2), "rows_per_s": round(written / wall, 1)}
+
+
+WORKER_START = """
+import json, sys, time
+t0 = time.perf_counter()
+from gr_train.config import load_config
+from ray_jobs.preprocess import Tokenizer
+t1 = time.perf_counter()
+Tokenizer(load_config(sys.argv[1], sys.argv[2:]))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": round(t1 - t0, 2), "tokenizer_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2)}))
+"""
+
+
+def worker_start(overrides: list[str]) -> dict:
+    """What a preprocessing worker pays before its first question, in a fresh interpreter: importing
+    ray_jobs.preprocess and building its Tokenizer (Ray's own process start not included)."""
+    out = subprocess.run([sys.executable, "-c", WORKER_START, str(REPO / "configs" / "demo.yaml"), *overrides],
+                         capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by every process on the machine while the block runs, by kind: Ray's
+    workers by their task or actor name (ray::MapWorker(...), ray::IDLE), Ray's daemons by name (raylet,
+    gcs_server, ...), this process as "driver (Ray Data's executor)". Sampled every 0.5 s with psutil, so a worker
+    that exits between samples loses at most its last half second."""
+
+    def __init__(self):
+        self.seen: dict[tuple, list] = {}  # (pid, create time) → [kind, cpu s at the first sample, at the last]
+        self.kinds: dict[str, float] = {}
+
+    def _kind(self, proc) -> str:
+        if proc.pid == os.getpid():
+            return "driver (Ray Data's executor)"
+        try:
+            words = proc.cmdline()
+        except Exception:
+            words = []
+        if words and words[0].startswith("ray::"):
+            return words[0]
+        for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env"):
+            if any(daemon in w for w in words):
+                return daemon
+        return proc.name()
+
+    def _sample(self) -> None:
+        import psutil
+
+        for proc in psutil.process_iter():
+            try:
+                t = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+                if key in self.seen:
+                    self.seen[key][1:] = [self.seen[key][1], t.user + t.system]
+                    self.seen[key][0] = self._kind(proc)  # ray::IDLE becomes ray::MapWorker(...)
+                else:
+                    self.seen[key] = [self._kind(proc), t.user + t.system, t.user + t.system]
+            except Exception:  # the process ended or is not ours to read
+                continue
+
+    def __enter__(self):
+        import threading
+
+        self._sample()
+        self.before = {key: v[2] for key, v in self.seen.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        kinds: dict[str, float] = {}
+        for key, (kind, _, last) in self.seen.items():
+            kinds[kind] = kinds.get(kind, 0.0) + last - self.before.get(key, 0.0)
+        self.kinds = {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v >= 0.3}
+        return False
 
 
 def main() -> None:
@@ -93,12 +181,14 @@ def main() -> None:
         from ray_jobs import preprocess
 
         for repeat in range(args.repeats):  # the three paths interleaved, so that the machine's drift hits each
-            run = {"single_process": single_process(config("loop", 1), out / "loop")}
+            run = {"worker_start": worker_start([f"reader.name_or_path={SHIPPED_READER}"]),
+                   "single_process": single_process(config("loop", 1), out / "loop")}
             for workers in (1, 2):
-                s = preprocess.run(config(f"ray{workers}", workers), progress=False)
+                with CpuMeter() as cpu:
+                    s = preprocess.run(config(f"ray{workers}", workers), progress=False)
                 run[f"ray_{workers}_workers"] = {"written": s["written"], "wall_s": s["wall_s"],
                                                  "rows_per_s": round(s["written"] / s["wall_s"], 1),
-                                                 "phase_s": s["phase_s"]}
+                                                 "phase_s": s["phase_s"], "cpu_s": cpu.kinds}
             run["ratio_2_over_1_workers"] = round(run["ray_2_workers"]["rows_per_s"]
                                                   / run["ray_1_workers"]["rows_per_s"], 2)
             run["ratio_1_worker_over_loop"] = round(run["ray_1_workers"]["rows_per_s"]
@@ -107,6 +197,7 @@ def main() -> None:
             print(f"repeat {repeat}: " + json.dumps(run), flush=True)
     for key in ("ratio_2_over_1_workers", "ratio_1_worker_over_loop"):
         result[f"median_{key}"] = statistics.median(r[key] for r in result["runs"])
+    result["median_worker_start_s"] = statistics.median(r["worker_start"]["total_s"] for r in result["runs"])
     for path in ("single_process", "ray_1_workers", "ray_2_workers"):
         result[f"median_{path}_rows_per_s"] = statistics.median(r[path]["rows_per_s"] for r in result["runs"])
     result["load_after"] = os.getloadavg()
