@@ -210,14 +210,26 @@ class Tokenizer:
         return cols
 
 
+def list_depth(values: list) -> int:
+    """Nesting depth of a token column, the row level counted ([[1, 2], [3]] → 2). At each level the first non-empty
+    list is read, so an empty first row or passage does not hide a level; a level of empty lists only (no ids under
+    it anywhere) counts as the int lists it stands for."""
+    depth, level = 0, values
+    while isinstance(level, list):
+        depth += 1
+        inner = next((v for v in level if not isinstance(v, list) or v), None)
+        if inner is None:
+            return depth + (1 if level else 0)  # only empty lists (int lists without ids), or no rows at all
+        level = inner
+    return depth
+
+
 def to_table(rows: list[dict], tokens: dict[str, list] | None) -> pa.Table:
+    """The output rows (BASE_SCHEMA) with one int32 list column per token column, nested as deep as its values."""
     table = pa.Table.from_pylist(rows, schema=BASE_SCHEMA)
     for name, values in (tokens or {}).items():
-        depth, probe = 0, values
-        while isinstance(probe, list) and probe:
-            depth, probe = depth + 1, probe[0]
         typ = pa.int32()
-        for _ in range(depth - 1):  # depth counts the row level too
+        for _ in range(list_depth(values) - 1):  # the depth counts the row level too
             typ = pa.list_(typ)
         table = table.append_column(name, pa.array(values, type=typ))
     return table

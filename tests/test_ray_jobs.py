@@ -420,6 +420,33 @@ def test_token_columns_drop_padding():
     assert table.column("reranker_input_ids").to_pylist() == [[[5, 6], [7]]]
 
 
+@pytest.mark.parametrize("values, depth", [
+    ([[1, 2], [3]], 2),
+    ([[], [3]], 2),  # an empty first row (a target cut to nothing)
+    ([[], []], 2),  # no ids in any row: still one list per row
+    ([[[5, 6], [7]]], 3),
+    ([[], [[5], [7]]], 3),  # the first row has no passages
+    ([[[], [7]], [[5]]], 3),  # the first passage is empty
+    ([[[], []]], 3),
+])
+def test_token_column_depth_is_read_past_empty_lists(values, depth):
+    """A token column's nesting comes from its first non-empty lists, not its first element; the column is stored
+    with that type and reads back as it was written."""
+    import pyarrow as pa
+
+    from ray_jobs.preprocess import list_depth, to_table
+
+    assert list_depth(values) == depth
+    row = {"id": "q", "question": "?", "answers": ["a"], "target": None, "ctxs": [], "schema_version": 2,
+           "config_hash": "h", "index_version": "v", "input_index": 0}
+    table = to_table([dict(row, input_index=i) for i in range(len(values))], {"reader_labels": values})
+    expected = pa.int32()
+    for _ in range(depth - 1):
+        expected = pa.list_(expected)
+    assert table.schema.field("reader_labels").type == expected
+    assert table.column("reader_labels").to_pylist() == values
+
+
 def test_load_parquet_restores_the_input_order_when_the_shards_swapped_blocks(tmp_path):
     """Under load the Ray job has written one batch's block after the next one's, despite preserve_order (the demo's
     shards: rows 439-502 after 503-566). Every row carries input_index; load_parquet reads the input order back."""
