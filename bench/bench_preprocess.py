@@ -83,47 +83,49 @@ def worker_start(overrides: list[str]) -> dict:
 class CpuMeter:
     """CPU seconds (user + system) spent by every process on the machine while the block runs, by kind: Ray's
     workers by their task or actor name (ray::MapWorker(...), ray::IDLE), Ray's daemons by name (raylet,
-    gcs_server, ...), this process as "driver (Ray Data's executor)". Sampled every 0.5 s with psutil, so a worker
-    that exits between samples loses at most its last half second."""
+    gcs_server, ...), this process as "driver (Ray Data's executor)" (the sampling itself included). Sampled every
+    0.5 s with psutil, so a worker that exits between samples loses at most its last half second."""
 
     def __init__(self):
-        self.seen: dict[tuple, list] = {}  # (pid, create time) → [kind, cpu s at the first sample, at the last]
+        self.cpu: dict = {}  # psutil.Process → cpu s at its last sample
+        self.kind: dict = {}  # psutil.Process → its kind when it last used CPU (ray::IDLE becomes ray::MapWorker)
         self.kinds: dict[str, float] = {}
 
-    def _kind(self, proc) -> str:
+    @staticmethod
+    def _kind(proc) -> str:
         if proc.pid == os.getpid():
             return "driver (Ray Data's executor)"
         try:
             words = proc.cmdline()
-        except Exception:
+        except Exception:  # ended, or not ours to read
             words = []
         if words and words[0].startswith("ray::"):
             return words[0]
         for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env"):
             if any(daemon in w for w in words):
                 return daemon
-        return proc.name()
+        try:
+            return proc.name()
+        except Exception:
+            return "ended"
 
     def _sample(self) -> None:
         import psutil
 
-        for proc in psutil.process_iter():
+        for proc in psutil.process_iter():  # the same Process object per (pid, start time) across calls
             try:
                 t = proc.cpu_times()
-                key = (proc.pid, proc.create_time())
-                if key in self.seen:
-                    self.seen[key][1:] = [self.seen[key][1], t.user + t.system]
-                    self.seen[key][0] = self._kind(proc)  # ray::IDLE becomes ray::MapWorker(...)
-                else:
-                    self.seen[key] = [self._kind(proc), t.user + t.system, t.user + t.system]
             except Exception:  # the process ended or is not ours to read
                 continue
+            if self.cpu.get(proc) != t.user + t.system:  # new or busy: (re)name it while it is alive
+                self.kind[proc] = self._kind(proc)
+            self.cpu[proc] = t.user + t.system
 
     def __enter__(self):
         import threading
 
         self._sample()
-        self.before = {key: v[2] for key, v in self.seen.items()}
+        self.before = dict(self.cpu)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -138,8 +140,9 @@ class CpuMeter:
         self._thread.join()
         self._sample()
         kinds: dict[str, float] = {}
-        for key, (kind, _, last) in self.seen.items():
-            kinds[kind] = kinds.get(kind, 0.0) + last - self.before.get(key, 0.0)
+        for proc, last in self.cpu.items():
+            kind = self.kind[proc]
+            kinds[kind] = kinds.get(kind, 0.0) + last - self.before.get(proc, 0.0)
         self.kinds = {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v >= 0.3}
         return False
 
