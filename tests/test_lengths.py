@@ -160,7 +160,8 @@ BUDGET_ERRORS = {
 
 @pytest.mark.parametrize("case", list(BUDGET_ERRORS))
 def test_the_input_builders_alone_refuse_what_the_models_refuse(case):
-    """models.build_inputs (the preprocessing workers, no model) checks the budgets and settings from the models'
+    """The input builders alone (each reader family's build_inputs and reranker.build_reranker_inputs, what
+    models.build_inputs calls for the preprocessing workers) check the budgets and settings from the models'
     configs: the same error, in the same words, as building the model."""
     make, match = BUDGET_ERRORS[case]
     build_model, build_inputs = make()

@@ -6,8 +6,8 @@ import torch
 from gr_train.config import ConfigError, load_config
 from gr_train.data import Record
 from gr_train.evaluate import answer_metrics
-from gr_train.models import build_reader
 from gr_train.inputs import query_prompts
+from gr_train.models import build_reader
 from gr_train.reader import byte_level_tokenizer, extract_answer
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
