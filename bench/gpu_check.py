@@ -11,7 +11,9 @@ Readers (random weights, built from configs with the byte-level tokenizer, so no
   fid_t5  T5-large's shape (d_model 1024, 24 + 24 layers, 16 heads, d_ff 4096), as Intel/fid_t5_large_nq: 0.7B.
 Per reader, the fp32-initialised model is saved once as an HF folder in bf16 (the reload must come back in the
 configured dtype, fp32 or bf16, whatever the folder holds); then per attention implementation (eager, sdpa):
-  1. fp32 reference: the folder loaded with reader.dtype=fp32; d(answer loss)/d(log M) for a fixed batch and mask;
+  1. fp32 reference: the folder loaded with reader.dtype=fp32 and eager attention (the same math; on CUDA the
+     memory-efficient SDPA kernel's fp32 backward with a mask that needs a gradient fails: "LSE is not correctly
+     aligned"); d(answer loss)/d(log M) for a fixed batch and mask;
   2. the engine: ZeRO-3 (runtime.engine=deepspeed, precision bf16, reader built under zero.Init) when CUDA is there
      and deepspeed imports, else the local engine with reader.dtype=bf16 (the JSON says which, and why); the same
      gradient in bf16, which must be finite with a relative L2 error to fp32 <= TOL; then `--steps` timed G-Rerank
@@ -20,7 +22,8 @@ configured dtype, fp32 or bf16, whatever the folder holds); then per attention i
 Output, one JSON object per case: reader parameters, engine, dtype, mask-gradient error and tolerance, reader tokens
 per second (passage + prompt + target tokens of a step / median step time), peak memory (CUDA: max allocated; CPU:
 peak RSS of the process so far), then a hard top-k evaluation (evaluate.evaluate) on the same device: its recall,
-hard top-k loss, or the error it raised; ok. Exit status 1 when any case is not ok.
+hard top-k loss, or the error it raised; ok. A case that raises is one JSON object with its error, not ok, and
+the next case runs. Exit status 1 when any case is not ok.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     recs = records(size["B"], size["n"])
 
     torch.manual_seed(0)
-    ref_cfg = load_config(None, [*overrides, "reader.dtype=fp32"])
+    ref_cfg = load_config(None, [*overrides, "reader.dtype=fp32", "reader.attn_implementation=eager"])
     ref_reader, ref_reranker = build_models(ref_cfg)
     ref_reader.to(device)
     ref_loss, ref_grad = mask_gradient(ref_reader, objectives.collate(recs, size["n"], ref_reranker, ref_reader,
@@ -119,9 +122,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     runtime = build_runtime(cfg)
     reader, reranker = build_models(cfg, runtime)
     reranker.train()
-    runtime.prepare(reranker, frozen=reader)
-    if engine == "local":
-        reader.to(device), reranker.to(device)
+    runtime.prepare(reranker, frozen=reader)  # places both on the runtime's device
     batch = objectives.collate(recs, size["n"], reranker, reader, device=device)
     loss, grad = mask_gradient(reader, batch)
     reranker.zero_grad(set_to_none=True)
@@ -211,8 +212,14 @@ def main() -> None:
             del reader
             for attn in args.attn:
                 for ckpt in args.checkpointing:
-                    row = run_case(name, spec, folder, attn, engine, size, device, Path(tmp) / f"{name}-{attn}-{ckpt}",
-                                   ckpt)
+                    try:
+                        row = run_case(name, spec, folder, attn, engine, size, device,
+                                       Path(tmp) / f"{name}-{attn}-{ckpt}", ckpt)
+                    except Exception as e:  # recorded; the other cases still run
+                        row = {"reader": name, "attn": attn, "engine": engine, "reader_checkpointing": ckpt,
+                               "error": f"{type(e).__name__}: {e}"[:500], "ok": False}
+                        if cuda:
+                            torch.cuda.empty_cache()
                     row.update(engine_reason=why, sizes="tiny" if tiny else "full", **size)
                     results.append(row)
                     print(json.dumps(row), flush=True)

@@ -8,7 +8,10 @@ cast to the reader's dtype with `to_attention_dtype`. Keys that must get no atte
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def neg_bias(dtype: torch.dtype = torch.float32) -> float:
@@ -118,3 +121,26 @@ def fused_bias(log_M: torch.Tensor, token_mask: torch.Tensor, query_mask: torch.
         full[:, i * L : (i + 1) * L, i * L : (i + 1) * L] = within[:, i]
     query_rows = answer_bias(passage_key_bias(log_M, token_mask), query_mask)[:, 0]  # [B, T, S + T]
     return torch.cat([full[:, :S], query_rows], dim=1).unsqueeze(1)
+
+
+def bias_grad_kernels(bias: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The SDPA kernels for a pass whose attention bias [.., Q, K] needs a gradient (training through the mask).
+
+    On CUDA the memory-efficient kernel's backward refuses a bias that needs a gradient when the query, key and
+    value do not (the frozen reader's first layer): RuntimeError "LSE is not correctly aligned (strideH)", seen on
+    an H200 with torch 2.11 (BENCHMARKS.md, GPU readiness). There the math kernel, the reference implementation
+    (same values, more memory: the [Q, K] scores are kept), is the only one allowed; without a gradient, or off
+    CUDA, the default choice stays. Eager attention is unaffected."""
+    if bias.requires_grad and bias.device.type == "cuda":
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
+def enabled_sdpa_kernels() -> list[SDPBackend]:
+    """The SDPA kernels allowed now (what an enclosing `sdpa_kernel` context set), e.g. to recompute a
+    checkpointed layer in backward under the same choice as its forward."""
+    flags = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+             SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+             SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
+             SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled()}
+    return [k for k, on in flags.items() if on]

@@ -34,6 +34,7 @@ from transformers.cache_utils import DynamicLayer
 from gr_train.attention import (
     NEG_BIAS,
     answer_bias,
+    bias_grad_kernels,
     causal_bias,
     cross_attention_bias,
     fused_bias,
@@ -315,13 +316,15 @@ class FiDT5Reader(Reader):
 
     def _decoder_pass(self, states: FiDStates, inputs, log_M: torch.Tensor, **kwargs):
         """Teacher-forced decoder over the cached encoder states with log_M on passage i's keys → model output."""
-        return self.model(
-            encoder_outputs=(states.hidden,),
-            attention_mask=self._cross_bias(states, log_M),
-            decoder_input_ids=self._decoder_input_ids(inputs["labels"]),
-            use_cache=False,
-            **kwargs,
-        )
+        bias = self._cross_bias(states, log_M)
+        with bias_grad_kernels(bias):
+            return self.model(
+                encoder_outputs=(states.hidden,),
+                attention_mask=bias,
+                decoder_input_ids=self._decoder_input_ids(inputs["labels"]),
+                use_cache=False,
+                **kwargs,
+            )
 
     def answer_loss(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
@@ -528,15 +531,16 @@ class CausalLMReader(Reader):
     def _answer_pass(self, states: PassageCache, inputs, log_M: torch.Tensor, **kwargs):
         """The query ([prompt, target]) over the cached passages with log_M on passage i's keys → model output."""
         query_ids, query_mask = self._query(inputs)
-        bias = answer_bias(passage_key_bias(log_M, states.token_mask), query_mask)
-        return self.model(
-            input_ids=query_ids,
-            attention_mask=self._mask(bias),
-            position_ids=self._query_positions(query_mask, states.token_mask.shape[-1]),
-            cache=states.read_only_cache(),
-            use_cache=True,
-            **kwargs,
-        )
+        bias = self._mask(answer_bias(passage_key_bias(log_M, states.token_mask), query_mask))
+        with bias_grad_kernels(bias):
+            return self.model(
+                input_ids=query_ids,
+                attention_mask=bias,
+                position_ids=self._query_positions(query_mask, states.token_mask.shape[-1]),
+                cache=states.read_only_cache(),
+                use_cache=True,
+                **kwargs,
+            )
 
     def answer_loss(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
         return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
@@ -558,13 +562,15 @@ class CausalLMReader(Reader):
         positions = torch.cat(
             [torch.arange(L, device=ids.device).repeat(n).expand(B, n * L), self._query_positions(query_mask, L)], dim=1
         )
-        out = self.model(
-            input_ids=torch.cat([ids.view(B, n * L), query_ids], dim=1),
-            attention_mask=self._mask(fused_bias(log_M, mask, query_mask)),
-            position_ids=positions,
-            use_cache=False,
-            logits_to_keep=query_ids.shape[1],
-        )
+        bias = self._mask(fused_bias(log_M, mask, query_mask))
+        with bias_grad_kernels(bias):
+            out = self.model(
+                input_ids=torch.cat([ids.view(B, n * L), query_ids], dim=1),
+                attention_mask=bias,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=query_ids.shape[1],
+            )
         return token_mean_ce(self._target_logits(out.logits, inputs), inputs["labels"])
 
     @torch.no_grad()

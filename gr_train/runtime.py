@@ -21,6 +21,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.nn.attention import sdpa_kernel
+
+from gr_train.attention import enabled_sdpa_kernels
 
 
 @runtime_checkable
@@ -137,6 +140,17 @@ def skip_shm_allreduce_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def place(module: nn.Module, device: torch.device) -> None:
+    """Move `module`'s parameters and buffers to `device` as `module.to` does (on a GPU the Parameter objects are
+    kept), except parameters partitioned by ZeRO-3 (those with a `ds_id`), whose slices DeepSpeed places itself.
+
+    DeepSpeed moves the model it is given only when none of its parameters was built under zero.Init: with the
+    frozen reader partitioned, the reranker (built outside zero.Init) and every non-partitioned buffer (BERT's
+    position and token-type ids, rotary frequencies) would stay where they were built, on the CPU.
+    """
+    module._apply(lambda t: t if hasattr(t, "ds_id") else t.to(device))
+
+
 class _Engine:
     """What both engines share: `prepare`. Subclasses start their optimizer in `_start`."""
 
@@ -145,8 +159,11 @@ class _Engine:
     def prepare(self, module: nn.Module, frozen: nn.Module | None = None) -> None:
         """Give `module`'s trainable parameters (requires_grad True) to AdamW and its LR schedule; frozen ones never
         reach the optimizer. `frozen` is the frozen reader (None when the reader itself trains); with
-        runtime.reader_checkpointing its answer pass is checkpointed (Reader.answer_pass_layers). Raises
-        ValueError when `module` has no trainable parameter."""
+        runtime.reader_checkpointing its answer pass is checkpointed (Reader.answer_pass_layers). Both modules
+        are placed on `self.device` first (`place`). Raises ValueError when `module` has no trainable parameter."""
+        for m in (module, frozen):
+            if m is not None:
+                place(m, self.device)
         self.module, self.frozen = module, frozen
         self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not self.named:
@@ -544,7 +561,8 @@ def _partition_aware_load_state_dict(deepspeed):
 
 def checkpoint_answer_pass(reader) -> None:
     """Activation checkpointing for the reader's answer pass (reader.answer_pass_layers()): each layer keeps only
-    its inputs and recomputes its activations in backward (non-reentrant torch.utils.checkpoint), whatever the
+    its inputs and recomputes its activations in backward (non-reentrant torch.utils.checkpoint, under the SDPA
+    kernels its forward was allowed: attention.bias_grad_kernels), whatever the
     reader's train/eval mode (HF's own checkpointing only runs in train mode, which would turn dropout on in the
     frozen reader). Passage encoding runs under no_grad and is unaffected. ValueError for readers that refuse it.
     """
@@ -554,7 +572,10 @@ def checkpoint_answer_pass(reader) -> None:
         def checkpointed(*args, _forward: Callable = forward, **kwargs):
             if not torch.is_grad_enabled():
                 return _forward(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            kernels = enabled_sdpa_kernels()  # the recompute in backward uses the forward's SDPA kernels
+            return torch.utils.checkpoint.checkpoint(
+                _forward, *args, use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), sdpa_kernel(kernels)), **kwargs)
 
         layer.forward = checkpointed
 

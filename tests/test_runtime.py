@@ -172,3 +172,61 @@ def test_local_step_skips_a_requested_or_nonfinite_step_and_keeps_the_schedule()
     out = rt.step()
     assert out["train/step_skipped"] == 0.0 and math.isfinite(out["train/grad_norm"])
     assert not torch.equal(module.weight, before["weight"]) and rt.scheduler.last_epoch == 1
+
+
+def test_prepare_places_both_modules_on_the_runtime_device_and_keeps_the_optimizer_parameters(tmp_path):
+    """prepare moves the reranker and the frozen reader, buffers included (BERT's position and token-type ids), to
+    runtime.device, keeping the Parameter objects the optimizer holds. DeepSpeed moves neither when the reader was
+    built under zero.Init; on a GPU the reranker's CPU buffers then failed the first step (bench/gpu_check.py).
+    The meta device stands in for a GPU here."""
+    from gr_train.models import build_models
+
+    cfg = tiny_cfg(tmp_path)
+    reader, reranker = build_models(cfg)
+    assert any(True for _ in reranker.buffers()), "the test needs a reranker with buffers"
+    rt = runtime.LocalRuntime(cfg)
+    rt.device = torch.device("meta")
+    rt.prepare(reranker, frozen=reader)
+    for module in (reranker, reader):
+        assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+    held = {id(p) for group in rt.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in reranker.parameters() if p.requires_grad}
+
+
+def test_place_leaves_zero3_partitioned_parameters_to_deepspeed():
+    """A parameter with a ds_id (partitioned by zero.Init) is not moved; the others and every buffer are."""
+    module = torch.nn.BatchNorm1d(3)  # weight, bias; buffers running_mean, running_var, num_batches_tracked
+    module.weight.ds_id = 0
+    runtime.place(module, torch.device("meta"))
+    assert module.weight.device.type == "cpu" and module.bias.device.type == "meta"
+    assert {b.device.type for b in module.buffers()} == {"meta"}
+
+
+def test_checkpointed_layers_recompute_under_the_sdpa_kernels_of_their_forward():
+    """A checkpointed answer-pass layer is recomputed in backward, outside the forward's `sdpa_kernel` context
+    (attention.bias_grad_kernels allows only the math kernel when the mask needs a gradient on CUDA); the recompute
+    must use the same kernels, or the refused kernel runs there."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    seen = []
+
+    class Layer(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cuda.mem_efficient_sdp_enabled())
+            return x * x  # saves x: backward needs the recompute
+
+    class Reader:
+        layers = [Layer()]
+
+        def answer_pass_layers(self):
+            return self.layers
+
+    reader = Reader()
+    runtime.checkpoint_answer_pass(reader)
+    x = torch.ones(3, requires_grad=True)
+    with sdpa_kernel([SDPBackend.MATH]):
+        y = reader.layers[0](x).sum()
+    assert torch.backends.cuda.mem_efficient_sdp_enabled()  # the context is over
+    y.backward()
+    assert seen == [False, False]  # forward, then the recompute in backward
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
