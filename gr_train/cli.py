@@ -194,7 +194,7 @@ def cmd_reader_report(args) -> None:
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     torch.manual_seed(cfg.run.seed)
-    reader = build_reader(cfg.reader)
+    reader = build_reader(cfg.reader).to(cfg.run.device)
     reports = {f: reader_report(reader, records, cfg, cfg.run.progress) for f, records in data.items()}
     out = Path(args.out or Path(cfg.run.run_dir) / "reader_report")
     write_json(out / "reader_report.json", reports)

@@ -455,6 +455,13 @@ def _check_literals(cfg: RunConfig) -> None:
 def validate(cfg: RunConfig) -> None:
     """Allowed values of the Literal-typed keys, and cross-field checks that types alone cannot express."""
     _check_literals(cfg)
+    if cfg.run.device != "cpu":
+        import torch
+
+        try:
+            torch.device(cfg.run.device)
+        except RuntimeError as e:
+            raise ConfigError(f"run.device: {cfg.run.device!r} is not a torch device ({e})") from None
     g = cfg.gumbel
     if g.k < 1:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")

@@ -64,7 +64,8 @@ def _trains_reranker(cfg: RunConfig) -> bool:
 def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]:
     """(reader, reranker or None when the objective trains the reader alone: objective.name=reader). The demo's
     word-level tokenizer is built when no model names one. With a runtime, the reader is built inside its
-    partitioned_init() (ZeRO-3: no rank holds the whole reader). The reader's dtype: reader.dtype, else
+    partitioned_init() (ZeRO-3: no rank holds the whole reader) and `runtime.prepare` places both; without one
+    (evaluation, reports), both are moved to run.device. The reader's dtype: reader.dtype, else
     runtime.precision. Seeds are the caller's job (train.setup seeds before building)."""
     tokenizer = _demo_tokenizer(cfg)
     # The reader's dtype is the config's: reader.dtype, else runtime.precision (fp32 under the local engine).
@@ -74,6 +75,10 @@ def build_models(cfg: RunConfig, runtime=None) -> tuple[Reader, Reranker | None]
     reranker = None
     if _trains_reranker(cfg):
         reranker = build_reranker(cfg.reranker, _reranker_tokenizer(cfg, reader.tokenizer))
+    if runtime is None:
+        for model in (reader, reranker):
+            if model is not None:
+                model.to(cfg.run.device)
     return reader, reranker
 
 

@@ -124,7 +124,8 @@ def _tune_reader(cfg: RunConfig, prepared: dict, root: Path) -> dict:
     for name, (dcfg, _, _) in prepared.items():
         if name not in before:
             torch.manual_seed(dcfg.run.seed)
-            report = reader_report(build_reader(dcfg.reader), load_any(dcfg.data.dev_path), dcfg, dcfg.run.progress)
+            reader = build_reader(dcfg.reader).to(dcfg.run.device)
+            report = reader_report(reader, load_any(dcfg.data.dev_path), dcfg, dcfg.run.progress)
             before[name] = {k: v for k, v in report.items() if k != "per_question"}
             compare.write_json(before_path, before)
             reader_cache.clear()

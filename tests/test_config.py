@@ -47,6 +47,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("runtime:\n  precision: 16\n", r"x.yaml: runtime.precision: unknown 16 \(fp32 \| bf16 \| fp16\)"),
         ("gumbel: [1, 2]\n", r"section 'gumbel' must be a mapping"),
         ("gumbel: {k: 1\n", r"x.yaml: not valid YAML"),
+        ("run:\n  device: gpu\n", r"run.device: 'gpu' is not a torch device"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, match):
