@@ -320,19 +320,22 @@ class DemoFiDReader(Reader):
         eos = self.tokenizer.convert_tokens_to_ids("[EOS]")
         pad = self.tokenizer.convert_tokens_to_ids("[PAD]")
         bias = self._cross_bias(inputs, log_M)
-        B = states.shape[0]
-        lens = inputs["prompt_len"].clone()
+        B, device = states.shape[0], states.device
+        # The growing answers and their lengths are kept on the CPU; each step decodes on the states' device.
+        lens = inputs["prompt_len"].cpu().clone()
         T = int(lens.max()) + max_new
         ids = torch.full((B, T), pad, dtype=torch.long)
         for b in range(B):
-            ids[b, : lens[b]] = inputs["dec_ids"][b, : lens[b]]
+            ids[b, : lens[b]] = inputs["dec_ids"][b, : lens[b]].cpu()
         done = torch.zeros(B, dtype=torch.bool)
         out = [[] for _ in range(B)]
         for _ in range(max_new):
             cur = int(lens.max())
-            mask = torch.arange(cur)[None, :] < lens[:, None]
-            logits, _ = self.model.decode(ids[:, :cur], mask, states, bias, inputs["passage_ids"].flatten(1))
-            nxt = logits[torch.arange(B), lens - 1].argmax(-1)
+            on_device = lens.to(device)
+            mask = torch.arange(cur, device=device)[None, :] < on_device[:, None]
+            logits, _ = self.model.decode(ids[:, :cur].to(device), mask, states, bias,
+                                          inputs["passage_ids"].flatten(1))
+            nxt = logits[torch.arange(B, device=device), on_device - 1].argmax(-1).tolist()
             for b in range(B):
                 if done[b]:
                     continue
