@@ -68,10 +68,16 @@ def save_checkpoint(run_dir: str | Path, name: str, runtime: Runtime, cfg, train
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # Half-written folders of saves that failed or were killed (one writer per run folder: rank 0 of its run).
+    # `.old-` folders are not swept: a kill between the two renames below leaves the previous checkpoint there.
+    for stale in run_dir.glob(".*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     trainer_state = dict(trainer_state, world_size=runtime.world_size, torch_rng=rng[0], torch_rng_per_rank=rng)
-    _write_files(tmp, weights, engine, cfg, trainer_state)
+    try:
+        _write_files(tmp, weights, engine, cfg, trainer_state)
+    except BaseException:  # e.g. the disk filled up: what was written would keep it full
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # replacing (e.g. final/ of an earlier run): move the old one aside first
         old = run_dir / f".{name}.old-{os.getpid()}"
         os.replace(final, old)

@@ -194,7 +194,11 @@ def save_states(states: Any, path: Path) -> None:
     tensors: list[torch.Tensor] = []
     tree = _flatten(states, tensors)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({str(i): t for i, t in enumerate(tensors)}, str(tmp), metadata={"tree": json.dumps(tree)})
+    try:
+        save_file({str(i): t for i, t in enumerate(tensors)}, str(tmp), metadata={"tree": json.dumps(tree)})
+    except BaseException:  # e.g. the disk filled up: a half-written file would keep it full
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -135,6 +135,20 @@ def test_a_damaged_or_foreign_state_file_is_refused_with_its_name(tmp_path):
         reader_cache.save_states({"a": torch.ones(1)}, tmp_path / "dict.safetensors")
 
 
+def test_a_failed_state_write_leaves_no_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        reader_cache.save_states((torch.ones(1, 2),), tmp_path / "q.safetensors")
+    assert list(tmp_path.iterdir()) == [], "a half-written state file would keep a full disk full"
+
+
 def test_a_state_folder_without_the_cache_is_a_config_error():
     cfg = RunConfig()
     cfg.objective.passage_state_dir = "states"

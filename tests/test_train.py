@@ -145,11 +145,28 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         train.save(recipe, "step-000001", 1)  # overwriting the existing one fails too
     monkeypatch.undo()
+    run_dir = Path(cfg.run.run_dir)
+    assert not list(run_dir.glob(".*.tmp-*")), "a failed save left its half-written folder (a full disk stays full)"
     assert checkpoint.latest_checkpoint(cfg.run.run_dir) == first
     fresh = train.setup(cfg, resume=True)
     assert fresh.start_step == 1
     for k, v in fresh.reranker.state_dict().items():
         assert torch.equal(v, good[k]), k
+
+
+def test_a_save_sweeps_half_written_folders_of_killed_saves(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    run_dir = Path(cfg.run.run_dir)
+    killed = run_dir / ".step-000001.tmp-999999"  # what a save killed midway leaves (another process's pid)
+    (killed / "partial").mkdir(parents=True)
+    (killed / "partial" / "model.safetensors").write_bytes(b"half")
+    set_aside = run_dir / ".final.old-999999"  # a kill between the two renames: the previous checkpoint is here
+    set_aside.mkdir()
+    train.save(recipe, "step-000002", 2)
+    assert not killed.exists()
+    assert set_aside.is_dir(), "a set-aside checkpoint must not be swept"
+    assert checkpoint.latest_checkpoint(cfg.run.run_dir) == run_dir / "step-000002"
 
 
 def test_best_checkpoint_follows_the_lowest_label_free_dev_loss_and_survives_resume(tmp_path):
