@@ -112,6 +112,10 @@ class ReaderSection:
     lora_rank: int = 0  # > 0: LoRA adapters of this rank (peft) on lora_targets; the base weights stay frozen
     lora_alpha: float = 16.0  # LoRA scaling alpha / rank
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # module names
+    # Reader fine-tuning: each valid candidate is hidden from a question with this probability at every step (passage
+    # dropout; at least one stays visible), so the reader also learns from smaller passage sets, answer passage
+    # absent included, as G-Rerank's top-k mask later gives it. 0 = every passage visible (the paper's step 1)
+    passage_dropout: float = 0.0
 
 
 @dataclass
@@ -487,6 +491,11 @@ def validate(cfg: RunConfig) -> None:
                           "partitioned parameters needs a gather. Train the initialised reader on runtime.engine=local "
                           "and point reader.name_or_path at its final/reader folder, or set "
                           "runtime.partition_reader=false")
+    if not 0.0 <= rd.passage_dropout < 1.0:
+        raise ConfigError(f"reader.passage_dropout: must be in [0, 1), got {rd.passage_dropout}")
+    if rd.passage_dropout and (cfg.objective.name != "reader" or rd.kind == "demo_fid"):
+        raise ConfigError("reader.passage_dropout: for HF reader fine-tuning (objective.name=reader with reader.kind "
+                          f"fid_t5 or causal_lm), got objective.name={cfg.objective.name}, reader.kind={rd.kind}")
     if rd.lora_rank and cfg.runtime.engine == "deepspeed":
         raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
     if cfg.objective.theta <= 0:

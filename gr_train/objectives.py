@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from gr_train import gumbel, reader_cache
 from gr_train.reader import visible_log_mask
-from gr_train.reader_tuning import answer_loss_all_visible
+from gr_train.reader_tuning import answer_loss_all_visible, passage_dropout
 
 
 @dataclass
@@ -150,16 +150,19 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
 
 
 def reader_pretrain(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:
-    """Reader pre-training / fine-tuning: answer CE with all passages visible, the passage encoding under autograd
-    (reader_tuning.answer_loss_all_visible; HF readers in their own input format), plus the demo reader's deep
-    supervision."""
+    """Reader pre-training / fine-tuning: answer CE with all passages visible (HF readers: those left by
+    reader.passage_dropout), the passage encoding under autograd (reader_tuning.answer_loss_all_visible; HF readers in
+    their own input format), plus the demo reader's deep supervision."""
     if hasattr(reader, "training_loss"):
         answer, aux = reader.training_loss(batch.reader_inputs, None, cfg.reader.aux_loss_weight)
         loss = (answer + aux).mean()
         return Output(loss, {"train/answer_loss": answer.mean().item(), "train/aux_loss": aux.mean().item()})
     t0 = time.perf_counter()
-    answer = answer_loss_all_visible(reader, batch.reader_inputs, batch.valid)
-    return Output(answer.mean(), {"train/answer_loss": answer.mean().item()},
+    ids = [r.id for r in batch.records]
+    visible = passage_dropout(batch.valid, cfg.reader.passage_dropout, cfg.run.seed, step, ids)
+    answer = answer_loss_all_visible(reader, batch.reader_inputs, visible)
+    return Output(answer.mean(), {"train/answer_loss": answer.mean().item(),
+                                  "train/visible_passages": visible.sum(1).float().mean().item()},
                   {"time/answer_pass": time.perf_counter() - t0})
 
 

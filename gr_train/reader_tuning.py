@@ -10,12 +10,15 @@ and trained; no reranker is built).
 - `make_trainable`: all parameters (default), the top reader.train_layers blocks and the final norm, or LoRA
   adapters (peft, Hu et al. 2022) of rank reader.lora_rank on reader.lora_targets, the base weights frozen.
 - `answer_loss_all_visible`: the loss, passage encoding under autograd (Reader.answer_loss_naive).
+- `passage_dropout`: reader.passage_dropout, the candidates a question shows the reader at one step when some are
+  hidden at random (a pure function of the seed, the step and the question, so resume and batch splits repeat it).
 - `save_reader`: a plain HF folder (config, model.safetensors, tokenizer; LoRA merged into the weights) that
   `reader.name_or_path` loads frozen in the reranker recipes; the demo reader writes its own folder.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import torch
@@ -78,6 +81,24 @@ def answer_loss_all_visible(reader, inputs: dict, valid: torch.Tensor) -> torch.
     parameter (passage encoding included): Reader.answer_loss_naive with log M = 0 on valid candidates and NEG_BIAS
     on padding. valid: [B, n] bool."""
     return reader.answer_loss_naive(inputs, visible_log_mask(valid))
+
+
+def passage_dropout(valid: torch.Tensor, p: float, seed: int, step: int, ids: list[str]) -> torch.Tensor:
+    """The candidates visible to the reader at one fine-tuning step when each valid one is hidden with probability
+    p (reader.passage_dropout). valid: [B, n] bool; ids: the B question ids. Returns [B, n] bool, a subset of valid
+    with at least one candidate per question that has any (the one with the largest draw when all were hidden).
+
+    Question b's draws u [n] ~ U(0, 1) come from a generator seeded by the CRC-32 of "seed:step:ids[b]": the same
+    question at the same step sees the same passages whatever the micro-batch, rank or resume. p = 0 returns valid.
+    """
+    if p == 0.0:
+        return valid
+    u = torch.stack([torch.rand(valid.shape[1], generator=torch.Generator().manual_seed(
+        zlib.crc32(f"{seed}:{step}:{qid}".encode()))) for qid in ids]).to(valid.device)
+    u = u.masked_fill(~valid, -1.0)  # padding: never visible, never the fallback
+    visible = valid & (u >= p)
+    fallback = torch.zeros_like(valid).scatter_(1, u.argmax(1, keepdim=True), True) & valid
+    return torch.where(visible.any(1, keepdim=True), visible, fallback)
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -12,9 +12,9 @@ from gr_train import synthetic, train
 from gr_train.config import ConfigError, load_config
 from gr_train.data import load_records
 from gr_train.models import build_reader
-from gr_train.objectives import collate
+from gr_train.objectives import OBJECTIVES, collate
 from gr_train.reader import visible_log_mask
-from gr_train.reader_tuning import trainable_fraction
+from gr_train.reader_tuning import answer_loss_all_visible, passage_dropout, trainable_fraction
 
 CAUSAL = ["reader.kind=causal_lm", "reader.model_config={model_type: llama}"]
 T5 = ["reader.kind=fid_t5"]
@@ -110,8 +110,58 @@ def test_bad_tuning_settings_fail_with_the_key_named(tmp_path):
         load_config(None, [*CAUSAL, "reader.train_layers=1", "reader.lora_rank=4"])
     with pytest.raises(ConfigError, match="reader.lora_rank"):
         load_config(None, [*CAUSAL, "reader.lora_rank=4", "runtime.engine=deepspeed"])
+    with pytest.raises(ConfigError, match=r"reader.passage_dropout: must be in \[0, 1\)"):
+        load_config(None, [*CAUSAL, "objective.name=reader", "reader.trainable=true", "reader.passage_dropout=1.0"])
+    with pytest.raises(ConfigError, match="reader.passage_dropout: for HF reader fine-tuning"):
+        load_config(None, [*CAUSAL, "reader.passage_dropout=0.5"])  # objective.name=gumbel
+    with pytest.raises(ConfigError, match="reader.passage_dropout: for HF reader fine-tuning"):
+        load_config(None, ["objective.name=reader", "reader.trainable=true", "reader.passage_dropout=0.5"])  # demo_fid
     with pytest.raises(ValueError, match="has 2 layers"):
         build_reader(load_config(None, [*CAUSAL, "reader.trainable=true", "reader.train_layers=3"]).reader)
     with pytest.raises(ValueError, match="reader.lora_targets"):
         build_reader(load_config(None, [*CAUSAL, "reader.trainable=true", "reader.lora_rank=2",
                                         "reader.lora_targets=[nothing_here]"]).reader)
+
+
+def test_passage_dropout_hides_a_p_share_of_valid_candidates_and_never_all_of_a_question():
+    n_q, n = 2000, 10
+    valid = torch.ones(n_q, n, dtype=torch.bool)
+    valid[::2, 7:] = False  # every other question has 7 candidates and 3 padded slots
+    ids = [f"q{i}" for i in range(n_q)]
+    visible = passage_dropout(valid, 0.5, seed=0, step=3, ids=ids)
+    assert not (visible & ~valid).any()  # padding never shows
+    assert visible.any(1).all()
+    hidden = (valid & ~visible).sum().item() / valid.sum().item()
+    assert 0.47 < hidden < 0.53, hidden  # each valid candidate hidden with probability 0.5
+    # p close to 1: most questions would lose every passage; each keeps exactly one, its largest draw
+    few = passage_dropout(valid, 0.99, seed=0, step=3, ids=ids)
+    assert few.any(1).all() and (few.sum(1) >= 1).all() and (few & ~valid).sum() == 0
+    assert (few.sum(1) == 1).float().mean() > 0.8
+    assert passage_dropout(valid, 0.0, seed=0, step=3, ids=ids) is valid
+
+
+def test_passage_dropout_is_a_function_of_seed_step_and_question_not_of_the_batch():
+    valid = torch.ones(6, 10, dtype=torch.bool)
+    ids = [f"q{i}" for i in range(6)]
+    whole = passage_dropout(valid, 0.5, seed=1, step=7, ids=ids)
+    order = [4, 0, 5, 2]  # another micro-batch holding some of the same questions
+    part = passage_dropout(valid[order], 0.5, seed=1, step=7, ids=[ids[i] for i in order])
+    assert torch.equal(part, whole[order])
+    assert not torch.equal(whole, passage_dropout(valid, 0.5, seed=1, step=8, ids=ids))
+    assert not torch.equal(whole, passage_dropout(valid, 0.5, seed=2, step=7, ids=ids))
+
+
+def test_reader_fine_tuning_with_passage_dropout_reads_only_the_visible_candidates(toy):
+    cfg = load_config(None, [*CAUSAL, "objective.name=reader", "reader.trainable=true", "reader.passage_dropout=0.5",
+                             "reader.passage_max_tokens=48"])
+    torch.manual_seed(0)
+    reader = build_reader(cfg.reader)
+    records = load_records(toy / "train.jsonl")[:4]
+    batch = collate(records, 4, None, reader)
+    out = OBJECTIVES["reader"].compute(batch, None, reader, cfg, 5, None)
+    visible = passage_dropout(batch.valid, 0.5, cfg.run.seed, 5, [r.id for r in records])
+    assert not torch.equal(visible, batch.valid)  # some candidates are hidden at this step
+    torch.testing.assert_close(out.loss, answer_loss_all_visible(reader, batch.reader_inputs, visible).mean())
+    all_visible = answer_loss_all_visible(reader, batch.reader_inputs, batch.valid).mean()
+    assert abs(out.loss.item() - all_visible.item()) > 1e-4
+    assert out.metrics["train/visible_passages"] == pytest.approx(visible.sum(1).float().mean().item())
