@@ -144,8 +144,10 @@ def test_model_paths_that_are_local_never_go_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    with pytest.raises(checks.ConfigError, match="models/smollm2-135m: no such folder .*gr-train prepare-models"):
-        checks.check_model_path("reader.name_or_path", "models/smollm2-135m", "reader")
+    # a name that no `gr-train prepare-models` writes: a clone where it ran (models/ at the repository root) gets the
+    # "run from the repository root" hint for its own folders instead
+    with pytest.raises(checks.ConfigError, match="models/smollm2-1b: no such folder .*gr-train prepare-models"):
+        checks.check_model_path("reader.name_or_path", "models/smollm2-1b", "reader")
     with pytest.raises(checks.ConfigError, match=f"demo_reader: no such folder .*run from {REPO}"):
         checks.check_model_path("reader.name_or_path", "gr_train/assets/demo_reader", "reader")
     checks.check_model_path("reranker.name_or_path", "BAAI/bge-reranker-base", "reranker")  # a hub id, online
