@@ -184,7 +184,13 @@ def cmd_reader_report(args) -> None:
     from gr_train.compare import write_json
     from gr_train.data import load_any
     from gr_train.models import build_reader
-    from gr_train.reader_report import compare_reports, format_comparison, format_report, reader_report
+    from gr_train.reader_report import (
+        check_same_questions,
+        compare_reports,
+        format_comparison,
+        format_report,
+        reader_report,
+    )
 
     cfg = load_config(args.config, args.overrides)
     files = args.files or ([cfg.data.dev_path] if cfg.data.dev_path else [])
@@ -201,6 +207,15 @@ def cmd_reader_report(args) -> None:
         if missing:
             raise ConfigError(f"--against {args.against}: no report for {missing} (it has {list(baseline)}); "
                               "give the same --data files as the baseline's report")
+        for f, records in data.items():
+            if not isinstance(baseline[f], dict) or "question_ids" not in baseline[f]:
+                raise ConfigError(f"--against {args.against}, {f}: no question_ids (a report of an older gr-train, or "
+                                  "not a reader report): run the baseline's reader-report again")
+            try:
+                check_same_questions([r.id for r in records][: cfg.eval.max_questions or None],
+                                     baseline[f]["question_ids"])
+            except ValueError as e:
+                raise ConfigError(f"--against {args.against}, {f}: {e}") from None
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     torch.manual_seed(cfg.run.seed)

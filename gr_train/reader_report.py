@@ -227,6 +227,16 @@ COMPARED = {
 }
 
 
+def check_same_questions(ids: list[str], base_ids: list[str]) -> None:
+    """Raise ValueError naming the first position where two reports' question ids (in order) differ."""
+    if ids != base_ids:
+        i = next((i for i, (a, b) in enumerate(zip(ids, base_ids)) if a != b), min(len(ids), len(base_ids)))
+        first = ids[i] if i < len(ids) else "(none)"
+        other = base_ids[i] if i < len(base_ids) else "(none)"
+        raise ValueError(f"the two reports read different questions ({len(ids)} and {len(base_ids)}): question {i} "
+                         f"is {first!r} here and {other!r} in the baseline")
+
+
 def compare_reports(report: dict, baseline: dict) -> dict[str, dict]:
     """Paired differences report - baseline on the same questions, {name of COMPARED: {mean, lo, hi, n}} (95%
     bootstrap of the per-question differences over the questions defined in both; the others do not count).
@@ -238,13 +248,7 @@ def compare_reports(report: dict, baseline: dict) -> dict[str, dict]:
         if "per_question" not in r or "question_ids" not in r:
             raise ValueError(f"{name}: no per_question values or question_ids (a reader report written by this "
                              "version of gr-train reader-report is needed)")
-    ids, base_ids = report["question_ids"], baseline["question_ids"]
-    if ids != base_ids:
-        i = next((i for i, (a, b) in enumerate(zip(ids, base_ids)) if a != b), min(len(ids), len(base_ids)))
-        first = ids[i] if i < len(ids) else "(none)"
-        other = base_ids[i] if i < len(base_ids) else "(none)"
-        raise ValueError(f"the two reports read different questions ({len(ids)} and {len(base_ids)}): question {i} "
-                         f"is {first!r} here and {other!r} in the baseline")
+    check_same_questions(report["question_ids"], baseline["question_ids"])
     return {name: _interval(_difference(value(report["per_question"]), value(baseline["per_question"])))
             for name, value in COMPARED.items()}
 

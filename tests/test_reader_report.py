@@ -199,3 +199,10 @@ def test_cli_against_a_baseline_report(tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
     err = capsys.readouterr().err
     assert str(other) in err and "no report for" in err and not (tmp_path / "c").exists()
+    other.write_text(json.dumps({str(dev): {"questions": 12}}))  # no question ids
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
+    assert "no question_ids" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    # the baseline read other questions: refused before the reader runs
+    assert cli.main([*args, "--out", str(tmp_path / "d"), "--against", str(first), "eval.max_questions=5"]) != 0
+    err = capsys.readouterr().err
+    assert "read different questions (5 and 12)" in err and not (tmp_path / "d").exists()
