@@ -203,6 +203,8 @@ def cmd_reader_report(args) -> None:
             baseline = json.loads(Path(args.against).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"--against {args.against}: not a readable reader_report.json ({e})") from None
+        if not isinstance(baseline, dict):
+            raise ConfigError(f"--against {args.against}: not a reader_report.json (expected {{data file: report}})")
         missing = [f for f in files if f not in baseline]
         if missing:
             raise ConfigError(f"--against {args.against}: no report for {missing} (it has {list(baseline)}); "

@@ -199,6 +199,9 @@ def test_cli_against_a_baseline_report(tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
     err = capsys.readouterr().err
     assert str(other) in err and "no report for" in err and not (tmp_path / "c").exists()
+    other.write_text(json.dumps([str(dev)]))  # a list, not {data file: report}
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
+    assert "not a reader_report.json" in capsys.readouterr().err
     other.write_text(json.dumps({str(dev): {"questions": 12}}))  # no question ids
     assert cli.main([*args, "--out", str(tmp_path / "c"), "--against", str(other)]) != 0
     assert "no question_ids" in capsys.readouterr().err and not (tmp_path / "c").exists()
