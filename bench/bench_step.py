@@ -63,7 +63,7 @@ def worker(args) -> dict:
     import torch
 
     from gr_train import gumbel
-    from gr_train import objectives
+    from gr_train import batching
     from gr_train.runtime import checkpoint_answer_pass
     from gr_train.config import load_config
     from gr_train.models import build_reader
@@ -88,7 +88,7 @@ def worker(args) -> dict:
     opt = torch.optim.AdamW([p for p in reranker.parameters() if p.requires_grad], lr=1e-4)
     if args.path == "naive":
         reader.requires_grad_(True)  # the whole reader under autograd; its grads are computed, never applied
-    batch = objectives.collate(records, args.n, reranker, reader)
+    batch = batching.collate(records, args.n, reranker, reader)
     noise = gumbel.sample_gumbel((args.k, args.batch, args.n), torch.Generator().manual_seed(0))
     smooth = args.estimator in gumbel.SMOOTH_LOG
     cached = reader.encode_passages(batch.reader_inputs) if args.path == "cached" else None

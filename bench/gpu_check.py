@@ -90,7 +90,7 @@ def peak_memory_mb(device) -> float:
 
 def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: dict, device, work: Path,
              checkpointing: str = "off") -> dict:
-    from gr_train import objectives, train
+    from gr_train import batching, objectives, train
     from gr_train.config import load_config
     from gr_train.models import build_models
     from gr_train.runtime import build_runtime
@@ -108,7 +108,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     ref_cfg = load_config(None, [*overrides, "reader.dtype=fp32", "reader.attn_implementation=eager"])
     ref_reader, ref_reranker = build_models(ref_cfg)
     ref_reader.to(device)
-    ref_loss, ref_grad = mask_gradient(ref_reader, objectives.collate(recs, size["n"], ref_reranker, ref_reader,
+    ref_loss, ref_grad = mask_gradient(ref_reader, batching.collate(recs, size["n"], ref_reranker, ref_reader,
                                                                       device=device))
     del ref_reader, ref_reranker
     if device.type == "cuda":
@@ -123,7 +123,7 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
     reader, reranker = build_models(cfg, runtime)
     reranker.train()
     runtime.prepare(reranker, frozen=reader)  # places both on the runtime's device
-    batch = objectives.collate(recs, size["n"], reranker, reader, device=device)
+    batch = batching.collate(recs, size["n"], reranker, reader, device=device)
     loss, grad = mask_gradient(reader, batch)
     reranker.zero_grad(set_to_none=True)
     err = float((grad - ref_grad).norm() / ref_grad.norm().clamp_min(1e-30))

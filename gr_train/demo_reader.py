@@ -190,7 +190,7 @@ class DemoFiDReader(Reader):
     # Read directly, outside the forward of the module that owns them (the tied output projection in decode):
     # an engine that shards parameters and gathers them per module forward (ZeRO-3) must keep these whole.
     params_used_outside_forward = ("model.embed.weight",)
-    takes_intermediates = True  # tokenize(..., intermediates=...): deep supervision labels (objectives.collate)
+    takes_intermediates = True  # tokenize(..., intermediates=...): deep supervision labels (batching.collate)
 
     def __init__(self, model: DemoFiDModel, tokenizer, passage_max_tokens: int, answer_max_tokens: int):
         super().__init__()

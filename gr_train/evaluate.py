@@ -16,7 +16,8 @@ from gr_train import gumbel, ranking
 from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
-from gr_train.objectives import collate, gumbel_tau_kappa, module_device, move_inputs, passage_states
+from gr_train.batching import collate, module_device, move_inputs, passage_states
+from gr_train.gumbel import gumbel_tau_kappa
 from gr_train.reader import extract_answer, visible_log_mask
 
 KINDS = ("all", "direct", "indirect")

@@ -277,3 +277,11 @@ def schedule_value(start: float, end: float | None, step: int, max_steps: int, k
     if kind == "exponential":
         return start * (end / start) ** t
     raise ValueError(f"unknown schedule '{kind}' (linear | cosine | exponential)")
+
+
+def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
+    """(tau, kappa) at `step` from cfg.gumbel's start/end values and schedule (cfg: a config.Config)."""
+    g = cfg.gumbel
+    tau = schedule_value(g.tau, g.tau_end, step, cfg.train.max_steps, g.schedule)
+    kappa = schedule_value(g.kappa, g.kappa_end, step, cfg.train.max_steps, g.schedule)
+    return tau, kappa

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from gr_train.evaluate import answer_metrics
-from gr_train.objectives import collate, module_device, move_inputs, passage_states
+from gr_train.batching import collate, module_device, move_inputs, passage_states
 from gr_train.reader import visible_log_mask
 from gr_train.stats import paired_bootstrap
 

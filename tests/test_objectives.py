@@ -9,7 +9,7 @@ import torch
 
 import typing
 
-from gr_train import data, models, objectives, reader_cache, train
+from gr_train import batching, data, models, objectives, reader_cache, train
 from gr_train.config import ObjectiveName, ObjectiveSection
 from gr_train.data import Passage, Record
 from gr_train.reader import visible_log_mask
@@ -56,7 +56,7 @@ def _fresh_cache():
 def test_every_objective_trains_every_reranker_parameter_and_no_reader_parameter(tmp_path, name):
     cfg = tiny_cfg(tmp_path, f"objective.name={name}")
     recipe = train.setup(cfg, resume=False)
-    batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    batch = batching.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     noise = train.step_noise(cfg, 0, 8)
     out = objectives.OBJECTIVES[name].compute(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
@@ -168,7 +168,7 @@ def test_distillation_gradient_is_p_r_minus_target():
 def test_emdr_gradient_is_prior_minus_posterior(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path, "objective.name=emdr")
     recipe = train.setup(cfg, resume=False)
-    batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     B, n = batch.valid.shape
     w = torch.randn(B, n, requires_grad=True)
     ce = torch.rand(B, n) * 3
@@ -181,7 +181,7 @@ def test_emdr_gradient_is_prior_minus_posterior(tmp_path, monkeypatch):
 
 
 def test_supervised_listwise_and_bce():
-    batch = objectives.Batch([], torch.tensor([[True, True, True], [True, True, True]]),
+    batch = batching.Batch([], torch.tensor([[True, True, True], [True, True, True]]),
                              torch.tensor([[True, False, False], [False, False, False]]), None, None)
 
     class Cfg:
@@ -211,11 +211,11 @@ def test_reader_targets_are_cached_per_question_and_reader(tmp_path, monkeypatch
     real = recipe.reader.encode_passages
     monkeypatch.setattr(recipe.reader, "encode_passages", lambda inputs: calls.append(1) or real(inputs))
     recs = recipe.train_records[:6]
-    first = objectives.collate(recs[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    first = batching.collate(recs[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     value, _ = objectives.reader_quantity("single", first, recipe.reader, cfg)
     assert len(calls) == 1
     # another batch of the same questions in another order and padding: no reader call, same values
-    again = objectives.collate(recs[3::-1], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    again = batching.collate(recs[3::-1], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     cached, _ = objectives.reader_quantity("single", again, recipe.reader, cfg)
     assert len(calls) == 1
     assert torch.equal(torch.nan_to_num(cached, 99.0), torch.nan_to_num(value.flip(0), 99.0))
@@ -224,7 +224,7 @@ def test_reader_targets_are_cached_per_question_and_reader(tmp_path, monkeypatch
     assert len(calls) == 1
     objectives.reader_quantity("loop", first, recipe.reader, cfg)
     assert len(calls) == 2
-    objectives.reader_quantity("single", objectives.collate(recs[2:6], cfg.data.n_candidates, recipe.reranker,
+    objectives.reader_quantity("single", batching.collate(recs[2:6], cfg.data.n_candidates, recipe.reranker,
                                                            recipe.reader), recipe.reader, cfg)
     assert len(calls) == 3
     # a different reader (here: random weights from another seed) misses the cache
@@ -245,8 +245,8 @@ def test_a_record_passage_edit_misses_the_cache(tmp_path):
     edited = Record(rec.id, rec.question, rec.answers,
                     [Passage(c.title, c.text + (" x" if i == 0 else ""), c.is_gold) for i, c in enumerate(rec.ctxs)],
                     rec.target, rec.intermediate)
-    a, _ = objectives.reader_quantity("single", objectives.collate([rec], 10, None, recipe.reader), recipe.reader, cfg)
-    b, _ = objectives.reader_quantity("single", objectives.collate([edited], 10, None, recipe.reader), recipe.reader,
+    a, _ = objectives.reader_quantity("single", batching.collate([rec], 10, None, recipe.reader), recipe.reader, cfg)
+    b, _ = objectives.reader_quantity("single", batching.collate([edited], 10, None, recipe.reader), recipe.reader,
                                       cfg)
     assert len(reader_cache._TARGETS) == 2 and a.shape == b.shape
 
@@ -268,13 +268,13 @@ def test_cached_passage_states_are_reused_and_give_the_same_loss(family, monkeyp
     cfg.objective.cache_passage_states = True
     records = [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in
                                                            enumerate(PASSAGES[i])]) for i in range(2)]
-    objectives.passage_states(objectives.collate(records, 3, None, reader), reader, cfg)  # fills the cache
-    batch = objectives.collate(records[::-1], 3, None, reader)
+    batching.passage_states(batching.collate(records, 3, None, reader), reader, cfg)  # fills the cache
+    batch = batching.collate(records[::-1], 3, None, reader)
     direct = reader.answer_loss(reader.encode_passages(batch.reader_inputs), batch.reader_inputs, torch.zeros(2, 3))
     log_M = torch.log(torch.tensor([[0.9, 0.2, 0.5], [0.1, 1.0, 0.3]]))
     alone = torch.stack([_loss_alone(reader, records[1], log_M[0]), _loss_alone(reader, records[0], log_M[1])])
     monkeypatch.setattr(reader, "encode_passages", lambda inputs: pytest.fail("encoded again"))
-    cached = objectives.passage_states(batch, reader, cfg)
+    cached = batching.passage_states(batch, reader, cfg)
     assert torch.allclose(reader.answer_loss(cached, batch.reader_inputs, log_M), alone, atol=1e-5)
     assert (alone - reader.answer_loss(cached, batch.reader_inputs, torch.zeros(2, 3))).abs().max() > 1e-4
     assert torch.allclose(reader.answer_loss(cached, batch.reader_inputs, torch.zeros(2, 3)), direct, atol=1e-5)
@@ -354,7 +354,7 @@ def test_gumbel_objective_with_each_estimator_and_several_samples(tmp_path, esti
     cfg = tiny_cfg(tmp_path, f"gumbel.estimator={estimator}", "gumbel.k=3", "gumbel.samples=2", "gumbel.kappa=2.0")
     recipe = train.setup(cfg, resume=False)
     recipe.reranker.eval()  # no dropout: the loss is recomputed below
-    batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    batch = batching.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     noise = train.step_noise(cfg, 0, 8)
     assert noise.shape == (2 * 3, 8, cfg.data.n_candidates)
     out = objectives.OBJECTIVES["gumbel"].compute(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
@@ -370,7 +370,7 @@ def test_gumbel_objective_with_each_estimator_and_several_samples(tmp_path, esti
     with torch.no_grad():
         w = recipe.reranker(batch.reranker_inputs)
         states = recipe.reader.encode_passages(batch.reader_inputs)
-        tau, kappa = objectives.gumbel_tau_kappa(cfg, 0)
+        tau, kappa = gumbel.gumbel_tau_kappa(cfg, 0)
         losses = []
         for s in range(2):
             M = gumbel.training_mask(estimator, w, 3, tau, kappa, True, batch.valid, noise[3 * s : 3 * s + 3])
@@ -383,7 +383,7 @@ def test_gumbel_objective_with_each_estimator_and_several_samples(tmp_path, esti
 def test_collate_puts_every_tensor_of_the_batch_on_the_requested_device(tmp_path):
     """The training recipe collates on the CPU and hands the batch to the runtime's device: every tensor moves,
     nothing else changes (the meta device stands in for an accelerator)."""
-    from gr_train.objectives import collate
+    from gr_train.batching import collate
 
     reader, reranker = models.build_models(tiny_cfg(tmp_path))
     records = [Record(f"q{i}", QUESTIONS[i], [TARGETS[i]], [Passage(t, x, j == 0) for j, (t, x) in

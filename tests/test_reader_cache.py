@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gr_train import objectives, reader_cache, train
+from gr_train import batching, reader_cache, train
 from gr_train.config import ConfigError, RunConfig, validate
 from gr_train.data import Passage, Record
 from gr_train.reader_tuning import save_reader
@@ -46,15 +46,15 @@ def test_states_on_disk_are_read_back_exactly_in_a_new_process(family, tmp_path,
     reader = make_reader(family)
     cfg = _disk_cfg(tmp_path)
     records = _records()
-    objectives.passage_states(objectives.collate(records, 3, None, reader), reader, cfg)  # encodes, writes
+    batching.passage_states(batching.collate(records, 3, None, reader), reader, cfg)  # encodes, writes
     assert len(list((tmp_path / "states").glob("*.safetensors"))) == 2
     assert not list((tmp_path / "states").glob(".*"))  # no temporary file left behind
     assert not reader_cache._STATES  # nothing kept in memory
-    reversed_batch = objectives.collate(records[::-1], 3, None, reader)
+    reversed_batch = batching.collate(records[::-1], 3, None, reader)
     encoded = reader.encode_passages(reversed_batch.reader_inputs)
     reader_cache.clear()  # as a new process would start
     monkeypatch.setattr(reader, "encode_passages", lambda inputs: pytest.fail("encoded again"))
-    loaded = objectives.passage_states(reversed_batch, reader, cfg)
+    loaded = batching.passage_states(reversed_batch, reader, cfg)
     assert type(loaded) is type(encoded)
     for a, b in zip(_tensors(loaded), _tensors(encoded), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -74,7 +74,7 @@ def test_retrained_weights_in_the_same_folder_miss_the_disk_cache(tmp_path):
     calls = []
 
     def states(reader):
-        batch = objectives.collate(_records(), 3, None, reader)
+        batch = batching.collate(_records(), 3, None, reader)
         return reader_cache.cached_states(batch, cfg, lambda: calls.append(1) or reader.encode_passages(
             batch.reader_inputs))
 

@@ -12,7 +12,8 @@ from gr_train import synthetic, train
 from gr_train.config import ConfigError, load_config
 from gr_train.data import load_records
 from gr_train.models import build_reader
-from gr_train.objectives import OBJECTIVES, collate
+from gr_train.batching import collate
+from gr_train.objectives import OBJECTIVES
 from gr_train.reader import visible_log_mask
 from gr_train.reader_tuning import answer_loss_all_visible, passage_dropout, trainable_fraction
 

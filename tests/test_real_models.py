@@ -95,7 +95,7 @@ def test_prepared_folders_are_complete_and_prepared_once(models):
 @pytest.mark.parametrize("kind, model_class, n_shift", [("cross_encoder", "BertForSequenceClassification", 1),
                                                         ("bi_encoder", "BertModel", 0)])
 def test_one_gumbel_step_on_hotpotqa_trains_only_the_reranker(models, kind, model_class, n_shift):
-    from gr_train import objectives
+    from gr_train import batching, objectives
     from gr_train.data import load_any
     from gr_train.models import build_models
 
@@ -119,7 +119,7 @@ def test_one_gumbel_step_on_hotpotqa_trains_only_the_reranker(models, kind, mode
 
     records = load_any(HOTPOT_DEV)[:3]
     assert [len(r.ctxs) for r in records] == [10, 10, 10] and all(sum(c.is_gold for c in r.ctxs) == 2 for r in records)
-    batch = objectives.collate(records, cfg.data.n_candidates, reranker, reader)
+    batch = batching.collate(records, cfg.data.n_candidates, reranker, reader)
     optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.optim.lr)
     out = objectives.gumbel_rerank(batch, reranker, reader, cfg, step=0, noise=None)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.item() > 0

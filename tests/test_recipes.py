@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gr_train import cli, objectives, train
+from gr_train import batching, cli, objectives, train
 from gr_train.config import load_config
 from gr_train.reranker import build_word_tokenizer
 
@@ -101,7 +101,7 @@ def test_recipe_builds_its_architectures_and_trains_the_reranker_only(name, tmp_
     assert type(recipe.reranker.model).__name__ == reranker_class
     assert recipe.reader.model.config._attn_implementation == cfg.reader.attn_implementation
 
-    batch = objectives.collate(recipe.train_records, cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    batch = batching.collate(recipe.train_records, cfg.data.n_candidates, recipe.reranker, recipe.reader)
     assert batch.valid.shape == (2, cfg.gumbel.k + 2) and batch.valid.all()
     noise = train.step_noise(cfg, 0, 2)[:, :, : batch.valid.shape[1]]
     out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)

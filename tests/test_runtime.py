@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gr_train import objectives, runtime, train
+from gr_train import batching, objectives, runtime, train
 from gr_train.attention import NEG_BIAS
 from gr_train.config import ConfigError, ReaderSection, load_config
 from gr_train.models import build_reader
@@ -52,7 +52,7 @@ def test_optimizer_state_is_saved_by_parameter_name_and_restored_exactly(tmp_pat
     rt = recipe.runtime
 
     def one_step():
-        batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+        batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
         torch.manual_seed(1)  # same dropout
         out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 4))
         rt.backward(out.loss)
@@ -80,7 +80,7 @@ def test_reader_checkpointing_gives_the_same_loss_and_mask_gradient(tmp_path):
     """Recomputing the answer-pass layers in backward changes memory and time, not the numbers."""
     cfg = tiny_cfg(tmp_path)
     recipe = train.setup(cfg, resume=False)
-    batch = objectives.collate(recipe.train_records[:4], cfg.data.n_candidates, None, recipe.reader)
+    batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, None, recipe.reader)
     states = recipe.reader.encode_passages(batch.reader_inputs)
 
     def loss_and_grad():
@@ -195,7 +195,7 @@ def test_prepare_places_both_modules_on_the_runtime_device_and_keeps_the_optimiz
 
 def test_build_models_without_a_runtime_places_both_on_run_device(tmp_path):
     """Evaluation and reports build their models without a runtime: they go to run.device (the meta device stands
-    in for a GPU), where evaluate then sends its batches (objectives.module_device)."""
+    in for a GPU), where evaluate then sends its batches (batching.module_device)."""
     from gr_train.models import build_models
 
     reader, reranker = build_models(tiny_cfg(tmp_path, "run.device=meta"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gr_train import checkpoint, objectives, synthetic, train
+from gr_train import batching, checkpoint, objectives, synthetic, train
 from gr_train.config import load_config
 from helpers import nan_loss_on_steps, read_scalars
 
@@ -36,7 +36,7 @@ def tiny_cfg(tmp_path, *overrides):
 def test_gradient_reaches_every_reranker_parameter_and_no_reader_parameter(tmp_path):
     cfg = tiny_cfg(tmp_path)
     recipe = train.setup(cfg, resume=False)
-    batch = objectives.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    batch = batching.collate(recipe.train_records[:8], cfg.data.n_candidates, recipe.reranker, recipe.reader)
     noise = train.step_noise(cfg, 0, 8)
     out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
     out.loss.backward()
@@ -56,7 +56,7 @@ def step_gradients(cfg, micro, accum):
     recipe = train.setup(cfg, resume=False)
     noise = train.step_noise(cfg, 0, micro * accum)
     for i, mb in enumerate(train.micro_batches(recipe, 0)):
-        batch = objectives.collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader)
+        batch = batching.collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader)
         out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0,
                                 noise[:, i * micro : (i + 1) * micro, : batch.valid.shape[1]])
         recipe.runtime.backward(out.loss)
