@@ -69,6 +69,15 @@ def collate(records: list, n: int, reranker=None, reader=None, intermediates: bo
     return batch if device is None else batch.to(device)
 
 
+def candidate_texts(batch: Batch) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """(questions, passages) of a collated batch: B question strings and B rows of n (title, text) pairs, padded
+    with ("", "") as collate padded them (what its tokenizers read)."""
+    n = batch.valid.shape[1]
+    passages = [[(c.title, c.text) for c in r.ctxs[:n]] + [("", "")] * (n - min(n, len(r.ctxs)))
+                for r in batch.records]
+    return [r.question for r in batch.records], passages
+
+
 def passage_states(batch: Batch, reader, cfg):
     """reader.encode_passages of the batch; from the per-question cache when cfg.objective.cache_passage_states."""
     if cfg.objective.cache_passage_states:

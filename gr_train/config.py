@@ -23,7 +23,7 @@ ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised"
 # The keys of models.READERS, reranker.RERANKERS and gumbel.ESTIMATORS (checked by a test).
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
-Estimator = Literal["max_softmax", "subset", "straight_through"]
+Estimator = Literal["max_softmax", "subset", "straight_through", "score_function"]
 PromptStyle = Literal["plain", "chat"]  # reader.prompt (inputs.query_prompts)
 
 
@@ -128,6 +128,16 @@ class RerankerSection:
     score_scale: float = 20.0  # bi_encoder: w = scale * cos(q, d)
     score_token: str = "<extra_id_10>"  # rankt5: w = logit of this token at the first decoder step
     gradient_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
+    # true: choose the k passages one at a time, step t scoring every remaining candidate against the question
+    # followed by the passages chosen before it (selection.py; multi-hop dense retrieval's query); step 1 is the
+    # plain reranker. false: one independent score per passage, top-k
+    conditional: bool = False
+    # tokens of a conditioned question (bi_encoder) or of a conditioned pair (cross_encoder, rankt5); 0 = 2 * max_tokens
+    conditional_max_tokens: int = 0
+
+    def condition_tokens(self) -> int:
+        """The token budget of conditioned inputs (conditional_max_tokens, or 2 * max_tokens when 0)."""
+        return self.conditional_max_tokens or 2 * self.max_tokens
 
 
 @dataclass
@@ -135,7 +145,10 @@ class GumbelSection:
     """The training mask (gumbel.py): an estimator of the top-k of the scores w, perturbed by Gumbel noise G."""
 
     # max_softmax: the paper's M = max_j softmax((kappa * w + G_j) / tau) | subset: relaxed k-subset, sum M = k
-    # | straight_through: the reader reads the hard Gumbel top-k sample, gradients of the relaxed k-subset
+    # | straight_through: the reader reads the hard Gumbel top-k sample, gradients of the relaxed k-subset (with
+    # reranker.conditional: of each step's Gumbel-softmax) | score_function: the reader reads each of gumbel.samples
+    # sampled k-sets (no gradient through it); the reranker gets (loss - the other samples' mean loss) times the
+    # gradient of the set's log-probability, sum_t log p(i_t | i_<t) (REINFORCE, leave-one-out baseline)
     estimator: Estimator = "max_softmax"
     k: int = 2  # passages kept (max_softmax: number of softmax samples during training; top-k at inference)
     tau: float = 0.5  # temperature at step 0
@@ -332,6 +345,11 @@ class RunConfig:
         """Passages the reader is given at evaluation (the reranker's hard top-k): eval.reader_k, else gumbel.k."""
         return self.eval.reader_k or self.gumbel.k
 
+    def selection_depth(self) -> int:
+        """Passages a conditional reranker (reranker.conditional) selects one at a time at evaluation: the largest of
+        eval.ks and the reader's k (selection.ranking_scores ranks the rest by the last step's scores)."""
+        return max([*self.eval.ks, self.reader_k()])
+
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """Return `value` coerced to annotation `tp` (int → float only), or raise ConfigError naming `where`."""
@@ -473,6 +491,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
     if g.samples < 1:
         raise ConfigError(f"gumbel.samples: must be >= 1, got {g.samples}")
+    if g.estimator == "score_function" and (g.samples < 2 or not g.noise):
+        raise ConfigError(f"gumbel.estimator=score_function: needs gumbel.samples >= 2 (each sample's baseline is the "
+                          f"others' mean loss) and gumbel.noise=true (it samples); got samples={g.samples}, "
+                          f"noise={g.noise}")
+    rr = cfg.reranker
+    if rr.conditional and g.estimator in ("max_softmax", "subset") and cfg.objective.name == "gumbel":
+        raise ConfigError(f"reranker.conditional: G-Rerank trains a conditional reranker with a sequential estimator "
+                          f"(gumbel.estimator=straight_through or score_function), got {g.estimator}: its relaxation "
+                          "is of one score vector, and a conditional reranker has one per step")
+    if rr.conditional_max_tokens < 0 or (rr.conditional and rr.condition_tokens() < rr.max_tokens):
+        raise ConfigError(f"reranker.conditional_max_tokens: must be 0 (= 2 * reranker.max_tokens) or >= "
+                          f"reranker.max_tokens ({rr.max_tokens}), got {rr.conditional_max_tokens}")
     rd = cfg.reader
     if rd.prompt != "plain" and rd.kind != "causal_lm":
         raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from gr_train import gumbel, ranking
+from gr_train import gumbel, ranking, selection
 from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
-from gr_train.batching import collate, module_device, move_inputs, passage_states
+from gr_train.batching import candidate_texts, collate, module_device, move_inputs, passage_states
 from gr_train.gumbel import gumbel_tau_kappa
 from gr_train.reader import extract_answer, visible_log_mask
 
@@ -31,16 +31,24 @@ def _batches(items: list, size: int, desc: str, progress: bool):
 
 
 @torch.no_grad()
-def score_records(reranker, records, n: int, batch_size: int = 32, progress: bool = False) -> list[torch.Tensor]:
+def score_records(reranker, records, n: int, batch_size: int = 32, progress: bool = False,
+                  depth: int = 0) -> list[torch.Tensor]:
     """Reranker scores of each record's first n candidates: a list of [min(n, len(ctxs))] fp32 CPU tensors (the
-    batches go to the reranker's device)."""
+    batches go to the reranker's device). A conditional reranker (reranker.conditional) gives
+    selection.ranking_scores: their order is its greedy selection of the first `depth` candidates (config's
+    selection_depth(); 0 = all n), then the rest by the last step's scores, so top-k of them is its selection."""
     was_training = reranker.training
     reranker.eval()
     out = []
     device = module_device(reranker)
+    conditional = getattr(getattr(reranker, "cfg", None), "conditional", False)
     for chunk in _batches(records, batch_size, "score", progress):
         batch = collate(chunk, n, reranker=reranker, reader=None, device=device)
-        w = reranker(batch.reranker_inputs).float().cpu()
+        if conditional:
+            scorer = reranker.step_scorer(batch.reranker_inputs, *candidate_texts(batch))
+            w = selection.ranking_scores(scorer, batch.valid, depth or n).float().cpu()
+        else:
+            w = reranker(batch.reranker_inputs).float().cpu()
         out.extend(w[b, : int(batch.valid[b].sum())] for b in range(len(chunk)))
     reranker.train(was_training)
     return out
@@ -150,8 +158,13 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
     """Mean answer loss under the training mask (gumbel.estimator at the final tau/kappa) and under hard top-k,
     from the reranker scores of score_records (one [min(n, len(ctxs))] tensor per record).
 
-    A large gap means training optimised a mask that inference does not use.
+    A large gap means training optimised a mask that inference does not use. For a conditional reranker
+    (cfg.reranker.conditional) the scores are selection.ranking_scores, which no training mask reads: loss_soft and
+    gap are nan there, loss_hard is its greedy selection's loss.
     """
+    if cfg.reranker.conditional:
+        return {"loss_soft": float("nan"), "loss_hard": hard_topk_loss(scores, reader, records, cfg, batch_size),
+                "gap": float("nan")}
     tau, kappa = gumbel_tau_kappa(cfg, cfg.train.max_steps)
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
     soft, hard = [], []
@@ -217,7 +230,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False, per_questio
     n = cfg.data.n_candidates
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
-    scores = score_records(reranker, records, n, cfg.eval.batch_size, progress)
+    scores = score_records(reranker, records, n, cfg.eval.batch_size, progress, cfg.selection_depth())
     rows: dict | None = {} if per_question else None
     result = {"questions": len(records), "n_candidates": n, "counts": question_counts(records, n),
               "reranker_checksum": param_checksum(reranker),

@@ -198,7 +198,8 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# gr-train reranker: {kind}, objective `{objective}`", "",
         f"A RAG passage reranker trained with gr-train by {OBJECTIVES[objective].description}. "
-        "It scores each (question, passage) pair independently; higher w = more useful to the reader.", "",
+        + (_conditional_intro(rcfg) if rcfg.conditional else
+           "It scores each (question, passage) pair independently; higher w = more useful to the reader."), "",
         "## Model", "",
         "| | |", "|---|---|",
         f"| reranker kind | `{kind}`: {_score_rule(reranker)} |",
@@ -254,8 +255,21 @@ def _score_rule(reranker: Reranker) -> str:
 ESTIMATOR_CARD = {  # gumbel.ESTIMATORS, one line each for the model card
     "max_softmax": "the paper's relaxation, max over k Gumbel-softmax samples",
     "subset": "relaxed k-subset of the Gumbel-perturbed scores, exactly k passages of mass",
-    "straight_through": "the reader read the hard Gumbel top-k sample; gradients of the relaxed k-subset",
+    "straight_through": "the reader read the hard Gumbel top-k sample; gradients of the relaxed k-subset (a "
+                        "conditional reranker: of each selection step's Gumbel-softmax)",
+    "score_function": "the reader read sampled k-sets; REINFORCE on each set's log-probability with the other "
+                      "samples' mean loss as baseline",
 }
+
+
+def _conditional_intro(rcfg) -> str:
+    """The card's opening for a conditional reranker (reranker.conditional): what its scores mean and how to select."""
+    return (
+        "It selects passages one at a time: step 1 scores each (question, passage) pair; step t scores each remaining "
+        "passage against the question followed by the passages chosen before it, the most recent first, as one "
+        f"text cut to {rcfg.condition_tokens()} tokens (`reranker.conditional_max_tokens`). The snippets below give "
+        "step 1's scores; the selection is `Reranker.load(path).select(questions, passages, k)` (gr-train, greedy)."
+    )
 
 
 def _objective_rows(cfg: RunConfig) -> list[str]:

@@ -6,6 +6,8 @@ Training estimators (`gumbel.estimator`), each a function of the scores w [B, n]
   sum_i M_i = k (the LML projection, Amos et al. 2019), M in [0, 1].
 - `straight_through`: forward M = the hard k-subset of s (the reader sees exactly k passages, the Gumbel top-k
   sample); backward through the `subset` relaxation of the same s.
+- `score_function`: M = the hard Gumbel top-k sample, no gradient through M; the reranker's gradient is REINFORCE's,
+  from the sample's log-probability (selection.sample, objectives.gumbel_rerank).
 Inference: M = 1 on the k highest scores, 0 elsewhere.
 """
 
@@ -186,8 +188,26 @@ def spread_normalized(w: torch.Tensor, valid: torch.Tensor | None = None, floor:
     return wf / std.detach().clamp_min(floor)
 
 
+def sampled_topk_mask(
+    w: torch.Tensor,
+    k: int,
+    tau: float = 0.5,
+    kappa: float = 1.0,
+    noise: bool = True,
+    generator: torch.Generator | None = None,
+    valid: torch.Tensor | None = None,
+    gumbel_noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The score-function estimator's mask: the hard Gumbel top-k sample of s = kappa * w + G, with no gradient
+    (the reranker's gradient comes from the sample's log-probability, selection.sample). Args: as
+    relaxed_subset_mask (tau unused). Returns: M [B, n] fp32, 0/1, min(k, valid count) ones per row."""
+    return hard_topk_mask(perturbed_scores(w, kappa, noise, generator, gumbel_noise), k, valid)
+
+
 ESTIMATORS = {"max_softmax": relaxed_topk_mask, "subset": relaxed_subset_mask,
-              "straight_through": straight_through_mask}
+              "straight_through": straight_through_mask, "score_function": sampled_topk_mask}
+# Estimators that choose the k passages one step at a time (selection.sample) in training, whatever the reranker.
+SEQUENTIAL = ("score_function",)
 # Estimators whose mask is 0 on passages that must still get a gradient: their bias is log(M + eps) (log_mask smooth).
 SMOOTH_LOG = ("straight_through",)
 

@@ -316,6 +316,17 @@ def _check_candidates(questions: list[str], passages: list[list[PassageText]]) -
     return B, counts.pop()
 
 
+def conditioned_questions(questions: list[str], passages: list[list[PassageText]], chosen: torch.Tensor) -> list[str]:
+    """The question followed by the passages chosen so far, the most recent first, so that truncation cuts the
+    oldest (reranker.conditional; multi-hop dense retrieval's query, Xiong et al., ICLR 2021).
+    chosen: [B, t] long candidate indices into each row of `passages`, -1 = nothing chosen at that step."""
+    out = []
+    for q, row, picks in zip(questions, passages, chosen.tolist()):
+        parts = [passage_string(*row[i]) for i in reversed(picks) if i >= 0]
+        out.append(" ".join([q, *parts]))
+    return out
+
+
 class RerankerInputs:
     """Inputs of one reranker kind for B questions with n (title, text) candidates each, every text cut to
     max_tokens (reranker.max_tokens). Subclasses set `kind` (reranker.kind) and `tokenize`."""

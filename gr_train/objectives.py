@@ -30,8 +30,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from gr_train import gumbel, reader_cache
-from gr_train.batching import Batch, passage_states
+from gr_train import gumbel, reader_cache, selection
+from gr_train.batching import Batch, candidate_texts, passage_states
 from gr_train.reader import visible_log_mask
 from gr_train.reader_tuning import answer_loss_all_visible, passage_dropout
 
@@ -55,8 +55,11 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     attention (mean over gumbel.samples masks, each from its own noise).
 
     Passage states are computed under no_grad (they do not depend on M); only the answer pass and the
-    reranker carry autograd.
+    reranker carry autograd. A conditional reranker (reranker.conditional) or the score-function estimator chooses
+    the k passages one step at a time (sequential_rerank).
     """
+    if cfg.reranker.conditional or cfg.gumbel.estimator in gumbel.SEQUENTIAL:
+        return sequential_rerank(batch, reranker, reader, cfg, step, noise)
     t0 = time.perf_counter()
     states = passage_states(batch, reader, cfg)
     t1 = time.perf_counter()
@@ -82,6 +85,67 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
             "train/mask_on_gold": (M * batch.gold).sum(-1).mean().item(),
         }
     return Output(loss, metrics, {"time/passage_encoding": t1 - t0, "time/reranker": t2 - t1, "time/answer_pass": t3 - t2})
+
+
+def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
+    """G-Rerank with the k passages drawn one step at a time (selection.sample): step t draws i_t from
+    softmax(kappa * w_t) over the remaining candidates, w_t the reranker's scores given the passages chosen before
+    (reranker.step_scorer; the same w at every step for a pointwise reranker: a Gumbel top-k sample). The reader
+    reads exactly the k drawn passages, gumbel.samples draws per question, each from its own noise.
+
+    - score_function: the reader's answer loss L_s of each draw (under no_grad: no backward through the reader);
+      the reranker's gradient is that of mean_s (L_s - b_s) log p(set_s), b_s the mean loss of the question's other
+      draws (a leave-one-out baseline: unbiased, Kool et al. 2019, "Buy 4 REINFORCE samples"), log p(set) =
+      sum_t log p(i_t | i_<t). The returned loss's value is mean_s L_s.
+    - straight_through: M = the sum of the steps' one-hot picks in value, each step's Gumbel-softmax over the
+      remaining candidates in gradient; the loss is the answer loss with log(M + eps) in the reader's attention.
+    """
+    g = cfg.gumbel
+    t0 = time.perf_counter()
+    states = passage_states(batch, reader, cfg)
+    t1 = time.perf_counter()
+    questions, passages = candidate_texts(batch)
+    base = reranker.step_scorer(batch.reranker_inputs, questions, passages)
+    tau, kappa = gumbel.gumbel_tau_kappa(cfg, step)
+
+    def score_step(chosen: torch.Tensor) -> torch.Tensor:
+        w = base(chosen)
+        return gumbel.spread_normalized(w, batch.valid) if g.kappa_relative else w
+
+    B, n = batch.valid.shape
+    draws = []
+    for s in range(g.samples):
+        if not g.noise:
+            G = torch.zeros(g.k, B, n, device=batch.valid.device)
+        else:
+            G = None if noise is None else noise[s * g.k : (s + 1) * g.k].to(batch.valid.device)
+        draws.append(selection.sample(score_step, batch.valid, g.k, kappa, tau, G))
+    t2 = time.perf_counter()
+    metrics = {}
+    if g.estimator == "score_function":
+        with torch.no_grad():
+            L = torch.stack([reader.answer_loss(states, batch.reader_inputs, visible_log_mask(d.mask.detach() > 0.5))
+                             for d in draws]).float()  # [S, B]
+            baseline = (L.sum(0, keepdim=True) - L) / (g.samples - 1)  # [S, B], the other draws' mean
+            advantage = L - baseline
+        log_p = torch.stack([d.log_prob for d in draws])  # [S, B]
+        surrogate = (advantage * log_p).mean()
+        loss = L.mean() + surrogate - surrogate.detach()  # value: the mean answer loss; gradient: REINFORCE's
+        metrics["train/advantage_std"] = advantage.std().item() if advantage.numel() > 1 else 0.0
+        metrics["train/log_prob"] = log_p.mean().item()
+    else:
+        loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(d.mask, g.eps, batch.valid, True))
+                   .mean() for d in draws) / g.samples
+    t3 = time.perf_counter()
+    M, w = draws[0].mask.detach(), draws[0].scores[0]
+    metrics.update({
+        "train/tau": tau,
+        "train/kappa": kappa,
+        "train/w_std": score_std(w, batch.valid),
+        "train/mask_on_gold": (M * batch.gold).sum(-1).mean().item(),
+    })
+    return Output(loss, metrics, {"time/passage_encoding": t1 - t0, "time/reranker": t2 - t1,
+                                  "time/answer_pass": t3 - t2})
 
 
 def reader_pretrain(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:

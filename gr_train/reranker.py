@@ -25,8 +25,9 @@ from transformers import (
 
 from gr_train.config import RerankerSection
 from gr_train.data import PassageText
-from gr_train.inputs import RERANKER_INPUTS, RerankerInputs
+from gr_train.inputs import RERANKER_INPUTS, RerankerInputs, conditioned_questions
 from gr_train.lengths import check_budget, position_limit
+from gr_train.selection import StepScorer, greedy
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
 SETTINGS_FILE = "gr_train_reranker.json"
@@ -57,6 +58,8 @@ class Reranker(nn.Module):
     kind: str
     auto_class: Any
     scoring_keys: tuple[str, ...] = ()
+    # the keys of every kind that change which passages are selected besides the weights (saved and checked too)
+    selection_keys: tuple[str, ...] = ("conditional", "conditional_max_tokens")
 
     def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
         super().__init__()
@@ -64,6 +67,8 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.inputs = RERANKER_INPUTS[self.kind](tokenizer, cfg.max_tokens)
+        # conditioned questions (reranker.conditional) are longer than plain ones: their own token budget
+        self.conditioned_inputs = RERANKER_INPUTS[self.kind](tokenizer, cfg.condition_tokens())
 
     def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens
@@ -73,6 +78,44 @@ class Reranker(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """w: [B, n] fp32, one independent score per (question, candidate) pair."""
         raise NotImplementedError
+
+    def step_scorer(self, inputs: dict[str, torch.Tensor], questions: list[str],
+                    passages: list[list[PassageText]]) -> StepScorer:
+        """The scorer of sequential selection (selection.py) for B questions with n candidates: chosen [B, t] long →
+        w_t [B, n] fp32. Step 0 (t = 0) is forward(inputs), computed once. A pointwise reranker returns it at every
+        step; with reranker.conditional, step t scores each candidate against the question followed by the chosen
+        passages' text (inputs.conditioned_questions, cut to reranker.conditional_max_tokens). `inputs` is
+        tokenize(questions, passages) on the model's device."""
+        w0 = self(inputs)
+        if not self.cfg.conditional:
+            return lambda chosen: w0
+
+        def score(chosen: torch.Tensor) -> torch.Tensor:
+            if chosen.shape[1] == 0:
+                return w0
+            return self._conditioned_scores(inputs, conditioned_questions(questions, passages, chosen), passages)
+
+        return score
+
+    def _conditioned_scores(self, inputs: dict[str, torch.Tensor], questions: list[str],
+                            passages: list[list[PassageText]]) -> torch.Tensor:
+        """w [B, n] of the conditioned questions: every pair re-encoded (cross-encoder, RankT5: n passes per step)."""
+        device = inputs["input_ids"].device
+        tokens = self.conditioned_inputs.tokenize(questions, passages)
+        return self({k: v.to(device) for k, v in tokens.items()})
+
+    def select(self, questions: list[str], passages: list[list[PassageText]], k: int) -> list[list[int]]:
+        """Greedy selection of k candidates per question (hard top-k for a pointwise reranker), best first: one list
+        of candidate indices per question (fewer where a question has fewer candidates). Questions and passages as
+        in `score`; rows are padded with ("", "") internally."""
+        n = max(len(row) for row in passages)
+        valid = torch.tensor([[i < len(row) for i in range(n)] for row in passages])
+        padded = [list(row) + [("", "")] * (n - len(row)) for row in passages]
+        device = next(self.model.parameters()).device
+        inputs = {key: v.to(device) for key, v in self.tokenize(questions, padded).items()}
+        with torch.no_grad():
+            picks = greedy(self.step_scorer(inputs, questions, padded), valid.to(device), k).indices
+        return [[i for i in row if i >= 0] for row in picks.tolist()]
 
     def score(self, questions: list[str], passages: list[list[PassageText]]) -> torch.Tensor:
         """tokenize + forward on the model's device. Returns w: [B, n] fp32."""
@@ -86,7 +129,7 @@ class Reranker(nn.Module):
 
     def settings(self) -> dict[str, Any]:
         """What SETTINGS_FILE holds: kind, max_tokens and the kind's scoring keys."""
-        scoring = {key: getattr(self.cfg, key) for key in self.scoring_keys}
+        scoring = {key: getattr(self.cfg, key) for key in (*self.scoring_keys, *self.selection_keys)}
         return {"kind": self.kind, "max_tokens": self.cfg.max_tokens, **scoring}
 
     def save(self, path: str | Path) -> None:
@@ -204,11 +247,37 @@ class BiEncoderReranker(Reranker):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        B, n, L = inputs["p_input_ids"].shape
         q = self.embed({k[2:]: v for k, v in inputs.items() if k.startswith("q_")})  # [B, d]
-        d = self.embed({k[2:]: v.reshape(B * n, L) for k, v in inputs.items() if k.startswith("p_")})  # [B*n, d]
-        cos = torch.cosine_similarity(q.unsqueeze(1), d.view(B, n, -1), dim=-1)  # [B, n]
-        return self.cfg.score_scale * cos
+        return self._cosine(q, self.embed_passages(inputs))
+
+    def embed_passages(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The candidates' embeddings from the p_* inputs [B, n, L] → [B, n, d] fp32."""
+        B, n, L = inputs["p_input_ids"].shape
+        return self.embed({k[2:]: v.reshape(B * n, L) for k, v in inputs.items() if k.startswith("p_")}).view(B, n, -1)
+
+    def _cosine(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """w = score_scale * cos(q, d): q [B, d], d [B, n, d] → [B, n]."""
+        return self.cfg.score_scale * torch.cosine_similarity(q.unsqueeze(1), d, dim=-1)
+
+    def step_scorer(self, inputs: dict[str, torch.Tensor], questions: list[str],
+                    passages: list[list[PassageText]]) -> StepScorer:
+        """As Reranker.step_scorer; the candidates are encoded once and each conditional step re-encodes only the
+        B conditioned questions (cost per extra step: B query encodings, not B * n pairs)."""
+        if not self.cfg.conditional:
+            return super().step_scorer(inputs, questions, passages)
+        d = self.embed_passages(inputs)  # [B, n, dim], shared by every step
+        q0 = self.embed({k[2:]: v for k, v in inputs.items() if k.startswith("q_")})
+        w0 = self._cosine(q0, d)
+        device = inputs["q_input_ids"].device
+
+        def score(chosen: torch.Tensor) -> torch.Tensor:
+            if chosen.shape[1] == 0:
+                return w0
+            texts = conditioned_questions(questions, passages, chosen)
+            q = self.embed({k: v.to(device) for k, v in self.conditioned_inputs._encode(texts).items()})
+            return self._cosine(q, d)
+
+        return score
 
 
 RERANKERS: dict[str, type[Reranker]] = {
@@ -234,7 +303,7 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     else:
         model = cls.auto_class.from_config(_scratch_config(cfg, cls, tokenizer))
     # Every pair (cross-encoder) or text (bi-encoder) is cut to max_tokens; it must fit the model's positions.
-    check_budget("reranker", {"reranker.max_tokens": cfg.max_tokens}, position_limit(model.config))
+    check_budget("reranker", _budgets(cfg), position_limit(model.config))
     reranker = cls(model, tokenizer, cfg)
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
@@ -251,10 +320,18 @@ def build_reranker_inputs(cfg: RerankerSection, tokenizer: Any = None) -> Rerank
     cls = _family(cfg)
     tokenizer = _tokenizer(cfg, cls, tokenizer)
     config = AutoConfig.from_pretrained(cfg.name_or_path) if cfg.name_or_path else _scratch_config(cfg, cls, tokenizer)
-    check_budget("reranker", {"reranker.max_tokens": cfg.max_tokens}, position_limit(config))
+    check_budget("reranker", _budgets(cfg), position_limit(config))
     if cls is RankT5Reranker:
         cls.checked_score_token(cfg, tokenizer, config)
     return RERANKER_INPUTS[cls.kind](tokenizer, cfg.max_tokens)
+
+
+def _budgets(cfg: RerankerSection) -> dict[str, int]:
+    """The token budget check_budget holds against the model's positions: max_tokens, and the conditioned inputs'
+    one when the reranker is conditional."""
+    if cfg.conditional:
+        return {"reranker.conditional_max_tokens": cfg.condition_tokens()}
+    return {"reranker.max_tokens": cfg.max_tokens}
 
 
 def _family(cfg: RerankerSection) -> type[Reranker]:
@@ -284,7 +361,7 @@ def _check_saved_settings(cfg: RerankerSection, cls: type[Reranker]) -> None:
     if not settings_path.is_file():
         return
     saved = json.loads(settings_path.read_text())
-    for key in ("kind", *cls.scoring_keys):
+    for key in ("kind", *cls.scoring_keys, *cls.selection_keys):
         if key in saved and saved[key] != getattr(cfg, key):
             raise ValueError(
                 f"reranker.{key} is {getattr(cfg, key)!r} but {cfg.name_or_path} was saved with {saved[key]!r}: "

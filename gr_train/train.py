@@ -254,7 +254,8 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
     records = recipe.dev_records[: cfg.eval.max_questions or None]
     # Each rank scores and reads its share of the dev records; the shares are gathered in record order.
     share, real = rank_share(records, recipe.runtime.rank, recipe.runtime.world_size)
-    local_scores = score_records(recipe.reranker, share, cfg.data.n_candidates, cfg.eval.batch_size)
+    local_scores = score_records(recipe.reranker, share, cfg.data.n_candidates, cfg.eval.batch_size,
+                                 depth=cfg.selection_depth())
     local_losses = (hard_topk_losses(local_scores, recipe.reader, share, cfg, cfg.eval.batch_size).tolist()
                     if cfg.train.keep_best else [])
     parts = recipe.runtime.all_gather_object((local_scores[:real], local_losses[:real]))

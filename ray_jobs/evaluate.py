@@ -37,7 +37,7 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
 
     torch.manual_seed(cfg.run.seed)  # a reranker built from a config gets the same weights in every task
     reader, reranker = build_models(cfg)
-    scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size)
+    scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size, depth=cfg.selection_depth())
     if not with_reader:
         return scores, None
     k = cfg.reader_k()

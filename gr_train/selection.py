@@ -1,0 +1,131 @@
+"""Sequential selection of k passages, each step scored given the passages chosen before it; pure torch.
+
+A step scorer `score_step(chosen) -> w_t` gives the scores of all n candidates at step t, chosen: [B, t] long (the
+indices picked at steps 0..t-1, -1 where a row had nothing left to pick). A pointwise reranker's scorer ignores
+`chosen` (w_t = w for every t); a conditional one scores the question followed by the passages chosen so far
+(reranker.conditional: multi-hop dense retrieval's query, Xiong et al., ICLR 2021).
+
+- `greedy`: i_t = argmax over the remaining valid candidates of w_t (inference). With an inert scorer it equals
+  hard top-k (gumbel.topk_indices), ties to the lower index.
+- `sample`: i_t = argmax(kappa * w_t + G_t) over the remaining ones, G_t ~ Gumbel(0, 1): an exact draw from the
+  policy p(i_t | i_<t) = softmax(kappa * w_t) over the remaining candidates (the Gumbel-max trick); with an inert
+  scorer the sequence is a Gumbel top-k sample, k draws without replacement (Kool et al. 2019). It returns the
+  sequence's log-probability sum_t log p(i_t | i_<t) (the score-function estimator's term, differentiable in w)
+  and a straight-through mask: value the 0/1 indicator of the chosen k, gradient that of each step's
+  softmax((kappa * w_t + G_t) / tau) over the remaining candidates.
+- `ranking_scores`: a score vector whose descending order is the greedy selection order (the first `depth`
+  candidates), then the rest by the last step's scores; evaluation, hard top-k and every metric read it as scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gr_train.gumbel import sample_gumbel
+
+StepScorer = Callable[[torch.Tensor], torch.Tensor]  # chosen [B, t] long -> w_t [B, n]
+
+
+@dataclass
+class Selection:
+    """The outcome of `sample` or `greedy` over B questions with n candidates, k steps.
+
+    indices: [B, k] long, the pick of each step, -1 where a row had no valid candidate left;
+    mask: [B, n] fp32, 1 on the picked candidates, 0 elsewhere (straight-through gradient when sampled);
+    log_prob: [B] fp32, sum_t log p(i_t | i_<t) under softmax(kappa * w_t) (0 for greedy: no policy);
+    scores: the k step scores w_t, each [B, n] fp32 (scores[0] is the scorer's base w).
+    """
+
+    indices: torch.Tensor
+    mask: torch.Tensor
+    log_prob: torch.Tensor
+    scores: list[torch.Tensor]
+
+
+def sample(score_step: StepScorer, valid: torch.Tensor, k: int, kappa: float = 1.0, tau: float = 0.5,
+           gumbel_noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Selection:
+    """Draw k passages one at a time from the step policies softmax(kappa * w_t) over the remaining candidates.
+
+    Args:
+        score_step: chosen [B, t] long → w_t [B, n] (any float dtype, computed in fp32).
+        valid: [B, n] bool, False on padded candidates (never picked).
+        k: steps (>= 1); a row with fewer valid candidates stops early (index -1, log-probability 0).
+        kappa: policy scale; tau: temperature of the straight-through mask's softmax (> 0).
+        gumbel_noise: [k, B, n] pre-drawn Gumbel samples, one per step and candidate (train.step_noise's rows of a
+            mask sample); None draws them (from `generator`).
+    Returns: Selection; mask and log_prob are differentiable in every step's scores.
+    Raises: ValueError on k < 1 or a gumbel_noise of another shape.
+    """
+    B, n = valid.shape
+    if gumbel_noise is None:
+        gumbel_noise = sample_gumbel((k, B, n), generator=generator, device=valid.device)
+    if gumbel_noise.shape != (k, B, n):
+        raise ValueError(f"gumbel_noise: expected shape {(k, B, n)}, got {tuple(gumbel_noise.shape)}")
+    return _select(score_step, valid, k, kappa, tau, gumbel_noise.to(valid.device))
+
+
+@torch.no_grad()
+def greedy(score_step: StepScorer, valid: torch.Tensor, k: int) -> Selection:
+    """Inference: i_t = the highest w_t among the remaining valid candidates, ties to the lower index.
+    valid: [B, n] bool; k >= 1 steps. Returns Selection (log_prob 0; no gradient)."""
+    return _select(score_step, valid, k, 1.0, 1.0, None)
+
+
+def _select(score_step: StepScorer, valid: torch.Tensor, k: int, kappa: float, tau: float,
+            gumbel_noise: torch.Tensor | None) -> Selection:
+    if k < 1:
+        raise ValueError(f"selection: k must be >= 1, got {k}")
+    B, n = valid.shape
+    rows = torch.arange(B, device=valid.device)
+    taken = torch.zeros_like(valid)
+    chosen = torch.empty(B, 0, dtype=torch.long, device=valid.device)
+    mask = torch.zeros(B, n, device=valid.device)
+    log_prob = torch.zeros(B, device=valid.device)
+    scores = []
+    for t in range(k):
+        w = score_step(chosen).float()  # [B, n]
+        scores.append(w)
+        left = valid & ~taken
+        alive = left.any(-1)  # [B]: rows that still have a candidate to pick
+        logits = (kappa * w).masked_fill(~left, float("-inf"))
+        perturbed = logits if gumbel_noise is None else logits + gumbel_noise[t]
+        # argmax of the scores (descending stable sort: ties to the lower index), -1 for rows with nothing left
+        pick = torch.sort(perturbed.detach(), dim=-1, descending=True, stable=True).indices[:, 0]
+        pick = torch.where(alive, pick, torch.full_like(pick, -1))
+        hard = torch.zeros(B, n, device=valid.device)
+        hard[rows[alive], pick[alive]] = 1.0
+        if gumbel_noise is not None:
+            safe = torch.where(left, perturbed, torch.full_like(perturbed, -1e9))  # no -inf: finite softmax grads
+            soft = torch.softmax(safe / tau, dim=-1) * left
+            mask = mask + hard + (soft - soft.detach())
+            step_log_p = torch.log_softmax(torch.where(left, logits, torch.full_like(logits, -1e9)), dim=-1)
+            log_prob = log_prob + torch.where(alive, step_log_p[rows, pick.clamp_min(0)], torch.zeros_like(log_prob))
+        else:
+            mask = mask + hard
+        taken = taken | hard.bool()
+        chosen = torch.cat([chosen, pick[:, None]], dim=1)
+    return Selection(chosen, mask, log_prob, scores)
+
+
+@torch.no_grad()
+def ranking_scores(score_step: StepScorer, valid: torch.Tensor, depth: int) -> torch.Tensor:
+    """Scores [B, n] fp32 whose descending order is the greedy selection of the first `depth` candidates (in
+    selection order), then the others by the last step's scores: hard top-k of them is greedy selection of k for
+    every k <= depth (greedy selection is prefix-consistent), and rank metrics read the selection order.
+    The values are order-preserving only, not calibrated scores. valid: [B, n] bool; padded candidates keep the
+    last step's value (callers mask them)."""
+    depth = max(1, min(depth, valid.shape[1]))
+    sel = greedy(score_step, valid, depth)
+    last = sel.scores[-1].clone()
+    rest = last.masked_fill(~valid, float("-inf"))
+    top = torch.where(torch.isfinite(rest), rest, torch.zeros_like(rest)).amax(-1)  # [B]
+    out = last.clone()
+    for t in range(sel.indices.shape[1]):
+        idx = sel.indices[:, t]
+        ok = idx >= 0
+        b = torch.arange(valid.shape[0], device=valid.device)[ok]
+        out[b, idx[ok]] = top[ok] + float(depth - t)
+    return out

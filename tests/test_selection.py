@@ -1,0 +1,281 @@
+"""Sequential selection (gr_train/selection.py) and conditional rerankers (reranker.conditional): step 1 is the base
+reranker, greedy selection is hard top-k when the conditioning is inert, the sampled sequence follows the step
+policies, the straight-through forward reads exactly the chosen passages, gradients reach every parameter through
+every step, save / load / export keep the selection, and the recipe trains, saves and resumes exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_reranker import CASES, KINDS, NO_DROPOUT, PASSAGES, QUESTIONS
+from test_reranker import tokenizers as tokenizers  # noqa: F401  (the module fixture)
+from test_train import tiny_cfg
+
+from gr_train import batching, gumbel, objectives, selection, train
+from gr_train.config import RerankerSection
+from gr_train.reader import visible_log_mask
+from gr_train.reranker import Reranker, build_reranker
+
+
+def make(kind: str, tokenizers, conditional: bool = True, seed: int = 0) -> Reranker:
+    _, style, model_config = CASES[kind]
+    family = "t5" if kind == "rankt5" else "bert"
+    cfg = RerankerSection(kind=kind, model_config={**NO_DROPOUT[family], **model_config}, max_tokens=16,
+                          conditional=conditional, conditional_max_tokens=32)
+    torch.manual_seed(seed)
+    return build_reranker(cfg, tokenizers[style])
+
+
+def scorer(reranker: Reranker, questions=QUESTIONS, passages=PASSAGES):
+    return reranker.step_scorer(reranker.tokenize(questions, passages), questions, passages)
+
+
+# -- the selection loop, on scripted scores -------------------------------------------------------------------------
+
+def test_greedy_with_inert_scores_is_hard_topk_including_ties_and_padding():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(0, 4, (64, 7), generator=gen).float()  # many ties
+    valid = torch.rand(64, 7, generator=gen) > 0.2
+    valid[:, 0] = True
+    for k in (1, 2, 5):
+        sel = selection.greedy(lambda chosen: w, valid, k)
+        expected = gumbel.topk_indices(w, k, valid)
+        for b in range(64):
+            count = int(valid[b].sum())
+            assert sel.indices[b, : min(k, count)].tolist() == expected[b, : min(k, count)].tolist()
+            assert (sel.indices[b, min(k, count):] == -1).all()
+        assert torch.equal(sel.mask, gumbel.hard_topk_mask(w, k, valid))
+
+
+def test_sampling_with_inert_scores_is_the_gumbel_topk_sample_and_its_plackett_luce_probability():
+    gen = torch.Generator().manual_seed(1)
+    w, valid, k = torch.randn(5, 6, generator=gen), torch.ones(5, 6, dtype=torch.bool), 3
+    noise = gumbel.sample_gumbel((k, 5, 6), generator=gen)
+    # one noise row for every step: the sequential argmax is the top-k of w + G in order
+    same = noise[:1].expand(k, 5, 6)
+    sel = selection.sample(lambda chosen: w, valid, k, kappa=1.0, gumbel_noise=same)
+    assert torch.equal(sel.indices, gumbel.topk_indices(w + noise[0], k))
+    # log p(sequence) = sum_t log softmax over the remaining candidates (Plackett-Luce)
+    for b in range(5):
+        left, expected = list(range(6)), 0.0
+        for i in sel.indices[b].tolist():
+            expected += (w[b, i] - torch.logsumexp(w[b, left], 0)).item()
+            left.remove(i)
+        assert sel.log_prob[b].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_sampled_sequences_follow_the_step_policies():
+    """Frequencies of (i_1, i_2) over 20,000 draws match softmax(kappa * w_1)[i_1] * softmax(kappa * w_2 | i_1)[i_2]
+    for a scorer whose second step depends on the first pick."""
+    w1 = torch.tensor([[1.0, 0.0, -1.0]])
+    table = {0: torch.tensor([[0.0, 2.0, 0.0]]), 1: torch.tensor([[0.0, 0.0, 1.5]]), 2: torch.tensor([[1.0, 0.0, 0.0]])}
+
+    def step(chosen):
+        return w1 if chosen.shape[1] == 0 else table[int(chosen[0, 0])]
+
+    kappa, draws = 1.3, 20000
+    gen = torch.Generator().manual_seed(2)
+    counts = torch.zeros(3, 3)
+    for _ in range(draws):
+        sel = selection.sample(step, torch.ones(1, 3, dtype=torch.bool), 2, kappa=kappa, generator=gen)
+        i, j = sel.indices[0].tolist()
+        counts[i, j] += 1
+    p1 = torch.softmax(kappa * w1[0], 0)
+    for i in range(3):
+        left = [j for j in range(3) if j != i]
+        p2 = torch.softmax(kappa * table[i][0, left], 0)
+        for pos, j in enumerate(left):
+            expected = (p1[i] * p2[pos]).item()
+            assert counts[i, j].item() / draws == pytest.approx(expected, abs=0.012)
+
+
+def test_straight_through_mask_is_exactly_the_chosen_passages_in_value():
+    w = torch.randn(4, 6, requires_grad=True)
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    valid[0, 4:] = False
+    sel = selection.sample(lambda chosen: w * (1 + chosen.shape[1]), valid, 2, kappa=2.0,
+                           generator=torch.Generator().manual_seed(0))
+    hard = torch.zeros(4, 6)
+    for b in range(4):
+        hard[b, sel.indices[b]] = 1.0
+    assert torch.equal(sel.mask.detach(), hard)
+    assert (sel.mask.detach()[~valid] == 0).all()
+    (sel.mask * torch.randn(4, 6, generator=torch.Generator().manual_seed(1))).sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_ranking_scores_order_is_the_greedy_selection_then_the_last_step():
+    w1, w2 = torch.tensor([[0.1, 0.9, 0.5, 0.3]]), torch.tensor([[0.8, 0.0, 0.2, 0.7]])
+
+    def step(chosen):
+        return w1 if chosen.shape[1] == 0 else w2
+
+    scores = selection.ranking_scores(step, torch.ones(1, 4, dtype=torch.bool), 2)
+    # greedy: step 1 picks 1 (0.9), step 2 picks 0 (0.8, best of the rest under w2); then 3 (0.7), 2 (0.2)
+    assert torch.sort(scores[0], descending=True).indices.tolist() == [1, 0, 3, 2]
+
+
+# -- conditional rerankers ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_one_of_a_conditional_reranker_is_its_base_reranker(kind, tokenizers):
+    conditional, base = make(kind, tokenizers, True), make(kind, tokenizers, False)
+    with torch.no_grad():
+        w0 = scorer(conditional)(torch.empty(2, 0, dtype=torch.long))
+        w_base = base(base.tokenize(QUESTIONS, PASSAGES))
+        w_step2 = scorer(conditional)(torch.tensor([[0], [1]]))
+    assert torch.equal(w0, w_base)
+    # step 2 reads the chosen passage: the scores move (the conditioning is not inert)
+    assert not torch.allclose(w_step2, w0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conditioned_step_scores_a_question_followed_by_the_chosen_passages(kind, tokenizers):
+    """Step 2's scores equal the base reranker's on the question text followed by the chosen passage."""
+    reranker = make(kind, tokenizers, True)
+    chosen = torch.tensor([[1], [0]])
+    texts = [f"{q} {' '.join(p for p in row[i] if p)}" for q, row, i in zip(QUESTIONS, PASSAGES, [1, 0])]
+    with torch.no_grad():
+        got = scorer(reranker)(chosen)
+        tokens = reranker.conditioned_inputs.tokenize(texts, PASSAGES)
+        expected = reranker(tokens)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_parameter_gets_a_finite_gradient_through_every_step(kind, tokenizers):
+    reranker = make(kind, tokenizers, True).train()
+    sel = selection.sample(scorer(reranker), torch.ones(2, 3, dtype=torch.bool), 2, kappa=1.0,
+                           generator=torch.Generator().manual_seed(0))
+    # only step 2's log-probability: the gradient must come through the conditioned pass alone
+    step2 = sel.log_prob - torch.log_softmax(sel.scores[0], -1).gather(1, sel.indices[:, :1]).squeeze(1)
+    step2.sum().backward()
+    trainable = [(n, p) for n, p in reranker.named_parameters() if p.requires_grad]
+    for name, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert sum(p.grad.abs().sum() for _, p in trainable if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_keep_the_conditional_selection(kind, tokenizers, tmp_path):
+    reranker = make(kind, tokenizers, True)
+    reranker.save(tmp_path / "r")
+    loaded = Reranker.load(tmp_path / "r")
+    assert loaded.cfg.conditional and loaded.cfg.conditional_max_tokens == 32
+    chosen = torch.tensor([[2], [1]])
+    with torch.no_grad():
+        assert torch.allclose(scorer(loaded)(chosen), scorer(reranker)(chosen), atol=1e-5)
+    assert loaded.select(QUESTIONS, PASSAGES, 2) == reranker.select(QUESTIONS, PASSAGES, 2)
+    # a config that disagrees with the folder is refused, naming the key
+    with pytest.raises(ValueError, match="reranker.conditional"):
+        build_reranker(dataclasses.replace(loaded.cfg, conditional=False))
+
+
+def test_select_of_a_pointwise_reranker_is_its_topk(tokenizers):
+    reranker = make("cross_encoder", tokenizers, False)
+    with torch.no_grad():
+        w = reranker(reranker.tokenize(QUESTIONS, PASSAGES))
+    assert reranker.select(QUESTIONS, PASSAGES, 2) == gumbel.topk_indices(w, 2).tolist()
+
+
+# -- training through the reader ------------------------------------------------------------------------------------
+
+def conditional_cfg(tmp_path, estimator: str, *overrides):
+    return tiny_cfg(tmp_path, "reranker.conditional=true", f"gumbel.estimator={estimator}", "gumbel.samples=2",
+                    *overrides)
+
+
+def test_score_function_loss_is_the_mean_answer_loss_of_exactly_the_sampled_passages(tmp_path):
+    cfg = conditional_cfg(tmp_path, "score_function")
+    recipe = train.setup(cfg, resume=False)
+    batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    noise = train.step_noise(cfg, 0, 4)
+    out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
+    # replay the two draws: the reader on exactly the chosen passages, each on its own
+    questions, passages = batching.candidate_texts(batch)
+    tau, kappa = gumbel.gumbel_tau_kappa(cfg, 0)
+    losses = []
+    with torch.no_grad():
+        step = recipe.reranker.step_scorer(batch.reranker_inputs, questions, passages)
+        for s in range(2):
+            sel = selection.sample(step, batch.valid, cfg.gumbel.k, kappa, tau, noise[s * 2 : (s + 1) * 2])
+            assert (sel.indices >= 0).all() and (sel.mask.sum(-1) == cfg.gumbel.k).all()
+            for b in range(4):  # exactly those passages, encoded alone (no mask)
+                rec = batch.records[b]
+                chosen = [passages[b][i] for i in sel.indices[b].tolist()]
+                inputs = recipe.reader.tokenize([questions[b]], [chosen], [rec.target_text])
+                states = recipe.reader.encode_passages(inputs)
+                losses.append(recipe.reader.answer_loss(states, inputs, visible_log_mask(
+                    torch.ones(1, cfg.gumbel.k, dtype=torch.bool))).item())
+    assert out.loss.item() == pytest.approx(sum(losses) / len(losses), abs=1e-5)
+    out.loss.backward()
+    grads = [p.grad for p in recipe.reranker.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in recipe.reader.parameters())
+
+
+def test_straight_through_forward_is_the_reader_on_exactly_the_chosen_passages(tmp_path):
+    cfg = conditional_cfg(tmp_path, "straight_through", "gumbel.samples=1")
+    recipe = train.setup(cfg, resume=False)
+    batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    noise = train.step_noise(cfg, 0, 4)
+    out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise)
+    questions, passages = batching.candidate_texts(batch)
+    tau, kappa = gumbel.gumbel_tau_kappa(cfg, 0)
+    with torch.no_grad():
+        step = recipe.reranker.step_scorer(batch.reranker_inputs, questions, passages)
+        sel = selection.sample(step, batch.valid, cfg.gumbel.k, kappa, tau, noise[:2])
+        states = recipe.reader.encode_passages(batch.reader_inputs)
+        dropped = recipe.reader.answer_loss(states, batch.reader_inputs, visible_log_mask(sel.mask > 0.5)).mean()
+    assert out.loss.item() == pytest.approx(dropped.item(), abs=1e-4)  # log(1 + eps) and log(eps) vs 0 / NEG_BIAS
+    out.loss.backward()
+    for name, p in recipe.reranker.named_parameters():
+        if p.requires_grad and "pooler" not in name:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_max_softmax_on_a_conditional_reranker_is_refused_naming_the_keys(tmp_path):
+    from gr_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="reranker.conditional.*gumbel.estimator"):
+        tiny_cfg(tmp_path, "reranker.conditional=true", "gumbel.estimator=max_softmax")
+    with pytest.raises(ConfigError, match="gumbel.samples >= 2"):
+        tiny_cfg(tmp_path, "gumbel.estimator=score_function", "gumbel.samples=1")
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("estimator", ["score_function", "straight_through"])
+def test_conditional_recipe_trains_evaluates_and_resumes_exactly(tmp_path, estimator):
+    """6 steps with dev evaluation at 3 and 6; a run interrupted after its step-3 checkpoint and resumed gives the
+    same losses and the same final weights."""
+    overrides = ("train.save_every_steps=3", "train.eval_every_steps=3")
+    reference = {}
+    cfg = conditional_cfg(tmp_path / "a", estimator, *overrides)
+    out = train.main(cfg, resume=False, on_step=lambda s, sc: reference.__setitem__(s, sc["train/loss"]))
+    assert all(math.isfinite(v) for v in reference.values()) and sorted(reference) == list(range(6))
+    assert Reranker.load(Path(out["final"]) / "reranker").cfg.conditional
+
+    cfg = conditional_cfg(tmp_path / "b", estimator, *overrides)
+
+    def crash(step, scalars):
+        if step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.main(cfg, resume=False, on_step=crash)
+    resumed = {}
+    out_b = train.main(cfg, resume=True, on_step=lambda s, sc: resumed.__setitem__(s, sc["train/loss"]))
+    assert sorted(resumed) == [3, 4, 5]
+    for s in resumed:
+        assert resumed[s] == pytest.approx(reference[s], abs=1e-6)
+    a = Reranker.load(Path(out["final"]) / "reranker").state_dict()
+    b = Reranker.load(Path(out_b["final"]) / "reranker").state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
