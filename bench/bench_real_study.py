@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gr_train import compare, reader_cache, train  # noqa: E402
+from gr_train.batching import collate, passage_states  # noqa: E402
 from gr_train.config import apply_override, load_config  # noqa: E402
 from gr_train.data import load_any, save_records  # noqa: E402
 from gr_train.evaluate import evaluate  # noqa: E402
 from gr_train.models import build_models  # noqa: E402
-from gr_train.batching import collate, passage_states  # noqa: E402
 from gr_train.reader_report import reader_report  # noqa: E402
 from gr_train.suite import dataset_config, tuning_config  # noqa: E402
 

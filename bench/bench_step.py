@@ -62,12 +62,11 @@ def batch_records(B: int, n: int, words: int, seed: int):
 def worker(args) -> dict:
     import torch
 
-    from gr_train import gumbel
-    from gr_train import batching
-    from gr_train.runtime import checkpoint_answer_pass
+    from gr_train import batching, gumbel
     from gr_train.config import load_config
     from gr_train.models import build_reader
     from gr_train.reranker import build_reranker, build_word_tokenizer
+    from gr_train.runtime import checkpoint_answer_pass
 
     torch.manual_seed(0)
     args.n = args.n[0]  # the worker runs one n

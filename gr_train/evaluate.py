@@ -13,10 +13,10 @@ import torch
 from tqdm import tqdm
 
 from gr_train import gumbel, ranking, selection
+from gr_train.batching import candidate_texts, collate, module_device, move_inputs, passage_states
 from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
 from gr_train.data import fact_ids
-from gr_train.batching import candidate_texts, collate, module_device, move_inputs, passage_states
 from gr_train.gumbel import gumbel_tau_kappa
 from gr_train.reader import extract_answer, visible_log_mask
 

@@ -35,8 +35,8 @@ import math
 import torch
 from tqdm import tqdm
 
-from gr_train.evaluate import answer_metrics
 from gr_train.batching import collate, module_device, move_inputs, passage_states
+from gr_train.evaluate import answer_metrics
 from gr_train.reader import visible_log_mask
 from gr_train.stats import paired_bootstrap
 
