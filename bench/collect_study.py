@@ -1,0 +1,89 @@
+"""Copy each finished run of a suite folder (`gr-train suite --out DIR`) into the repository as a small JSON: its
+metrics, per-question values (4 decimals, for paired intervals), dev curves (eval/* per step, from
+tb/scalars.jsonl) and config. A long study survives a change of machine through these files; `--restore` writes them
+back as compare_result.json, so that `gr-train suite` on a new machine skips the finished runs.
+
+    python bench/collect_study.py runs/selection_study docs/study/selection/runs            # collect
+    python bench/collect_study.py runs/selection_study docs/study/selection/runs --restore  # restore
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULT_FILE = "compare_result.json"  # compare.RESULT_FILE (not imported: this script runs without torch)
+CURVE_KEYS = ("eval/coverage@2", "eval/recall@2", "eval/recall@2_indirect", "eval/coverage@5", "eval/recall@5_indirect",
+              "eval/dev_loss_hard")
+
+
+def _round(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+def curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """{eval key: {step: value}} from the run's scalars.jsonl (a resumed run's repeated steps: last wins)."""
+    out: dict[str, dict[int, float]] = {}
+    path = run_dir / "tb" / "scalars.jsonl"
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        for key in CURVE_KEYS:
+            if key in row:
+                out.setdefault(key, {})[int(row["step"])] = round(float(row[key]), 4)
+    return out
+
+
+def collect(suite_dir: Path, dest: Path) -> list[Path]:
+    written = []
+    for result in sorted(suite_dir.glob(f"*/*/seed-*/{RESULT_FILE}")):
+        run_dir = result.parent
+        dataset, row, seed = run_dir.parts[-3], run_dir.parts[-2], run_dir.parts[-1]
+        out = dest / dataset / row / f"{seed}.json"
+        data = json.loads(result.read_text())
+        # the config stays exact: the suite compares it with its own before it skips a restored run
+        data = {**{k: v if k == "config" else _round(v) for k, v in data.items()}, "curves": curves(run_dir)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(data, separators=(",", ":")) + "\n"
+        if not out.is_file() or out.read_text() != text:
+            out.write_text(text)
+            written.append(out)
+    return written
+
+
+def restore(suite_dir: Path, dest: Path) -> list[Path]:
+    written = []
+    for saved in sorted(dest.glob("*/*/seed-*.json")):
+        dataset, row, seed = saved.parts[-3], saved.parts[-2], saved.stem
+        target = suite_dir / dataset / row / seed / RESULT_FILE
+        if target.is_file():
+            continue
+        data = json.loads(saved.read_text())
+        data.pop("curves", None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(data, indent=2))
+        written.append(target)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite_dir", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--restore", action="store_true", help="write the saved runs back into suite_dir")
+    args = parser.parse_args()
+    paths = (restore if args.restore else collect)(args.suite_dir, args.dest)
+    for path in paths:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
