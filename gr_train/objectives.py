@@ -233,13 +233,82 @@ def _distillation(kind: ReaderTarget, loss: Callable, batch: Batch, reranker, re
     reranker's scores w and log p_R, then `loss(log_p_r, value, valid, theta)` → [B], averaged over questions."""
     value, reader_seconds = reader_quantity(kind, batch, reader, cfg)
     t0 = time.perf_counter()
-    w = reranker(batch.reranker_inputs)  # [B, n]
-    log_p_r = retriever_log_probs(w, batch.valid)
-    per_question = loss(log_p_r, value, batch.valid, cfg.objective.theta)
+    if cfg.reranker.conditional:
+        per_question, w, log_p_r, step_seconds = _sequential_distillation(kind, loss, value, batch, reranker, reader,
+                                                                          cfg)
+        reader_seconds += step_seconds
+    else:
+        w = reranker(batch.reranker_inputs)  # [B, n]
+        log_p_r = retriever_log_probs(w, batch.valid)
+        per_question = loss(log_p_r, value, batch.valid, cfg.objective.theta)
     metrics = _score_metrics(w, log_p_r, batch)
     metrics["train/reader_quantity_mean"] = torch.nanmean(value).item()
     return Output(per_question.mean(), metrics, {"time/reader_targets": reader_seconds,
                                                  "time/reranker": time.perf_counter() - t0})
+
+
+def _sequential_distillation(kind: ReaderTarget, loss: Callable, value: torch.Tensor, batch: Batch, reranker, reader,
+                             cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """A baseline's targets for a conditional reranker (reranker.conditional), over the remaining candidates at each
+    of the gumbel.k selection steps, the prefix being the reranker's own greedy picks (no gradient through the
+    choice). Step 1 is the pointwise objective on w_1. At step t > 1 the target of a remaining candidate i is, for
+    emdr and pdist, the reader's answer loss with the prefix and i visible (n answer passes per step, not cached:
+    the prefix moves with the reranker); for loop and adist the per-passage quantity of step 1 (it does not depend
+    on a prefix), renormalised over the remaining candidates. The loss is the mean over steps; a step where a
+    question has no candidate left adds 0.
+
+    Returns (per-question loss [B], w_1 [B, n], log p_R of step 1 [B, n], seconds spent in the reader)."""
+    questions, passages = candidate_texts(batch)
+    score = reranker.step_scorer(batch.reranker_inputs, questions, passages)
+    B, n = batch.valid.shape
+    rows = torch.arange(B, device=batch.valid.device)
+    left = batch.valid.clone()
+    chosen = torch.empty(B, 0, dtype=torch.long, device=batch.valid.device)
+    total = torch.zeros(B, device=batch.valid.device)
+    reader_seconds, states = 0.0, None
+    for t in range(cfg.gumbel.k):
+        alive = left.any(-1)
+        if not alive.any():
+            break
+        w_t = score(chosen)
+        target = value
+        if t > 0 and kind == "single":
+            t0 = time.perf_counter()
+            states = passage_states(batch, reader, cfg) if states is None else states
+            target = prefix_losses(reader, states, batch.reader_inputs, left, chosen)
+            reader_seconds += time.perf_counter() - t0
+        # a finished row (no candidate left) gets a finite stand-in loss, then 0: no inf or nan reaches backward
+        mask_t = left | ~alive[:, None]
+        target = torch.where(alive[:, None], target, torch.zeros_like(target))
+        log_p = retriever_log_probs(w_t, mask_t)
+        step_loss = loss(log_p, target, mask_t, cfg.objective.theta)
+        total = total + torch.where(alive, step_loss, torch.zeros_like(step_loss))
+        if t == 0:
+            w, log_p_r = w_t, log_p
+        pick = w_t.detach().float().masked_fill(~left, float("-inf")).argmax(-1)
+        pick = torch.where(alive, pick, torch.full_like(pick, -1))
+        left = left.clone()
+        left[rows[alive], pick[alive]] = False
+        chosen = torch.cat([chosen, pick[:, None]], dim=1)
+    return total / cfg.gumbel.k, w, log_p_r, reader_seconds
+
+
+@torch.no_grad()
+def prefix_losses(reader, states, inputs, candidates: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Answer loss (token-mean CE) with the chosen passages and candidate i visible, for every candidate i:
+    candidates [B, n] bool (the remaining ones), chosen [B, t] long (-1 = none) → [B, n] fp32, nan where i is not a
+    candidate. n answer passes over one encoding."""
+    B, n = candidates.shape
+    prefix = torch.zeros_like(candidates)
+    for col in chosen.T:
+        ok = col >= 0
+        prefix[torch.arange(B, device=col.device)[ok], col[ok]] = True
+    out = torch.full((B, n), float("nan"), device=candidates.device)
+    for i in range(n):
+        visible = prefix.clone()
+        visible[:, i] = True
+        out[:, i] = reader.answer_loss(states, inputs, visible_log_mask(visible)).float()
+    return out.masked_fill(~candidates, float("nan"))
 
 
 def emdr(batch: Batch, reranker, reader, cfg, step: int, noise) -> Output:

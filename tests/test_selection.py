@@ -279,3 +279,56 @@ def test_conditional_recipe_trains_evaluates_and_resumes_exactly(tmp_path, estim
     b = Reranker.load(Path(out_b["final"]) / "reranker").state_dict()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+# -- the baselines on a conditional reranker -------------------------------------------------------------------------
+
+def test_emdr_on_a_conditional_reranker_at_k1_is_pointwise_emdr(tmp_path):
+    base = tiny_cfg(tmp_path, "objective.name=emdr", "gumbel.k=1")
+    cond = tiny_cfg(tmp_path, "objective.name=emdr", "gumbel.k=1", "reranker.conditional=true")
+    recipe = train.setup(base, resume=False)
+    recipe.reranker.eval()  # no dropout: the two calls must see the same scores
+    batch = batching.collate(recipe.train_records[:4], base.data.n_candidates, recipe.reranker, recipe.reader)
+    plain = objectives.emdr(batch, recipe.reranker, recipe.reader, base, 0, None).loss
+    recipe.reranker.cfg.conditional = True  # the same weights, conditional
+    assert objectives.emdr(batch, recipe.reranker, recipe.reader, cond, 0, None).loss.item() == pytest.approx(
+        plain.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["emdr", "loop"])
+def test_conditional_baselines_add_a_step_two_target_given_the_greedy_prefix(tmp_path, objective):
+    """At k=2 the loss is the mean of step 1's pointwise loss and step 2's loss over the remaining candidates given
+    the reranker's greedy first pick; for EMDR step 2's target is the reader's loss with that pick and i visible."""
+    cfg = tiny_cfg(tmp_path, f"objective.name={objective}", "reranker.conditional=true", "gumbel.k=2",
+                   "objective.cache_reader_targets=false")
+    recipe = train.setup(cfg, resume=False)
+    recipe.reranker.eval()  # no dropout: the objective and the replay must see the same scores
+    batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+    out = getattr(objectives, objective)(batch, recipe.reranker, recipe.reader, cfg, 0, None)
+    kind = "single" if objective == "emdr" else "loop"
+    value, _ = objectives.reader_quantity(kind, batch, recipe.reader, cfg)
+    fn = {"emdr": lambda lp, ce, v: -torch.logsumexp((lp - ce).masked_fill(~v, float("-inf")), -1),
+          "loop": lambda lp, ce, v: objectives.distill_loss(lp, ce, v, cfg.objective.theta)}[objective]
+    with torch.no_grad():
+        questions, passages = batching.candidate_texts(batch)
+        step = recipe.reranker.step_scorer(batch.reranker_inputs, questions, passages)
+        w1 = step(torch.empty(4, 0, dtype=torch.long))
+        first = w1.masked_fill(~batch.valid, float("-inf")).argmax(-1)
+        left = batch.valid.clone()
+        left[torch.arange(4), first] = False
+        w2 = step(first[:, None])
+        target2 = value
+        if objective == "emdr":
+            states = recipe.reader.encode_passages(batch.reader_inputs)
+            target2 = torch.full_like(value, float("nan"))
+            for i in range(value.shape[1]):
+                visible = torch.zeros_like(batch.valid)
+                visible[torch.arange(4), first] = True
+                visible[:, i] = True
+                target2[:, i] = recipe.reader.answer_loss(states, batch.reader_inputs, visible_log_mask(visible))
+        expected = (fn(objectives.retriever_log_probs(w1, batch.valid), value, batch.valid)
+                    + fn(objectives.retriever_log_probs(w2, left), target2, left)) / 2
+    assert out.loss.item() == pytest.approx(expected.mean().item(), abs=1e-5)
+    out.loss.backward()
+    grads = [p.grad for p in recipe.reranker.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
