@@ -50,14 +50,18 @@ def logged(tmp_path_factory) -> set[str]:
     cfg = load_config(REPO / "configs" / "demo.yaml", TINY)
     train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, root / "data", 0)
     tags = set()
-    for name in OBJECTIVES:
+    # every objective, and G-Rerank's sequential path (a conditional reranker, the score-function estimator)
+    runs = [(name, name, []) for name in OBJECTIVES]
+    runs.append(("gumbel_sequential", "gumbel", ["reranker.conditional=true", "gumbel.estimator=score_function",
+                                                 "gumbel.samples=2"]))
+    for label, name, row in runs:
         extra = ["reader.trainable=true", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}"] \
             if name == "reader" else [f"data.train_path={train_path}"]
         cfg = load_config(REPO / "configs" / "demo.yaml", [*TINY, f"objective.name={name}",
-                                                           f"run.run_dir={root / name}", f"data.dev_path={dev_path}",
-                                                           *extra])
+                                                           f"run.run_dir={root / label}", f"data.dev_path={dev_path}",
+                                                           *extra, *row])
         train.main(cfg, resume=False)
-        for line in (root / name / "tb" / "scalars.jsonl").read_text().splitlines():
+        for line in (root / label / "tb" / "scalars.jsonl").read_text().splitlines():
             tags |= set(json.loads(line)) - {"step"}
     return tags
 
