@@ -58,7 +58,7 @@ def worker(args) -> None:
     """One rank of one configuration: the recipe's setup + train, then rank 0 prints the measurements."""
     from gr_train import train
     from gr_train.config import load_config
-    from gr_train.metrics import peak_rss_mb
+    from gr_train.tensorboard_log import peak_rss_mb
 
     cfg = load_config(None, args.overrides)
     times: list[dict] = []

@@ -21,11 +21,11 @@ from gr_train import checkpoint, gumbel, synthetic, threads
 from gr_train.batching import collate
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_split
-from gr_train.metrics import MetricsWriter, peak_rss_mb
 from gr_train.models import build_models
 from gr_train.objectives import OBJECTIVES
 from gr_train.reader_tuning import save_reader
 from gr_train.runtime import Runtime, build_runtime
+from gr_train.tensorboard_log import MetricsWriter, peak_rss_mb
 
 log = logging.getLogger("gr_train.train")
 
