@@ -54,7 +54,7 @@ FULL = {
 }
 TINY = {
     "llama": {"kind": "causal_lm", "model_config": {"model_type": "llama"}},  # reader.TINY_CAUSAL sizes
-    "fid_t5": {"kind": "fid_t5", "model_config": {}},  # reader.TINY_T5
+    "fid_t5": {"kind": "fid_t5", "model_config": {}},  # reader.TINY_FID_T5
 }
 # questions per step, passages per question, passage tokens, training steps timed
 SIZES = {"full": dict(B=2, n=10, L=256, steps=3), "tiny": dict(B=2, n=3, L=128, steps=2)}

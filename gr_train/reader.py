@@ -115,7 +115,7 @@ class Reader(nn.Module):
 
 
 # Tiny architectures for readers built from scratch (tests, debugging); cfg.model_config overrides any key.
-TINY_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
+TINY_FID_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0)
 _TINY_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, max_position_embeddings=512)
 # Other model types get no tiny defaults: give their sizes in cfg.model_config.
@@ -262,7 +262,7 @@ class FiDT5Reader(Reader):
 
     @classmethod
     def build(cls, cfg, tokenizer=None) -> "FiDT5Reader":
-        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_T5 + cfg.model_config; in
+        """From `cfg.name_or_path` (hub id or local folder), else a random T5 from TINY_FID_T5 + cfg.model_config; in
         reader_dtype(cfg)."""
         tokenizer = _load_tokenizer(cfg, tokenizer)
         if cfg.name_or_path:
@@ -276,7 +276,7 @@ class FiDT5Reader(Reader):
         else:
             ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-            config = T5Config(**{**TINY_T5, **ids, **cfg.model_config})
+            config = T5Config(**{**TINY_FID_T5, **ids, **cfg.model_config})
             model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=cfg.attn_implementation,
                                                       dtype=reader_dtype(cfg))
         return cls(model, tokenizer, cfg.passage_max_tokens, cfg.answer_max_tokens, cfg.answer_eos)

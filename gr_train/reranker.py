@@ -34,7 +34,7 @@ SETTINGS_FILE = "gr_train_reranker.json"
 
 # Tiny defaults used when building from scratch (no name_or_path); cfg.model_config overrides them.
 TINY_ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-TINY_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16}
+TINY_RANKT5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16}
 
 # Files that mark a local folder as holding a tokenizer. Checked explicitly because transformers 5.24's
 # AutoTokenizer on a folder without any of them silently returns an empty-vocabulary tokenizer (all [UNK]).
@@ -404,7 +404,7 @@ def _scratch_config(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any):
         special.update(eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
     if cls is CrossEncoderReranker:
         special["num_labels"] = 1
-    defaults = TINY_T5 if cls is RankT5Reranker else TINY_ENCODER
+    defaults = TINY_RANKT5 if cls is RankT5Reranker else TINY_ENCODER
     return AutoConfig.for_model(model_type, **{**defaults, **special, **overrides, "vocab_size": vocab_size})
 
 
