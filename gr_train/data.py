@@ -645,10 +645,25 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _detect(path: Path, items: list[Item]) -> str:
-    """The format of the first record, by its keys: `ctxs` → fid, `paragraphs` → musique, `context` with
-    `evidences` → 2wiki, `context` → hotpotqa."""
+    """The format of the first record (detect_item_format)."""
     where, first = items[0]
-    keys = _object(first, _Where(path, where), None).keys()
+    return detect_item_format(first, path, where)
+
+
+def detect_item_format(obj: Any, path: str | os.PathLike, where: str) -> str:
+    """The format of one raw record (a parsed JSON value), by its keys: `ctxs` → fid, `paragraphs` → musique,
+    `context` with `evidences` → 2wiki, `context` → hotpotqa.
+
+    Args:
+        obj: the record as json.loads gives it.
+        path, where: the file and the record's location in it ("line N", "record [i]"), for the error.
+    Returns:
+        "fid" | "musique" | "2wiki" | "hotpotqa".
+    Raises:
+        DataError naming path and where: obj is not a JSON object, or it has none of the keys above.
+    """
+    path = Path(path)
+    keys = _object(obj, _Where(path, where), None).keys()
     if "ctxs" in keys:
         return "fid"
     if "paragraphs" in keys:
