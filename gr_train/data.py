@@ -650,13 +650,15 @@ def _detect(path: Path, items: list[Item]) -> str:
     return detect_item_format(first, path, where)
 
 
-def detect_item_format(obj: Any, path: str | os.PathLike, where: str) -> str:
+def detect_item_format(obj: Any, path: str | os.PathLike, where: str, *, questions: bool = False) -> str:
     """The format of one raw record (a parsed JSON value), by its keys: `ctxs` → fid, `paragraphs` → musique,
     `context` with `evidences` → 2wiki, `context` → hotpotqa.
 
     Args:
         obj: the record as json.loads gives it.
         path, where: the file and the record's location in it ("line N", "record [i]"), for the error.
+        questions: a question file (ray_jobs/preprocess.py): a record with a `question` and none of the keys above
+            is a FiD question without candidates (parse_item accepts it) → fid.
     Returns:
         "fid" | "musique" | "2wiki" | "hotpotqa".
     Raises:
@@ -670,6 +672,8 @@ def detect_item_format(obj: Any, path: str | os.PathLike, where: str) -> str:
         return "musique"
     if "context" in keys:
         return "2wiki" if "evidences" in keys else "hotpotqa"
+    if questions and "question" in keys:
+        return "fid"
     raise DataError(
         path,
         "cannot detect the format: expected a key 'ctxs' (fid), 'paragraphs' (musique) or 'context' "

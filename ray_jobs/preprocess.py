@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import ray
 
 from gr_train.config import ConfigError, RunConfig, save_config, to_dict
-from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, gold_paragraphs, has_answer, is_gold_passage, parse_item,
-                           passage_string)
+from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, detect_item_format, gold_paragraphs, has_answer,
+                           is_gold_passage, parse_item, passage_string)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import run_job, start_job
@@ -84,16 +84,6 @@ def read_question_items(path: str, fmt: str) -> list[dict]:
     return items
 
 
-def detect_format(obj) -> str:
-    """As data.load_any: `paragraphs` → musique, `context` (+ `evidences`) → hotpotqa (2wiki), else fid."""
-    keys = obj.keys() if isinstance(obj, dict) else ()
-    if "paragraphs" in keys:
-        return "musique"
-    if "context" in keys:
-        return "2wiki" if "evidences" in keys else "hotpotqa"
-    return "fid"
-
-
 def parse_row(item: dict, fmt: str, path: str, keep_ctxs: bool = False) -> dict:
     """{index, where, raw} → {index, where, id, record (JSON of the question fields, "" if rejected), reason (the
     full message, "" if accepted), kind (the reason without its location, for counting)}.
@@ -109,7 +99,9 @@ def parse_row(item: dict, fmt: str, path: str, keep_ctxs: bool = False) -> dict:
     if isinstance(obj, dict):
         out["id"] = str(obj.get("id", obj.get("_id", "")))
     try:
-        record = parse_item(obj, detect_format(obj) if fmt in ("auto", "parquet") else fmt, path, item["where"])
+        if fmt in ("auto", "parquet"):
+            fmt = detect_item_format(obj, path, item["where"], questions=True)
+        record = parse_item(obj, fmt, path, item["where"])
     except DataError as e:
         out["reason"], out["kind"] = str(e), (f"field '{e.field}': " if e.field else "") + e.problem
         return out

@@ -38,8 +38,9 @@ def preprocess_labels(path: Path, items: list[dict], order=reversed) -> dict[str
         row = preprocess.parse_row(item, "auto", str(path))
         assert row["reason"] == "", row["reason"]
         rec = json.loads(row["record"])
-        record = data.parse_item(json.loads(item["raw"]), preprocess.detect_format(json.loads(item["raw"])),
-                                 path, item["where"])
+        obj = json.loads(item["raw"])
+        record = data.parse_item(obj, data.detect_item_format(obj, path, item["where"], questions=True), path,
+                                 item["where"])
         idx = list(order(range(len(record.ctxs))))
         ctxs = preprocess.attach_candidates([rec], hits_of([(record.ctxs[i].title, record.ctxs[i].text)
                                                             for i in idx]), {}, [0])[0]["ctxs"]

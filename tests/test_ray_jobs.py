@@ -402,6 +402,23 @@ def test_question_files_of_every_format_parse_record_by_record(tmp_path):
     assert rows[0]["reason"] == "" and rows[1]["kind"] == "field 'answers': must not be empty"
 
 
+def test_an_unknown_format_record_is_rejected_with_the_error_load_any_gives(tmp_path):
+    """A record with none of the format keys: parse_row's reject reason is data.load_any's DataError for the same
+    file, word for word (the file, the line, the keys expected and the keys found)."""
+    from gr_train.data import DataError, load_any
+    from ray_jobs.preprocess import parse_row, read_question_items
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"id": "u1", "query": "who?", "answers": ["Ann"]}) + "\n")
+    with pytest.raises(DataError) as raised:
+        load_any(path)
+    (row,) = [parse_row(item, "auto", str(path)) for item in read_question_items(str(path), "auto")]
+    assert row["reason"] == str(raised.value) == (
+        f"{path} line 1: cannot detect the format: expected a key 'ctxs' (fid), 'paragraphs' (musique) or "
+        "'context' (hotpotqa / 2wiki); got ['answers', 'id', 'query']; pass fmt explicitly")
+    assert row["record"] == "" and row["id"] == "u1" and row["kind"].startswith("cannot detect the format")
+
+
 def test_token_columns_drop_padding():
     import torch
 
