@@ -288,9 +288,10 @@ class DemoFiDReader(Reader):
         return self.model.decode(inputs["dec_ids"], inputs["dec_mask"], H, self._cross_bias(inputs, log_M),
                                  inputs["passage_ids"].flatten(1))
 
-    def answer_loss(self, states, inputs, log_M):
+    def answer_logits(self, states, inputs, log_M):
+        """The last iteration's logits of decoder_logits, [B, T, V] (Reader.answer_loss reads them)."""
         logits, _ = self.decoder_logits(states, inputs, log_M)
-        return token_mean_ce(logits, inputs["labels"])
+        return logits
 
     def answer_loss_naive(self, inputs, log_M):
         logits, _ = self.decoder_logits(self._encode(inputs), inputs, log_M)

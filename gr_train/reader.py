@@ -92,9 +92,15 @@ class Reader(nn.Module):
         """Passage states under torch.no_grad(); the result holds no autograd graph."""
         raise NotImplementedError
 
-    def answer_loss(self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
-        """Token-mean cross-entropy of the target per question, [B] fp32, differentiable w.r.t. log_M."""
+    def answer_logits(self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of the target tokens, [B, T, V] (T = inputs["labels"].shape[1]), differentiable
+        w.r.t. log_M [B, n]: the family's answer pass over the cached passage states."""
         raise NotImplementedError
+
+    def answer_loss(self, states: Any, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
+        """Token-mean cross-entropy of the target per question, [B] fp32, differentiable w.r.t. log_M: answer_logits
+        against inputs["labels"] ([B, T] long, -100 = ignored)."""
+        return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
 
     def answer_loss_naive(self, inputs: dict[str, torch.Tensor], log_M: torch.Tensor) -> torch.Tensor:
         """Same value as answer_loss(encode_passages(inputs), inputs, log_M), with the passage encoding under
@@ -326,9 +332,6 @@ class FiDT5Reader(Reader):
                 **kwargs,
             )
 
-    def answer_loss(self, states: FiDStates, inputs, log_M: torch.Tensor) -> torch.Tensor:
-        return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
-
     @torch.no_grad()
     def passage_attention(self, states: FiDStates, inputs, valid: torch.Tensor) -> torch.Tensor:
         """Decoder cross-attention mass per passage (see Reader.passage_attention), [B, n]."""
@@ -541,9 +544,6 @@ class CausalLMReader(Reader):
                 use_cache=True,
                 **kwargs,
             )
-
-    def answer_loss(self, states: PassageCache, inputs, log_M: torch.Tensor) -> torch.Tensor:
-        return token_mean_ce(self.answer_logits(states, inputs, log_M), inputs["labels"])
 
     @torch.no_grad()
     def passage_attention(self, states: PassageCache, inputs, valid: torch.Tensor) -> torch.Tensor:
