@@ -6,7 +6,6 @@ import torch
 from gr_train.config import ConfigError, load_config
 from gr_train.data import Record
 from gr_train.evaluate import answer_metrics
-from gr_train.inputs import query_prompts
 from gr_train.models import build_reader
 from gr_train.reader import byte_level_tokenizer, extract_answer
 
@@ -20,20 +19,6 @@ def chat_tokenizer():
     tok = byte_level_tokenizer()
     tok.chat_template = TEMPLATE
     return tok
-
-
-def test_plain_prompt_is_the_original_format():
-    tok = byte_level_tokenizer()
-    (ids,) = query_prompts(tok, ["who?"], "plain", "ignored")
-    assert tok.decode(ids) == "question: who?\nanswer:"
-
-
-def test_chat_prompt_uses_the_tokenizers_template_with_the_instruction():
-    tok = chat_tokenizer()
-    (ids,) = query_prompts(tok, ["who?"], "chat", "Answer briefly.")
-    assert tok.decode(ids) == "<|user|>Answer briefly.\nQuestion: who?\n<|assistant|>"
-    with pytest.raises(ValueError, match="no chat template"):
-        query_prompts(byte_level_tokenizer(), ["who?"], "chat", "x")
 
 
 @pytest.mark.parametrize("prompt,eos", [("plain", True), ("plain", False), ("chat", True), ("chat", False)])

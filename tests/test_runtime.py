@@ -193,16 +193,6 @@ def test_prepare_places_both_modules_on_the_runtime_device_and_keeps_the_optimiz
     assert held == {id(p) for p in reranker.parameters() if p.requires_grad}
 
 
-def test_build_models_without_a_runtime_places_both_on_run_device(tmp_path):
-    """Evaluation and reports build their models without a runtime: they go to run.device (the meta device stands
-    in for a GPU), where evaluate then sends its batches (batching.module_device)."""
-    from gr_train.models import build_models
-
-    reader, reranker = build_models(tiny_cfg(tmp_path, "run.device=meta"))
-    for module in (reranker, reader):
-        assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
-
-
 def test_place_leaves_zero3_partitioned_parameters_to_deepspeed():
     """A parameter with a ds_id (partitioned by zero.Init) is not moved; the others and every buffer are."""
     module = torch.nn.BatchNorm1d(3)  # weight, bias; buffers running_mean, running_var, num_batches_tracked

@@ -1,0 +1,23 @@
+"""Text → token ids without a model (gr_train/inputs.py): the query prompts (reader.prompt plain | chat). The
+readers' and rerankers' tokenize, which delegate here, are tested with their models (tests/test_reader.py,
+tests/test_reader_prompts.py, tests/test_reranker.py)."""
+
+import pytest
+from test_reader_prompts import chat_tokenizer
+
+from gr_train.inputs import query_prompts
+from gr_train.reader import byte_level_tokenizer
+
+
+def test_plain_prompt_is_the_original_format():
+    tok = byte_level_tokenizer()
+    (ids,) = query_prompts(tok, ["who?"], "plain", "ignored")
+    assert tok.decode(ids) == "question: who?\nanswer:"
+
+
+def test_chat_prompt_uses_the_tokenizers_template_with_the_instruction():
+    tok = chat_tokenizer()
+    (ids,) = query_prompts(tok, ["who?"], "chat", "Answer briefly.")
+    assert tok.decode(ids) == "<|user|>Answer briefly.\nQuestion: who?\n<|assistant|>"
+    with pytest.raises(ValueError, match="no chat template"):
+        query_prompts(byte_level_tokenizer(), ["who?"], "chat", "x")
