@@ -197,7 +197,7 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# gr-train reranker: {kind}, objective `{objective}`", "",
-        f"A RAG passage reranker trained with gr-train by {OBJECTIVES[objective].description}. "
+        f"A RAG passage reranker trained with gr-train by {_method(cfg)}. "
         + (_conditional_intro(rcfg) if rcfg.conditional else
            "It scores each (question, passage) pair independently; higher w = more useful to the reader."), "",
         "## Model", "",
@@ -260,6 +260,26 @@ ESTIMATOR_CARD = {  # gumbel.ESTIMATORS, one line each for the model card
     "score_function": "the reader read sampled k-sets; REINFORCE on each set's log-probability with the other "
                       "samples' mean loss as baseline",
 }
+
+
+GUMBEL_METHOD = {  # gumbel.estimator → how G-Rerank trained the reranker, for the card's first line
+    "max_softmax": "the relaxed top-k mask M = max_j softmax((kappa * w + G_j) / tau) gates the frozen reader's "
+                   "attention to each passage",
+    "subset": "the relaxed k-subset mask M = sigmoid((kappa * w + G) / tau - nu), sum_i M_i = k, gates the frozen "
+              "reader's attention to each passage",
+    "straight_through": "the frozen reader reads exactly the Gumbel top-k sample of kappa * w (gradients of the "
+                        "relaxed k-subset)",
+    "score_function": "the frozen reader reads k-sets sampled from the reranker's selection policy softmax(kappa * "
+                      "w) (REINFORCE, the other samples' mean loss as baseline)",
+}
+
+
+def _method(cfg: RunConfig) -> str:
+    """The objective's model-card line; G-Rerank's names the estimator that trained the model (gumbel.estimator)."""
+    if cfg.objective.name != "gumbel":
+        return OBJECTIVES[cfg.objective.name].description
+    return (f"G-Rerank (Gumbel Reranking): {GUMBEL_METHOD[cfg.gumbel.estimator]}, and the reader's answer loss "
+            "trains the reranker (no labels)")
 
 
 def _conditional_intro(rcfg) -> str:

@@ -104,10 +104,11 @@ class Reranker(nn.Module):
         tokens = self.conditioned_inputs.tokenize(questions, passages)
         return self({k: v.to(device) for k, v in tokens.items()})
 
-    def select(self, questions: list[str], passages: list[list[PassageText]], k: int) -> list[list[int]]:
+    def select(self, questions: list[str], passages: list[list[PassageText | str]], k: int) -> list[list[int]]:
         """Greedy selection of k candidates per question (hard top-k for a pointwise reranker), best first: one list
         of candidate indices per question (fewer where a question has fewer candidates). Questions and passages as
-        in `score`; rows are padded with ("", "") internally."""
+        in `score`; rows may differ in length (padded with ("", "") internally)."""
+        passages = as_pairs(passages)
         n = max(len(row) for row in passages)
         valid = torch.tensor([[i < len(row) for i in range(n)] for row in passages])
         padded = [list(row) + [("", "")] * (n - len(row)) for row in passages]
@@ -117,10 +118,11 @@ class Reranker(nn.Module):
             picks = greedy(self.step_scorer(inputs, questions, padded), valid.to(device), k).indices
         return [[i for i in row if i >= 0] for row in picks.tolist()]
 
-    def score(self, questions: list[str], passages: list[list[PassageText]]) -> torch.Tensor:
-        """tokenize + forward on the model's device. Returns w: [B, n] fp32."""
+    def score(self, questions: list[str], passages: list[list[PassageText | str]]) -> torch.Tensor:
+        """tokenize + forward on the model's device for B questions with n candidates each, a candidate a (title,
+        text) pair or a plain text (no title). Returns w: [B, n] fp32."""
         device = next(self.model.parameters()).device
-        return self({k: v.to(device) for k, v in self.tokenize(questions, passages).items()})
+        return self({k: v.to(device) for k, v in self.tokenize(questions, as_pairs(passages)).items()})
 
     def shift_parameters(self) -> list[nn.Parameter]:
         """Parameters that add the same constant to every candidate's score. Listwise objectives (G-Rerank's
@@ -278,6 +280,24 @@ class BiEncoderReranker(Reranker):
             return self._cosine(q, d)
 
         return score
+
+
+def as_pairs(passages: list[list[PassageText | str]]) -> list[list[PassageText]]:
+    """Candidates as (title, text) pairs: a plain string is a text without a title. TypeError names the question
+    and candidate of anything else."""
+    out = []
+    for b, row in enumerate(passages):
+        pairs = []
+        for i, p in enumerate(row):
+            if isinstance(p, str):
+                pairs.append(("", p))
+            elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) for x in p):
+                pairs.append((p[0], p[1]))
+            else:
+                raise TypeError(f"reranker: candidate {i} of question {b} is {type(p).__name__} {p!r:.60}; expected "
+                                "a passage text or a (title, text) pair of strings")
+        out.append(pairs)
+    return out
 
 
 RERANKERS: dict[str, type[Reranker]] = {

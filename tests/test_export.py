@@ -276,3 +276,16 @@ def test_exporting_onto_the_source_folder_is_refused(tmp_path):
     reranker = Reranker.load(tmp_path / "reranker")
     with pytest.raises(ValueError, match="is the reranker's own folder"):
         export_reranker(reranker, tmp_path / "reranker", load_config(None))
+
+
+def test_the_card_names_the_estimator_that_trained_the_model():
+    from gr_train.config import RunConfig
+    from gr_train.export import GUMBEL_METHOD, _method
+
+    cfg = RunConfig()
+    for estimator, line in GUMBEL_METHOD.items():
+        cfg.gumbel.estimator = estimator
+        assert line in _method(cfg)
+        assert ("max_j softmax" in _method(cfg)) == (estimator == "max_softmax")
+    cfg.objective.name = "emdr"
+    assert _method(cfg).startswith("EMDR")

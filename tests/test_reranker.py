@@ -260,3 +260,14 @@ def test_uneven_candidate_lists_are_refused(tokenizers):
     reranker, _ = make("cross_encoder", tokenizers)
     with pytest.raises(ValueError, match="same number n >= 1 of candidates"):
         reranker.tokenize(QUESTIONS, [PASSAGES[0], PASSAGES[1][:2]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_takes_plain_passage_strings_as_untitled_passages(kind, tokenizers):
+    reranker, _ = make(kind, tokenizers)
+    texts = [[text for _, text in row] for row in PASSAGES]
+    untitled = [[("", text) for text in row] for row in texts]
+    with torch.no_grad():
+        assert torch.equal(reranker.score(QUESTIONS, texts), reranker.score(QUESTIONS, untitled))
+    with pytest.raises(TypeError, match="candidate 1 of question 0"):
+        reranker.score(QUESTIONS, [[texts[0][0], 3, texts[0][2]], texts[1]])
