@@ -232,20 +232,22 @@ def format_counts(counts: dict[str, int], n: int) -> str:
 
 
 def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labelled: tuple[str, ...] = (),
-               reader_used: bool = True) -> None:
+               reader_used: bool = True, labels_required: bool = True) -> None:
     """The data against the config, before any model is built.
 
     Args:
         splits: {split name: (path, records)}, e.g. {"train": (cfg.data.train_path, records)}.
         labelled: the splits that need is_gold on every passage (ranking metrics).
         reader_used: False (evaluate --no-reader): only the reranker's tokenizer is checked.
+        labels_required: False (evaluate): a `labelled` split may also have no label at all (label-free metrics),
+            but not labels on some passages only.
     Raises ConfigError for k, eval.ks, eval.reader_k or data.n_candidates above the candidate count of the data;
     DataError for a missing is_gold label, or data the tokenizers cannot read (with the config that fits).
     """
     if not splits:
         return
     for name, (path, records) in splits.items():
-        if name in labelled:
+        if name in labelled and (labels_required or any(p.is_gold is not None for r in records for p in r.ctxs)):
             check_labels(path, records)
         check_candidates(cfg, path, records)
     check_tokenizers(cfg, splits, reader_used)

@@ -78,11 +78,12 @@ def cmd_evaluate(args) -> None:
     records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
-    checks.check_data(cfg, {"dev": (cfg.data.dev_path, records)}, labelled=("dev",),  # before model loading
-                      reader_used=not args.no_reader)
+    # labels are optional: all or none (checks.check_labels); before model loading
+    checks.check_data(cfg, {"dev": (cfg.data.dev_path, records)}, labelled=("dev",), reader_used=not args.no_reader,
+                      labels_required=False)
     import torch
 
-    from gr_train.evaluate import evaluate, format_table
+    from gr_train.evaluate import evaluate, format_label_free_table, format_table
     from gr_train.models import build_models
 
     torch.manual_seed(cfg.run.seed)
@@ -91,7 +92,13 @@ def cmd_evaluate(args) -> None:
     out = Path(args.output) if args.output else eval_path(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(format_table({cfg.reranker.name_or_path or "reranker (untrained)": result}, cfg.eval.ks))
+    name = cfg.reranker.name_or_path or "reranker (untrained)"
+    if result["labelled"]:
+        print(format_table({name: result}, cfg.eval.ks))
+        print()
+    else:
+        print(f"{cfg.data.dev_path}: no is_gold labels: the label-free metrics only")
+    print(format_label_free_table({name: result}, cfg.eval.ks))
     print(f"written: {out}")
 
 
@@ -287,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the Ray Data preprocessing; training reads the generated JSONL")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("train", help="run the training recipe (resumes from the latest checkpoint)", **_help(
-        "Train a reranker (or, with objective.name=reader, the demo reader) with the recipe of --config. Resumes "
-        "from the latest <run_dir>/step-NNNNNN/; a folder that holds a finished run is refused unless --overwrite.",
+        "Train a reranker (or, with objective.name=reader, a reader: the demo reader, or an HF reader fine-tuned) "
+        "with the recipe of --config. Resumes from the latest <run_dir>/step-NNNNNN/; a folder that holds a finished "
+        "run is refused unless --overwrite.",
         "gr-train train --config configs/demo.yaml data.train_path=runs/data/train.jsonl "
         "data.dev_path=runs/data/dev.jsonl run.run_dir=runs/mine",
         "<run_dir>/config.yaml, <run_dir>/tb/ (TensorBoard + scalars.jsonl), <run_dir>/step-NNNNNN/ "
@@ -299,10 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run already in run.run_dir (checkpoints, best/, final/, tb/) and train anew")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="hard top-k evaluation of a reranker on a labelled data file", **_help(
-        "Hard top-k evaluation of reranker.name_or_path on data.dev_path (is_gold labels on every passage): "
-        "Recall/NDCG@k and MRR for all / direct / indirect gold passages, the frozen reader's EM/F1 with the "
-        "top eval.reader_k, and the question counts.",
+    p = sub.add_parser("evaluate", help="hard top-k evaluation of a reranker on a data file (labelled or not)", **_help(
+        "Hard top-k evaluation of reranker.name_or_path on data.dev_path. Label-free, always: answer recall@k (a "
+        "top-k passage contains an answer string), the frozen reader's EM/F1 with the top eval.reader_k and its "
+        "hard top-k answer loss, with 95% intervals. With is_gold labels on every passage, also Recall/NDCG@k and "
+        "MRR for all / direct / indirect gold passages and the question counts.",
         "gr-train evaluate --config configs/demo.yaml data.dev_path=runs/data/dev.jsonl "
         "reranker.name_or_path=runs/demo/final/reranker",
         "eval.json next to the evaluated reranker folder (runs/demo/final/eval.json for "

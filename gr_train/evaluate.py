@@ -16,9 +16,10 @@ from gr_train import gumbel, ranking, selection
 from gr_train.batching import candidate_texts, collate, module_device, move_inputs, passage_states
 from gr_train.checkpoint import param_checksum
 from gr_train.checks import format_counts, question_counts
-from gr_train.data import fact_ids
+from gr_train.data import fact_ids, has_answer
 from gr_train.gumbel import gumbel_tau_kappa
 from gr_train.reader import extract_answer, visible_log_mask
+from gr_train.stats import paired_bootstrap
 
 KINDS = ("all", "direct", "indirect")
 # Yes/no questions (data.Record.yes_no) have no direct/indirect passages; ranking_metrics reports them on their own.
@@ -154,17 +155,21 @@ def answer_metrics(records, preds: list[str], per_question: dict | None = None) 
 
 
 @torch.no_grad()
-def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32) -> dict:
+def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: int = 32,
+                  per_question: dict | None = None) -> dict:
     """Mean answer loss under the training mask (gumbel.estimator at the final tau/kappa) and under hard top-k,
     from the reranker scores of score_records (one [min(n, len(ctxs))] tensor per record).
 
     A large gap means training optimised a mask that inference does not use. For a conditional reranker
     (cfg.reranker.conditional) the scores are selection.ranking_scores, which no training mask reads: loss_soft and
-    gap are nan there, loss_hard is its greedy selection's loss.
+    gap are nan there, loss_hard is its greedy selection's loss. per_question: a dict to fill with
+    {"loss_hard": [one value per record]}.
     """
     if cfg.reranker.conditional:
-        return {"loss_soft": float("nan"), "loss_hard": hard_topk_loss(scores, reader, records, cfg, batch_size),
-                "gap": float("nan")}
+        hard_losses = hard_topk_losses(scores, reader, records, cfg, batch_size)
+        if per_question is not None:
+            per_question["loss_hard"] = hard_losses.tolist()
+        return {"loss_soft": float("nan"), "loss_hard": hard_losses.mean().item(), "gap": float("nan")}
     tau, kappa = gumbel_tau_kappa(cfg, cfg.train.max_steps)
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
     soft, hard = [], []
@@ -176,6 +181,8 @@ def soft_hard_gap(scores: list[torch.Tensor], reader, records, cfg, batch_size: 
         for M, out in ((M_soft, soft), (M_hard, hard)):
             log_M = gumbel.log_mask(M, g.eps, valid).to(batch.valid.device)
             out.append(reader.answer_loss(states, batch.reader_inputs, log_M))
+    if per_question is not None:
+        per_question["loss_hard"] = torch.cat(hard).float().cpu().tolist()
     s, h = torch.cat(soft).mean().item(), torch.cat(hard).mean().item()
     return {"loss_soft": s, "loss_hard": h, "gap": h - s}
 
@@ -220,28 +227,65 @@ def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:
             "separated": bool(stds.median().item() >= min_std)}
 
 
+def labelled(records) -> bool:
+    """Every passage of every record has an is_gold label (the gold ranking metrics can be computed)."""
+    return all(p.is_gold is not None for r in records for p in r.ctxs)
+
+
+def answer_recall(records, scores: list[torch.Tensor], ks: list[int]) -> dict[str, list[float]]:
+    """Answer recall@k per question (DPR's top-k retrieval accuracy): 1 when a passage among the top k of the scores
+    contains an answer string (has_answer; computed by data.has_answer where the file leaves it unset), else 0; NaN
+    for yes/no questions (no answer span). Needs no relevance labels. → {"answer_recall@k": [one per record]}."""
+    out = {f"answer_recall@{k}": [] for k in ks}
+    for rec, s in zip(records, scores):
+        contains = [p.has_answer if p.has_answer is not None else has_answer(f"{p.title} {p.text}", rec.answers)
+                    for p in rec.ctxs[: len(s)]]
+        order = torch.sort(s, descending=True, stable=True).indices.tolist()
+        for k in ks:
+            value = float("nan") if rec.yes_no else float(any(contains[i] for i in order[:k]))
+            out[f"answer_recall@{k}"].append(value)
+    return out
+
+
+def label_free_metrics(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """{metric: {"mean", "lo", "hi", "n"}}: each per-question metric's mean with its 95% bootstrap interval over
+    questions (stats.paired_bootstrap on one row)."""
+    return {name: paired_bootstrap(torch.tensor(v, dtype=torch.float64)[None]) for name, v in values.items()}
+
+
 def evaluate(cfg, reranker, reader, records, progress: bool = False, per_question: bool = False) -> dict:
-    """Everything above for one reranker on `records` (requires is_gold labels). With per_question, the result
-    also holds "per_question": {metric: [one value per record]} (ranking_metrics, answer_metrics).
-    "counts" are the questions of each kind (checks.question_counts: with a direct / indirect gold passage among
-    the first n candidates, yes/no, lost every gold passage to the cut); "reranker_checksum" identifies the
-    evaluated weights (checkpoint.param_checksum; export puts only the tables of the exported reranker in its
-    model card)."""
+    """Everything above for one reranker on `records`. With per_question, the result also holds "per_question":
+    {metric: [one value per record]} (ranking_metrics, answer_metrics).
+
+    Label-free, always: "label_free" holds answer recall@k (eval.ks), and with a reader EM, F1 (reader_k passages)
+    and the hard top-k answer loss, each as {"mean", "lo", "hi", "n"} with a 95% interval over questions.
+    With is_gold on every passage (`labelled`), also "ranking" and "counts" (checks.question_counts: the questions
+    with a direct / indirect gold passage among the first n candidates, yes/no, lost every gold passage to the
+    cut); "labelled" says which. "reranker_checksum" identifies the evaluated weights (checkpoint.param_checksum;
+    export puts only the tables of the exported reranker in its model card)."""
     n = cfg.data.n_candidates
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
     scores = score_records(reranker, records, n, cfg.eval.batch_size, progress, cfg.selection_depth())
     rows: dict | None = {} if per_question else None
-    result = {"questions": len(records), "n_candidates": n, "counts": question_counts(records, n),
-              "reranker_checksum": param_checksum(reranker),
-              "ranking": ranking_metrics(records, scores, cfg.eval.ks, rows)}
+    result = {"questions": len(records), "n_candidates": n, "labelled": labelled(records),
+              "reranker_checksum": param_checksum(reranker)}
+    if result["labelled"]:
+        result["counts"] = question_counts(records, n)
+        result["ranking"] = ranking_metrics(records, scores, cfg.eval.ks, rows)
+    free = answer_recall(records, scores, cfg.eval.ks)
     result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
     if reader is not None:
         k = cfg.reader_k()
         tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
-        result["reader"] = dict(answer_metrics(records, preds, rows), k=k)
-        result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size)
+        answers: dict = {}
+        result["reader"] = dict(answer_metrics(records, preds, answers), k=k)
+        if rows is not None:
+            rows.update(answers)
+        result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size, free)
+        free.update(em=answers["em"], f1=answers["f1"])
+    result["label_free"] = label_free_metrics(free)
     if per_question:
         result["per_question"] = rows
     return result
@@ -259,6 +303,26 @@ def reader_reference(reader, records, batch_size: int = 32) -> dict:
     }
     return {name: answer_metrics(records, reader_answers(reader, records, sel, batch_size))["em"]
             for name, sel in selections.items()}
+
+
+def format_label_free_table(results: dict[str, dict], ks: list[int]) -> str:
+    """Markdown table of the label-free metrics (evaluate's "label_free"), one row per named result: answer
+    recall@k, EM, F1 and the hard top-k answer loss, each with its 95% interval over questions; "–" where a result
+    has no reader."""
+    cols = [(f"answer R@{k}", f"answer_recall@{k}") for k in ks]
+    cols += [("EM", "em"), ("F1", "f1"), ("hard top-k loss (nats/token)", "loss_hard")]
+    lines = ["| reranker | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        cells = []
+        for _, key in cols:
+            stat = r.get("label_free", {}).get(key)
+            cells.append("–" if stat is None else f"{stat['mean']:.3f} [{stat['lo']:.3f}, {stat['hi']:.3f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    questions = {r["questions"] for r in results.values()}
+    lines += ["", "Label-free: no relevance labels used; 95% bootstrap intervals over the "
+              f"{'/'.join(map(str, questions))} questions; answer R@k = a passage among the top k contains an answer "
+              "string (yes/no questions not counted)."]
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, dict], ks: list[int]) -> str:

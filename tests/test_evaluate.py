@@ -69,3 +69,68 @@ def test_evaluate_cli_names_the_bad_record(tmp_path, capsys):
     assert cli.main(["evaluate", f"data.dev_path={bad}", "--no-reader"]) == 2
     err = capsys.readouterr().err
     assert "dev.jsonl line 1 (id q1)" in err and "ctxs[0].text" in err
+
+
+def test_label_free_evaluation_on_unlabelled_data_through_the_cli(tmp_path, capsys):
+    """`gr-train evaluate` on a file without is_gold: answer recall@k, EM/F1 and the hard top-k loss with
+    intervals, no gold table; answer recall@k agrees with has_answer in the top k of the scores."""
+    import json
+
+    from gr_train import cli, synthetic
+    from gr_train.config import load_config
+    from gr_train.data import load_records
+
+    REPO = Path(__file__).resolve().parents[1]
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=8", "synthetic.n_dev=12"])
+    _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path / "data", 0)
+    rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    for row in rows:
+        for ctx in row["ctxs"]:
+            del ctx["is_gold"]
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval.json"
+    cli.main(["evaluate", "--config", str(REPO / "configs" / "demo.yaml"), "--output", str(out),
+              f"data.dev_path={unlabelled}", f"run.run_dir={tmp_path / 'run'}", "run.progress=false"])
+    printed = capsys.readouterr().out
+    assert "no is_gold labels" in printed and "answer R@2" in printed and "R@2 all" not in printed
+    result = json.loads(out.read_text())
+    assert result["labelled"] is False and "ranking" not in result
+    free = result["label_free"]
+    for key in ("answer_recall@2", "answer_recall@5", "em", "f1", "loss_hard"):
+        assert free[key]["lo"] <= free[key]["mean"] <= free[key]["hi"], key
+    assert free["loss_hard"]["mean"] == pytest.approx(result["loss"]["loss_hard"], abs=1e-6)
+    assert free["em"]["mean"] == pytest.approx(result["reader"]["em"], abs=1e-9)
+    # answer recall@5 from the scores of the same reranker, by hand
+    import torch
+
+    from gr_train.evaluate import score_records
+    from gr_train.models import build_models
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.dev_path={unlabelled}"])
+    torch.manual_seed(cfg.run.seed)
+    _, reranker = build_models(cfg)
+    records = load_records(unlabelled)
+    scores = score_records(reranker, records, cfg.data.n_candidates)
+    hits = [float(any(r.ctxs[i].has_answer for i in torch.argsort(s, descending=True, stable=True)[:5].tolist()))
+            for r, s in zip(records, scores)]
+    assert free["answer_recall@5"]["mean"] == pytest.approx(sum(hits) / len(hits), abs=1e-9)
+
+
+def test_partly_labelled_data_is_refused_naming_the_gap(tmp_path):
+    import json
+
+    from gr_train import checks, synthetic
+    from gr_train.checks import DataError
+    from gr_train.config import load_config
+    from gr_train.data import load_records
+
+    REPO = Path(__file__).resolve().parents[1]
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=4", "synthetic.n_dev=4"])
+    _, dev = synthetic.write_demo_data(cfg.synthetic, tmp_path / "data", 0)
+    rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    del rows[1]["ctxs"][3]["is_gold"]
+    path = tmp_path / "partly.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"ctxs\[3\]\.is_gold"):
+        checks.check_data(cfg, {"dev": (str(path), load_records(path))}, labelled=("dev",), labels_required=False)

@@ -109,6 +109,10 @@ def test_errors_name_the_fix(demo_data, run_folder, tmp_path, capsys, monkeypatc
     dev = f"data.dev_path={demo_data / 'dev.jsonl'}"
     unlabelled = tmp_path / "unlabelled.jsonl"
     unlabelled.write_text(json.dumps({"id": "u1", "question": "q", "answers": ["a"], "ctxs": [{"text": "p"}]}) + "\n")
+    # labels on some passages only: evaluation takes all or none (none = the label-free metrics)
+    partly = tmp_path / "partly.jsonl"
+    partly.write_text(json.dumps({"id": "u2", "question": "q", "answers": ["a"],
+                                  "ctxs": [{"text": "p", "is_gold": True}, {"text": "r"}]}) + "\n")
     cases = [
         (["evaluate", "--config", DEMO, dev, "reranker.name_or_path=runs/nope/final/reranker"],
          ["reranker.name_or_path=runs/nope/final/reranker: no such folder", "<run_dir>/final/reranker"]),
@@ -122,8 +126,9 @@ def test_errors_name_the_fix(demo_data, run_folder, tmp_path, capsys, monkeypatc
          ["invalid choice: 'hotpot'", "hotpotqa"]),
         (["convert", str(HOTPOT), "out.txt"], ["out.txt: unknown extension '.txt'", ".jsonl or .json"]),
         (["convert", str(HOTPOT), "."], [". is a folder", "out.jsonl"]),
-        (["evaluate", "--config", DEMO, f"data.dev_path={unlabelled}"],
-         [f"{unlabelled} (id u1): field 'ctxs[0].is_gold': no is_gold label", "gr-train convert"]),
+        (["evaluate", "--config", DEMO, f"data.dev_path={partly}", "data.n_candidates=2", "gumbel.k=1",
+          "eval.ks=[1]"],
+         [f"{partly} (id u2): field 'ctxs[1].is_gold': no is_gold label", "gr-train convert"]),
         (["evaluate", "--config", DEMO, f"data.dev_path={tmp_path / 'missing.jsonl'}"],
          ["data.dev_path=", "missing.jsonl: no such file"]),
         (["generate", "--out-dir", str(unlabelled)], [f"--out-dir {unlabelled} is a file: give a folder"]),
