@@ -77,6 +77,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     out_dir = Path(out_dir)
     per_objective_overrides = per_objective_overrides or {}
     base = base_config(cfg, rows_of, per_objective_overrides)
+    for label, obj in rows_of.items():  # every row's config is valid before the first model is built
+        objective_config(base, label, seeds[0], out_dir, per_objective_overrides.get(label, []), obj)
     checks.check_reader_weights(base)
     checks.check_model_paths(base)
     dev = labelled_dev(base)

@@ -20,6 +20,10 @@ import yaml
 # that the two agree): gumbel (G-Rerank) | emdr | pdist | loop | adist (Atlas baselines) | supervised (is_gold
 # labels) | reader (reader pre-training, all passages visible).
 ObjectiveName = Literal["gumbel", "emdr", "pdist", "loop", "adist", "supervised", "reader"]
+# Objectives that read the reader's attention probabilities (Reader.passage_attention), and the HF attention
+# backends that return them (output_attentions); the demo reader records its own and takes any backend.
+ATTENTION_OBJECTIVES = ("adist",)
+ATTENTION_BACKENDS = ("eager",)
 # The keys of models.READERS, reranker.RERANKERS and gumbel.ESTIMATORS (checked by a test).
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
 RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
@@ -528,6 +532,12 @@ def validate(cfg: RunConfig) -> None:
                           f"fid_t5 or causal_lm), got objective.name={cfg.objective.name}, reader.kind={rd.kind}")
     if rd.lora_rank and cfg.runtime.engine == "deepspeed":
         raise ConfigError("reader.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 use reader.train_layers)")
+    if (cfg.objective.name in ATTENTION_OBJECTIVES and rd.kind != "demo_fid"
+            and rd.attn_implementation not in ATTENTION_BACKENDS):
+        raise ConfigError(f"objective.name={cfg.objective.name} with reader.attn_implementation="
+                          f"{rd.attn_implementation}: {cfg.objective.name} reads the reader's attention probabilities, "
+                          f"which only {' / '.join(ATTENTION_BACKENDS)} return (sdpa and flash attention never form "
+                          f"them); set reader.attn_implementation=eager")
     if cfg.objective.theta <= 0:
         raise ConfigError(f"objective.theta: must be > 0, got {cfg.objective.theta}")
     if cfg.objective.cache_passage_states and cfg.reader.trainable:

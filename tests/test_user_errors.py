@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gr_train import checks, cli, models, synthetic
+from gr_train import checks, cli, compare, models, synthetic
 from gr_train.config import load_config, save_config
 from gr_train.data import from_hotpotqa, load_records, save_records
 from gr_train.reranker import Reranker
@@ -199,6 +199,32 @@ def test_k_ks_reader_k_and_n_candidates_above_the_candidates_are_refused(overrid
         line = error_line(capsys)
         assert expected in line and ("has at most 10" in line or "has up to 10" in line), line
     assert not (demo_data / "never").exists()
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "fid_t5"])
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_an_objective_that_reads_attention_with_a_backend_that_forms_none_is_refused(kind, attn, demo_data, tmp_path,
+                                                                                      capsys, monkeypatch, no_models):
+    """adist reads the reader's attention probabilities; sdpa / flash attention never form them, so the pair is
+    refused by the config checks (for train and for a compare row), not at step 0 with a traceback."""
+    monkeypatch.setattr(compare, "build_models", models.build_models)  # the refusing stub of no_models
+    pair = ["objective.name=adist", f"reader.kind={kind}", f"reader.attn_implementation={attn}"]
+    train = ["train", f"data.train_path={demo_data / 'train.jsonl'}", "reader.random_init=true",
+             f"run.run_dir={tmp_path / 'run'}", "run.num_threads=1"]
+    assert cli.main([*train, *pair]) == 2
+    line = error_line(capsys)
+    assert f"objective.name=adist with reader.attn_implementation={attn}" in line
+    assert "set reader.attn_implementation=eager" in line
+    assert cli.main(["compare", "--train", str(demo_data / "train.jsonl"), "--dev", str(demo_data / "dev.jsonl"),
+                     "--objectives", "gumbel,adist", "--out", str(tmp_path / "cmp"), "reader.random_init=true",
+                     f"reader.kind={kind}", f"reader.attn_implementation={attn}", "run.num_threads=1"]) == 2
+    assert f"objective.name=adist with reader.attn_implementation={attn}" in error_line(capsys)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cmp").exists()
+    # the possible pairs pass: adist on eager, any other objective on sdpa, the demo reader (own attention) on any
+    for ok in (["objective.name=adist", f"reader.kind={kind}", "reader.attn_implementation=eager"],
+               ["objective.name=pdist", f"reader.kind={kind}", f"reader.attn_implementation={attn}"],
+               ["objective.name=adist", "reader.kind=demo_fid", f"reader.attn_implementation={attn}"]):
+        assert load_config(None, ok).objective.name in ("adist", "pdist")
 
 
 # 6. tables and outputs ---------------------------------------------------------------------------------------
