@@ -217,7 +217,8 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path, with_re
     # The reader-only rows choose among the same first n_candidates passages the rerankers choose from.
     cut = [dataclasses.replace(r, ctxs=r.ctxs[: cfg.data.n_candidates]) for r in dev]
     for name, select in REFERENCES.items():
-        ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size, cfg=cfg))
+        ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size, cfg=cfg),
+                             normalization=cfg.eval.answer_normalization)
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
     result = {"init_checksum": param_checksum(reranker), "rows": rows, "per_question": untrained["per_question"],
               "config": comparable(cfg)}

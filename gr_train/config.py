@@ -216,6 +216,9 @@ class TrainSection:
 class EvalSection:
     ks: list[int] = field(default_factory=lambda: [2, 5])  # Recall/NDCG cut-offs
     reader_k: int = 0  # passages given to the reader for EM/F1; 0 = gumbel.k
+    # how EM/F1 compare answers (data.normalize_answer): typographic = curly and straight quotes, dashes, NFKD
+    # compatibility forms alike (default) | squad = SQuAD v1.1's official normalization, to reproduce its figures
+    answer_normalization: Literal["typographic", "squad"] = "typographic"
     max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
     reader_report: bool = True  # compare / suite: the reader report (reader_report.py) on the dev set, once per dataset
     batch_size: int = 32

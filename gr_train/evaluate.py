@@ -142,13 +142,15 @@ def _answers_from_cached_states(reader, records, chosen: list[list[int]], cfg) -
     return reader.generate(passage_states(batch, reader, cfg), batch.reader_inputs, visible_log_mask(visible))
 
 
-def answer_metrics(records, preds: list[str], per_question: dict | None = None) -> dict:
+def answer_metrics(records, preds: list[str], per_question: dict | None = None,
+                   normalization: str = "typographic") -> dict:
     """{"em", "f1", "questions"}: means over records of SQuAD exact match / F1 of the answers in preds (first line,
     without "The answer is", quotes or a trailing period: reader.extract_answer) against the answers.
-    per_question: a dict to fill with {"em": [...], "f1": [...]}, one value per record."""
+    per_question: a dict to fill with {"em": [...], "f1": [...]}, one value per record.
+    normalization: eval.answer_normalization (data.normalize_answer's mode)."""
     preds = [extract_answer(p) for p in preds]
-    em = [ranking.exact_match(p, r.answers) for p, r in zip(preds, records)]
-    f1 = [ranking.f1_score(p, r.answers) for p, r in zip(preds, records)]
+    em = [ranking.exact_match(p, r.answers, normalization) for p, r in zip(preds, records)]
+    f1 = [ranking.f1_score(p, r.answers, normalization) for p, r in zip(preds, records)]
     if per_question is not None:
         per_question.update(em=em, f1=f1)
     return {"em": sum(em) / len(em), "f1": sum(f1) / len(f1), "questions": len(em)}
@@ -232,13 +234,15 @@ def labelled(records) -> bool:
     return all(p.is_gold is not None for r in records for p in r.ctxs)
 
 
-def answer_recall(records, scores: list[torch.Tensor], ks: list[int]) -> dict[str, list[float]]:
+def answer_recall(records, scores: list[torch.Tensor], ks: list[int],
+                  mode: str = "typographic") -> dict[str, list[float]]:
     """Answer recall@k per question (DPR's top-k retrieval accuracy): 1 when a passage among the top k of the scores
-    contains an answer string (has_answer; computed by data.has_answer where the file leaves it unset), else 0; NaN
+    contains an answer string (has_answer; computed by data.has_answer, normalisation `mode`, where the file leaves it
+    unset), else 0; NaN
     for yes/no questions (no answer span). Needs no relevance labels. → {"answer_recall@k": [one per record]}."""
     out = {f"answer_recall@{k}": [] for k in ks}
     for rec, s in zip(records, scores):
-        contains = [p.has_answer if p.has_answer is not None else has_answer(f"{p.title} {p.text}", rec.answers)
+        contains = [p.has_answer if p.has_answer is not None else has_answer(f"{p.title} {p.text}", rec.answers, mode)
                     for p in rec.ctxs[: len(s)]]
         order = torch.sort(s, descending=True, stable=True).indices.tolist()
         for k in ks:
@@ -273,14 +277,14 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False, per_questio
     if result["labelled"]:
         result["counts"] = question_counts(records, n)
         result["ranking"] = ranking_metrics(records, scores, cfg.eval.ks, rows)
-    free = answer_recall(records, scores, cfg.eval.ks)
+    free = answer_recall(records, scores, cfg.eval.ks, cfg.eval.answer_normalization)
     result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
     if reader is not None:
         k = cfg.reader_k()
         tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
         preds = reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size, progress, cfg)
         answers: dict = {}
-        result["reader"] = dict(answer_metrics(records, preds, answers), k=k)
+        result["reader"] = dict(answer_metrics(records, preds, answers, cfg.eval.answer_normalization), k=k)
         if rows is not None:
             rows.update(answers)
         result["loss"] = soft_hard_gap(scores, reader, records, cfg, cfg.eval.batch_size, free)

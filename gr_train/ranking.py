@@ -131,25 +131,26 @@ def nanmean(x: torch.Tensor | list[float]) -> tuple[float, int]:
     return kept.mean().item(), kept.numel()
 
 
-def exact_match(prediction: str, answers: list[str]) -> float:
-    """SQuAD exact match: 1.0 when the normalized prediction equals some normalized answer, else 0.0."""
+def exact_match(prediction: str, answers: list[str], mode: str = "typographic") -> float:
+    """SQuAD exact match: 1.0 when the normalized prediction equals some normalized answer, else 0.0.
+    mode: data.normalize_answer's (typographic: typographic variants fold; squad: SQuAD v1.1's figures)."""
     if not answers:
         raise ValueError("exact_match needs at least one answer")
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(a) for a in answers))
+    pred = normalize_answer(prediction, mode)
+    return float(any(pred == normalize_answer(a, mode) for a in answers))
 
 
-def f1_score(prediction: str, answers: list[str]) -> float:
-    """SQuAD token F1 (bag of normalized tokens), max over answers.
+def f1_score(prediction: str, answers: list[str], mode: str = "typographic") -> float:
+    """SQuAD token F1 (bag of normalized tokens), max over answers; mode as in exact_match.
 
     When the prediction or an answer normalizes to nothing, F1 is 1.0 if both do, else 0.0 (SQuAD v2 rule).
     """
     if not answers:
         raise ValueError("f1_score needs at least one answer")
-    pred_tokens = normalize_answer(prediction).split()
+    pred_tokens = normalize_answer(prediction, mode).split()
     best = 0.0
     for answer in answers:
-        gold_tokens = normalize_answer(answer).split()
+        gold_tokens = normalize_answer(answer, mode).split()
         if not pred_tokens or not gold_tokens:
             best = max(best, float(pred_tokens == gold_tokens))
             continue

@@ -100,7 +100,7 @@ def per_question(reader, records, cfg, progress: bool = False) -> dict[str, list
             if kind in ("all", "gold"):
                 preds = reader.generate(states, batch.reader_inputs, visible_log_mask(visible))
                 scores: dict = {}
-                answer_metrics(chunk, preds, scores)
+                answer_metrics(chunk, preds, scores, cfg.eval.answer_normalization)
                 for m in ("em", "f1"):
                     vals = [v if bool(visible[b].any()) else float("nan") for b, v in enumerate(scores[m])]
                     out.setdefault(f"{m}_{kind}", []).extend(vals)

@@ -88,3 +88,85 @@ def test_matching_normalizes_like_dpr_and_fid():
     assert has_answer("the U.S. Army", ["US army"]) is True  # punctuation dropped inside tokens
     assert has_answer("Army of the U.S.", ["US army"]) is False  # a run, in order
     assert has_answer("the end", ["the"]) is False  # an answer that normalizes to nothing never matches
+
+
+# Typographic forms of the same text (issue 30, item 8) ---------------------------------------------------------
+
+
+def squad_official_normalize_answer(s):
+    """SQuAD v1.1's evaluate-v1.1.py normalize_answer, verbatim."""
+    import re
+    import string
+
+    def remove_articles(text):
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+# (typographic form, plain form): each pair is the same text
+TYPOGRAPHIC_PAIRS = [
+    ("O’Neill", "O'Neill"), ("O‘Neill", "O'Neill"), ("Oʼ Neill", "O' Neill"), ("O′Neill", "O'Neill"),
+    ("1914–1918", "1914-1918"), ("1914—1918", "1914-1918"), ("1914−1918", "1914-1918"), ("1914‐1918", "1914-1918"),
+    ("1914‑1918", "1914-1918"), ("“Hey Jude”", '"Hey Jude"'), ("«Hey Jude»", '"Hey Jude"'),
+    ("New\u00a0York", "New York"), ("New\u202fYork", "New York"), ("Wait…", "Wait..."), ("ﬁve", "five"),
+    ("１９１４", "1914"), ("Beyonce\u0301", "Beyoncé"), ("co\u00adoperate", "cooperate"), ("Zero\u200bWidth", "ZeroWidth"),
+]
+
+
+@pytest.mark.parametrize("fancy, plain", TYPOGRAPHIC_PAIRS)
+def test_typographic_forms_of_an_answer_match_as_answers_and_in_passages(fancy, plain):
+    from gr_train.ranking import exact_match, f1_score
+
+    assert data.normalize_answer(fancy) == data.normalize_answer(plain) != ""
+    for pred, gold in ((fancy, plain), (plain, fancy)):
+        assert exact_match(pred, [gold]) == 1.0
+        assert f1_score(pred, [gold]) == 1.0
+        assert has_answer(f"The play was written by {pred} in a year.", [gold]) is True
+    # the one normalisation labels passages as well: the passage is direct
+    rec = Record("q", "Who?", [plain], [Passage("T", f"It was {fancy} indeed.", True), Passage("U", "Other.", False)])
+    assert rec.relevance("direct") == [True, False]
+
+
+def test_the_issue_examples_match_and_squad_mode_keeps_squads_figures():
+    from gr_train.evaluate import answer_metrics
+    from gr_train.ranking import exact_match, f1_score
+
+    assert has_answer("Eugene O’Neill wrote it.", ["O'Neill"]) is True
+    assert exact_match("O’Neill", ["O'Neill"]) == 1.0 and f1_score("1914–1918", ["1914-1918"]) == 1.0
+    # squad: SQuAD's figures, where typographic forms never match
+    assert exact_match("O’Neill", ["O'Neill"], "squad") == 0.0 and f1_score("1914–1918", ["1914-1918"], "squad") == 0
+    assert has_answer("Eugene O’Neill wrote it.", ["O'Neill"], "squad") is False
+    recs = [Record("a", "?", ["O'Neill"], []), Record("b", "?", ["1914-1918"], [])]
+    preds = ["O’Neill", "1914–1918"]
+    assert answer_metrics(recs, preds) == {"em": 1.0, "f1": 1.0, "questions": 2}
+    assert answer_metrics(recs, preds, normalization="squad") == {"em": 0.0, "f1": 0.0, "questions": 2}
+    with pytest.raises(ValueError, match="typographic"):
+        data.normalize_answer("x", "dpr")
+
+
+@pytest.mark.parametrize("text", [
+    "The Beatles", "  an   Apple, a day!  ", "O’Neill", "1914–1918", "“Hey Jude”", "Ça va? L'été.", "ﬁve １９",
+    "New\u00a0York", "A-B_C (the) [an]", "théâtre", "Beyonce\u0301", "THE END...", "a", "", "e = mc²",
+])
+def test_squad_mode_equals_squads_official_normalize_answer(text):
+    assert data.normalize_answer(text, "squad") == squad_official_normalize_answer(text)
+
+
+def test_the_config_key_selects_the_normalization_of_evaluation():
+    from gr_train.config import ConfigError, load_config
+
+    assert load_config(None).eval.answer_normalization == "typographic"
+    assert load_config(None, ["eval.answer_normalization=squad"]).eval.answer_normalization == "squad"
+    with pytest.raises(ConfigError, match="eval.answer_normalization"):
+        load_config(None, ["eval.answer_normalization=dpr"])
