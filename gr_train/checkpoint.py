@@ -129,6 +129,28 @@ def load_engine_state(file: str | Path) -> dict:
     return state
 
 
+def config_changes(path: str | Path, cfg) -> list[tuple[str, object, object]]:
+    """The settings of `cfg` that differ from those the checkpoint at `path` was trained with (its config.yaml):
+    [(section.key, saved value, new value)], in config order; [] when it has no config.yaml. A resume trains with
+    the new values from the checkpoint's step (nothing the checkpoint holds overrides a setting: weights, AdamW
+    moments, the schedule's position and the RNG only)."""
+    import yaml
+
+    from gr_train.config import to_dict
+
+    file = Path(path) / "config.yaml"
+    if not file.is_file():
+        return []
+    saved = yaml.safe_load(file.read_text()) or {}
+    changes = []
+    for section, values in to_dict(cfg).items():
+        for key, value in values.items():
+            old = saved.get(section, {}).get(key, value)  # a key the checkpoint predates: its default applied
+            if old != value:
+                changes.append((f"{section}.{key}", old, value))
+    return changes
+
+
 def load_checkpoint(path: str | Path, runtime: Runtime) -> dict:
     """Load weights and engine state into `runtime` (into the trainable module it was prepared with). Every rank
     reads the full files and keeps its slice, so the checkpoint loads onto any number of ranks. Returns the

@@ -109,10 +109,16 @@ def _adamw(params: list[nn.Parameter], cfg) -> tuple[torch.optim.AdamW, torch.op
 
 
 def _load_scheduler(scheduler, state: dict) -> None:
-    """LambdaLR.load_state_dict restores the schedule's position but not the lr it set in the optimizer (only its
-    next step() would): set it, as an optimizer.load_state_dict would have."""
+    """The schedule's position (last_epoch) from the checkpoint, its peak lr (base_lrs) and shape (lr_lambda) from
+    this run's config: LambdaLR.load_state_dict would also bring back the saved base_lrs, so a resume with another
+    optim.lr would silently train at the old one. The optimizer's lr is set for the resumed step, as the next
+    step() would (the other AdamW settings are never loaded: they come from the config too)."""
+    base_lrs = list(scheduler.base_lrs)  # optim.lr of this run
     scheduler.load_state_dict(state)
-    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+    scheduler.base_lrs = base_lrs
+    lrs = [base * f(scheduler.last_epoch) for base, f in zip(base_lrs, scheduler.lr_lambdas)]
+    scheduler._last_lr = lrs
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
 
 

@@ -86,6 +86,12 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         recipe.train_s, recipe.timed_steps = state.get("train_s", 0.0), state.get("timed_steps", 0)
         log.info("resumed from %s at step %d (saved on %s ranks, now %d)", last, recipe.start_step,
                  state.get("world_size", 1), runtime.world_size)
+        # One rule for every setting: the new value applies from the resumed step, and the log says which changed.
+        changes = [(k, old, new) for k, old, new in checkpoint.config_changes(last, cfg) if k != "run.run_dir"]
+        if changes:
+            log.warning("resuming with %d setting(s) changed since %s; the new values apply from step %d: %s",
+                        len(changes), last.name, recipe.start_step,
+                        "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes))
         if state.get("global_batch", recipe.global_batch) != recipe.global_batch:
             log.warning("resuming with a global batch of %d questions, saved with %d: the data order and the "
                         "Gumbel noise differ from the original run (keep micro_batch_size * grad_accum_steps * "

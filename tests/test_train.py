@@ -127,6 +127,35 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert final["timed_steps"] == 6 and final["train_s"] == pytest.approx(saved["train_s"] + sum(seconds))
 
 
+def test_a_setting_changed_on_resume_applies_and_is_logged_and_the_saved_config_is_what_trained(tmp_path, caplog):
+    """Saved at optim.lr=1e-3 (linear schedule), resumed with optim.lr=2e-3: the optimizer trains at 2e-3 times the
+    schedule from the checkpoint's step (the checkpoint's base_lrs used to win), the log names the key, and
+    config.yaml holds 2e-3, the value that trained from step 3 on."""
+    cfg = tiny_cfg(tmp_path, "train.save_every_steps=3", "optim.lr_schedule=linear", "optim.warmup_steps=0")
+
+    def crash(step, scalars):
+        if step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.main(cfg, resume=False, on_step=crash)
+    cfg = tiny_cfg(tmp_path, "train.save_every_steps=3", "optim.lr_schedule=linear", "optim.warmup_steps=0", "optim.lr=2e-3")
+    with caplog.at_level("WARNING", logger="gr_train.train"):
+        recipe = train.setup(cfg, resume=True)
+    assert recipe.start_step == 3
+    expected = 2e-3 * (1 - 3 / 6)  # linear to 0 at max_steps=6
+    assert [g["lr"] for g in recipe.runtime.optimizer.param_groups] == [pytest.approx(expected, rel=1e-12)]
+    assert recipe.runtime.scheduler.base_lrs == [2e-3]
+    assert "optim.lr: 0.001 -> 0.002" in caplog.text and "apply from step 3" in caplog.text
+    lrs = {}
+    train.train(recipe, on_step=lambda s, sc: lrs.__setitem__(s, sc["train/lr"]))
+    assert lrs == {s: pytest.approx(2e-3 * (1 - s / 6), rel=1e-12) for s in (3, 4, 5)}
+    saved = load_config(Path(cfg.run.run_dir) / "config.yaml")
+    assert saved.optim.lr == 2e-3 == recipe.runtime.scheduler.base_lrs[0]
+    assert load_config(Path(cfg.run.run_dir) / "step-000003" / "config.yaml").optim.lr == 1e-3  # what trained to 3
+    recipe.writer.close()
+
+
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     recipe = train.setup(cfg, resume=False)
