@@ -75,11 +75,13 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         raise ValueError(f"data.train_path is required for objective.name={cfg.objective.name} (the synthetic "
                          "stream feeds reader pre-training only)")
     dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
-    recipe = Recipe(cfg, reader, reranker, trainable, runtime, MetricsWriter(run_dir / "tb", runtime.is_main),
-                    train_records, dev_records)
     last = checkpoint.latest_checkpoint(run_dir) if resume else None
-    if last is not None:
-        state = checkpoint.load_checkpoint(last, runtime)
+    state = checkpoint.load_checkpoint(last, runtime) if last is not None else None
+    # a resume drops what the interrupted run logged after its checkpoint; setup logs the model scalars again
+    writer = MetricsWriter(run_dir / "tb", runtime.is_main, resume_step=state["step"] if state else None,
+                           relogged=MODEL_SCALARS)
+    recipe = Recipe(cfg, reader, reranker, trainable, runtime, writer, train_records, dev_records)
+    if state is not None:
         recipe.start_step = state["step"]
         recipe.best = state.get("best")
         recipe.nonfinite_steps = state.get("nonfinite_steps", 0)
@@ -100,6 +102,10 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         save_config(cfg, run_dir / "config.yaml")
     recipe.writer.log(model_scalars(recipe), recipe.start_step)
     return recipe
+
+
+# The key prefixes of model_scalars, which setup logs at the step it starts from.
+MODEL_SCALARS = ("model/", "perf/world_size")
 
 
 def model_scalars(recipe: Recipe) -> dict[str, float]:

@@ -156,6 +156,46 @@ def test_a_setting_changed_on_resume_applies_and_is_logged_and_the_saved_config_
     recipe.writer.close()
 
 
+def test_steps_logged_after_the_checkpoint_are_dropped_on_resume_in_tensorboard_and_jsonl(tmp_path):
+    """Killed after logging step 5 (checkpoint at 3), then again after logging step 4 of the resumed run, then
+    resumed to the end (8): every tag holds each step once, in scalars.jsonl and in the event files as TensorBoard
+    reads them, with the values of the run that finished."""
+    cfg = tiny_cfg(tmp_path, "train.max_steps=8", "train.save_every_steps=3", "train.eval_every_steps=3",
+                   "optim.warmup_steps=0")
+
+    def crash_at(at):
+        def on_step(step, scalars):
+            if step == at:  # on_step runs before the step is logged: steps 1..at were logged
+                raise Interrupt
+        return on_step
+
+    with pytest.raises(Interrupt):
+        train.main(cfg, resume=False, on_step=crash_at(5))
+    with pytest.raises(Interrupt):
+        train.main(cfg, resume=True, on_step=crash_at(4))
+    final_losses = {}
+    train.main(cfg, resume=True, on_step=lambda s, sc: final_losses.__setitem__(s + 1, sc["train/loss"]))
+    assert sorted(final_losses) == [4, 5, 6, 7, 8]
+    tb = Path(cfg.run.run_dir) / "tb"
+    steps: dict[str, list[int]] = {}
+    for line in (tb / "scalars.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for key in row:
+            if key != "step":
+                steps.setdefault(key, []).append(row["step"])
+    assert steps["train/loss"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert steps["eval/w_std"] == [3, 6]
+    assert steps["perf/world_size"] == [0, 3, 8]  # setup (fresh, then the last resume) and cleanup
+    assert all(len(v) == len(set(v)) for v in steps.values()), steps
+    events = read_scalars(tb)
+    assert [s for s, _ in events["train/loss"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [s for s, _ in events["eval/w_std"]] == [3, 6]
+    assert [s for s, _ in events["perf/world_size"]] == [0, 3, 8]
+    assert all(len({s for s, _ in v}) == len(v) for v in events.values())
+    for s in (4, 5, 6, 7, 8):  # the resumed run's values
+        assert dict(events["train/loss"])[s] == pytest.approx(final_losses[s], rel=1e-6)
+
+
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     recipe = train.setup(cfg, resume=False)
