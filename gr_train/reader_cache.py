@@ -3,8 +3,9 @@ one process.
 
 Passage states and the baselines' per-passage reader quantities depend only on the frozen reader and on the
 question with its candidates, never on the reranker (docs/design.md#cost-structure). Both caches are keyed by
-the reader's identity (its config section, plus run.seed when its weights are random) and by the question's id,
-text, target and candidate passages, so an edited record or another reader misses.
+the reader's fingerprint (reader_fingerprint: its config section with the resolved dtype, its weight and tokenizer
+files, run.seed when its weights are random, library versions), the device it runs on and the question's id,
+text, target and candidate passages, so an edited record, another reader or another setting of it misses.
 
 - `targets`: [n] fp32 per question (objectives.reader_quantity), a few bytes each; on by default
   (objective.cache_reader_targets).
@@ -42,19 +43,28 @@ def clear() -> None:
 
 
 def reader_key(cfg) -> str:
-    """What determines the frozen reader: its config section, plus the seed when it has random weights."""
-    key = dataclasses.asdict(cfg.reader)
-    if not cfg.reader.name_or_path:
+    """What determines the frozen reader as configured: its config section (prompt, instruction, passage and prompt
+    token limits, attention backend, ...) with the dtype resolved as models.build_models resolves it (reader.dtype,
+    else runtime.precision: an fp32 and a bf16 run of the same reader differ), plus, when it has random weights,
+    the seed, and for the demo reader built from scratch the synthetic section its vocabulary is built from."""
+    r = cfg.reader
+    key = dataclasses.asdict(r)
+    key["dtype"] = r.dtype or cfg.runtime.precision
+    if not r.name_or_path:
         key["seed"] = cfg.run.seed
+        if r.kind == "demo_fid":
+            key["synthetic"] = dataclasses.asdict(cfg.synthetic)
     return json.dumps(key, sort_keys=True, default=str)
 
 
 def question_keys(batch, cfg, what: str) -> list[tuple]:
-    """One key per question of the batch: (what, reader, id, question, target, its valid candidates, padded n)."""
-    reader = reader_key(cfg)
+    """One key per question of the batch: (what, reader fingerprint, device type the reader runs on, id, question,
+    target, its valid candidates, padded n)."""
+    reader = reader_fingerprint(cfg)
+    device = batch.valid.device.type  # kernels differ between devices
     counts = batch.valid.sum(-1).tolist()
     n = batch.valid.shape[1]
-    return [(what, reader, r.id, r.question, r.target_text, tuple((c.title, c.text) for c in r.ctxs[:m]), n)
+    return [(what, reader, device, r.id, r.question, r.target_text, tuple((c.title, c.text) for c in r.ctxs[:m]), n)
             for r, m in zip(batch.records, counts)]
 
 
@@ -142,12 +152,14 @@ def _folder_digest(path: str) -> str:
 
 
 def reader_fingerprint(cfg) -> str:
-    """What determines the frozen reader's passage states across processes: reader_key, the contents of its
-    weight and tokenizer folders, and the torch and transformers versions (their kernels)."""
+    """What determines the frozen reader's passage states and targets, in memory and across processes:
+    reader_key, the contents of its weight, tokenizer and init_from folders (a reader retrained in place misses),
+    and the torch and transformers versions (their kernels). A hub id counts by its name."""
     import transformers
 
+    r = cfg.reader
     parts = [reader_key(cfg), torch.__version__, transformers.__version__]
-    parts += [_folder_digest(p) for p in (cfg.reader.name_or_path, cfg.reader.tokenizer_path) if p]
+    parts += [_folder_digest(p) for p in (r.name_or_path, r.tokenizer_path, r.init_from) if p]
     return json.dumps(parts)
 
 

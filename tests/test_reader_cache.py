@@ -161,3 +161,110 @@ def test_caching_the_states_of_a_trainable_reader_is_a_config_error():
     cfg.objective.cache_passage_states, cfg.reader.trainable = True, True
     with pytest.raises(ConfigError, match="objective.cache_passage_states: the reader is trainable"):
         validate(cfg)
+
+
+# The cache key covers every setting that changes what is cached (issue 30, item 6) ------------------------------
+
+
+def _fp(cfg) -> str:
+    return reader_cache.reader_fingerprint(cfg)
+
+
+def test_the_key_covers_the_resolved_dtype_and_every_setting_that_changes_the_states(tmp_path):
+    base = RunConfig()
+    base.reader.kind, base.reader.name_or_path = "causal_lm", str(tmp_path / "reader")
+    save_reader(make_reader("llama"), tmp_path / "reader")
+    # the dtype as resolved: reader.dtype, else runtime.precision (ZeRO-3 bf16 with reader.dtype unset)
+    bf16 = RunConfig()
+    bf16.reader = base.reader.__class__(**vars(base.reader))
+    bf16.runtime.engine, bf16.runtime.precision = "deepspeed", "bf16"
+    assert _fp(bf16) != _fp(base)
+    explicit = RunConfig(reader=bf16.reader.__class__(**{**vars(bf16.reader), "dtype": "bf16"}), runtime=bf16.runtime)
+    assert _fp(explicit) == _fp(bf16)  # the same reader in the same dtype shares its states
+    changed = {
+        "reader.dtype": ("dtype", "fp16"), "reader.passage_max_tokens": ("passage_max_tokens", 64),
+        "reader.answer_max_tokens": ("answer_max_tokens", 4), "reader.prompt_max_tokens": ("prompt_max_tokens", 16),
+        "reader.prompt": ("prompt", "chat"), "reader.instruction": ("instruction", "Answer."),
+        "reader.answer_eos": ("answer_eos", False), "reader.attn_implementation": ("attn_implementation", "sdpa"),
+        "reader.tokenizer_path": ("tokenizer_path", str(tmp_path / "reader")),
+        "reader.name_or_path": ("name_or_path", str(tmp_path / "other")),
+    }
+    save_reader(make_reader("llama", passage_max_tokens=60), tmp_path / "other")
+    seen = {_fp(base)}
+    for key, (field, value) in changed.items():
+        cfg = RunConfig(reader=base.reader.__class__(**{**vars(base.reader), field: value}))
+        assert _fp(cfg) not in seen, key
+        seen.add(_fp(cfg))
+    # a random reader: its seed, its model_config; a demo reader from scratch: the vocabulary's synthetic section
+    random_reader = RunConfig()
+    random_reader.reader.random_init = True
+    for edit in (lambda c: setattr(c.run, "seed", 1), lambda c: c.reader.model_config.update(d_model=16),
+                 lambda c: setattr(c.synthetic, "n_chains", c.synthetic.n_chains + 1)):
+        cfg = RunConfig()
+        cfg.reader.random_init = True
+        edit(cfg)
+        assert _fp(cfg) != _fp(random_reader)
+    # init_from: the folder's contents, not only its name
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "model.safetensors").write_bytes(b"a")
+    cfg = RunConfig()
+    cfg.reader.init_from = str(init)
+    before = _fp(cfg)
+    (init / "model.safetensors").write_bytes(b"bb")
+    assert _fp(cfg) != before
+    # the question key: the device the reader runs on and the padded n
+    reader = make_reader("llama")
+    keys3 = reader_cache.question_keys(batching.collate(_records(), 3, None, reader), base, "states")
+    keys2 = reader_cache.question_keys(batching.collate(_records(), 2, None, reader), base, "states")
+    assert keys3 != keys2 and all(k[2] == "cpu" for k in keys3)
+
+
+def test_a_bf16_run_never_reads_the_states_an_fp32_run_left_in_the_folder(tmp_path):
+    """objective.passage_state_dir filled by an fp32 run of a reader, then used by a ZeRO-3 bf16 run of the same
+    reader (reader.dtype unset, runtime.precision=bf16): it encodes its own bf16 states, and its answer loss is the
+    one without the cache (it used to read the fp32 files and crash: expected Float but found BFloat16)."""
+    import dataclasses
+
+    from gr_train.models import build_reader
+
+    save_reader(make_reader("llama"), tmp_path / "reader")
+    fp32 = _disk_cfg(tmp_path)
+    fp32.reader.kind, fp32.reader.name_or_path = "causal_lm", str(tmp_path / "reader")
+    bf16 = _disk_cfg(tmp_path)
+    bf16.reader = dataclasses.replace(fp32.reader)
+    bf16.runtime.engine, bf16.runtime.precision = "deepspeed", "bf16"
+    calls = []
+
+    def states(cfg, dtype):
+        reader = build_reader(dataclasses.replace(cfg.reader, dtype=dtype))
+        batch = batching.collate(_records(), 3, None, reader)
+        got = reader_cache.cached_states(batch, cfg, lambda: calls.append(dtype) or reader.encode_passages(
+            batch.reader_inputs))
+        log_M = torch.zeros(2, 3)
+        return got, reader.answer_loss(got, batch.reader_inputs, log_M), reader.answer_loss(
+            reader.encode_passages(batch.reader_inputs), batch.reader_inputs, log_M)
+
+    states(fp32, "fp32")
+    reader_cache.clear()
+    got, cached_loss, plain_loss = states(bf16, "bf16")
+    assert calls == ["fp32", "bf16"]  # the bf16 run encoded its own states
+    assert {t.dtype for t in _tensors(got) if t.is_floating_point()} == {torch.bfloat16}
+    assert torch.equal(cached_loss, plain_loss)
+    assert len(list((tmp_path / "states").glob("*.safetensors"))) == 4
+    reader_cache.clear()
+    states(bf16, "bf16")  # and reads them back the next time
+    assert calls == ["fp32", "bf16"]
+
+
+def test_the_baselines_target_cache_misses_for_another_dtype_or_setting():
+    """The in-memory target cache (objective.cache_reader_targets) has the same key: a bf16 run of the reader, or
+    another passage length, computes its own targets."""
+    reader = make_reader("llama")
+    batch = batching.collate(_records(), 3, None, reader)
+    fp32, bf16, longer = RunConfig(), RunConfig(), RunConfig()
+    bf16.runtime.engine, bf16.runtime.precision = "deepspeed", "bf16"
+    longer.reader.passage_max_tokens = 64
+    got = [reader_cache.cached_targets(batch, cfg, "single", lambda v=v: torch.full((2, 3), v))
+           for v, cfg in ((1.0, fp32), (2.0, bf16), (3.0, longer), (4.0, fp32))]
+    assert [g[0, 0].item() for g in got] == [1.0, 2.0, 3.0, 1.0]
