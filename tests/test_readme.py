@@ -157,3 +157,56 @@ def test_every_readme_command_runs_as_written(fresh_clone, capsys):
         ran.append(argv[0])
     assert {"demo", "generate", "train", "evaluate", "export", "convert", "compare", "structure"} <= set(ran)
     assert (fresh_clone / "runs" / "demo" / "results.json").is_file()
+
+
+# Every documented Ray command runs with token authentication (issue 30, item 9) --------------------------------
+
+# A command that starts, joins or talks to a Ray: `ray start`, `ray job ...`, or a ray_jobs/ entry point (python
+# ray_jobs/x.py, python -m ray_jobs.x). The cluster launcher's own commands (ray up / exec / down) go over ssh.
+RAY_COMMAND = re.compile(r"(^|[\s;&|(])ray\s+(start|job)\b|\bray_jobs[/.]\w+")
+AUTH_SETTING = re.compile(r"\bRAY_AUTH_MODE\s*[=:]\s*[\"']?(\w+)")
+
+
+def unauthenticated_ray_commands(text: str) -> list[str]:
+    """The Ray command lines of `text` (its fenced code blocks, and a deploy file's lines) that do not run with
+    RAY_AUTH_MODE=token (on the line, exported earlier in its block, a Dockerfile's ENV or a KubeRay manifest's
+    authOptions), and every
+    RAY_AUTH_MODE set to another value anywhere in it."""
+    bad = [m.group(0) for m in AUTH_SETTING.finditer(text) if m.group(1) != "token"]
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M) if "```" in text else [text]
+    # a Dockerfile's ENV, or a KubeRay manifest's authOptions: every command the file runs has token authentication
+    whole_file = re.search(r"^ENV\b.*\bRAY_AUTH_MODE=token\b|^\s*authOptions:\s*\n\s*mode:\s*token\b", text,
+                           flags=re.M)
+    for block in blocks:
+        exported = bool(whole_file)
+        lines: list[str] = []  # logical lines: a comment's text is read as code, `\` continuations joined
+        for line in block.splitlines():
+            code = line.split("#", 1)[0] if not line.lstrip().startswith("#") else line.lstrip("# ")
+            if lines and lines[-1].endswith("\\"):
+                lines[-1] = lines[-1][:-1] + " " + code.strip()
+            else:
+                lines.append(code.rstrip())
+        for code in lines:
+            if re.search(r"\bexport\s+RAY_AUTH_MODE=token\b", code):
+                exported = True
+            if RAY_COMMAND.search(code) and not exported and "RAY_AUTH_MODE=token" not in code:
+                bad.append(code.strip())
+    return bad
+
+
+def test_every_documented_ray_command_runs_with_token_authentication():
+    files = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted(p for p in (REPO / "deploy").iterdir() if p.suffix in (".yaml", ".yml", ".sh", ".md", ""))]
+    commands = 0
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        assert unauthenticated_ray_commands(text) == [], path
+        commands += len(RAY_COMMAND.findall(text))
+    assert commands >= 8  # README's preprocessing and launcher blocks, deploy/'s head and worker starts
+    # the check itself: the README's former preprocessing line, and a submit with auth off, are caught
+    assert unauthenticated_ray_commands("```bash\nRAY_AUTH_MODE=disabled ray start --head --num-cpus 4\n```\n") == [
+        "RAY_AUTH_MODE=disabled", "RAY_AUTH_MODE=disabled ray start --head --num-cpus 4"]
+    assert unauthenticated_ray_commands("```bash\nray job submit --address http://h:8265 -- python x.py\n```") != []
+    assert unauthenticated_ray_commands("```bash\nexport RAY_AUTH_MODE=token\nray start --head\n```") == []
