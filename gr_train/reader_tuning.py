@@ -18,12 +18,14 @@ and trained; no reranker is built).
 
 from __future__ import annotations
 
+import copy
 import zlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from gr_train.config import ConfigError
 from gr_train.reader import visible_log_mask
 
 
@@ -46,8 +48,10 @@ def make_trainable(reader, cfg) -> None:
     """Choose the reader's trainable parameters from cfg (config.ReaderSection); called by models.build_reader when
     cfg.trainable. train_layers N > 0: only the top N blocks of layer_stack and its final norms; lora_rank r > 0:
     LoRA adapters (lora_A [r, in], lora_B [out, r], scaling lora_alpha / r, B zero-initialised so the model starts
-    unchanged) injected into every Linear named in lora_targets, everything else frozen. Raises ValueError when N
-    exceeds the stack or no module matches lora_targets."""
+    unchanged) injected into every layer named in lora_targets, everything else frozen. Raises ValueError when N
+    exceeds the stack; ConfigError (before training) when no module matches lora_targets, a matched module is not
+    one LoRA can adapt, or an adapted weight is tied to another module's (check_lora_targets); both name the
+    key and the module."""
     model = reader.model
     if cfg.train_layers:
         blocks, norms = layer_stack(model)
@@ -64,10 +68,22 @@ def make_trainable(reader, cfg) -> None:
                           lora_dropout=0.0, bias="none")
         try:
             inject_adapter_in_model(lora, model)
-        except ValueError as e:
-            raise ValueError(f"reader.lora_targets={cfg.lora_targets}: {e}") from None
+        except ValueError as e:  # no module of that name, or one LoRA cannot adapt (a norm, an activation, ...)
+            raise ConfigError(f"reader.lora_targets={cfg.lora_targets}: {_target_error(model, cfg.lora_targets, e)}"
+                              ) from None
+        check_lora_targets(model, list(cfg.lora_targets))
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
+
+
+def _target_error(model: nn.Module, targets: list[str], error: ValueError) -> str:
+    """peft's refusal, on one line, with the module it refused named (peft names only its class and repr)."""
+    first = str(error).split("\n")[0]
+    for name, m in model.named_modules():
+        if any(name == t or name.endswith(f".{t}") for t in targets) and f"Target module {type(m).__name__}" in first:
+            return (f"module {name} ({type(m).__name__}) is not a layer LoRA can adapt (peft adapts Linear, "
+                    "Embedding, Conv1d/2d/3d, GPT-2's Conv1D and MultiheadAttention); name such layers instead")
+    return f"{first} (modules are matched by their last name parts, e.g. q_proj, embed_tokens)"
 
 
 def trainable_fraction(reader) -> float:
@@ -101,36 +117,107 @@ def passage_dropout(valid: torch.Tensor, p: float, seed: int, step: int, ids: li
     return torch.where(visible.any(1, keepdim=True), visible, fallback)
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights with LoRA adapters merged (W + scaling * B @ A) under the base model's own names, so that
-    the class loads them as a plain checkpoint; without adapters, model.state_dict()."""
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     from peft.tuners.lora import LoraLayer
 
-    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights with LoRA adapters merged under the base model's own names, so that the class loads them
+    as a plain checkpoint; without adapters, model.state_dict(). Each adapted layer is merged by peft's own merge
+    on a copy (Linear, Embedding, convolutions, GPT-2's Conv1D, ...: whatever layer type peft adapted), and every
+    tensor of its base layer is kept (a weight without a bias, an embedding's rows)."""
+    adapted = _lora_layers(model)
     if not adapted:
         return model.state_dict()
     state = {k: v for k, v in model.state_dict().items()
              if "lora_" not in k and not any(k.startswith(f"{name}.base_layer.") for name in adapted)}
     with torch.no_grad():
         for name, m in adapted.items():
-            base = m.get_base_layer()
-            delta = sum(m.get_delta_weight(a) for a in m.active_adapters)
-            state[f"{name}.weight"] = base.weight + delta
-            if base.bias is not None:
-                state[f"{name}.bias"] = base.bias
+            layer = copy.deepcopy(m)
+            layer.merge(safe_merge=True)  # refuses a merge that gives non-finite weights
+            for key, value in layer.get_base_layer().state_dict().items():
+                state[f"{name}.{key}"] = value
     return state
+
+
+def _ties_word_embeddings(model: nn.Module) -> bool:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
+def _tied_to(model: nn.Module, name: str, module: nn.Module) -> list[str]:
+    """Parameters outside `module` (at `name`) that share storage with one of its base layer's parameters."""
+    own = {p.data_ptr() for p in module.get_base_layer().parameters()}
+    return [n for n, p in model.named_parameters(remove_duplicate=False)
+            if p.data_ptr() in own and not n.startswith(f"{name}.")]
+
+
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """After injection: every adapted layer can be merged into a checkpoint that reloads with the trained weights.
+    An adapted weight tied to another module's weight (which reads it without the adapter) is refused (ConfigError
+    naming the key and the module), unless the model ties its input embeddings and output layer
+    (tie_word_embeddings) and the adapted one is the output layer, or the input embeddings tied to nothing but the
+    output layer: save_reader then saves the two untied, as they trained."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    for name, m in _lora_layers(model).items():
+        tied = _tied_to(model, name, m)
+        if not tied:
+            continue
+        base = m.get_base_layer()
+        allowed: set[str] = set()
+        if _ties_word_embeddings(model) and out in (m, base):
+            allowed = set(tied)  # the embeddings read the weight without the adapter, in training and once untied
+        elif _ties_word_embeddings(model) and inp in (m, base) and out is not None:
+            allowed = _param_names(model, out)  # any other reader of the embeddings would bypass the adapter
+        others = [t for t in tied if t not in allowed]
+        if others:
+            raise ConfigError(f"reader.lora_targets={targets}: module {name} ({type(base).__name__}) shares its "
+                              f"weight with {others[0]}, which reads it without the adapter, and a merged checkpoint "
+                              f"cannot keep the two apart: leave {name} out of reader.lora_targets")
+
+
+def _param_names(model: nn.Module, module: nn.Module) -> set[str]:
+    """Every name under which `module` (or the layer a LoRA wrapper of it adapts) holds a parameter."""
+    objects = {id(module), id(module.get_base_layer())} if hasattr(module, "get_base_layer") else {id(module)}
+    return {f"{n}.{pn}".replace(".base_layer.", ".") for n, mod in model.named_modules(remove_duplicate=False)
+            if id(mod) in objects for pn, _ in mod.named_parameters() if "lora_" not in pn}
 
 
 def save_reader(reader, path: str | Path) -> Path:
     """Write the reader as a folder that reader.name_or_path loads: HF readers save_pretrained (config.json,
     model.safetensors, generation config, tokenizer with its chat template; LoRA merged); the demo reader its own
-    format. Call with the parameters whole (runtime.gathered under ZeRO-3). Returns path."""
+    format. Call with the parameters whole (runtime.gathered under ZeRO-3). Returns path.
+
+    A LoRA-adapted input embedding or output layer of a model that ties them (tie_word_embeddings) is saved untied
+    (both weights, tie_word_embeddings false), as it trained: the adapter changed one of the two."""
     path = Path(path)
     if hasattr(reader, "save"):
         reader.save(path)
         return path
     model = reader.model
     state = {k: v.detach().cpu() for k, v in merged_state_dict(model).items()}
-    model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    untie = bool(_lora_layers(model)) and _ties_word_embeddings(model) and _tied_apart(model, state)
+    if untie:
+        config.tie_word_embeddings = False
+    try:
+        model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    finally:
+        if untie:
+            config.tie_word_embeddings = True
     reader.tokenizer.save_pretrained(path)
     return path
+
+
+def _tied_apart(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """True when parameters the model ties (one storage, several names) differ in the merged state."""
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(p.data_ptr(), []).append(n.replace(".base_layer.", "."))
+    for names in groups.values():
+        values = [state[n] for n in names if n in state]
+        if any(not torch.equal(values[0], v) for v in values[1:]):
+            return True
+    return False

@@ -104,6 +104,60 @@ def test_lora_trains_adapters_only_and_saves_merged_weights_that_score_identical
     assert ans_a == ans_b
 
 
+GPT2 = ["reader.kind=causal_lm", "reader.model_config={model_type: gpt2}"]
+
+
+@pytest.mark.parametrize("family, target, weight", [
+    (CAUSAL, "embed_tokens", "model.embed_tokens.weight"),  # an Embedding: no bias (it used to crash the merge)
+    (CAUSAL, "lm_head", "lm_head.weight"),
+    (GPT2, "wte", "transformer.wte.weight"),  # tied to lm_head (tie_word_embeddings): saved untied
+    (GPT2, "lm_head", "lm_head.weight"),
+    (GPT2, "c_fc", "transformer.h.0.mlp.c_fc.weight"),  # with a bias
+    (T5, "lm_head", "lm_head.weight"),  # tied to the shared embeddings: saved untied
+], ids=["llama-embed_tokens", "llama-lm_head", "gpt2-wte-tied", "gpt2-lm_head-tied", "gpt2-c_fc", "t5-lm_head-tied"])
+def test_every_lora_target_peft_adapts_is_merged_saved_and_reloads_with_the_trained_loss(toy, tmp_path, family,
+                                                                                         target, weight):
+    cfg = load_config(None, [*family, "reader.trainable=true"])
+    torch.manual_seed(0)
+    base = build_reader(cfg.reader).model.state_dict()
+    _, reader, _ = fine_tune(toy, tmp_path / "run", *family, "reader.lora_rank=4", f"reader.lora_targets=[{target}]",
+                             "optim.lr=1e-2", steps=8)
+    folder = tmp_path / "run" / "final" / "reader"
+    saved = load_file(folder / "model.safetensors")
+    assert not any("lora" in k or "base_layer" in k for k in saved)
+    assert (saved[weight] - base[weight]).abs().max() > 1e-4  # the adapter is merged in
+    reloaded = build_reader(load_config(None, [*family, f"reader.name_or_path={folder}", "reader.passage_max_tokens=48",
+                                               "reader.answer_max_tokens=8"]).reader)
+    dev = load_records(toy / "dev.jsonl")
+    (loss_a, ans_a), (loss_b, ans_b) = scores(reader, dev), scores(reloaded, dev)
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-5)
+    assert ans_a == ans_b
+
+
+@pytest.mark.parametrize("family, target, expected", [
+    (CAUSAL, "norm", "module model.norm (LlamaRMSNorm) is not a layer LoRA can adapt"),
+    (CAUSAL, "mlp", "module model.layers.0.mlp (LlamaMLP) is not a layer LoRA can adapt"),
+    (GPT2, "ln_f", "module transformer.ln_f (LayerNorm) is not a layer LoRA can adapt"),
+    (CAUSAL, "wte", "Target modules {'wte'} not found"),
+    # T5's encoder and decoder read the shared embeddings without the adapter (the adapter would never train)
+    (T5, "shared", "module shared (Embedding) shares its weight with encoder.embed_tokens.weight"),
+    (T5, "embed_tokens", "module encoder.embed_tokens (Embedding) shares its weight with shared.weight"),
+])
+def test_a_lora_target_that_cannot_be_merged_is_refused_before_training_naming_the_key_and_module(
+        toy, tmp_path, capsys, family, target, expected):
+    from gr_train import cli
+
+    argv = ["train", "objective.name=reader", "reader.trainable=true", f"data.train_path={toy / 'train.jsonl'}",
+            "reader.lora_rank=4", f"reader.lora_targets=[{target}]", *family, f"run.run_dir={tmp_path / 'run'}",
+            "run.num_threads=1", "data.n_candidates=4", "eval.ks=[2]", "reader.passage_max_tokens=48"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("gr-train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"reader.lora_targets=['{target}']" in lines[0] and expected in lines[0], lines[0]
+    assert not list((tmp_path / "run").glob("step-*")) and not (tmp_path / "run" / "final").exists()
+
+
 def test_bad_tuning_settings_fail_with_the_key_named(tmp_path):
     with pytest.raises(ConfigError, match="reader.train_layers"):
         load_config(None, ["reader.train_layers=1"])  # demo_fid
