@@ -1,5 +1,5 @@
 """`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | structure |
-reader-report | prepare-models.
+reader-report | prepare-models | config.
 
 Thin: each verb loads the config, runs the checks of checks.py (config first, before torch is imported; then the
 data against the config, before any model is built) and calls one recipe function. Every user mistake ends in one
@@ -265,6 +265,17 @@ def cmd_export(args) -> None:
     print(f"written: {out} (model card {out / 'README.md'})")
 
 
+def cmd_config(args) -> None:
+    """Every config key with its type, default and doc (the comments beside the fields in config.py)."""
+    from gr_train.config import describe_keys, format_keys
+
+    try:
+        described = describe_keys(args.sections)
+    except ConfigError as e:
+        raise UserError(f"gr-train config: {e}") from None
+    print(json.dumps(described, indent=2) if args.json else format_keys(described))
+
+
 def _help(description: str, example: str, writes: str) -> dict:
     """add_parser keywords: the description, then an example and the files the command writes, as the epilog."""
     return {"description": description, "epilog": f"example:\n  {example}\n\nwrites:\n  {writes}",
@@ -411,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval JSON for the card's table, repeatable (default: results.json / eval.json in the run "
                         "and checkpoint folders, those of this reranker)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("config", help="every config key: type, default and doc, by section", **_help(
+        "Every config key with its type, default and one-line doc, grouped by section (the comments beside the "
+        "fields of gr_train/config.py). Give section names to see only those. Any key is set in a YAML recipe "
+        "(section: {key: value}) or on the command line as section.key=value.",
+        "gr-train config gumbel data",
+        "nothing (prints the keys; --json: as JSON {section: {doc, keys: {key: {type, default, doc}}}})"))
+    p.add_argument("sections", nargs="*", metavar="SECTION", help="sections to show (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

@@ -6,7 +6,13 @@ Load with `load_config(path, overrides)`; unknown keys and type mismatches fail 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
+import json
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,8 +57,8 @@ class SyntheticSection:
     """The embedded multi-hop data generator (synthetic.py)."""
 
     n_works: int = 30  # vocabulary size of each entity type (works, people, towns); one token each
-    n_people: int = 30
-    n_towns: int = 30
+    n_people: int = 30  # people: bridge entities (the object of "W created-by P")
+    n_towns: int = 30  # towns: the answers (the object of "P born-in T")
     n_chains: int = 5  # chains (bridge + answer passage) per question; 1 gold chain, the rest distractors
     one_hop_fraction: float = 0.3  # share of one-hop questions in the stream and in generated files
     # Structure knobs (0 / 1 = the demo's structure). Copies of each gold passage (exact duplicates, all gold, as
@@ -188,11 +194,11 @@ class ObjectiveSection:
 @dataclass
 class OptimSection:
     lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (per step, times lr)
     warmup_steps: int = 0  # linear warm-up
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; linear, cosine: to 0 at the end
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2)
 
 
 @dataclass
@@ -221,7 +227,7 @@ class EvalSection:
     answer_normalization: Literal["typographic", "squad"] = "typographic"
     max_questions: int = 0  # evaluate on the first N dev questions; 0 = all
     reader_report: bool = True  # compare / suite: the reader report (reader_report.py) on the dev set, once per dataset
-    batch_size: int = 32
+    batch_size: int = 32  # dev questions per evaluation forward (reranker scoring and reader EM/F1)
     # per-question score std below which scores "did not separate": evaluation's `separated`, and the recipe's
     # train/low_spread_fraction and warning
     separation_min_std: float = 0.05
@@ -273,7 +279,7 @@ class PreprocessSection:
     """Ray Data preprocessing (ray_jobs/preprocess.py): questions → candidates → tokens → Parquet shards."""
 
     questions_path: str | None = None  # FiD JSON/JSONL, HotpotQA / 2Wiki / MuSiQue JSON(L), or Parquet
-    questions_format: Literal["auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"] = "auto"
+    questions_format: Literal["auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"] = "auto"  # auto: detected
     output_dir: str = "runs/preprocessed"  # part-*.parquet, manifest.json, rejects.jsonl
     # retrieve: top_k candidates per question from the sharded index (retrieval.*) | input: each question keeps the
     # candidates it came with (FiD records with ctxs, e.g. the demo's data; a question without any is rejected)
@@ -300,7 +306,7 @@ class SuiteSection:
     max_dev: int = 0  # the first N dev questions of each dataset; 0 = all
     objectives: list[str] = field(default_factory=lambda: ["gumbel"])  # rows: objective names or LABEL=OBJECTIVE
     row_overrides: dict[str, Any] = field(default_factory=dict)  # row label -> [section.key=value, ...]
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # run.seed values; every row is trained once per seed
     models_dir: str | None = None  # run prepare-models into this folder first (the packaged MiniLM / SmolLM2)
     # Reader fine-tuning before the comparisons: overrides of one run (objective.name=reader ...) on every dataset's
     # training questions together; its final/reader then reads for every row. [] = the configured reader as is
@@ -582,6 +588,84 @@ def validate(cfg: RunConfig) -> None:
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every key with its type, default and doc (`gr-train config`), read from this file's source
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def field_docs(section_cls: type) -> dict[str, str]:
+    """{key: doc} of one section dataclass, from its source: the comment lines directly above a field, then the
+    comment on its own line(s), joined into one line ("" for a field with neither). Read with ast and tokenize, so
+    the docs are the comments beside the fields and never a copy of them."""
+    source = textwrap.dedent(inspect.getsource(section_cls))
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    docs = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        above, line = [], node.lineno - 1
+        while line >= 1 and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        beside = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        docs[node.target.id] = " ".join(above + beside)
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    """An annotation as a user writes the value: Literal["a", "b"] → "a | b", Optional[int] → "int | None"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return "any"
+    if tp is type(None):
+        return "None"
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_keys(sections: list[str] | None = None) -> dict[str, dict]:
+    """Every config key of the named sections (default: all, in RunConfig's order).
+
+    Returns:
+        {section: {"doc": the section's docstring ("" if none), "keys": {key: {"type": str (type_name),
+        "default": the default value (JSON-able), "doc": str (field_docs)}}}}.
+    Raises:
+        ConfigError naming the unknown section and the valid ones.
+    """
+    all_sections = _section_types(RunConfig)
+    unknown = [s for s in sections or [] if s not in all_sections]
+    if unknown:
+        raise ConfigError(f"unknown section '{unknown[0]}' (sections: {', '.join(all_sections)})")
+    out = {}
+    for name in sections or all_sections:
+        cls = all_sections[name]
+        hints, docs, default = _section_types(cls), field_docs(cls), cls()
+        own_doc = cls.__doc__ if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
+        out[name] = {"doc": " ".join(own_doc.split()), "keys": {
+            f.name: {"type": type_name(hints[f.name]), "default": getattr(default, f.name), "doc": docs[f.name]}
+            for f in dataclasses.fields(cls)}}
+    return out
+
+
+def format_keys(described: dict[str, dict], width: int = 100) -> str:
+    """describe_keys as plain text: per section a header, then `section.key: type = default` and its doc, indented."""
+    blocks = []
+    for name, section in described.items():
+        lines = [f"{name}:" + (f" {section['doc']}" if section["doc"] else "")]
+        for key, k in section["keys"].items():
+            lines.append(f"  {name}.{key}: {k['type']} = {json.dumps(k['default'])}")
+            lines += textwrap.wrap(k["doc"], width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def to_dict(cfg: RunConfig) -> dict:
