@@ -5,7 +5,8 @@ Two stages, called by cli.py (and by compare.run_compare for `compare` and `suit
 - `check_config(cfg, command)`: the config alone, without importing torch: a frozen reader with no weights,
   model paths that do not exist or name a run folder, missing data paths.
 - `check_data(cfg, splits)`: the data against the config: candidate counts against gumbel.k / eval.ks /
-  eval.reader_k / data.n_candidates, gold labels for evaluation, and a sample of the data through the reader's and
+  eval.reader_k / data.n_candidates, the training questions without an answer-bearing candidate
+  (data.max_no_answer_fraction, data.drop_no_answer), gold labels for evaluation, and a sample of the data through the reader's and
   the reranker's tokenizers (share of unknown tokens, the demo reader's decoder length) before any model runs.
 
 `USER_ERRORS` are the exceptions cli.main turns into one `gr-train: error: ...` line (exit code 2, no traceback).
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from gr_train.config import ConfigError, RunConfig
-from gr_train.data import DataError, Record
+from gr_train.data import DataError, Record, has_answer, passage_string
 
 log = logging.getLogger("gr_train.checks")
 
@@ -231,6 +232,87 @@ def format_counts(counts: dict[str, int], n: int) -> str:
     return line
 
 
+def answerless(record: Record, n: int) -> bool:
+    """No answer-bearing candidate (has_answer, computed by data.has_answer where unset) among the first n; False
+    for a yes/no question (answer presence is undefined for it)."""
+    if record.yes_no:
+        return False
+    return not any(p.has_answer if p.has_answer is not None
+                   else has_answer(passage_string(p.title, p.text), record.answers) for p in record.ctxs[:n])
+
+
+def candidate_quality(records: list[Record], n: int) -> dict[str, int]:
+    """How many questions of `records` the reader can be rewarded on with their first n candidates:
+    {"questions", "yes_no", "no_answer" (answerless: no answer-bearing candidate among the first n; yes/no questions
+    never count), "labelled" (some passage has an is_gold label), "no_gold" (labelled, no gold passage among the
+    first n)}."""
+    counts = dict.fromkeys(("questions", "yes_no", "no_answer", "labelled", "no_gold"), 0)
+    for r in records:
+        counts["questions"] += 1
+        counts["yes_no"] += r.yes_no
+        counts["no_answer"] += answerless(r, n)
+        if any(p.is_gold is not None for p in r.ctxs):
+            counts["labelled"] += 1
+            counts["no_gold"] += not any(p.is_gold for p in r.ctxs[:n])
+    return counts
+
+
+def format_quality(counts: dict[str, int], n: int) -> str:
+    """One line: the counts of candidate_quality."""
+    line = (f"{counts['no_answer']} of {counts['questions'] - counts['yes_no']} questions (yes/no aside) have no "
+            f"answer-bearing candidate among their first {n}")
+    if counts["labelled"]:
+        line += f"; {counts['no_gold']} of {counts['labelled']} labelled questions have no gold passage among them"
+    return line
+
+
+NO_ANSWER_FIX = ("more candidates per question (data.n_candidates, retrieval.top_k when retrieving), another "
+                 "retriever (retrieval.kind=dense or bm25), or data.drop_no_answer=true to train without them")
+
+
+def check_answer_candidates(cfg: RunConfig, path: str, records: list[Record]) -> dict[str, int]:
+    """The training questions with no answer-bearing candidate among the first data.n_candidates (and with no gold
+    passage, when labelled): one log line with the counts, a warning naming the fix when their share of the
+    non-yes/no questions is above data.max_no_answer_fraction. Returns candidate_quality's counts. Raises
+    ConfigError when data.drop_no_answer would leave no question to train on."""
+    n = cfg.data.n_candidates
+    counts = candidate_quality(records, n)
+    fate = "dropped from training (data.drop_no_answer=true)" if cfg.data.drop_no_answer else \
+        "kept (data.drop_no_answer=false): the reader's loss gives them nothing to reward"
+    log.info("train %s: %s (data.n_candidates=%d); those without an answer-bearing one are %s", path,
+             format_quality(counts, n), n, fate)
+    spanned = counts["questions"] - counts["yes_no"]
+    share = counts["no_answer"] / spanned if spanned else 0.0
+    if share > cfg.data.max_no_answer_fraction:
+        log.warning("train %s: %.0f%% of the questions (%d of %d, yes/no aside) have no answer-bearing candidate "
+                    "among their first %d, above data.max_no_answer_fraction=%g: their candidates miss the answer. "
+                    "Fix: %s", path, 100 * share, counts["no_answer"], spanned, n, cfg.data.max_no_answer_fraction,
+                    NO_ANSWER_FIX)
+    if cfg.data.drop_no_answer and counts["no_answer"] == counts["questions"]:
+        raise ConfigError(f"data.drop_no_answer=true: every question of {path} ({counts['questions']}) has no "
+                          f"answer-bearing candidate among its first {n}, so none would be left to train on: retrieve more "
+                          "candidates (data.n_candidates, retrieval.top_k) or with another retriever (retrieval.kind)")
+    return counts
+
+
+def drop_no_answer(cfg: RunConfig, path: str, records: list[Record]) -> list[Record]:
+    """`records` without the answerless ones (among the first data.n_candidates) when data.drop_no_answer, logging
+    how many were dropped and the first ids; `records` unchanged otherwise. Raises ConfigError when none is left."""
+    if not cfg.data.drop_no_answer:
+        return records
+    n = cfg.data.n_candidates
+    dropped = [r.id for r in records if answerless(r, n)]
+    kept = [r for r in records if not answerless(r, n)]
+    if not kept:
+        raise ConfigError(f"data.drop_no_answer=true: every question of {path} ({len(records)}) has no "
+                          f"answer-bearing candidate among its first {n}, so none would be left to train on")
+    if dropped:
+        log.warning("train %s: dropped %d of %d questions with no answer-bearing candidate among their first %d "
+                    "(data.drop_no_answer=true): %s%s", path, len(dropped), len(records), n, ", ".join(dropped[:5]),
+                    ", ..." if len(dropped) > 5 else "")
+    return kept
+
+
 def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labelled: tuple[str, ...] = (),
                reader_used: bool = True, labels_required: bool = True) -> None:
     """The data against the config, before any model is built.
@@ -250,6 +332,8 @@ def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labe
         if name in labelled and (labels_required or any(p.is_gold is not None for r in records for p in r.ctxs)):
             check_labels(path, records)
         check_candidates(cfg, path, records)
+        if name == "train":
+            check_answer_candidates(cfg, path, records)
     check_tokenizers(cfg, splits, reader_used)
 
 

@@ -85,6 +85,12 @@ class DataSection:
     dev_path: str | None = None  # FiD JSON/JSONL file with is_gold labels, used for evaluation
     n_candidates: int = 10  # candidates per question seen by reranker and reader; extra ones are cut (counted, logged)
     shuffle: bool = True  # reshuffle the training file every epoch
+    # train warns when more than this share of the training questions (yes/no questions aside) has no answer-bearing
+    # candidate (has_answer) among its first n_candidates: the reader's loss gives those nothing to reward
+    max_no_answer_fraction: float = 0.2
+    # drop the training questions with no answer-bearing candidate among their first n_candidates (yes/no questions
+    # are kept); counted and logged either way
+    drop_no_answer: bool = False
 
 
 @dataclass
@@ -570,6 +576,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.max_nonfinite_steps: must be >= 1, got {cfg.train.max_nonfinite_steps}")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
+    if not 0.0 <= cfg.data.max_no_answer_fraction <= 1.0:
+        raise ConfigError(f"data.max_no_answer_fraction: must be in [0, 1], got {cfg.data.max_no_answer_fraction}")
     r = cfg.retrieval
     if r.n_shards < 1 or r.block_size < 1 or r.top_k < 1 or r.max_in_flight < 1:
         raise ConfigError("retrieval.n_shards / block_size / top_k / max_in_flight: must be >= 1")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gr_train import checkpoint, gumbel, synthetic, threads
+from gr_train import checkpoint, checks, gumbel, synthetic, threads
 from gr_train.batching import collate
 from gr_train.config import RunConfig, save_config
 from gr_train.data import load_split
@@ -74,6 +74,8 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     if train_records is None and objective.trains != "reader":
         raise ValueError(f"data.train_path is required for objective.name={cfg.objective.name} (the synthetic "
                          "stream feeds reader pre-training only)")
+    if train_records is not None:
+        train_records = checks.drop_no_answer(cfg, cfg.data.train_path, train_records)  # data.drop_no_answer
     dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     last = checkpoint.latest_checkpoint(run_dir) if resume else None
     state = checkpoint.load_checkpoint(last, runtime) if last is not None else None

@@ -10,7 +10,8 @@ demo's data). Workers tokenize with the models' tokenizers only (models.build_in
 reads weights or imports modeling code. Writes to preprocess.output_dir: part-<first input position>.parquet (about
 4 per worker, each at most preprocess.rows_per_file questions, written by its worker atomically;
 data.PARQUET_SCHEMA_VERSION; `gr-train train data.train_path=DIR` reads it), rejects.jsonl, config.yaml,
-manifest.json (counts, config hash, index version). Every input record is either written or rejected: the job
+manifest.json (counts, the questions without an answer-bearing or gold candidate among the first
+data.n_candidates, config hash, index version). Every input record is either written or rejected: the job
 fails if the counts do not add up.
 """
 
@@ -31,9 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from gr_train.checks import candidate_quality, format_quality
 from gr_train.config import ConfigError, RunConfig, save_config, to_dict
-from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, detect_item_format, gold_paragraphs, has_answer,
-                           is_gold_passage, parse_item, passage_string)
+from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, Passage, Record, detect_item_format, gold_paragraphs,
+                           has_answer, is_gold_passage, parse_item, passage_string)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import run_job, start_job
@@ -45,7 +47,9 @@ CTX_TYPE = pa.struct([("pid", pa.int64()), ("docid", pa.string()), ("title", pa.
 BASE_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("answers", pa.list_(pa.string())),
                          ("target", pa.string()), ("ctxs", pa.list_(CTX_TYPE)), ("schema_version", pa.int32()),
                          ("config_hash", pa.string()), ("index_version", pa.string()), ("input_index", pa.int64())])
-SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64())])  # the workers' report: one row per file
+# The workers' report, one row per file: its rows and their candidate_quality counts (checks.candidate_quality)
+QUALITY = ("questions", "yes_no", "no_answer", "labelled", "no_gold")
+SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64()), *((k, pa.int64()) for k in QUALITY)])
 PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id", pa.string()),
                            ("record", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
@@ -145,6 +149,14 @@ def input_candidate_rows(records: list[dict], provenance: dict, indices: list[in
                        "is_gold": c["is_gold"], "has_answer": c["has_answer"]} for i, c in enumerate(rec["ctxs"])],
              "schema_version": PARQUET_SCHEMA_VERSION, **provenance, "input_index": index}
             for rec, index in zip(records, indices, strict=True)]
+
+
+def row_quality(rows: list[dict], n: int) -> dict[str, int]:
+    """checks.candidate_quality of output rows (BASE_SCHEMA) with their first n candidates."""
+    records = [Record(r["id"], r["question"], r["answers"], [Passage(c["title"], c["text"], c["is_gold"],
+                                                                      c["has_answer"]) for c in r["ctxs"]])
+               for r in rows]
+    return candidate_quality(records, n)
 
 
 def _unpadded(values: np.ndarray, mask: np.ndarray) -> list:
@@ -283,11 +295,13 @@ class ShardStage:
         records = [json.loads(r) for r in batch["record"].to_pylist()]
         indices = batch["index"].to_pylist()
         chunk = self.cfg.preprocess.batch_size
-        tables = []
+        tables, quality = [], Counter()
         for i in range(0, len(records), chunk):
             rows = self.rows(records[i : i + chunk], indices[i : i + chunk])
+            quality.update(row_quality(rows, self.cfg.data.n_candidates))
             tables.append(to_table(rows, self.tokenizer(rows) if self.tokenizer else None))
-        return pa.Table.from_pylist([write_shard(pa.concat_tables(tables), self.out_dir)], schema=SHARDS_SCHEMA)
+        report = {**write_shard(pa.concat_tables(tables), self.out_dir), **{k: quality[k] for k in QUALITY}}
+        return pa.Table.from_pylist([report], schema=SHARDS_SCHEMA)
 
 
 class CandidatesStage(ShardStage):
@@ -397,11 +411,14 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     files = sorted(out.glob("*.parquet"))
     written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     reasons = Counter(r["kind"] for r in rejects)
+    # among the first data.n_candidates, as `gr-train train` reads them (checks.check_answer_candidates)
+    quality = {"n_candidates": cfg.data.n_candidates, **{k: sum(s[k] for s in shards) for k in QUALITY}}
     summary = {"schema_version": PARQUET_SCHEMA_VERSION, **provenance, "candidates": pp.candidates,
                "index_dir": None if from_input else rcfg.index_dir,
                "questions_path": pp.questions_path, "input": len(items), "written": written,
                "rejected": len(rejects), "rejects_by_reason": dict(reasons.most_common(20)),
-               "top_k": None if from_input else rcfg.top_k, "files": [f.name for f in files],
+               "candidate_quality": quality, "top_k": None if from_input else rcfg.top_k,
+               "files": [f.name for f in files],
                "num_workers": pp.num_workers, "wall_s": round(time.perf_counter() - t0, 2),
                "phase_s": {k: round(v, 2) for k, v in phase_s.items()}}
     save_config(cfg, out / "config.yaml")
@@ -433,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
     _, cfg = start_job("preprocess", __doc__, argv, check=lambda args, cfg: check_questions(cfg))
     summary = run(cfg)
     print("preprocess summary: " + json.dumps(summary))
+    q = summary["candidate_quality"]
+    print(f"candidates: {format_quality(q, q['n_candidates'])} (data.n_candidates={q['n_candidates']})")
     return summary
 
 

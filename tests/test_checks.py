@@ -39,3 +39,74 @@ def test_questions_that_lose_every_gold_passage_to_the_cut_are_counted():
                       "lost_gold": 2}
     assert "2 lost every gold passage to the cut at data.n_candidates=10 (recall is over the 2 that keep one)" in \
         checks.format_counts(counts, 10)
+
+
+def write_candidates(path: Path) -> Path:
+    """4 questions, 2 candidates read (data.n_candidates=2): q1 answer and gold among them; q2 its answer and gold
+    only third; q3 yes/no, labelled, no gold; q4 unlabelled, has_answer unset and absent from its passages."""
+    import json
+
+    rows = [
+        {"id": "q1", "question": "who wrote it?", "answers": ["Ann"],
+         "ctxs": [{"title": "A", "text": "Ann wrote it", "is_gold": True}, {"text": "Bob", "is_gold": False}]},
+        {"id": "q2", "question": "who sang?", "answers": ["Cid"],
+         "ctxs": [{"text": "Bob", "is_gold": False}, {"text": "Dan", "is_gold": False},
+                  {"text": "Cid sang", "is_gold": True}]},
+        {"id": "q3", "question": "is it?", "answers": ["yes"],
+         "ctxs": [{"text": "x", "is_gold": False}, {"text": "y", "is_gold": False}]},
+        {"id": "q4", "question": "who ran?", "answers": ["Eve"], "ctxs": [{"text": "Bob"}, {"text": "Dan ran"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_questions_without_an_answer_bearing_or_gold_candidate_are_counted_and_warned_about(tmp_path, caplog,
+                                                                                             monkeypatch):
+    from gr_train.config import load_config
+    from gr_train.data import load_records
+
+    path = write_candidates(tmp_path / "train.jsonl")
+    records = load_records(path)
+    assert checks.candidate_quality(records, 2) == {"questions": 4, "yes_no": 1, "no_answer": 2, "labelled": 3,
+                                                    "no_gold": 2}
+    assert checks.candidate_quality(records, 3) == {"questions": 4, "yes_no": 1, "no_answer": 1, "labelled": 3,
+                                                    "no_gold": 1}
+    monkeypatch.setattr(checks, "check_tokenizers", lambda *a, **k: None)
+    cfg = load_config(None, ["data.n_candidates=2", "gumbel.k=1", "eval.ks=[1]"])
+    with caplog.at_level("INFO", logger="gr_train.checks"):
+        checks.check_data(cfg, {"train": (str(path), records)})
+    text = caplog.text
+    assert ("2 of 3 questions (yes/no aside) have no answer-bearing candidate among their first 2; 2 of 3 labelled "
+            "questions have no gold passage among them") in text
+    assert "kept (data.drop_no_answer=false)" in text
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "67%" in r.getMessage())
+    assert "above data.max_no_answer_fraction=0.2" in warning and "data.n_candidates" in warning
+    assert "retrieval.top_k" in warning and "another retriever" in warning
+    caplog.clear()
+    cfg = load_config(None, ["data.n_candidates=2", "gumbel.k=1", "eval.ks=[1]", "data.max_no_answer_fraction=0.7"])
+    with caplog.at_level("INFO", logger="gr_train.checks"):
+        checks.check_data(cfg, {"train": (str(path), records)})
+    assert "2 of 3 questions" in caplog.text and "max_no_answer_fraction" not in caplog.text
+
+
+def test_drop_no_answer_removes_exactly_the_questions_without_an_answer_bearing_candidate(tmp_path, caplog):
+    from gr_train.config import ConfigError, load_config
+    from gr_train.data import load_records
+
+    path = write_candidates(tmp_path / "train.jsonl")
+    records = load_records(path)
+    keep = load_config(None, ["data.n_candidates=2"])
+    assert checks.drop_no_answer(keep, str(path), records) is records  # data.drop_no_answer=false: all kept
+    cfg = load_config(None, ["data.n_candidates=2", "data.drop_no_answer=true"])
+    with caplog.at_level("WARNING", logger="gr_train.checks"):
+        kept = checks.drop_no_answer(cfg, str(path), records)
+    assert [r.id for r in kept] == ["q1", "q3"]  # the yes/no question stays
+    assert f"train {path}: dropped 2 of 4 questions" in caplog.text and "q2, q4" in caplog.text
+    cfg3 = load_config(None, ["data.n_candidates=3", "data.drop_no_answer=true"])
+    assert [r.id for r in checks.drop_no_answer(cfg3, str(path), records)] == ["q1", "q2", "q3"]
+    none = [r for r in records if r.id in ("q2", "q4")]
+    with pytest.raises(ConfigError, match="data.drop_no_answer=true: every question of .* has no answer-bearing"):
+        checks.drop_no_answer(cfg, str(path), none)
+    with pytest.raises(ConfigError, match="data.drop_no_answer=true: every question"):
+        checks.check_answer_candidates(cfg, str(path), none)
+

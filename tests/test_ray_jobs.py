@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gr_train import checks
 from gr_train import retrieval as R
 from gr_train.config import load_config
 
@@ -650,7 +651,11 @@ def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray
     assert [r.id for r in back] == [r.id for r in records]
     assert all([(c.title, c.text, c.is_gold, c.has_answer) for c in a.ctxs]
                == [(c.title, c.text, c.is_gold, c.has_answer) for c in b.ctxs] for a, b in zip(back, records))
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["index_version"] == "input"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["index_version"] == "input"
+    quality = checks.candidate_quality(records, cfg.data.n_candidates)
+    assert manifest["candidate_quality"] == {"n_candidates": cfg.data.n_candidates, **quality}
+    assert quality["questions"] == 90 and 0 < quality["yes_no"] + quality["labelled"]
 
 
 def test_a_shard_is_written_atomically_and_a_retried_batch_rewrites_it(tmp_path, monkeypatch):
@@ -741,3 +746,30 @@ def test_a_block_whose_questions_were_all_rejected_writes_no_file(tmp_path):
     stage = preprocess.InputCandidatesStage(cfg, {"config_hash": "h", "index_version": "input"}, str(tmp_path))
     out = stage(preprocess.PARSED_SCHEMA.empty_table())
     assert out.num_rows == 0 and out.schema == preprocess.SHARDS_SCHEMA and not list(tmp_path.iterdir())
+
+
+def test_preprocess_counts_the_questions_without_an_answer_bearing_or_gold_candidate(tmp_path):
+    """Each shard's report carries checks.candidate_quality of its rows among the first data.n_candidates (the
+    manifest sums them: test_preprocess_input_candidates_on_ray_keeps_order_and_counts)."""
+    import pyarrow as pa
+
+    from ray_jobs import preprocess
+
+    rows = [
+        {"id": "q1", "question": "who wrote it?", "answers": ["Ann"],
+         "ctxs": [{"title": "A", "text": "Ann wrote it", "is_gold": True}, {"text": "Bob", "is_gold": False}]},
+        {"id": "q2", "question": "who sang?", "answers": ["Cid"],
+         "ctxs": [{"text": "Bob", "is_gold": False}, {"text": "Dan", "is_gold": False},
+                  {"text": "Cid sang", "is_gold": True}]},
+        {"id": "q3", "question": "is it?", "answers": ["yes"], "ctxs": [{"text": "x", "is_gold": False}]},
+        {"id": "q4", "question": "who ran?", "answers": ["Eve"], "ctxs": [{"text": "Bob"}, {"text": "Dan ran"}]},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parsed = [preprocess.parse_row(item, "auto", str(path), keep_ctxs=True)
+              for item in preprocess.read_question_items(str(path), "auto")]
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["preprocess.tokenize=false", "data.n_candidates=2"])
+    stage = preprocess.InputCandidatesStage(cfg, {"config_hash": "h", "index_version": "input"}, str(tmp_path))
+    (report,) = stage(pa.Table.from_pylist(parsed, schema=preprocess.PARSED_SCHEMA)).to_pylist()
+    assert report == {"file": "part-000000000.parquet", "rows": 4, "questions": 4, "yes_no": 1, "no_answer": 2,
+                      "labelled": 3, "no_gold": 2}

@@ -298,3 +298,21 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_key_named(tmp_path, m
                                                  r"rank and were skipped \(train.max_nonfinite_steps=3\)"):
         train.train(recipe, on_step=lambda step, s: seen.append(step))
     assert seen == [0, 1, 2, 3]
+
+
+def test_data_drop_no_answer_trains_without_exactly_the_questions_lacking_an_answer_bearing_candidate(tmp_path):
+    from gr_train import checks
+    from gr_train.data import load_records, save_records
+
+    cfg = tiny_cfg(tmp_path, "data.drop_no_answer=true")
+    records = load_records(cfg.data.train_path)
+    for r in records[:6:2]:  # questions 0, 2, 4 lose their answer-bearing passages
+        r.ctxs = [p for p in r.ctxs if not p.has_answer]
+    save_records(records, tmp_path / "train.jsonl")
+    cfg.data.train_path = str(tmp_path / "train.jsonl")
+    answerless = [r.id for r in records if checks.answerless(r, cfg.data.n_candidates)]
+    assert answerless[:3] == [records[0].id, records[2].id, records[4].id]
+    recipe = train.setup(cfg, resume=False)
+    assert [r.id for r in recipe.train_records] == [r.id for r in records if r.id not in answerless]
+    cfg.data.drop_no_answer = False
+    assert len(train.setup(cfg, resume=False).train_records) == len(records)
