@@ -203,9 +203,11 @@ def question_counts(records: list[Record], n: int) -> dict[str, int]:
     """Questions of `records` as the evaluation sees them with their first n candidates:
     {"questions", "direct", "indirect", "yes_no" (questions with at least one passage of the kind among the first
     n; yes/no questions have no direct or indirect passages), "with_gold" (a gold passage among the first n),
-    "no_gold" (no gold passage at all), "lost_gold" (gold passages, all beyond the first n)}.
+    "no_gold" (no gold passage at all), "lost_gold" (gold passages, all beyond the first n), "all_gold" (every one
+    of the first n candidates is gold: any ranking of them scores the same)}.
     Unlabelled passages (is_gold None) count as not gold."""
-    counts = dict.fromkeys(("questions", "direct", "indirect", "yes_no", "with_gold", "no_gold", "lost_gold"), 0)
+    counts = dict.fromkeys(("questions", "direct", "indirect", "yes_no", "with_gold", "no_gold", "lost_gold",
+                            "all_gold"), 0)
     for r in records:
         kept = r.ctxs[:n]
         counts["questions"] += 1
@@ -217,6 +219,7 @@ def question_counts(records: list[Record], n: int) -> dict[str, int]:
         counts["with_gold"] += any(p.is_gold for p in kept)
         counts["no_gold"] += not gold
         counts["lost_gold"] += gold and not any(p.is_gold for p in kept)
+        counts["all_gold"] += bool(kept) and all(p.is_gold is True for p in kept)
     return counts
 
 
@@ -229,6 +232,9 @@ def format_counts(counts: dict[str, int], n: int) -> str:
                  f"over the {counts['with_gold']} that keep one)")
     if counts.get("no_gold"):
         line += f"; {counts['no_gold']} have no gold passage"
+    if counts.get("all_gold"):
+        line += (f"; {counts['all_gold']} have only gold candidates (any ranking scores the same on them; they are "
+                 "included in the means)")
     return line
 
 
@@ -324,7 +330,8 @@ def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labe
         labels_required: False (evaluate): a `labelled` split may also have no label at all (label-free metrics),
             but not labels on some passages only.
     Raises ConfigError for k, eval.ks, eval.reader_k or data.n_candidates above the candidate count of the data;
-    DataError for a missing is_gold label, or data the tokenizers cannot read (with the config that fits).
+    DataError for a missing is_gold label, data the tokenizers cannot read (with the config that fits), or a
+    question with fewer candidates than gumbel.k / eval.reader_k (check_candidate_counts).
     """
     if not splits:
         return
@@ -335,6 +342,8 @@ def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labe
         if name == "train":
             check_answer_candidates(cfg, path, records)
     check_tokenizers(cfg, splits, reader_used)
+    for path, records in splits.values():
+        check_candidate_counts(cfg, path, records)
 
 
 def check_labels(path: str, records: list[Record]) -> None:
@@ -368,6 +377,23 @@ def check_candidates(cfg: RunConfig, path: str, records: list[Record]) -> None:
                     counts["questions"], n)
 
 
+def check_candidate_counts(cfg: RunConfig, path: str, records: list[Record]) -> None:
+    """Every question has at least gumbel.k and eval.reader_k (cfg.reader_k()) candidates: with fewer, the top-k
+    keeps all of them, so training gets no gradient from it and the reader's top k is not k passages. Raises
+    DataError naming the file, line and id of the first such question, and how many there are."""
+    need = max(cfg.gumbel.k, cfg.reader_k())
+    short = [r for r in records if len(r.ctxs) < need]
+    if not short:
+        return
+    key = f"gumbel.k={cfg.gumbel.k}" if cfg.gumbel.k >= cfg.reader_k() else f"eval.reader_k={cfg.reader_k()}"
+    first = short[0]
+    more = f" ({len(short)} of {len(records)} questions have fewer than {need})" if len(short) > 1 else ""
+    raise DataError(path, f"{len(first.ctxs)} candidates, fewer than {key}{more}: the top-k would keep all of them "
+                    f"(no selection to learn or evaluate); give every question at least {need} candidates, remove "
+                    f"such questions, or lower {key.split('=')[0]}", where=first.where, record_id=first.id,
+                    field="ctxs")
+
+
 def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], reader_used: bool = True) -> None:
     """The first SAMPLE_QUESTIONS questions of each split through the reader's and the reranker's tokenizers
     (loaded without their models): refused when more than MAX_UNK_SHARE of the tokens are unknown, or when the demo
@@ -385,7 +411,9 @@ def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]]
             unk = tok.unk_token_id
             if unk is None:
                 continue
-            ids = [i for row in tok(texts, add_special_tokens=False)["input_ids"] for i in row]
+            # verbose=False: no "Token indices sequence length is longer than ..." warning (nothing is fed to a
+            # model here); what the reranker's truncation cuts is counted by note_truncated
+            ids = [i for row in tok(texts, add_special_tokens=False, verbose=False)["input_ids"] for i in row]
             share = sum(i == unk for i in ids) / max(1, len(ids))
             if share > MAX_UNK_SHARE:
                 raise DataError(path, f"{share:.0%} of the {which} tokenizer's tokens are unknown ({tok.unk_token}) "
@@ -393,6 +421,34 @@ def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]]
                                 f"does not fit this data. {FIT_HINT}")
         if cfg.reader.kind == "demo_fid" and reader_used:
             _check_demo_decoder(cfg, path, sample, reader)
+        if "reranker" in tokenizers:
+            note_truncated(tokenizers["reranker"], name, path, records, cfg.data.n_candidates,
+                           cfg.reranker.max_tokens)
+
+
+def count_truncated(tokenizer, passages: list[str], max_tokens: int) -> int:
+    """How many of the distinct `passages` are longer than max_tokens tokens (without special tokens) and so are cut
+    by the reranker's truncation. Tokenized with verbose=False: no transformers "Token indices sequence length"
+    warning."""
+    distinct = sorted(set(passages))
+    count = 0
+    for i in range(0, len(distinct), 1024):
+        rows = tokenizer(distinct[i : i + 1024], add_special_tokens=False, verbose=False)["input_ids"]
+        count += sum(len(row) > max_tokens for row in rows)
+    return count
+
+
+def note_truncated(tokenizer, name: str, path: str, records: list[Record], n: int, max_tokens: int) -> int:
+    """One log line when some distinct passages among the first n candidates of `records` are longer than
+    reranker.max_tokens (count_truncated): the reranker reads only their first max_tokens tokens. Returns the
+    count."""
+    passages = [passage_string(p.title, p.text) for r in records for p in r.ctxs[:n]]
+    cut = count_truncated(tokenizer, passages, max_tokens)
+    if cut:
+        log.info("%s %s: %d of %d distinct passages are longer than reranker.max_tokens=%d tokens; the reranker "
+                 "reads the first %d (the rest is cut, counted once per run)", name, path, cut, len(set(passages)),
+                 max_tokens, max_tokens)
+    return cut
 
 
 def _check_demo_decoder(cfg: RunConfig, path: str, sample: list[Record], tok) -> None:

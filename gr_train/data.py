@@ -7,6 +7,7 @@ Pure Python: no torch, so preprocessing workers import it cheaply.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class Record:
     answers: every accepted answer string (EM/F1 take the max over them); at least one.
     target: the training target for the reader's LM loss; None = answers[0].
     intermediate: the bridge entity of a two-hop question (embedded demo data); None elsewhere.
+    where: its location in the file it was read from, for errors about it ("line 7"); None when built in code.
 
     A yes/no record (every answer normalizes to "yes" or "no", e.g. HotpotQA comparison questions: 34 of the 352
     sample records) has no answer span: its passages' has_answer is set to None whatever the input said, and it
@@ -80,6 +82,9 @@ class Record:
     ctxs: list[Passage]
     target: str | None = None
     intermediate: str | None = None
+    # where the record was read: "line N" / "record [i]" of its file, "<shard>.parquet row i"; None when built in
+    # code. Not part of equality, never saved.
+    where: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.yes_no:
@@ -291,13 +296,7 @@ def _read_items(path: Path) -> list[Item]:
 
     Blank JSONL lines are skipped but counted, so a location "line N" is the line an editor shows.
     """
-    try:
-        # utf-8-sig: tolerate the byte-order mark some Windows tools write.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text (byte offset {e.start}): {e.reason}") from None
-    except OSError as e:
-        raise DataError(path, f"cannot read file: {e.strerror or e}") from None
+    text = read_text(path)
     head = text.lstrip()
     if not head:
         raise DataError(path, "empty file: no records")
@@ -325,6 +324,41 @@ def _read_items(path: Path) -> list[Item]:
                 ) from None
             raise DataError(path, f"invalid JSON: {e.msg}", where=f"line {lineno} col {e.colno}") from None
     return items
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A data file's text, UTF-8 (a leading byte-order mark, which some Windows tools write, is dropped).
+
+    Raises:
+        DataError naming the file, the 1-based line of the first byte that is not UTF-8, the record id when that
+            line parses as a JSON object with an `id` / `_id` once the bad bytes are replaced, and the byte offset;
+            or that the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read file: {e.strerror or e}") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        end = raw.find(b"\n", e.start)
+        line = raw[start : end if end >= 0 else len(raw)].decode("utf-8", errors="replace")
+        record_id = None
+        try:
+            obj = json.loads(line)
+            if isinstance(obj, dict) and isinstance(obj.get("id", obj.get("_id")), (str, int)):
+                record_id = str(obj.get("id", obj.get("_id")))
+        except json.JSONDecodeError:
+            pass
+        bad = raw[e.start : e.end].hex(" ")
+        raise DataError(path, f"not UTF-8 text: byte(s) {bad} at column {e.start - start + 1} (byte offset "
+                        f"{e.start} of the file): {e.reason}; save the file as UTF-8", where=f"line {lineno}",
+                        record_id=record_id) from None
 
 
 def _parses_as_one_document(text: str) -> bool:
@@ -389,6 +423,14 @@ def _list(obj: dict, key: str, err: _Where, field: str, *, nonempty: bool = True
     return value
 
 
+def _passage(title: str, text: str, err: _Where, field: str) -> None:
+    """A passage needs something to read: text that is not only whitespace, or else a title (a title-only
+    passage, e.g. an entity page with no body, is read as its title: passage_string). DataError otherwise."""
+    if not text.strip() and not title.strip():
+        raise err(field, f"empty passage: the text is {json.dumps(text)} and there is no title; give the passage "
+                  "its text, or remove the candidate")
+
+
 def _record_id(obj: dict, key: str, err: _Where) -> str:
     value = obj.get(key)
     if value is None:
@@ -411,6 +453,7 @@ def _parse_items(path: Path, items: list[Item], parse: Callable[[dict, _Where], 
         if record.id in first_seen:
             raise err("id", f"duplicate id, first seen at {first_seen[record.id]}")
         first_seen[record.id] = where
+        record.where = where
         records.append(record)
     return records
 
@@ -426,7 +469,8 @@ def load_records(path: str | os.PathLike) -> list[Record]:
     Each record: `id` (str or int), `question`, `answers` (list of str; a `target` string alone becomes
     answers=[target]), optional `target`, optional `intermediate`, and a non-empty `ctxs` list of
     {title (default ""), text, is_gold?, has_answer?}; other keys are ignored. Missing has_answer is computed
-    by normalized answer match on title + text. Raises DataError on any malformed record; none is dropped.
+    by normalized answer match on title + text. A passage whose text is empty or whitespace is refused unless it
+    has a title (then it is read as its title). Raises DataError on any malformed record; none is dropped.
     """
     path = Path(path)
     return _parse_items(path, _read_items(path), _fid_record)
@@ -454,6 +498,7 @@ def _fid_record(obj: dict, err: _Where) -> Record:
         ctx = _object(raw, err, f"ctxs[{i}]")
         title = _string(ctx, "title", err, f"ctxs[{i}].title", required=False) or ""
         text = _string(ctx, "text", err, f"ctxs[{i}].text")
+        _passage(title, text, err, f"ctxs[{i}].text")
         is_gold = _bool(ctx, "is_gold", err, f"ctxs[{i}].is_gold")
         contains = _bool(ctx, "has_answer", err, f"ctxs[{i}].has_answer")
         if contains is None:
@@ -574,6 +619,7 @@ def _context_record(obj: dict, err: _Where, sep: str, dataset: str) -> tuple[Rec
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise err(f"context[{i}][1]", f"expected a list of sentence strings, got {json.dumps(sentences)[:80]}")
         text = sep.join(sentences)
+        _passage(title, text, err, f"context[{i}][1]")
         if title in first_at and title in gold_titles:
             raise err(f"context[{i}]", f"gold title '{title}' repeats context[{first_at[title]}]: gold is ambiguous")
         if (title, text) in kept:
@@ -625,6 +671,7 @@ def _musique_record(obj: dict, err: _Where) -> Record:
         para = _object(raw, err, f"paragraphs[{i}]")
         title = _string(para, "title", err, f"paragraphs[{i}].title")
         text = _string(para, "paragraph_text", err, f"paragraphs[{i}].paragraph_text")
+        _passage(title, text, err, f"paragraphs[{i}].paragraph_text")
         is_gold = _bool(para, "is_supporting", err, f"paragraphs[{i}].is_supporting", required=True)
         ctxs.append(Passage(title, text, is_gold, has_answer(f"{title} {text}", answers)))
     return Record(record_id, question, answers, ctxs)
@@ -729,7 +776,7 @@ def parse_item(obj: Any, fmt: str, path: str | os.PathLike, where: str) -> Recor
     obj = _object(obj, err, None)
     if fmt == "fid":
         if obj.get("ctxs") is None:
-            record = _fid_record({**obj, "ctxs": [{"text": ""}]}, err)
+            record = _fid_record({**obj, "ctxs": [{"text": "-"}]}, err)  # a placeholder, removed below
             record.ctxs = []
             return record
         return _fid_record(obj, err)
@@ -801,7 +848,10 @@ def _parquet_record(row: dict, err: _Where) -> Record:
     ctxs = [Passage(c["title"], c["text"], c["is_gold"], c["has_answer"]) for c in row["ctxs"]]
     if not ctxs:
         raise err("ctxs", "must not be empty")
-    return Record(row["id"], row["question"], list(row["answers"]), ctxs, row["target"])
+    for i, p in enumerate(ctxs):
+        _passage(p.title, p.text, err, f"ctxs[{i}].text")
+    return Record(row["id"], row["question"], list(row["answers"]), ctxs, row["target"],
+                  where=f"{Path(err.path).name} {err.where}")
 
 
 def load_parquet(path: str | os.PathLike) -> list[Record]:

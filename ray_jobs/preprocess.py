@@ -35,7 +35,7 @@ import ray
 from gr_train.checks import candidate_quality, format_quality
 from gr_train.config import ConfigError, RunConfig, save_config, to_dict
 from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, Passage, Record, detect_item_format, gold_paragraphs,
-                           has_answer, is_gold_passage, parse_item, passage_string)
+                           has_answer, is_gold_passage, parse_item, passage_string, read_text)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import run_job, start_job
@@ -69,10 +69,7 @@ def read_question_items(path: str, fmt: str) -> list[dict]:
     if fmt == "parquet" or p.suffix == ".parquet":
         rows = pq.read_table(p).to_pylist()
         return [{"index": i, "where": f"row {i}", "raw": json.dumps(r, default=str)} for i, r in enumerate(rows)]
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(p, f"cannot read questions: {e}") from None
+    text = read_text(p)  # DataError naming the line and record of a byte that is not UTF-8
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)

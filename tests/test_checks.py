@@ -36,7 +36,7 @@ def test_questions_that_lose_every_gold_passage_to_the_cut_are_counted():
     records = [record(0, {1, 3}), record(1, {12, 15}), record(2, {4, 14}), record(3, {18})]
     counts = checks.question_counts(records, 10)
     assert counts == {"questions": 4, "direct": 1, "indirect": 2, "yes_no": 0, "with_gold": 2, "no_gold": 0,
-                      "lost_gold": 2}
+                      "lost_gold": 2, "all_gold": 0}
     assert "2 lost every gold passage to the cut at data.n_candidates=10 (recall is over the 2 that keep one)" in \
         checks.format_counts(counts, 10)
 
@@ -110,3 +110,46 @@ def test_drop_no_answer_removes_exactly_the_questions_without_an_answer_bearing_
     with pytest.raises(ConfigError, match="data.drop_no_answer=true: every question"):
         checks.check_answer_candidates(cfg, str(path), none)
 
+
+
+def test_dev_questions_whose_candidates_are_all_gold_are_counted_under_the_table():
+    def record(i, gold):
+        return Record(f"q{i}", "q", ["a"], [Passage(f"t{j}", f"x{j} a" if j == 0 else f"x{j}", is_gold=g,
+                                                    has_answer=j == 0) for j, g in enumerate(gold)])
+    records = [record(0, [True, False, False]), record(1, [True, True]), record(2, [True, True, True, False])]
+    counts = checks.question_counts(records, 3)
+    assert counts["all_gold"] == 2 and counts["questions"] == 3
+    assert checks.question_counts(records, 4)["all_gold"] == 1
+    line = checks.format_counts(counts, 3)
+    assert line.startswith("3 questions: ") and "; 2 have only gold candidates (any ranking scores the same" in line
+    assert "only gold" not in checks.format_counts(checks.question_counts(records[:1], 3), 3)
+
+
+def test_passages_longer_than_the_rerankers_max_tokens_are_one_counted_note(tmp_path, caplog, capfd):
+    """Our own line counts the distinct passages the reranker's truncation cuts; transformers' "Token indices
+    sequence length is longer than the specified maximum" warning is not shown."""
+    from gr_train import synthetic
+    from gr_train.config import load_config
+    from gr_train.data import load_records
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["synthetic.n_train=8", "synthetic.n_dev=4"])
+    synthetic.write_demo_data(cfg.synthetic, tmp_path, 0)
+    records = load_records(tmp_path / "train.jsonl")
+    long_text = " ".join([records[0].ctxs[1].text] * 400)
+    records[0].ctxs[1].text = records[2].ctxs[4].text = long_text  # one distinct passage, twice
+    tokenizer = checks._tokenizers(cfg)["reranker"]
+    tokenizer.model_max_length = 32  # as a real reranker's tokenizer has one
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(checks, "_tokenizers", lambda cfg: {"reader": tokenizer, "reranker": tokenizer})
+    try:
+        with caplog.at_level("INFO", logger="gr_train.checks"):
+            checks.check_data(cfg, {"train": (str(tmp_path / "train.jsonl"), records)})
+    finally:
+        monkeypatch.undo()
+    distinct = len({f"{p.title} {p.text}" if p.title else p.text for r in records for p in r.ctxs[:10]})
+    notes = [r.getMessage() for r in caplog.records if "reranker.max_tokens" in r.getMessage()]
+    assert notes == [f"train {tmp_path / 'train.jsonl'}: 1 of {distinct} distinct passages are longer than "
+                     "reranker.max_tokens=16 tokens; the reranker reads the first 16 (the rest is cut, counted once "
+                     "per run)"]
+    assert "Token indices sequence length" not in capfd.readouterr().err + caplog.text
+    assert checks.count_truncated(tokenizer, [long_text, "a", long_text], 16) == 1

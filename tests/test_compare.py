@@ -281,7 +281,7 @@ def test_cli_compare_on_a_fid_jsonl_file(tmp_path, capsys):
     assert load_config(out / "gumbel" / "seed-0" / "config.yaml").optim.lr == 0.01
     # every dev question has a bridge (indirect) and an answer (direct) gold passage among its 4 candidates
     assert summary["counts"] == {"questions": 6, "direct": 6, "indirect": 6, "yes_no": 0, "with_gold": 6,
-                                 "no_gold": 0, "lost_gold": 0}
+                                 "no_gold": 0, "lost_gold": 0, "all_gold": 0}
     printed = capsys.readouterr().out
     assert "| gumbel |" in printed
     assert "Dev: 6 questions: 6 with a direct and 6 with an indirect gold passage, 0 yes/no." in printed

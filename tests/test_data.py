@@ -285,7 +285,7 @@ def test_unreadable_files(tmp_path):
         load_records(tmp_path / "missing.jsonl")
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(json.dumps(fid_row()).replace("Dune", "D\u00fcne").encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"latin1\.jsonl line 1 \(id q1\): not UTF-8 text"):
         load_records(latin1)
 
 
@@ -535,3 +535,50 @@ def test_real_musique_labels():
     assert first.answers[0] == "G. Stanley Hall" and "Stanley Hall" in first.answers
     hops = [int(r.id[0]) for r in records]  # id prefix "2hop__", "3hop1__", ...: gold count equals hops
     assert [sum(r.relevance("gold")) for r in records] == hops
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The silent cases: empty passages, bytes that are not UTF-8
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_an_empty_or_whitespace_passage_without_a_title_names_file_line_id_and_field(tmp_path, text):
+    row = fid_row("q2")
+    row["ctxs"][2] = {"text": text, "is_gold": False}
+    path = write_jsonl(tmp_path / "d.jsonl", [fid_row("q1"), row])
+    with pytest.raises(DataError) as e:
+        load_records(path)
+    assert str(e.value).startswith(f"{path} line 2 (id q2): field 'ctxs[2].text': empty passage")
+    row["ctxs"][2] = {"title": "Arrakis", "text": text, "is_gold": False}  # a title-only passage is read as its title
+    (record,) = load_records(write_jsonl(tmp_path / "t.jsonl", [row]))
+    assert (record.ctxs[2].title, record.ctxs[2].text) == ("Arrakis", text)
+
+
+def test_an_empty_passage_is_refused_in_every_format(tmp_path):
+    mq = {"id": "m1", "question": "q?", "answer": "a", "answerable": True,
+          "paragraphs": [{"title": "T", "paragraph_text": "a b", "is_supporting": True},
+                         {"title": " ", "paragraph_text": " ", "is_supporting": False}]}
+    path = write_jsonl(tmp_path / "m.jsonl", [mq])
+    with pytest.raises(DataError, match=r"m\.jsonl line 1 \(id m1\): field 'paragraphs\[1\]\.paragraph_text': empty"):
+        from_musique(path)
+    hp = {"_id": "h1", "question": "q?", "answer": "a", "supporting_facts": [["A", 0]],
+          "context": [["A", ["a b."]], ["", []]]}
+    (tmp_path / "h.json").write_text(json.dumps([hp]))
+    with pytest.raises(DataError, match=r"h\.json record \[0\] \(id h1\): field 'context\[1\]\[1\]': empty passage"):
+        from_hotpotqa(tmp_path / "h.json")
+
+
+def test_bytes_that_are_not_utf8_name_the_line_and_the_record(tmp_path):
+    rows = [json.dumps(fid_row(f"q{i}")) for i in range(1, 4)]
+    raw = b"\n".join([rows[0].encode(), rows[1].encode(), b"", rows[2].encode().replace(b"desert", b"d\xe9sert")])
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + raw + b"\n")  # with a byte-order mark, which is allowed
+    with pytest.raises(DataError) as e:
+        load_records(path)
+    message = str(e.value)
+    assert message.startswith(f"{path} line 4 (id q3): not UTF-8 text: byte(s) e9 at column ")
+    assert "save the file as UTF-8" in message
+    path.write_bytes(b'[{"id": "a", "question": "q", "answers": ["x"],\n "ctxs": [{"text": "\xff"}]}]')
+    with pytest.raises(DataError, match=r"d\.jsonl line 2: not UTF-8 text: byte\(s\) ff at column 21"):
+        load_records(path)

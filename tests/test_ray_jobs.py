@@ -773,3 +773,14 @@ def test_preprocess_counts_the_questions_without_an_answer_bearing_or_gold_candi
     (report,) = stage(pa.Table.from_pylist(parsed, schema=preprocess.PARSED_SCHEMA)).to_pylist()
     assert report == {"file": "part-000000000.parquet", "rows": 4, "questions": 4, "yes_no": 1, "no_answer": 2,
                       "labelled": 3, "no_gold": 2}
+
+
+def test_a_question_file_that_is_not_utf8_names_the_line_and_the_record(tmp_path):
+    from gr_train.data import DataError
+    from ray_jobs.preprocess import read_question_items
+
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"id": "a", "question": "who?", "answers": ["x"]}\n'
+                     b'{"id": "b", "question": "wh\xe9re?", "answers": ["y"]}\n')
+    with pytest.raises(DataError, match=rf"^{path} line 2 \(id b\): not UTF-8 text: byte\(s\) e9 at column 28"):
+        read_question_items(str(path), "auto")

@@ -338,3 +338,22 @@ def test_convert_prints_the_detected_format_and_the_counts(tmp_path, capsys):
     assert "53 records (hotpotqa, detected)" in out and f"{2 * 53} gold passages" in out
     assert f"53 questions: {direct} with a direct and {indirect} with an indirect gold passage, {yes_no} yes/no" in out
     assert 0 < yes_no < 53 and direct > 0 and indirect > 0
+
+
+def test_a_question_with_fewer_candidates_than_k_is_refused_naming_file_line_and_id(demo_data, tmp_path, capsys,
+                                                                                      monkeypatch, no_models):
+    """check_candidates compares data.n_candidates with the most candidates of the file; each question must also
+    have gumbel.k (and eval.reader_k) of its own."""
+    monkeypatch.chdir(REPO)
+    records = load_records(demo_data / "train.jsonl")
+    records[3].ctxs = records[3].ctxs[:3]  # demo.yaml: gumbel.k=5
+    records[7].ctxs = records[7].ctxs[:4]
+    save_records(records, tmp_path / "train.jsonl")
+    argv = ["train", "--config", DEMO, f"data.train_path={tmp_path / 'train.jsonl'}", f"run.run_dir={tmp_path / 'r'}"]
+    assert cli.main(argv) == 2
+    line = error_line(capsys)
+    assert f"{tmp_path / 'train.jsonl'} line 4 (id {records[3].id}): field 'ctxs': 3 candidates, fewer than " \
+           "gumbel.k=5 (2 of 16 questions have fewer than 5)" in line and "lower gumbel.k" in line, line
+    assert cli.main([*argv, "gumbel.k=3", "eval.reader_k=4"]) == 2
+    assert f"line 4 (id {records[3].id}): field 'ctxs': 3 candidates, fewer than eval.reader_k=4" in \
+        error_line(capsys)
