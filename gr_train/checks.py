@@ -330,8 +330,8 @@ def check_data(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], labe
         labels_required: False (evaluate): a `labelled` split may also have no label at all (label-free metrics),
             but not labels on some passages only.
     Raises ConfigError for k, eval.ks, eval.reader_k or data.n_candidates above the candidate count of the data;
-    DataError for a missing is_gold label, data the tokenizers cannot read (with the config that fits), or a
-    question with fewer candidates than gumbel.k / eval.reader_k (check_candidate_counts).
+    DataError for a missing is_gold label or data the tokenizers cannot read (with the config that fits). Questions
+    with fewer candidates than gumbel.k / eval.reader_k are logged (check_candidate_counts).
     """
     if not splits:
         return
@@ -377,21 +377,43 @@ def check_candidates(cfg: RunConfig, path: str, records: list[Record]) -> None:
                     counts["questions"], n)
 
 
-def check_candidate_counts(cfg: RunConfig, path: str, records: list[Record]) -> None:
-    """Every question has at least gumbel.k and eval.reader_k (cfg.reader_k()) candidates: with fewer, the top-k
-    keeps all of them, so training gets no gradient from it and the reader's top k is not k passages. Raises
-    DataError naming the file, line and id of the first such question, and how many there are."""
+def short_questions(cfg: RunConfig, records: list[Record]) -> list[Record]:
+    """The questions with fewer candidates than gumbel.k or the reader's k (cfg.reader_k())."""
     need = max(cfg.gumbel.k, cfg.reader_k())
-    short = [r for r in records if len(r.ctxs) < need]
+    return [r for r in records if len(r.ctxs) < need]
+
+
+def check_candidate_counts(cfg: RunConfig, path: str, records: list[Record]) -> None:
+    """Warn, naming the file, line and id of the first and how many, about questions with fewer candidates than
+    gumbel.k / eval.reader_k: their top-k keeps every candidate, so G-Rerank learns nothing from them (training
+    drops them: drop_short_questions) and their evaluation at k has no choice to make (they stay in the means)."""
+    short = short_questions(cfg, records)
     if not short:
         return
     key = f"gumbel.k={cfg.gumbel.k}" if cfg.gumbel.k >= cfg.reader_k() else f"eval.reader_k={cfg.reader_k()}"
     first = short[0]
-    more = f" ({len(short)} of {len(records)} questions have fewer than {need})" if len(short) > 1 else ""
-    raise DataError(path, f"{len(first.ctxs)} candidates, fewer than {key}{more}: the top-k would keep all of them "
-                    f"(no selection to learn or evaluate); give every question at least {need} candidates, remove "
-                    f"such questions, or lower {key.split('=')[0]}", where=first.where, record_id=first.id,
-                    field="ctxs")
+    where = f" {first.where}" if first.where else ""
+    log.warning("%s%s (id %s): %d candidates, fewer than %s; %d of %d questions have fewer than %d: the top-k keeps "
+                "all of their candidates (G-Rerank training drops them; evaluation keeps them in its means). Give "
+                "them more candidates, remove them, or lower %s", path, where, first.id, len(first.ctxs), key,
+                len(short), len(records), max(cfg.gumbel.k, cfg.reader_k()), key.split("=")[0])
+
+
+def drop_short_questions(cfg: RunConfig, path: str, records: list[Record]) -> list[Record]:
+    """`records` without the questions that have fewer candidates than k, for G-Rerank (objective.name=gumbel: with
+    k or fewer candidates its mask keeps them all and gives no gradient), logging how many were dropped; unchanged
+    for the other objectives, whose targets cover any number of candidates. Raises ConfigError when none is left."""
+    if cfg.objective.name != "gumbel":
+        return records
+    short = {id(r) for r in short_questions(cfg, records)}
+    kept = [r for r in records if id(r) not in short]
+    if not kept:
+        raise ConfigError(f"every question of {path} has fewer than gumbel.k={cfg.gumbel.k} candidates: nothing for "
+                          "G-Rerank to select; lower gumbel.k")
+    if short:
+        log.warning("train %s: dropped %d of %d questions with fewer than %d candidates (G-Rerank's top-k would "
+                    "keep all of them)", path, len(short), len(records), max(cfg.gumbel.k, cfg.reader_k()))
+    return kept
 
 
 def check_tokenizers(cfg: RunConfig, splits: dict[str, tuple[str, list[Record]]], reader_used: bool = True) -> None:

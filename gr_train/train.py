@@ -76,6 +76,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
                          "stream feeds reader pre-training only)")
     if train_records is not None:
         train_records = checks.drop_no_answer(cfg, cfg.data.train_path, train_records)  # data.drop_no_answer
+        train_records = checks.drop_short_questions(cfg, cfg.data.train_path, train_records)  # fewer than k
     dev_records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     last = checkpoint.latest_checkpoint(run_dir) if resume else None
     state = checkpoint.load_checkpoint(last, runtime) if last is not None else None

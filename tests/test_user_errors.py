@@ -340,20 +340,29 @@ def test_convert_prints_the_detected_format_and_the_counts(tmp_path, capsys):
     assert 0 < yes_no < 53 and direct > 0 and indirect > 0
 
 
-def test_a_question_with_fewer_candidates_than_k_is_refused_naming_file_line_and_id(demo_data, tmp_path, capsys,
-                                                                                      monkeypatch, no_models):
-    """check_candidates compares data.n_candidates with the most candidates of the file; each question must also
-    have gumbel.k (and eval.reader_k) of its own."""
-    monkeypatch.chdir(REPO)
+def test_a_question_with_fewer_candidates_than_k_is_logged_naming_file_line_and_id_and_dropped_by_g_rerank(
+        demo_data, tmp_path, caplog):
+    """check_candidates compares data.n_candidates with the most candidates of the file; a question with fewer than
+    gumbel.k (or eval.reader_k) of its own is named in a warning, and G-Rerank training drops it (its top-k would
+    keep every candidate: no gradient); the baselines keep it."""
+    import logging
+
     records = load_records(demo_data / "train.jsonl")
-    records[3].ctxs = records[3].ctxs[:3]  # demo.yaml: gumbel.k=5
+    records[3].ctxs = records[3].ctxs[:3]
     records[7].ctxs = records[7].ctxs[:4]
-    save_records(records, tmp_path / "train.jsonl")
-    argv = ["train", "--config", DEMO, f"data.train_path={tmp_path / 'train.jsonl'}", f"run.run_dir={tmp_path / 'r'}"]
-    assert cli.main(argv) == 2
-    line = error_line(capsys)
-    assert f"{tmp_path / 'train.jsonl'} line 4 (id {records[3].id}): field 'ctxs': 3 candidates, fewer than " \
-           "gumbel.k=5 (2 of 16 questions have fewer than 5)" in line and "lower gumbel.k" in line, line
-    assert cli.main([*argv, "gumbel.k=3", "eval.reader_k=4"]) == 2
-    assert f"line 4 (id {records[3].id}): field 'ctxs': 3 candidates, fewer than eval.reader_k=4" in \
-        error_line(capsys)
+    path = tmp_path / "train.jsonl"
+    save_records(records, path)
+    records = load_records(path)
+    cfg = load_config(DEMO, [f"data.train_path={path}", "gumbel.k=5"])
+    with caplog.at_level(logging.WARNING, logger="gr_train.checks"):
+        checks.check_candidate_counts(cfg, str(path), records)
+    assert f"{path} line 4 (id {records[3].id}): 3 candidates, fewer than gumbel.k=5; 2 of 16 questions have " \
+           "fewer than 5" in caplog.text and "lower gumbel.k" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gr_train.checks"):
+        checks.check_candidate_counts(load_config(DEMO, ["gumbel.k=3", "eval.reader_k=4"]), str(path), records)
+    assert f"line 4 (id {records[3].id}): 3 candidates, fewer than eval.reader_k=4" in caplog.text
+    kept = checks.drop_short_questions(cfg, str(path), records)
+    assert [r.id for r in kept] == [r.id for i, r in enumerate(records) if i not in (3, 7)]
+    emdr = load_config(DEMO, [f"data.train_path={path}", "gumbel.k=5", "objective.name=emdr"])
+    assert checks.drop_short_questions(emdr, str(path), records) == records
