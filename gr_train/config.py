@@ -165,7 +165,9 @@ class GumbelSection:
     # reranker.conditional: of each step's Gumbel-softmax) | score_function: the reader reads each of gumbel.samples
     # sampled k-sets (no gradient through it); the reranker gets (loss - the other samples' mean loss) times the
     # gradient of the set's log-probability, sum_t log p(i_t | i_<t) (REINFORCE, leave-one-out baseline)
-    estimator: Estimator = "max_softmax"
+    # The default is the estimator the selection study supports at every k (docs/study/selection/results.md): on the
+    # demo's data straight-through collapsed at k=2 on every seed where score_function kept its bridges
+    estimator: Estimator = "score_function"
     k: int = 2  # passages kept (max_softmax: number of softmax samples during training; top-k at inference)
     tau: float = 0.5  # temperature at step 0
     tau_end: float | None = None  # temperature at max_steps; None = constant
@@ -177,7 +179,14 @@ class GumbelSection:
     schedule: Literal["linear", "cosine", "exponential"] = "linear"  # interpolation of tau and kappa
     noise: bool = True  # false = the paper's no-noise ablation
     eps: float = 1e-9  # log M is log(clamp(M, eps)); straight_through: log(M + eps), so M = 0 keeps a gradient
-    samples: int = 1  # masks drawn per question per step (fresh noise each); the loss is their mean
+    # masks (score_function: sampled k-sets) drawn per question per step, fresh noise each; the loss is their mean.
+    # 0 = the estimator's own: 4 for score_function (each set's baseline is the others' mean loss), 1 for the others
+    samples: int = 0
+
+    def sample_count(self) -> int:
+        """The masks drawn per question per step: samples, or the estimator's own when 0 (4 for score_function, 1
+        for the relaxations and straight_through)."""
+        return self.samples or (4 if self.estimator == "score_function" else 1)
 
 
 @dataclass
@@ -508,11 +517,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
     if g.tau <= 0 or (g.tau_end is not None and g.tau_end <= 0):
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
-    if g.samples < 1:
-        raise ConfigError(f"gumbel.samples: must be >= 1, got {g.samples}")
-    if g.estimator == "score_function" and (g.samples < 2 or not g.noise):
+    if g.samples < 0:
+        raise ConfigError(f"gumbel.samples: must be >= 1, or 0 for the estimator's own, got {g.samples}")
+    if g.estimator == "score_function" and (g.sample_count() < 2 or not g.noise):
         raise ConfigError(f"gumbel.estimator=score_function: needs gumbel.samples >= 2 (each sample's baseline is the "
-                          f"others' mean loss) and gumbel.noise=true (it samples); got samples={g.samples}, "
+                          f"others' mean loss; 0 = 4) and gumbel.noise=true (it samples); got samples={g.samples}, "
                           f"noise={g.noise}")
     rr = cfg.reranker
     if rr.conditional and g.estimator in ("max_softmax", "subset") and cfg.objective.name == "gumbel":

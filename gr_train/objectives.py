@@ -68,11 +68,11 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     g, k = cfg.gumbel, cfg.gumbel.k
     w_in = gumbel.spread_normalized(w, batch.valid) if g.kappa_relative else w
     masks = [gumbel.training_mask(g.estimator, w_in, k, tau, kappa, g.noise, batch.valid,
-                                  None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.samples)]
+                                  None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.sample_count())]
     t2 = time.perf_counter()
     smooth = g.estimator in gumbel.SMOOTH_LOG
     loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid, smooth)).mean()
-               for M in masks) / g.samples
+               for M in masks) / g.sample_count()
     t3 = time.perf_counter()
     M = masks[0]
     with torch.no_grad():
@@ -114,7 +114,7 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
 
     B, n = batch.valid.shape
     draws = []
-    for s in range(g.samples):
+    for s in range(g.sample_count()):
         if not g.noise:
             G = torch.zeros(g.k, B, n, device=batch.valid.device)
         else:
@@ -126,7 +126,7 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
         with torch.no_grad():
             L = torch.stack([reader.answer_loss(states, batch.reader_inputs, visible_log_mask(d.mask.detach() > 0.5))
                              for d in draws]).float()  # [S, B]
-            baseline = (L.sum(0, keepdim=True) - L) / (g.samples - 1)  # [S, B], the other draws' mean
+            baseline = (L.sum(0, keepdim=True) - L) / (g.sample_count() - 1)  # [S, B], the other draws' mean
             advantage = L - baseline
         log_p = torch.stack([d.log_prob for d in draws])  # [S, B]
         surrogate = (advantage * log_p).mean()
@@ -135,7 +135,7 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
         metrics["train/log_prob"] = log_p.mean().item()
     else:
         loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(d.mask, g.eps, batch.valid, True))
-                   .mean() for d in draws) / g.samples
+                   .mean() for d in draws) / g.sample_count()
     t3 = time.perf_counter()
     M, w = draws[0].mask.detach(), draws[0].scores[0]
     metrics.update({

@@ -168,7 +168,7 @@ def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | N
     if not OBJECTIVES[cfg.objective.name].needs_noise or not cfg.gumbel.noise:
         return None
     gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-    draws = cfg.gumbel.samples * cfg.gumbel.k
+    draws = cfg.gumbel.sample_count() * cfg.gumbel.k
     return gumbel.sample_gumbel((draws, global_batch, cfg.data.n_candidates), generator=gen)
 
 
