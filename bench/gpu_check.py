@@ -97,6 +97,9 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
 
     overrides = [f"reader.kind={spec['kind']}", f"reader.name_or_path={folder}", f"reader.attn_implementation={attn}",
                  f"reader.passage_max_tokens={size['L']}", "reader.answer_max_tokens=8", "gumbel.k=2",
+                 # the check is of training through the mask (the DMA gradient): an estimator that backpropagates
+                 # through the reader, not the default score-function one
+                 "gumbel.estimator=straight_through",
                  f"data.n_candidates={size['n']}", f"train.micro_batch_size={size['B']}", "reranker.max_tokens=64",
                  "reranker.model_config={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
                  "intermediate_size: 128}", f"run.run_dir={work / 'run'}", f"run.device={device.type}",
