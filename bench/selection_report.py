@@ -101,14 +101,16 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     metrics = [("EM@k", "em", None), ("coverage@2", "coverage@2", None), ("coverage@2, binding", "coverage@2", binding),
                (f"indirect R@{k}", f"recall@{k}_indirect", None),
                (f"indirect R@{k}, binding", f"recall@{k}_indirect", binding)]
-    lines += ["| row | seeds | " + " | ".join(m[0] for m in metrics) + " | dev loss (hard top-k) |",
-              "|---" * (len(metrics) + 3) + "|"]
+    lines += ["| row | seeds | " + " | ".join(m[0] for m in metrics) + " | EM@k per seed | dev loss (hard top-k) |",
+              "|---" * (len(metrics) + 4) + "|"]
     for row in order:
         seeds = sorted(rows[row])
         cells = [cell(paired_bootstrap(grid(rows[row], seeds, key, keep))) for _, key, keep in metrics]
         losses = [(rows[row][s].get("rows", {}).get(row) or rows[row][s]["metrics"])["loss_hard"] for s in seeds]
+        per_seed = ", ".join(f"{(rows[row][s].get('rows', {}).get(row) or rows[row][s]['metrics'])['em']:.3f}"
+                             for s in seeds)
         lines.append(f"| {row} | {','.join(map(str, seeds))} | " + " | ".join(cells)
-                     + f" | {sum(losses) / len(losses):.3f} |")
+                     + f" | {per_seed} | {sum(losses) / len(losses):.3f} |")
     lines += ["", "Differences (row minus reference), paired over questions and the seeds both rows have:", "",
               "| row − reference | seeds | " + " | ".join(m[0] for m in metrics) + " |",
               "|---" * (len(metrics) + 2) + "|"]
