@@ -90,6 +90,7 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     if one_hop_saved != [kind == "one_hop" for kind in kinds]:
         raise ValueError(f"{name}: the regenerated dev questions do not match the saved runs")
     binding = [kind == "binding" for kind in kinds]
+    shortcut = [kind == "shortcut" for kind in kinds]
     counts = {kind: kinds.count(kind) for kind in ("one_hop", "shortcut", "binding")}
     lines = [f"## {name} (k={k}; {n_q} dev questions: {counts['one_hop']} one-hop, {counts['shortcut']} shortcut, "
              f"{counts['binding']} binding)", ""]
@@ -99,6 +100,7 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
                                                                                  "conditional_sf", "emdr",
                                                                                  "conditional_emdr"})
     metrics = [("EM@k", "em", None), ("coverage@2", "coverage@2", None), ("coverage@2, binding", "coverage@2", binding),
+               ("coverage@2, shortcut", "coverage@2", shortcut),
                (f"indirect R@{k}", f"recall@{k}_indirect", None),
                (f"indirect R@{k}, binding", f"recall@{k}_indirect", binding)]
     lines += ["| row | seeds | " + " | ".join(m[0] for m in metrics) + " | EM@k per seed | dev loss (hard top-k) |",
