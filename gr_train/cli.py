@@ -22,6 +22,8 @@ from gr_train.checks import UserError
 from gr_train.config import ConfigError, load_config
 from gr_train.data import FORMATS, load_split
 
+log = logging.getLogger("gr_train.cli")
+
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 # An override: section.key=value (anything after the first '=' is the value, parsed as YAML).
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_][\w.]*=")
@@ -59,16 +61,33 @@ def cmd_demo(args) -> None:
     demo.run(cfg, single_process=args.single_process, use_ray=not args.no_ray)
 
 
+def elastic_restart() -> int:
+    """The restart count of this worker group under torchrun's elastic agent (TORCHELASTIC_RESTART_COUNT; 0 on the
+    first attempt and outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
 def cmd_train(args) -> None:
     cfg = _load(args, "train")
-    checks.check_run_dir(cfg.run.run_dir, resume=not args.no_resume, overwrite=args.overwrite,
+    resume, overwrite = not args.no_resume, args.overwrite
+    restart = elastic_restart()
+    if restart:
+        # --overwrite / --no-resume were for the job's first attempt: a restart of the same job (a worker died)
+        # resumes from that job's last checkpoint, or starts it again where none was written yet
+        from gr_train.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(cfg.run.run_dir)
+        resume, overwrite = True, last is None
+        log.warning("elastic restart %d of this job: %s (--overwrite / --no-resume apply to its first attempt only)",
+                    restart, f"resuming from {last}" if last else "no checkpoint yet, starting it again")
+    checks.check_run_dir(cfg.run.run_dir, resume=resume, overwrite=overwrite,
                          main_rank=os.environ.get("RANK", "0") == "0")
     splits = {s: (p, load_split(p, cfg.data.n_candidates, s)) for s, p in (("train", cfg.data.train_path),
                                                                           ("dev", cfg.data.dev_path)) if p}
     checks.check_data(cfg, splits)
     from gr_train import train
 
-    out = train.main(cfg, resume=not (args.no_resume or args.overwrite))
+    out = train.main(cfg, resume=resume and not overwrite)
     print(json.dumps({"final": out["final"], "last": out["last"]}, indent=2))
 
 

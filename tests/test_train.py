@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,37 @@ def test_data_drop_no_answer_trains_without_exactly_the_questions_lacking_an_ans
     assert [r.id for r in recipe.train_records] == [r.id for r in records if r.id not in answerless]
     cfg.data.drop_no_answer = False
     assert len(train.setup(cfg, resume=False).train_records) == len(records)
+
+
+def test_an_elastic_restart_resumes_its_job_whatever_the_first_attempts_flags(tmp_path, monkeypatch):
+    """torchrun restarts a job's workers with the same command line: a restart (TORCHELASTIC_RESTART_COUNT > 0) of a
+    job launched with --overwrite resumes from the job's own last checkpoint instead of deleting it."""
+    from gr_train import cli
+    from gr_train.config import save_config
+
+    cfg = tiny_cfg(tmp_path, "train.save_every_steps=3", "run.num_threads=1")
+    config = tmp_path / "run.yaml"
+    save_config(cfg, config)
+
+    def crash_after_checkpoint(step, scalars):
+        if step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):  # the first attempt: killed after its step-3 checkpoint
+        train.main(cfg, resume=False, on_step=crash_after_checkpoint)
+    saved = (Path(cfg.run.run_dir) / "step-000003" / "model.safetensors").read_bytes()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    started = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda c, resume=True, on_step=None: started.append(resume) or real_main(
+        c, resume=resume, on_step=lambda s, sc: started.append(s)))
+    assert cli.main(["train", "--config", str(config), "--overwrite"]) == 0
+    assert started == [True, 3, 4, 5]  # resumed at step 3, not started again at 0
+    assert (Path(cfg.run.run_dir) / "step-000003" / "model.safetensors").read_bytes() == saved
+    # with no checkpoint yet, the restart starts the job again (its partial tb/ and config.yaml are its own)
+    for p in Path(cfg.run.run_dir).glob("step-*"):
+        shutil.rmtree(p)
+    shutil.rmtree(Path(cfg.run.run_dir) / "final")
+    started.clear()
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert started[:2] == [False, 0]
