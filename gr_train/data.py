@@ -806,8 +806,42 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+# Bytes (in memory, from the file's metadata) of one batch read from a Parquet row group: Arrow converts a nested
+# column of at most 2 GiB into one array, so reading a large row group whole can fail; batches of this size cannot
+PARQUET_BATCH_BYTES = 256 * 2**20
+
+
+def parquet_batches(pf, row_group: int | None = None, columns: list[str] | None = None):
+    """Record batches of a pyarrow ParquetFile (one row group, or all), so that a row group of any size reads back
+    (read whole, a group of over 2 GiB of nested text does not). A batch starts at about PARQUET_BATCH_BYTES by the
+    file's metadata; the metadata counts encoded bytes (repeated text dictionary-encoded is small there), so a batch
+    that still overflows Arrow's nested conversion is read again in halves, down to one row."""
+    import pyarrow as pa
+
+    groups = range(pf.num_row_groups) if row_group is None else [row_group]
+    for g in groups:
+        meta = pf.metadata.row_group(g)
+        size = max(1, int(PARQUET_BATCH_BYTES * max(meta.num_rows, 1) // max(meta.total_byte_size, 1)))
+        done = 0  # rows of this group already yielded
+        while done < meta.num_rows:
+            seen = 0
+            try:
+                for batch in pf.iter_batches(batch_size=size, row_groups=[g], columns=columns):
+                    if seen + batch.num_rows > done:
+                        part = batch.slice(max(0, done - seen))
+                        done += part.num_rows
+                        yield part
+                    seen += batch.num_rows
+                break
+            except pa.ArrowNotImplementedError:
+                if size == 1:
+                    raise
+                size = max(1, size // 2)
+
+
 def iter_parquet_records(path: str | os.PathLike, rank: int = 0, world_size: int = 1):
-    """Stream Records from preprocessed Parquet shards, one row group in memory at a time, in the shards' order
+    """Stream Records from preprocessed Parquet shards, one batch of a row group in memory at a time (parquet_batches),
+    in the shards' order
     (load_parquet restores the input file's order).
 
     The row groups of all files, in file order, are dealt round-robin: rank r reads groups r, r + W, r + 2W, ...,
@@ -832,8 +866,11 @@ def _iter_parquet_rows(path: str | os.PathLike, rank: int = 0, world_size: int =
         for g in range(pf.num_row_groups):
             rows = pf.metadata.row_group(g).num_rows
             if group % world_size == rank:
-                for i, row in enumerate(pf.read_row_group(g, columns=list(PARQUET_COLUMNS)).to_pylist()):
-                    yield row["input_index"], _parquet_record(row, _Where(file, f"row {offset + i}"))
+                i = 0
+                for batch in parquet_batches(pf, g, list(PARQUET_COLUMNS)):
+                    for row in batch.to_pylist():
+                        yield row["input_index"], _parquet_record(row, _Where(file, f"row {offset + i}"))
+                        i += 1
             group += 1
             offset += rows
 

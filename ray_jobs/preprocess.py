@@ -35,7 +35,7 @@ import ray
 from gr_train.checks import candidate_quality, format_quality
 from gr_train.config import ConfigError, RunConfig, save_config, to_dict
 from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, Passage, Record, detect_item_format, gold_paragraphs,
-                           has_answer, is_gold_passage, parse_item, passage_string, read_text)
+                           has_answer, is_gold_passage, parquet_batches, parse_item, passage_string, read_text)
 from gr_train.retrieval import QueryEncoder, load_index_meta
 from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import run_job, start_job
@@ -67,7 +67,7 @@ def read_question_items(path: str, fmt: str) -> list[dict]:
     """
     p = Path(path)
     if fmt == "parquet" or p.suffix == ".parquet":
-        rows = pq.read_table(p).to_pylist()
+        rows = (r for batch in parquet_batches(pq.ParquetFile(p)) for r in batch.to_pylist())
         return [{"index": i, "where": f"row {i}", "raw": json.dumps(r, default=str)} for i, r in enumerate(rows)]
     text = read_text(p)  # DataError naming the line and record of a byte that is not UTF-8
     if text.lstrip().startswith("["):
@@ -260,13 +260,21 @@ def shard_name(first_index: int) -> str:
     return f"part-{first_index:09d}.parquet"
 
 
+# Bytes (in memory) of one Parquet row group: Arrow reads a nested column of a row group into one array, which holds
+# at most 2 GiB of text (ArrowNotImplementedError "Nested data conversions not implemented for chunked array
+# outputs" past it: 22 questions x 100 candidates of 1 MB in one group)
+ROW_GROUP_BYTES = 256 * 2**20
+
+
 def write_shard(table: pa.Table, out_dir: str) -> dict:
     """One output file, named by the table's first input_index, written atomically (a hidden temporary name, then
-    renamed): a file `*.parquet` in out_dir is always complete, and a retried batch rewrites the same file.
+    renamed): a file `*.parquet` in out_dir is always complete, and a retried batch rewrites the same file. Row
+    groups hold about ROW_GROUP_BYTES each (at least one row), so long passages never make a group unreadable.
     Returns {file, rows}."""
     name = shard_name(table["input_index"][0].as_py())
     tmp = Path(out_dir) / f".{name}.tmp"
-    pq.write_table(table, tmp)
+    per_row = table.nbytes / max(table.num_rows, 1)
+    pq.write_table(table, tmp, row_group_size=max(1, int(ROW_GROUP_BYTES // max(per_row, 1))))
     os.replace(tmp, Path(out_dir) / name)
     return {"file": name, "rows": table.num_rows}
 

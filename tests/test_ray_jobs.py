@@ -784,3 +784,42 @@ def test_a_question_file_that_is_not_utf8_names_the_line_and_the_record(tmp_path
                      b'{"id": "b", "question": "wh\xe9re?", "answers": ["y"]}\n')
     with pytest.raises(DataError, match=rf"^{path} line 2 \(id b\): not UTF-8 text: byte\(s\) e9 at column 28"):
         read_question_items(str(path), "auto")
+
+
+def test_a_shard_of_over_2_gib_of_passage_text_is_written_in_row_groups_that_read_back(tmp_path):
+    """22 questions x 100 candidates of ~1 MB (2.05 GiB of nested text): one row group of that size cannot be read
+    (pyarrow: 'Nested data conversions not implemented for chunked array outputs'). write_shard bounds its row groups
+    by bytes, and the readers read any row group in batches, so the file written before the fix (one group) reads
+    back too; every record comes back whole."""
+    import pyarrow.parquet as pq
+
+    from gr_train.data import PARQUET_SCHEMA_VERSION, iter_parquet_records, load_parquet
+    from ray_jobs.preprocess import ROW_GROUP_BYTES, to_table, write_shard
+
+    text = "w " * 500_000  # 1,000,000 characters
+    rows = [{"id": f"q{q}", "question": f"question {q}", "answers": ["w"], "target": "w",
+             "ctxs": [{"title": f"t{q}-{i}", "text": text, "is_gold": i == q % 100, "has_answer": True}
+                      for i in range(100)],
+             "schema_version": PARQUET_SCHEMA_VERSION, "config_hash": "x", "index_version": "", "input_index": q}
+            for q in range(22)]
+    table = to_table(rows, None)
+    del rows
+    assert table.nbytes > 2 * 2**30
+    (tmp_path / "new").mkdir()
+    write_shard(table, str(tmp_path / "new"))
+    pf = pq.ParquetFile(tmp_path / "new" / "part-000000000.parquet")
+    assert pf.num_row_groups > 1
+    assert max(pf.metadata.row_group(g).total_byte_size for g in range(pf.num_row_groups)) < 2 * ROW_GROUP_BYTES
+    (tmp_path / "old").mkdir()
+    pq.write_table(table, tmp_path / "old" / "part-000000000.parquet")  # one row group, as before the fix
+    del table
+    assert pq.ParquetFile(tmp_path / "old" / "part-000000000.parquet").num_row_groups == 1
+
+    def check(records):
+        assert [r.id for r in records] == [f"q{q}" for q in range(22)]
+        for q, r in enumerate(records):
+            assert len(r.ctxs) == 100 and [p.is_gold for p in r.ctxs].index(True) == q % 100
+            assert r.ctxs[99].title == f"t{q}-99" and len(r.ctxs[99].text) == 1_000_000
+
+    check(load_parquet(tmp_path / "new"))
+    check(list(iter_parquet_records(tmp_path / "old")))
