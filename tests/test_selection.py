@@ -279,6 +279,22 @@ def test_conditional_recipe_trains_evaluates_and_resumes_exactly(tmp_path, estim
     b = Reranker.load(Path(out_b["final"]) / "reranker").state_dict()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+    # export: the folder keeps the conditional settings, scores and selects as the trained reranker; the card says
+    # how to select
+    from gr_train.export import export_run
+
+    exported = export_run(tmp_path / "a" / "run", tmp_path / "export", "final", [])
+    trained, loaded = Reranker.load(Path(out["final"]) / "reranker"), Reranker.load(exported)
+    assert loaded.cfg.conditional
+    rec = out["recipe"].train_records[:4]
+    questions, passages = [r.question for r in rec], [[(c.title, c.text) for c in r.ctxs] for r in rec]
+    with torch.no_grad():
+        for chosen in (torch.empty(4, 0, dtype=torch.long), torch.tensor([[0], [3], [5], [1]])):
+            got, expected = scorer(loaded, questions, passages)(chosen), scorer(trained, questions, passages)(chosen)
+            assert (got - expected).abs().max() <= 1e-5
+    assert loaded.select(questions, passages, 2) == trained.select(questions, passages, 2)
+    card = (exported / "README.md").read_text()
+    assert "It selects passages one at a time" in card and ".select(questions, passages, k)" in card
 
 
 # -- the baselines on a conditional reranker -------------------------------------------------------------------------
