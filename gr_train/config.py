@@ -105,7 +105,8 @@ class ReaderSection:
     tokenizer_path: str | None = None  # tokenizer folder or hub id when name_or_path ships none (FiD checkpoints)
     passage_max_tokens: int = 32  # tokens per (question + title + passage) input, L
     answer_max_tokens: int = 8  # target tokens, T
-    # causal_lm: tokens of the prompt ("question: q\nanswer:"); longer prompts are cut from the left (counted, warned);
+    # causal_lm: tokens of the prompt ("question: q\nanswer:"); a longer prompt's question is cut from the left, the
+    # template kept whole (counted, warned);
     # 0 = what the model's position limit leaves after passage_max_tokens + answer_max_tokens (no limit: no cut)
     prompt_max_tokens: int = 0
     attn_implementation: str = "eager"  # HF attention backend for the answer pass: eager | sdpa

@@ -139,7 +139,8 @@ class CausalLMInputs:
     own, then the query (query_prompts) and the target.
 
     position_limit: lengths.position_limit of the model's config (None = no limit). The query runs at positions
-    passage_max_tokens .. + prompt + answer - 1, so prompts are cut from the left to fit (counted in `truncations`).
+    passage_max_tokens .. + prompt + answer - 1, so questions are cut from the left to fit, the prompt's template
+    kept whole (counted in `truncations`).
     Raises ValueError (naming the keys, lengths and limit) when the passage, prompt and answer budgets cannot fit.
     """
 
@@ -177,16 +178,36 @@ class CausalLMInputs:
                              "tokens without it; raise reader.prompt_max_tokens")
         return budget
 
-    def _fit_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
-        """Prompt token ids cut from the left to prompt_max_tokens (the end, next to the answer, stays); counted."""
+    def _fit_prompts(self, questions: list[str], prompts: list[list[int]]) -> list[list[int]]:
+        """Prompts of at most prompt_max_tokens: a longer one is made again from its question cut from the left (the
+        question's end, next to the answer, stays), so the template (a chat template's system prompt, the
+        instruction, the assistant turn's opening) stays whole; counted. The budget holds the template with one
+        question token (_prompt_budget)."""
         budget = self.prompt_max_tokens
         if budget is None:
             return prompts
+        out = []
+        for question, prompt in zip(questions, prompts):
+            if len(prompt) > budget:
+                prompt = self._cut_question(question, len(prompt) - budget)
+            out.append(prompt)
         cut = sum(len(p) > budget for p in prompts)
-        self.truncations.add("prompts", cut, f"reader: {cut} of {len(prompts)} prompts were cut from the left to "
-                             f"{budget} tokens (reader.prompt_max_tokens, or what the model's position limit leaves "
-                             "after reader.passage_max_tokens and reader.answer_max_tokens)")
-        return [p[-budget:] for p in prompts] if cut else prompts
+        self.truncations.add("prompts", cut, f"reader: {cut} of {len(prompts)} questions were cut from the left so "
+                             f"that their prompt fits {budget} tokens (reader.prompt_max_tokens, or what the model's "
+                             "position limit leaves after reader.passage_max_tokens and reader.answer_max_tokens)")
+        return out
+
+    def _cut_question(self, question: str, excess: int) -> list[int]:
+        """The prompt of `question` without its first tokens, at most prompt_max_tokens long: `excess` tokens first,
+        more while the re-made prompt is still too long (decoding and re-tokenizing can merge tokens)."""
+        ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
+        drop = excess
+        while True:
+            short = self.tokenizer.decode(ids[drop:]) if drop < len(ids) else ""
+            prompt = query_prompts(self.tokenizer, [short], self.prompt, self.instruction)[0]
+            if len(prompt) <= self.prompt_max_tokens or drop >= len(ids):
+                return prompt
+            drop += len(prompt) - self.prompt_max_tokens
 
     def tokenize(self, questions, passages, targets=None):
         """→ passage_ids, passage_mask [B, n, L] (L = passage_max_tokens, right-padded, tokenizer's special tokens
@@ -198,7 +219,7 @@ class CausalLMInputs:
         L = self.passage_max_tokens
         ids = self.tokenizer(texts, truncation=True, max_length=L)["input_ids"]
         passage_ids, passage_mask = _pad(ids, L, self.pad_id)
-        prompts = self._fit_prompts(query_prompts(self.tokenizer, questions, self.prompt, self.instruction))
+        prompts = self._fit_prompts(questions, query_prompts(self.tokenizer, questions, self.prompt, self.instruction))
         prompt_ids, prompt_mask = _pad(prompts, max(map(len, prompts)), self.pad_id, left=True)
         inputs = {
             "passage_ids": passage_ids.view(B, -1, L),

@@ -46,7 +46,7 @@ def test_decoder_only_budgets_past_the_position_limit_fail_at_build(model_config
 
 
 @pytest.mark.parametrize("model_type,key", [("gpt2", "n_positions"), ("llama", "max_position_embeddings")])
-def test_long_prompt_is_cut_from_the_left_to_what_the_limit_leaves(model_type, key, caplog):
+def test_a_long_question_is_cut_from_the_left_to_what_the_limit_leaves(model_type, key, caplog):
     # limit 96 - passage 48 - answer 8 = 40 prompt tokens; the 29-character question makes a 47-token prompt.
     reader = causal({"model_type": model_type, key: 96}, passage_max_tokens=48, answer_max_tokens=8)
     assert reader.inputs.prompt_max_tokens == 40
@@ -54,9 +54,10 @@ def test_long_prompt_is_cut_from_the_left_to_what_the_limit_leaves(model_type, k
         inputs = reader.tokenize([QUESTION_29, "who?"], [[("Tides", "a book by ann")], [("Sky", "blue")]],
                                  ["ann", "x" * 20])
     assert inputs["prompt_ids"].shape[1] == 40
-    assert reader.tokenizer.decode(inputs["prompt_ids"][0]) == ("question: " + QUESTION_29 + "\nanswer:")[-40:]
+    # the question loses its first 7 tokens (bytes); the template stays whole
+    assert reader.tokenizer.decode(inputs["prompt_ids"][0]) == "question: " + QUESTION_29[7:] + "\nanswer:"
     assert reader.truncations.counts["prompts"] == 1
-    assert "1 of 2 prompts were cut from the left to 40 tokens" in caplog.text
+    assert "1 of 2 questions were cut from the left so that their prompt fits 40 tokens" in caplog.text
     # The last target position is 48 + 40 + 8 - 1 = 95 < 96: no IndexError (GPT-2), no position past the limit.
     states = reader.encode_passages(inputs)
     loss = reader.answer_loss(states, inputs, torch.zeros(2, 1))
