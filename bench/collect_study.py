@@ -3,8 +3,8 @@ metrics, per-question values (4 decimals, for paired intervals), dev curves (eva
 tb/scalars.jsonl) and config. A long study survives a change of machine through these files; `--restore` writes them
 back as compare_result.json, so that `gr-train suite` on a new machine skips the finished runs.
 
-    python bench/collect_study.py runs/selection_study docs/study/selection/runs            # collect
-    python bench/collect_study.py runs/selection_study docs/study/selection/runs --restore  # restore
+    python bench/collect_study.py runs/selection_study docs/study/selection/rows            # collect
+    python bench/collect_study.py runs/selection_study docs/study/selection/rows --restore  # restore
 """
 
 from __future__ import annotations

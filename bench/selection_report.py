@@ -5,7 +5,7 @@ tell), indirect recall@k, the label-free dev loss; 95% paired-bootstrap interval
 (gr_train.stats), differences against the untrained reranker and between rows; and the stability check (each seed's
 last-step dev indirect recall@k against its best).
 
-    python bench/selection_report.py docs/study/selection/runs > docs/study/selection/results.md
+    python bench/selection_report.py docs/study/selection/rows > docs/study/selection/results.md
 
 The dev questions are regenerated from each run's saved synthetic settings and seed (the suite's generator) to tell
 one-hop, shortcut and binding questions apart; the regenerated file is checked against the saved per-question values.
