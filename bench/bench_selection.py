@@ -10,6 +10,8 @@ Rows (reranker.conditional, gumbel.estimator, gumbel.samples):
   conditional_st   true,  straight_through, 1   (k reranker passes: step 1 plus k - 1 conditioned ones)
   pointwise_sf     false, score_function, 4     (4 sampled sets, answer passes without autograd)
   conditional_sf   true,  score_function, 4     (4 sampled sequences, each with k - 1 conditioned passes)
+  conditional_sf_ckpt  the same, reranker.gradient_checkpointing=true
+A row whose worker fails (killed for memory: exit -9) is reported as failed and the others still run.
 The reader is bench_step.py's ~12M-parameter FiD-T5 (random weights, L passage tokens); the reranker a
 MiniLM-L6-shaped BERT (384 hidden, 6 layers, random weights). Each row runs in a fresh subprocess so that peak RSS is
 its own: memory = peak RSS during the steps minus RSS before the first step. Prints a Markdown table.
@@ -33,6 +35,10 @@ ROWS = {
     "conditional_st": ["reranker.conditional=true", "gumbel.estimator=straight_through", "gumbel.samples=1"],
     "pointwise_sf": ["reranker.conditional=false", "gumbel.estimator=score_function", "gumbel.samples=4"],
     "conditional_sf": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4"],
+    # the same with the reranker's activation checkpointing: the k - 1 conditioned passes of every sample are what
+    # the step keeps for backward
+    "conditional_sf_ckpt": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4",
+                            "reranker.gradient_checkpointing=true"],
 }
 MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
                 "max_position_embeddings": 512}
@@ -88,7 +94,8 @@ def main() -> None:
     p.add_argument("--rerankers", nargs="+", default=["bi_encoder", "cross_encoder"])
     p.add_argument("--n", nargs="+", type=int, default=[10, 20])
     p.add_argument("--k", nargs="+", type=int, default=[2, 5])
-    p.add_argument("--rows", nargs="+", default=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=["pointwise_st", "conditional_st", "pointwise_sf", "conditional_sf"],
+                   choices=list(ROWS))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--L", type=int, default=64, help="reader passage tokens")
     p.add_argument("--words", type=int, default=40, help="words per generated passage")
@@ -112,7 +119,10 @@ def main() -> None:
                            "--repeat", str(args.repeat), "--threads", str(args.threads)]
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     if out.returncode != 0:
-                        sys.exit(f"worker failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+                        print(f"worker failed (exit {out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}",
+                              file=sys.stderr)
+                        rows.append({"reranker": reranker, "n": n, "k": k, "row": row, "failed": out.returncode})
+                        continue
                     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                     print(json.dumps(rows[-1]), file=sys.stderr)
     ref = {(r["reranker"], r["n"], r["k"]): r for r in rows if r["row"] == "pointwise_st"}
@@ -120,9 +130,14 @@ def main() -> None:
           "memory / pointwise_st |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "failed" in r:
+            why = "killed (out of memory)" if r["failed"] == -9 else f"exit {r['failed']}"
+            print(f"| {r['reranker']} | {r['n']} | {r['k']} | {r['row']} | failed: {why} | – | – | – |")
+            continue
         base = ref.get((r["reranker"], r["n"], r["k"]))
-        ratios = (f"{r['step_s'] / base['step_s']:.2f} | {r['peak_mb_over_base'] / max(base['peak_mb_over_base'], 1):.2f}"
-                  if base else "– | –")
+        ok = base is not None and "failed" not in base
+        ratios = (f"{r['step_s'] / base['step_s']:.2f} | "
+                  f"{r['peak_mb_over_base'] / max(base['peak_mb_over_base'], 1):.2f}" if ok else "– | –")
         print(f"| {r['reranker']} | {r['n']} | {r['k']} | {r['row']} | {r['step_s']:.3f} | "
               f"{r['peak_mb_over_base']:.0f} | {ratios} |")
 
