@@ -85,24 +85,21 @@ class Reranker(nn.Module):
         w_t [B, n] fp32. Step 0 (t = 0) is forward(inputs), computed once. A pointwise reranker returns it at every
         step; with reranker.conditional, step t scores each candidate against the question followed by the chosen
         passages' text (inputs.conditioned_questions, cut to reranker.conditional_max_tokens). `inputs` is
-        tokenize(questions, passages) on the model's device."""
+        tokenize(questions, passages) on the model's device. A (question, chosen prefix) is scored once per scorer:
+        samples that drew the same prefix (selection.sample, gumbel.samples) share its scores and their graph."""
         w0 = self(inputs)
         if not self.cfg.conditional:
             return lambda chosen: w0
-
-        def score(chosen: torch.Tensor) -> torch.Tensor:
-            if chosen.shape[1] == 0:
-                return w0
-            return self._conditioned_scores(inputs, conditioned_questions(questions, passages, chosen), passages)
-
-        return score
-
-    def _conditioned_scores(self, inputs: dict[str, torch.Tensor], questions: list[str],
-                            passages: list[list[PassageText]]) -> torch.Tensor:
-        """w [B, n] of the conditioned questions: every pair re-encoded (cross-encoder, RankT5: n passes per step)."""
         device = inputs["input_ids"].device
-        tokens = self.conditioned_inputs.tokenize(questions, passages)
-        return self({k: v.to(device) for k, v in tokens.items()})
+
+        def rows_scores(rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            # every pair of the rows re-encoded (cross-encoder, RankT5: n passes per new prefix)
+            texts = conditioned_questions([questions[b] for b in rows.tolist()], [passages[b] for b in rows.tolist()],
+                                          chosen)
+            tokens = self.conditioned_inputs.tokenize(texts, [passages[b] for b in rows.tolist()])
+            return self({k: v.to(device) for k, v in tokens.items()})
+
+        return _prefix_memo(w0, rows_scores)
 
     def select(self, questions: list[str], passages: list[list[PassageText | str]], k: int) -> list[list[int]]:
         """Greedy selection of k candidates per question (hard top-k for a pointwise reranker), best first: one list
@@ -272,14 +269,33 @@ class BiEncoderReranker(Reranker):
         w0 = self._cosine(q0, d)
         device = inputs["q_input_ids"].device
 
-        def score(chosen: torch.Tensor) -> torch.Tensor:
-            if chosen.shape[1] == 0:
-                return w0
-            texts = conditioned_questions(questions, passages, chosen)
+        def rows_scores(rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            texts = conditioned_questions([questions[b] for b in rows.tolist()], [passages[b] for b in rows.tolist()],
+                                          chosen)
             q = self.embed({k: v.to(device) for k, v in self.conditioned_inputs._encode(texts).items()})
-            return self._cosine(q, d)
+            return self._cosine(q, d[rows])
 
-        return score
+        return _prefix_memo(w0, rows_scores)
+
+
+def _prefix_memo(w0: torch.Tensor, rows_scores) -> StepScorer:
+    """A step scorer that computes each (row, chosen prefix) once: chosen [B, t] → [B, n], w0 for t = 0; the rows
+    whose prefix is new go to rows_scores(rows [m] long, chosen [m, t]) → [m, n] in one batch. Rows already seen
+    reuse their scores (the same tensors: gradients add up through every use)."""
+    memo: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+
+    def score(chosen: torch.Tensor) -> torch.Tensor:
+        if chosen.shape[1] == 0:
+            return w0
+        keys = [(b, tuple(row)) for b, row in enumerate(chosen.tolist())]
+        new = [i for i, key in enumerate(keys) if key not in memo]
+        if new:
+            rows = torch.tensor(new, dtype=torch.long, device=chosen.device)
+            for i, w in zip(new, rows_scores(rows, chosen[rows])):
+                memo[keys[i]] = w
+        return torch.stack([memo[key] for key in keys])
+
+    return score
 
 
 def as_pairs(passages: list[list[PassageText | str]]) -> list[list[PassageText]]:

@@ -348,3 +348,26 @@ def test_conditional_baselines_add_a_step_two_target_given_the_greedy_prefix(tmp
     out.loss.backward()
     grads = [p.grad for p in recipe.reranker.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_prefix_is_scored_once_per_scorer_and_shares_its_scores(kind, tokenizers, monkeypatch):
+    """Samples that drew the same prefix (gumbel.samples) reuse its scores: only new (question, prefix) rows are
+    encoded, and the scores equal a fresh scorer's."""
+    reranker = make(kind, tokenizers, True)
+    encoded = []
+    if kind == "bi_encoder":
+        real = reranker.conditioned_inputs._encode
+        monkeypatch.setattr(reranker.conditioned_inputs, "_encode", lambda texts: encoded.append(len(texts)) or
+                            real(texts))
+    else:
+        real = reranker.conditioned_inputs.tokenize
+        monkeypatch.setattr(reranker.conditioned_inputs, "tokenize", lambda qs, ps: encoded.append(len(qs)) or
+                            real(qs, ps))
+    with torch.no_grad():
+        step = scorer(reranker)
+        first = step(torch.tensor([[0], [1]]))
+        again = step(torch.tensor([[0], [2]]))  # row 0's prefix seen, row 1's new
+        fresh = scorer(reranker)(torch.tensor([[0], [2]]))
+    assert encoded == [2, 1, 2]  # the first scorer: 2 rows, then only the new one; the fresh scorer: 2
+    assert torch.equal(again[0], first[0]) and torch.allclose(again, fresh, atol=1e-6)
