@@ -32,7 +32,7 @@ ATTENTION_OBJECTIVES = ("adist",)
 ATTENTION_BACKENDS = ("eager",)
 # The keys of models.READERS, reranker.RERANKERS and gumbel.ESTIMATORS (checked by a test).
 ReaderKind = Literal["demo_fid", "fid_t5", "causal_lm"]
-RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder"]
+RerankerKind = Literal["cross_encoder", "rankt5", "bi_encoder", "causal_lm"]
 Estimator = Literal["max_softmax", "subset", "straight_through", "score_function"]
 PromptStyle = Literal["plain", "chat"]  # reader.prompt (inputs.query_prompts)
 
@@ -137,13 +137,18 @@ class ReaderSection:
 
 @dataclass
 class RerankerSection:
-    kind: RerankerKind = "cross_encoder"  # cross_encoder | rankt5 | bi_encoder
+    kind: RerankerKind = "cross_encoder"  # cross_encoder | rankt5 | bi_encoder | causal_lm
     name_or_path: str | None = None  # HF hub id or local folder; None = build from `model_config`
     model_config: dict[str, Any] = field(default_factory=dict)  # config overrides when building from scratch
     tokenizer_path: str | None = None  # tokenizer folder when it differs from name_or_path (demo: built locally)
     max_tokens: int = 64  # tokens per (question, passage) pair
     score_scale: float = 20.0  # bi_encoder: w = scale * cos(q, d)
     score_token: str = "<extra_id_10>"  # rankt5: w = logit of this token at the first decoder step
+    # causal_lm: the task line of the Qwen3-Reranker prompt (inputs.CausalLMRerankerInputs); w = logit(yes_token) -
+    # logit(no_token) at the prompt's last token, each exactly one token of the tokenizer
+    instruction: str = "Given a web search query, retrieve relevant passages that answer the query"
+    yes_token: str = "yes"  # causal_lm: the token whose logit counts for the passage
+    no_token: str = "no"  # causal_lm: the token whose logit counts against it
     gradient_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
     # true: choose the k passages one at a time, step t scoring every remaining candidate against the question
     # followed by the passages chosen before it (selection.py; multi-hop dense retrieval's query); step 1 is the

@@ -409,6 +409,101 @@ class BiEncoderInputs(RerankerInputs):
         return {**{f"q_{k}": v for k, v in q.items()}, **{f"p_{k}": v.view(B, n, -1) for k, v in p.items()}}
 
 
+# Qwen3-Reranker's published prompt (Zhang et al. 2025, the model card's usage code): system turn, user turn, then
+# the assistant turn (thinking off); the model answers "yes" or "no".
+RERANK_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+                 'Note that the answer can only be "yes" or "no".')
+RERANK_USER = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+# For a tokenizer without a chat template: the same turns as plain text, after the tokenizer's BOS (if any).
+RERANK_PLAIN = "{system}\n\n{user}\n\nAnswer:"
+# Marks a chat template written by export.py: its query/document rendering is the prompt itself.
+RERANK_TEMPLATE_MARK = "gr-train causal_lm reranker prompt"
+_QUERY, _DOCUMENT = "\x00gr-train-query\x00", "\x00gr-train-document\x00"
+
+
+def rerank_prompt_parts(tokenizer, instruction: str) -> tuple[str, str, str]:
+    """(prefix, middle, suffix): the causal_lm reranker's prompt of (query, document) is
+    prefix + query + middle + document + suffix. From the tokenizer's chat template where it has one (system
+    RERANK_SYSTEM, user RERANK_USER with `instruction`, the generation prompt, enable_thinking=False: Qwen3-Reranker's
+    form), a template written by export.py as it renders the roles query and document, else RERANK_PLAIN after the
+    BOS token. Raises ValueError when the template does not render the query and document once each."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template and RERANK_TEMPLATE_MARK in template:
+        text = tokenizer.apply_chat_template([{"role": "query", "content": _QUERY},
+                                              {"role": "document", "content": _DOCUMENT}], tokenize=False)
+    elif template:
+        user = RERANK_USER.format(instruction=instruction, query=_QUERY, document=_DOCUMENT)
+        text = tokenizer.apply_chat_template([{"role": "system", "content": RERANK_SYSTEM},
+                                              {"role": "user", "content": user}],
+                                             add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    else:
+        user = RERANK_USER.format(instruction=instruction, query=_QUERY, document=_DOCUMENT)
+        text = (tokenizer.bos_token or "") + RERANK_PLAIN.format(system=RERANK_SYSTEM, user=user)
+    if text.count(_QUERY) != 1 or text.count(_DOCUMENT) != 1 or text.index(_QUERY) > text.index(_DOCUMENT):
+        raise ValueError("reranker.kind=causal_lm: the tokenizer's chat template does not render the user turn's "
+                         "query and document once each, in order; remove its chat template to use the plain prompt")
+    prefix, rest = text.split(_QUERY)
+    middle, suffix = rest.split(_DOCUMENT)
+    return prefix, middle, suffix
+
+
+class CausalLMRerankerInputs(RerankerInputs):
+    """A decoder-only LLM's yes/no prompt per candidate (rerank_prompt_parts; the document is title + " " + text).
+
+    The prompt is tokenized as one string without added special tokens (a chat template holds its own), so the ids
+    are apply_chat_template's. A prompt over max_tokens is made again with its document cut from the end (then the
+    query, when the document is gone), so that the template, and the last token the score is read at, stay whole.
+    Raises ValueError naming reranker.max_tokens when the template alone does not fit it.
+    """
+
+    kind = "causal_lm"
+
+    def __init__(self, tokenizer, max_tokens: int, instruction: str = ""):
+        super().__init__(tokenizer, max_tokens)
+        self.parts = rerank_prompt_parts(tokenizer, instruction)
+        # Pads are masked out, so any id will do where the tokenizer has no pad token (Llama).
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        template = len(self._ids([("", "")])[0])
+        if template >= max_tokens:
+            raise ValueError(f"reranker.max_tokens ({max_tokens}) leaves no query or document: the causal_lm prompt "
+                             f"takes {template} tokens without them; raise reranker.max_tokens")
+
+    def prompt(self, query: str, document: str) -> str:
+        """The prompt text of one (query, document) pair."""
+        prefix, middle, suffix = self.parts
+        return prefix + query + middle + document + suffix
+
+    def _ids(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
+        return self.tokenizer([self.prompt(q, d) for q, d in pairs], add_special_tokens=False)["input_ids"]
+
+    def _fit(self, query: str, document: str) -> list[int]:
+        """Ids of a prompt over max_tokens, made again with the document (then the query) cut from its end."""
+        for cut_query in (False, True):
+            text = query if cut_query else document
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            keep = len(ids)
+            while True:
+                short = self.tokenizer.decode(ids[:keep]) if keep > 0 else ""
+                pair = (short, "") if cut_query else (query, short)
+                prompt = self._ids([pair])[0]
+                if len(prompt) <= self.max_tokens:
+                    return prompt
+                if keep <= 0:
+                    break
+                keep = max(0, min(keep - 1, keep - (len(prompt) - self.max_tokens)))
+            document = ""
+        return prompt[-self.max_tokens:]  # unreachable: the template alone fits (checked in __init__)
+
+    def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
+        """Returns input_ids [B, n, L] long, attention_mask [B, n, L] long, left-padded (every prompt ends at L-1,
+        where the score is read), L <= max_tokens."""
+        B, n = _check_candidates(questions, passages)
+        pairs = [(q, passage_string(title, text)) for q, row in zip(questions, passages) for title, text in row]
+        ids = [seq if len(seq) <= self.max_tokens else self._fit(*pair) for seq, pair in zip(self._ids(pairs), pairs)]
+        input_ids, mask = _pad(ids, max(map(len, ids)), self.pad_id, left=True)
+        return {"input_ids": input_ids.view(B, n, -1), "attention_mask": mask.long().view(B, n, -1)}
+
+
 RERANKER_INPUTS: dict[str, type[RerankerInputs]] = {
-    cls.kind: cls for cls in (CrossEncoderInputs, RankT5Inputs, BiEncoderInputs)
+    cls.kind: cls for cls in (CrossEncoderInputs, RankT5Inputs, BiEncoderInputs, CausalLMRerankerInputs)
 }

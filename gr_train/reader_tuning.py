@@ -61,19 +61,27 @@ def make_trainable(reader, cfg) -> None:
         for module in blocks[-cfg.train_layers :] + norms:
             module.requires_grad_(True)
     elif cfg.lora_rank:
-        from peft import LoraConfig, inject_adapter_in_model
+        inject_lora(model, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), "reader")
 
-        model.requires_grad_(False)
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
-                          lora_dropout=0.0, bias="none")
-        try:
-            inject_adapter_in_model(lora, model)
-        except ValueError as e:  # no module of that name, or one LoRA cannot adapt (a norm, an activation, ...)
-            raise ConfigError(f"reader.lora_targets={cfg.lora_targets}: {_target_error(model, cfg.lora_targets, e)}"
-                              ) from None
-        check_lora_targets(model, list(cfg.lora_targets))
-        for name, p in model.named_parameters():
-            p.requires_grad_("lora_" in name)
+
+def inject_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], section: str) -> None:
+    """LoRA adapters (peft, Hu et al. 2022) of `rank` on every module named in `targets`, in place: lora_A [r, in],
+    lora_B [out, r] (zero-initialised, so the model starts unchanged), scaling alpha / r; afterwards only the
+    adapters' parameters have requires_grad. Used for readers (reader.lora_*) and rerankers (reranker.lora_*);
+    `section` names the config section in errors. Raises ConfigError naming `<section>.lora_targets` and the
+    module when none matches, a matched module is not one LoRA can adapt, or an adapted weight is tied to another
+    module's (check_lora_targets)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none")
+    try:
+        inject_adapter_in_model(lora, model)
+    except ValueError as e:  # no module of that name, or one LoRA cannot adapt (a norm, an activation, ...)
+        raise ConfigError(f"{section}.lora_targets={targets}: {_target_error(model, targets, e)}") from None
+    check_lora_targets(model, list(targets), section)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
 
 
 def _target_error(model: nn.Module, targets: list[str], error: ValueError) -> str:
@@ -154,7 +162,7 @@ def _tied_to(model: nn.Module, name: str, module: nn.Module) -> list[str]:
             if p.data_ptr() in own and not n.startswith(f"{name}.")]
 
 
-def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+def check_lora_targets(model: nn.Module, targets: list[str], section: str = "reader") -> None:
     """After injection: every adapted layer can be merged into a checkpoint that reloads with the trained weights.
     An adapted weight tied to another module's weight (which reads it without the adapter) is refused (ConfigError
     naming the key and the module), unless the model ties its input embeddings and output layer
@@ -173,9 +181,9 @@ def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
             allowed = _param_names(model, out)  # any other reader of the embeddings would bypass the adapter
         others = [t for t in tied if t not in allowed]
         if others:
-            raise ConfigError(f"reader.lora_targets={targets}: module {name} ({type(base).__name__}) shares its "
+            raise ConfigError(f"{section}.lora_targets={targets}: module {name} ({type(base).__name__}) shares its "
                               f"weight with {others[0]}, which reads it without the adapter, and a merged checkpoint "
-                              f"cannot keep the two apart: leave {name} out of reader.lora_targets")
+                              f"cannot keep the two apart: leave {name} out of {section}.lora_targets")
 
 
 def _param_names(model: nn.Module, module: nn.Module) -> set[str]:
@@ -196,7 +204,15 @@ def save_reader(reader, path: str | Path) -> Path:
     if hasattr(reader, "save"):
         reader.save(path)
         return path
-    model = reader.model
+    save_merged(reader.model, path)
+    reader.tokenizer.save_pretrained(path)
+    return path
+
+
+def save_merged(model: nn.Module, path: str | Path) -> None:
+    """model.save_pretrained(path) with LoRA adapters merged into the weights (merged_state_dict: the live model
+    keeps its adapters), so the folder loads with the plain HF class, without peft. A LoRA-adapted input embedding
+    or output layer of a model that ties them is saved untied, as it trained (see save_reader)."""
     state = {k: v.detach().cpu() for k, v in merged_state_dict(model).items()}
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     untie = bool(_lora_layers(model)) and _ties_word_embeddings(model) and _tied_apart(model, state)
@@ -207,8 +223,6 @@ def save_reader(reader, path: str | Path) -> Path:
     finally:
         if untie:
             config.tie_word_embeddings = True
-    reader.tokenizer.save_pretrained(path)
-    return path
 
 
 def _tied_apart(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:

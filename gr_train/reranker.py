@@ -1,8 +1,9 @@
 """Rerankers: score each question's n candidate passages, w = R(q, d_i) → w: [B, n] fp32 (docs/design.md#scores).
 
 Kinds (`cfg.reranker.kind`): cross_encoder (sequence-classification logit of the pair), rankt5 (logit of a score token
-at the first decoder step of a T5), bi_encoder (scaled cosine of mean-pooled embeddings). `build_reranker(cfg)` builds
-one from a HF folder / hub id or from a tiny config; `Reranker.save` writes a plain HF folder that loads back exactly.
+at the first decoder step of a T5), bi_encoder (scaled cosine of mean-pooled embeddings), causal_lm (yes/no log-odds
+of a decoder-only LLM, Qwen3-Reranker's form). `build_reranker(cfg)` builds one from a HF folder / hub id or from a
+tiny config; `Reranker.save` writes a plain HF folder that loads back exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -27,6 +29,7 @@ from gr_train.config import RerankerSection
 from gr_train.data import PassageText
 from gr_train.inputs import RERANKER_INPUTS, RerankerInputs, conditioned_questions
 from gr_train.lengths import check_budget, position_limit
+from gr_train.reader_tuning import save_merged
 from gr_train.selection import StepScorer, greedy
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
@@ -35,6 +38,8 @@ SETTINGS_FILE = "gr_train_reranker.json"
 # Tiny defaults used when building from scratch (no name_or_path); cfg.model_config overrides them.
 TINY_ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY_RANKT5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16}
+TINY_CAUSAL_LM = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                  "intermediate_size": 64}
 
 # Files that mark a local folder as holding a tokenizer. Checked explicitly because transformers 5.24's
 # AutoTokenizer on a folder without any of them silently returns an empty-vocabulary tokenizer (all [UNK]).
@@ -66,9 +71,9 @@ class Reranker(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self.inputs = RERANKER_INPUTS[self.kind](tokenizer, cfg.max_tokens)
+        self.inputs = reranker_inputs(self.kind, tokenizer, cfg, cfg.max_tokens)
         # conditioned questions (reranker.conditional) are longer than plain ones: their own token budget
-        self.conditioned_inputs = RERANKER_INPUTS[self.kind](tokenizer, cfg.condition_tokens())
+        self.conditioned_inputs = reranker_inputs(self.kind, tokenizer, cfg, cfg.condition_tokens())
 
     def tokenize(self, questions: list[str], passages: list[list[PassageText]]) -> dict[str, torch.Tensor]:
         """Model inputs for B questions with n (title, text) candidates each, truncated to cfg.max_tokens
@@ -132,10 +137,12 @@ class Reranker(nn.Module):
         return {"kind": self.kind, "max_tokens": self.cfg.max_tokens, **scoring}
 
     def save(self, path: str | Path) -> None:
-        """Write a plain HF folder (model + tokenizer save_pretrained) plus SETTINGS_FILE."""
+        """Write a plain HF folder (model + tokenizer save_pretrained) plus SETTINGS_FILE. LoRA adapters
+        (reranker.lora_rank) are merged into the saved weights (reader_tuning.save_merged, on copies: the live model
+        keeps training its adapters), so the folder loads without peft."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        save_merged(self.model, path)
         self.tokenizer.save_pretrained(path)
         (path / SETTINGS_FILE).write_text(json.dumps(self.settings(), indent=2) + "\n")
 
@@ -316,9 +323,65 @@ def as_pairs(passages: list[list[PassageText | str]]) -> list[list[PassageText]]
     return out
 
 
+class CausalLMReranker(Reranker):
+    """Decoder-only LLM reranker (Qwen3-Reranker, bge-reranker-v2-gemma, mxbai-rerank-v2 form): w = logit(yes_token)
+    - logit(no_token) at the last token of the instruction prompt (inputs.CausalLMRerankerInputs), in fp32. No new
+    parameters: the checkpoint stays a plain causal LM. An output-layer bias cancels in the difference, so no
+    parameter shifts every candidate alike (shift_parameters is empty)."""
+
+    kind = "causal_lm"
+    auto_class = AutoModelForCausalLM
+    scoring_keys = ("instruction", "yes_token", "no_token")
+
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: RerankerSection):
+        super().__init__(model, tokenizer, cfg)
+        self.yes_id, self.no_id = self.checked_answer_tokens(cfg, tokenizer, model.config)
+
+    @staticmethod
+    def checked_answer_tokens(cfg: RerankerSection, tokenizer: Any, config: Any) -> tuple[int, int]:
+        """(id of cfg.yes_token, id of cfg.no_token). ValueError naming the key and the token when one is not
+        exactly one token of the tokenizer, lies outside the model's vocabulary, or both are the same token."""
+        ids = {}
+        for key in ("yes_token", "no_token"):
+            token = getattr(cfg, key)
+            encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+            if len(encoded) != 1:
+                raise ValueError(f"reranker.{key}: '{token}' is {len(encoded)} tokens of the tokenizer ({encoded}); "
+                                 "the score reads the logit of exactly one token: name a single vocabulary entry")
+            if encoded[0] >= config.vocab_size:
+                raise ValueError(f"reranker.{key}: '{token}' has id {encoded[0]}, outside the model's vocabulary of "
+                                 f"{config.vocab_size}")
+            ids[key] = encoded[0]
+        if ids["yes_token"] == ids["no_token"]:
+            raise ValueError(f"reranker.yes_token / reranker.no_token: '{cfg.yes_token}' and '{cfg.no_token}' are the "
+                             f"same token ({ids['yes_token']}): their log-odds would be 0")
+        return ids["yes_token"], ids["no_token"]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """inputs: input_ids, attention_mask [B, n, L], padded on either side (tokenize pads left). Each row is read
+        at its last real token, with positions counted from its first real token. Returns w: [B, n] fp32."""
+        B, n, L = inputs["input_ids"].shape
+        ids = inputs["input_ids"].reshape(B * n, L)
+        mask = inputs["attention_mask"].reshape(B * n, L).long()
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        last = L - 1 - mask.flip(1).argmax(1)  # [B*n] index of each row's last real token
+        left_padded = bool((last == L - 1).all())  # then only the last position's logits are computed
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                            logits_to_keep=1 if left_padded else 0).logits  # [B*n, 1 or L, V]
+        logits = (logits[:, -1] if left_padded else logits[torch.arange(B * n, device=ids.device), last]).float()
+        return (logits[:, self.yes_id] - logits[:, self.no_id]).view(B, n)
+
+
 RERANKERS: dict[str, type[Reranker]] = {
-    cls.kind: cls for cls in (CrossEncoderReranker, RankT5Reranker, BiEncoderReranker)
+    cls.kind: cls for cls in (CrossEncoderReranker, RankT5Reranker, BiEncoderReranker, CausalLMReranker)
 }
+
+
+def reranker_inputs(kind: str, tokenizer: Any, cfg: RerankerSection, max_tokens: int) -> RerankerInputs:
+    """The kind's input builder (gr_train.inputs.RERANKER_INPUTS) with a budget of max_tokens; causal_lm's takes
+    reranker.instruction."""
+    extra = {"instruction": cfg.instruction} if kind == "causal_lm" else {}
+    return RERANKER_INPUTS[kind](tokenizer, max_tokens, **extra)
 
 
 def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
@@ -328,7 +391,8 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     folder, else the `tokenizer` argument. A folder written by Reranker.save must agree with cfg on kind and
     scoring settings. name_or_path None: random weights from a tiny config overridden by cfg.model_config
     (which may name a `model_type`); the tokenizer (cfg.tokenizer_path or the argument) sets the vocabulary size.
-    ValueError when reranker.max_tokens exceeds the model's position limit (lengths.position_limit).
+    ValueError when reranker.max_tokens exceeds the model's position limit (lengths.position_limit), and (causal_lm)
+    when reranker.yes_token / no_token is not one token.
     """
     cls = _family(cfg)
     tokenizer = _tokenizer(cfg, cls, tokenizer)
@@ -359,7 +423,9 @@ def build_reranker_inputs(cfg: RerankerSection, tokenizer: Any = None) -> Rerank
     check_budget("reranker", _budgets(cfg), position_limit(config))
     if cls is RankT5Reranker:
         cls.checked_score_token(cfg, tokenizer, config)
-    return RERANKER_INPUTS[cls.kind](tokenizer, cfg.max_tokens)
+    if cls is CausalLMReranker:
+        cls.checked_answer_tokens(cfg, tokenizer, config)
+    return reranker_inputs(cls.kind, tokenizer, cfg, cfg.max_tokens)
 
 
 def _budgets(cfg: RerankerSection) -> dict[str, int]:
@@ -428,11 +494,11 @@ def _pretrained_tokenizer(cfg: RerankerSection, tokenizer: Any) -> Any:
 def _scratch_config(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any):
     """HF config: tiny defaults for the kind ← cfg.model_config; vocabulary and special ids from the tokenizer."""
     overrides = dict(cfg.model_config)
-    model_type = overrides.pop("model_type", "t5" if cls is RankT5Reranker else "bert")
+    model_type = overrides.pop("model_type", {RankT5Reranker: "t5", CausalLMReranker: "llama"}.get(cls, "bert"))
     vocab_size = overrides.pop("vocab_size", len(tokenizer))
     if vocab_size < len(tokenizer):
         raise ValueError(f"reranker.model_config.vocab_size: {vocab_size} < the tokenizer's {len(tokenizer)} tokens")
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None and cls is not CausalLMReranker:  # causal_lm pads with eos (masked out)
         raise ValueError("reranker: the tokenizer has no pad token (needed to batch candidates)")
     special = {"pad_token_id": tokenizer.pad_token_id}
     if cls is RankT5Reranker:
@@ -440,7 +506,9 @@ def _scratch_config(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any):
         special.update(eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
     if cls is CrossEncoderReranker:
         special["num_labels"] = 1
-    defaults = TINY_RANKT5 if cls is RankT5Reranker else TINY_ENCODER
+    if cls is CausalLMReranker:
+        special.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    defaults = {RankT5Reranker: TINY_RANKT5, CausalLMReranker: TINY_CAUSAL_LM}.get(cls, TINY_ENCODER)
     return AutoConfig.for_model(model_type, **{**defaults, **special, **overrides, "vocab_size": vocab_size})
 
 
