@@ -149,6 +149,9 @@ class RerankerSection:
     instruction: str = "Given a web search query, retrieve relevant passages that answer the query"
     yes_token: str = "yes"  # causal_lm: the token whose logit counts for the passage
     no_token: str = "no"  # causal_lm: the token whose logit counts against it
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank (peft) on lora_targets, the base weights frozen; 0 = full
+    lora_alpha: float = 16.0  # LoRA scaling alpha / rank
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # module names
     gradient_checkpointing: bool = False  # recompute layer activations in backward (less memory, ~1/3 more compute)
     # true: choose the k passages one at a time, step t scoring every remaining candidate against the question
     # followed by the passages chosen before it (selection.py; multi-hop dense retrieval's query); step 1 is the
@@ -537,6 +540,11 @@ def validate(cfg: RunConfig) -> None:
     if rr.conditional_max_tokens < 0 or (rr.conditional and rr.condition_tokens() < rr.max_tokens):
         raise ConfigError(f"reranker.conditional_max_tokens: must be 0 (= 2 * reranker.max_tokens) or >= "
                           f"reranker.max_tokens ({rr.max_tokens}), got {rr.conditional_max_tokens}")
+    if rr.lora_rank < 0:
+        raise ConfigError(f"reranker.lora_rank: must be >= 0 (0 = off), got {rr.lora_rank}")
+    if rr.lora_rank and cfg.runtime.engine == "deepspeed":
+        raise ConfigError("reranker.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 train the full reranker, "
+                          "reranker.lora_rank=0)")
     rd = cfg.reader
     if rd.prompt != "plain" and rd.kind != "causal_lm":
         raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")

@@ -3,7 +3,8 @@
 Kinds (`cfg.reranker.kind`): cross_encoder (sequence-classification logit of the pair), rankt5 (logit of a score token
 at the first decoder step of a T5), bi_encoder (scaled cosine of mean-pooled embeddings), causal_lm (yes/no log-odds
 of a decoder-only LLM, Qwen3-Reranker's form). `build_reranker(cfg)` builds one from a HF folder / hub id or from a
-tiny config; `Reranker.save` writes a plain HF folder that loads back exactly.
+tiny config, optionally with LoRA adapters (reranker.lora_rank); `Reranker.save` writes a plain HF folder (adapters
+merged) that loads back exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gr_train.config import RerankerSection
 from gr_train.data import PassageText
 from gr_train.inputs import RERANKER_INPUTS, RerankerInputs, conditioned_questions
 from gr_train.lengths import check_budget, position_limit
-from gr_train.reader_tuning import save_merged
+from gr_train.reader_tuning import inject_lora, save_merged
 from gr_train.selection import StepScorer, greedy
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
@@ -392,7 +393,9 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     scoring settings. name_or_path None: random weights from a tiny config overridden by cfg.model_config
     (which may name a `model_type`); the tokenizer (cfg.tokenizer_path or the argument) sets the vocabulary size.
     ValueError when reranker.max_tokens exceeds the model's position limit (lengths.position_limit), and (causal_lm)
-    when reranker.yes_token / no_token is not one token.
+    when reranker.yes_token / no_token is not one token. reranker.lora_rank > 0: only LoRA adapters on
+    reranker.lora_targets train (reader_tuning.inject_lora; ConfigError naming reranker.lora_targets when they
+    cannot apply).
     """
     cls = _family(cfg)
     tokenizer = _tokenizer(cfg, cls, tokenizer)
@@ -405,6 +408,8 @@ def build_reranker(cfg: RerankerSection, tokenizer: Any = None) -> Reranker:
     # Every pair (cross-encoder) or text (bi-encoder) is cut to max_tokens; it must fit the model's positions.
     check_budget("reranker", _budgets(cfg), position_limit(model.config))
     reranker = cls(model, tokenizer, cfg)
+    if cfg.lora_rank:  # after the kind's own freezing: only the adapters train
+        inject_lora(model, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_targets), "reranker")
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     # from_pretrained returns eval mode and from_config train mode; one mode for both, so that building twice

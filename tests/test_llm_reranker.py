@@ -9,6 +9,7 @@ template, one without): CPU, offline, seconds.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +135,115 @@ def test_save_and_load_score_the_same(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.score(QUESTIONS, PASSAGES), reranker.score(QUESTIONS, PASSAGES), atol=1e-6)
     assert dataclasses.asdict(loaded.cfg)["yes_token"] == "answer"
+
+
+# -- LoRA (reranker.lora_rank) through the training recipe ---------------------------------------------------------
+
+
+def recipe_cfg(tmp_path, *overrides):
+    """tests/test_train.py's tiny recipe with a tiny Llama causal_lm reranker and LoRA of rank 4 on q_proj/v_proj; the
+    reranker's tokenizer (with "yes" and "no") is saved under tmp_path."""
+    from test_train import tiny_cfg
+
+    tok_dir = tmp_path / "reranker_tokenizer"
+    if not tok_dir.exists():
+        tokenizer().save_pretrained(tok_dir)
+    return tiny_cfg(tmp_path, "reranker.kind=causal_lm", f"reranker.tokenizer_path={tok_dir}",
+                    "reranker.max_tokens=160", "reranker.model_config={num_hidden_layers: 1}",
+                    "reranker.lora_rank=4", "reranker.lora_targets=[q_proj, v_proj]", *overrides)
+
+
+def test_every_lora_parameter_gets_a_finite_gradient_through_g_rerank_and_nothing_else_trains(tmp_path):
+    from gr_train import batching, objectives, train
+
+    cfg = recipe_cfg(tmp_path)
+    recipe = train.setup(cfg, resume=False)
+    reranker = recipe.reranker
+    lora = {n: p for n, p in reranker.named_parameters() if "lora_" in n}
+    assert lora and {n for n, p in reranker.named_parameters() if p.requires_grad} == set(lora)
+    assert any(".q_proj.lora_A" in n for n in lora) and any(".v_proj.lora_B" in n for n in lora)
+    # lora_B starts at 0, so lora_A's gradient is 0 at step 0: give B a value first (as after one update).
+    with torch.no_grad():
+        for n, p in lora.items():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    batch = batching.collate(recipe.train_records[:8], cfg.data.n_candidates, reranker, recipe.reader)
+    out = objectives.gumbel_rerank(batch, reranker, recipe.reader, cfg, 0, train.step_noise(cfg, 0, 8))
+    out.loss.backward()
+    for n, p in lora.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+    assert all(p.grad is None for n, p in reranker.named_parameters() if "lora_" not in n)
+    assert all(p.grad is None for p in recipe.reader.parameters())
+
+
+def test_training_moves_only_the_adapters_and_the_saved_folder_is_the_merged_model(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from gr_train import train
+    from gr_train.reranker import Reranker
+
+    cfg = recipe_cfg(tmp_path, "train.max_steps=3")
+    reranker = train.setup(cfg, resume=False).reranker
+    start = {n: v.clone() for n, v in reranker.state_dict().items()}
+    train.main(cfg, resume=False)
+    trained = load_file(Path(cfg.run.run_dir) / "final" / "model.safetensors")  # the trainable module, adapters too
+    assert trained.keys() == start.keys()
+    assert all(torch.equal(trained[n], v) for n, v in start.items() if "lora_" not in n)  # no base weight changed
+    assert any(not torch.equal(trained[n], v) for n, v in start.items() if "lora_B" in n)
+    reranker.load_state_dict(trained)
+    folder = Path(cfg.run.run_dir) / "final" / "reranker"
+    saved = load_file(folder / "model.safetensors")
+    assert not any("lora_" in k or "base_layer" in k for k in saved)
+    plain = AutoModelForCausalLM.from_pretrained(folder)  # no peft
+    assert not any("lora_" in n for n, _ in plain.named_parameters())
+    loaded = Reranker.load(folder)
+    assert loaded.cfg.lora_rank == 0
+    with torch.no_grad():
+        assert torch.allclose(loaded.score(QUESTIONS, PASSAGES), reranker.score(QUESTIONS, PASSAGES), atol=1e-5)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_two_steps_and_a_resume_equal_four_uninterrupted_steps(tmp_path):
+    from safetensors.torch import load_file
+
+    from gr_train import checkpoint, train
+
+    ref = {}
+    cfg = recipe_cfg(tmp_path / "a", "train.max_steps=4", "train.save_every_steps=2")
+    train.main(cfg, resume=False, on_step=lambda s, sc: ref.__setitem__(s, sc["train/loss"]))
+    cfg_b = recipe_cfg(tmp_path / "b", "train.max_steps=4", "train.save_every_steps=2")
+
+    def crash(step, scalars):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.main(cfg_b, resume=False, on_step=crash)
+    assert [p.name for p in checkpoint.list_checkpoints(cfg_b.run.run_dir)] == ["step-000002"]
+    saved = load_file(Path(cfg_b.run.run_dir) / "step-000002" / "model.safetensors")
+    assert any("lora_A" in k for k in saved) and any("lora_B" in k for k in saved)  # the adapters round-trip
+    resumed = {}
+    train.main(cfg_b, resume=True, on_step=lambda s, sc: resumed.__setitem__(s, sc["train/loss"]))
+    assert sorted(resumed) == [2, 3]
+    for s in resumed:
+        assert resumed[s] == pytest.approx(ref[s], abs=1e-6)
+    a = load_file(Path(cfg.run.run_dir) / "final" / "model.safetensors")
+    b = load_file(Path(cfg_b.run.run_dir) / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_that_cannot_apply_is_refused_naming_the_key():
+    from gr_train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"reranker\.lora_targets=\['nowhere'\]"):
+        tiny(lora_rank=4, lora_targets=["nowhere"])
+    with pytest.raises(ConfigError, match=r"reranker\.lora_targets=\['norm'\]: module model\.norm"):
+        tiny(lora_rank=4, lora_targets=["norm"])
+    with pytest.raises(ConfigError, match=r"reranker\.lora_rank: must be >= 0"):
+        load_config(None, ["reranker.lora_rank=-1"])
+    with pytest.raises(ConfigError, match=r"reranker\.lora_rank: LoRA runs on runtime\.engine=local"):
+        load_config(None, ["reranker.lora_rank=4", "runtime.engine=deepspeed"])
