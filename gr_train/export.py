@@ -1,12 +1,13 @@
 """Export a trained reranker as a self-contained HF folder with a model card (README.md).
 
 The folder loads with plain `transformers` (scoring recipe in the card, per kind), as a gr-train reranker
-(`Reranker.load`), and, for cross-encoders, with `sentence_transformers.CrossEncoder(folder)` giving the raw scores
-w. Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval FILE ...]`.
+(`Reranker.load`), and, for cross-encoders and causal_lm rerankers (a LogitScore head over the causal LM), with
+`sentence_transformers.CrossEncoder(folder)` giving the raw scores w. Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval FILE ...]`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from gr_train.checkpoint import param_checksum
 from gr_train.checks import UserError
 from gr_train.config import RunConfig, load_config, save_config
 from gr_train.data import DataError
+from gr_train.inputs import RERANK_TEMPLATE_MARK
 from gr_train.objectives import OBJECTIVES
 from gr_train.reranker import SETTINGS_FILE, Reranker
 
@@ -148,9 +150,13 @@ def export_reranker(reranker: Reranker, out_dir: str | Path, cfg: RunConfig,
         evaluation: {row name: evaluate() result} for the card's table; None or {} = "not evaluated".
         step: {"step": optimizer steps done, "world_size": ranks} from the checkpoint; None = train.max_steps.
         source: where the reranker came from (Markdown), recorded in the card.
-    Returns: out_dir. Two files differ from `Reranker.save`: the tokenizer's model_max_length is
+    Returns: out_dir. Files that differ from `Reranker.save`: the tokenizer's model_max_length is
     reranker.max_tokens (so tokenizers and CrossEncoder truncate like gr-train), and a cross-encoder's
-    config.json names the Identity activation for sentence-transformers.
+    config.json names the Identity activation for sentence-transformers. A causal_lm reranker's folder also gets a
+    chat template that renders the messages [{"role": "query"}, {"role": "document"}] as its training prompt (other
+    conversations as the model's own template did) and the sentence-transformers module files (modules.json,
+    sentence_bert_config.json, config_sentence_transformers.json with the Identity activation, 1_LogitScore/: the
+    yes and no token ids), so `CrossEncoder(folder).predict(pairs)` returns w (sentence-transformers 6.x).
     """
     out_dir = Path(out_dir)
     src = reranker.cfg.name_or_path
@@ -162,9 +168,60 @@ def export_reranker(reranker: Reranker, out_dir: str | Path, cfg: RunConfig,
         st = getattr(reranker.model.config, "sentence_transformers", None) or {}
         _update_json(out_dir / "config.json",
                      {"sentence_transformers": {**st, "activation_fn": CROSS_ENCODER_ACTIVATION}})
+    if reranker.kind == "causal_lm":
+        tokenizer = copy.deepcopy(reranker.tokenizer)
+        tokenizer.chat_template = causal_lm_chat_template(reranker)
+        tokenizer.save_pretrained(out_dir)
+        _update_json(out_dir / "tokenizer_config.json", {"model_max_length": reranker.cfg.max_tokens})
+        _write_logit_score_modules(reranker, out_dir)
     save_config(cfg, out_dir / CONFIG_FILE)
     (out_dir / CARD_FILE).write_text(model_card(reranker, out_dir, cfg, evaluation or {}, step, source))
     return out_dir
+
+
+def causal_lm_chat_template(reranker: Reranker) -> str:
+    """A Jinja chat template that renders [{"role": "query", "content": q}, {"role": "document", "content": d}]
+    (sentence-transformers' CrossEncoder maps a pair to these roles) as the reranker's training prompt, prefix + q +
+    middle + d + suffix (inputs.rerank_prompt_parts), with no generation prompt; any other conversation as the
+    tokenizer's own template (none: nothing). Marked with inputs.RERANK_TEMPLATE_MARK, so a gr-train reranker
+    loaded from the folder reads its prompt back from it."""
+    prefix, middle, suffix = (json.dumps(part, ensure_ascii=False) for part in reranker.inputs.parts)
+    original = reranker.tokenizer.chat_template or ""
+    return (
+        f"{{#- {RERANK_TEMPLATE_MARK}: pairs as roles query and document (sentence-transformers CrossEncoder) -#}}\n"
+        "{%- macro text(m) -%}{%- if m.content is string -%}{{ m.content }}{%- else -%}"
+        "{{ m.content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') }}"
+        "{%- endif -%}{%- endmacro -%}\n"
+        "{%- set q = messages | selectattr('role', 'equalto', 'query') | list -%}\n"
+        "{%- set d = messages | selectattr('role', 'equalto', 'document') | list -%}\n"
+        f"{{%- if q and d -%}}{{{{ {prefix} }}}}{{{{ text(q[0]) }}}}{{{{ {middle} }}}}{{{{ text(d[0]) }}}}"
+        f"{{{{ {suffix} }}}}{{%- else -%}}{original}{{%- endif -%}}"
+    )
+
+
+def _write_logit_score_modules(reranker: Reranker, out_dir: Path) -> None:
+    """sentence-transformers 6.x module files: the causal LM (Transformer, text-generation, logits of the last
+    position) then LogitScore(yes id, no id) = logit(yes) - logit(no), with the Identity activation (the layout
+    CrossEncoder.save writes for such a model)."""
+    (out_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_LogitScore",
+         "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"},
+    ], indent=2) + "\n")
+    forward = {"method": "forward", "method_output_name": "logits"}
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps({
+        "transformer_task": "text-generation",
+        "modality_config": {"text": forward, "message": {**forward, "format": "flat"}},
+        "module_output_name": "causal_logits",
+    }, indent=2) + "\n")
+    (out_dir / "config_sentence_transformers.json").write_text(json.dumps({
+        "activation_fn": CROSS_ENCODER_ACTIVATION, "default_prompt_name": None, "model_type": "CrossEncoder",
+        "prompts": {},
+    }, indent=2) + "\n")
+    (out_dir / "1_LogitScore").mkdir(exist_ok=True)
+    (out_dir / "1_LogitScore" / "config.json").write_text(json.dumps({
+        "true_token_id": reranker.yes_id, "false_token_id": reranker.no_id, "module_input_name": "causal_logits",
+    }, indent=2) + "\n")
 
 
 def _update_json(path: Path, updates: dict[str, Any]) -> None:
@@ -180,11 +237,11 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
     masked = OBJECTIVES[objective].needs_noise  # trained through the relaxed top-k mask: G-Rerank
     base = cfg.reranker.name_or_path
     front: dict[str, Any] = {
-        "library_name": "sentence-transformers" if kind == "cross_encoder" else "transformers",
+        "library_name": "sentence-transformers" if kind in ("cross_encoder", "causal_lm") else "transformers",
         "tags": ["gr-train", "reranker", "rag", kind.replace("_", "-"),
                  *(["gumbel-reranking"] if masked else [])],
     }
-    if kind == "cross_encoder":
+    if kind in ("cross_encoder", "causal_lm"):
         front["pipeline_tag"] = "text-ranking"
     if base and not Path(base).exists():  # a hub id (a local folder is no valid base_model)
         front["base_model"] = base
@@ -227,6 +284,14 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
         "With plain `transformers` (reproduces gr-train's `Reranker.score` to float rounding):", "",
         "```python", _transformers_snippet(reranker, out_dir), "```",
     ]
+    if kind == "causal_lm":
+        lines += [
+            "", "With `sentence-transformers` (6.x: the causal LM with a `LogitScore` head, logit(yes) - logit(no) at "
+            "the last token; the folder's chat template renders each pair as the training prompt; "
+            "`config_sentence_transformers.json` sets the Identity activation, so `predict` returns w; pairs longer "
+            "than max tokens are cut differently from gr-train, which cuts the passage and keeps the template):", "",
+            "```python", _cross_encoder_snippet(out_dir), "```",
+        ]
     if kind == "cross_encoder":
         lines += [
             "", "With `sentence-transformers` (>= 4; `config.json` sets the Identity activation, so `predict` returns "
@@ -245,6 +310,10 @@ def _code(value: Any) -> str:
 def _score_rule(reranker: Reranker) -> str:
     if reranker.kind == "cross_encoder":
         return "w = logits[:, 0] of `AutoModelForSequenceClassification` (num_labels=1) on the pair (question, passage)"
+    if reranker.kind == "causal_lm":
+        return (f"w = logit(`{reranker.cfg.yes_token}`) - logit(`{reranker.cfg.no_token}`) of `AutoModelForCausalLM` "
+                "at the last token of the Qwen3-Reranker prompt (the folder's chat template with roles query and "
+                f"document; instruction: {reranker.cfg.instruction!r})")
     if reranker.kind == "rankt5":
         return (f"w = logit of `{reranker.cfg.score_token}` at the first decoder step of `AutoModelForSeq2SeqLM` on "
                 "`Query: {question} Document: {passage}`")
@@ -394,6 +463,27 @@ def _transformers_snippet(reranker: Reranker, out_dir: Path) -> str:
             "    with torch.no_grad():",
             "        logits = model(**enc, decoder_input_ids=start).logits  # [N, 1, V]: one decoder step",
             "    return logits[:, 0, score_token_id]",
+        ]
+    elif kind == "causal_lm":
+        head += [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'path = "{out_dir.resolve()}"',
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "model = AutoModelForCausalLM.from_pretrained(path).eval()",
+            f"yes_id, no_id = {reranker.yes_id}, {reranker.no_id}  # tokens {reranker.cfg.yes_token!r}, "
+            f"{reranker.cfg.no_token!r}", "",
+            "",
+            "def score(pairs):",
+            '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N], one pair at a time."""',
+            "    w = []",
+            "    for question, passage in pairs:",
+            '        messages = [{"role": "query", "content": question}, {"role": "document", "content": passage}]',
+            "        prompt = tokenizer.apply_chat_template(messages, tokenize=False)  # the training prompt",
+            '        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]',
+            "        with torch.no_grad():",
+            "            logits = model(input_ids=ids).logits[0, -1].float()",
+            "        w.append(logits[yes_id] - logits[no_id])",
+            "    return torch.stack(w)",
         ]
     else:
         head += [

@@ -247,3 +247,92 @@ def test_lora_that_cannot_apply_is_refused_naming_the_key():
         load_config(None, ["reranker.lora_rank=-1"])
     with pytest.raises(ConfigError, match=r"reranker\.lora_rank: LoRA runs on runtime\.engine=local"):
         load_config(None, ["reranker.lora_rank=4", "runtime.engine=deepspeed"])
+
+
+# -- export: sentence-transformers CrossEncoder with a LogitScore head, and plain transformers -------------------
+
+
+def spread(reranker: CausalLMReranker) -> CausalLMReranker:
+    """Move every trainable weight away from its initialisation (lora_B included), so that scores differ."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in reranker.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return reranker
+
+
+@pytest.fixture(scope="module")
+def llm_exports(tmp_path_factory):
+    """{name: (in-memory w [B*n], export folder)} for a chat-template reranker, a plain-prompt one and a LoRA one
+    (exported merged), plus the scores of every ```python block of each model card run in a fresh process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_export import SCORER, flat_pairs
+
+    from gr_train.config import load_config
+    from gr_train.export import export_reranker
+
+    root = tmp_path_factory.mktemp("llm_export")
+    rerankers = {"chat": spread(tiny(True)), "plain": spread(tiny(False, yes_token="answer")),
+                 "lora": spread(tiny(True, lora_rank=4, lora_targets=["q_proj", "v_proj"]))}
+    entries = {}
+    for name, reranker in rerankers.items():
+        assert reranker.tokenize(QUESTIONS, PASSAGES)["input_ids"].shape[-1] < reranker.cfg.max_tokens  # no cut
+        with torch.no_grad():
+            w = reranker.score(QUESTIONS, PASSAGES).flatten()
+        entries[name] = (w, export_reranker(reranker, root / name, load_config(None)))
+    jobs = {name: {"folder": str(folder), "pairs": flat_pairs(QUESTIONS, PASSAGES)}
+            for name, (_, folder) in entries.items()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SCORER, json.dumps(jobs)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"entries": entries, "fresh": fresh["scores"], "gr_train_imported": fresh["gr_train_imported"]}
+
+
+@pytest.mark.parametrize("name", ["chat", "plain", "lora"])
+def test_the_cards_transformers_and_cross_encoder_code_score_as_training_did(llm_exports, name):
+    """Block 0: plain transformers (AutoModelForCausalLM, the folder's chat template); block 1:
+    sentence_transformers.CrossEncoder(folder).predict, its LogitScore head, raw w (Identity activation)."""
+    w, _ = llm_exports["entries"][name]
+    fresh = llm_exports["fresh"][name]
+    assert not llm_exports["gr_train_imported"]
+    assert len(fresh) == 2 and w.std() > 1e-2
+    torch.testing.assert_close(torch.tensor(fresh[0]), w, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(fresh[1]), w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["chat", "plain", "lora"])
+def test_the_export_loads_as_a_plain_causal_lm_and_as_a_gr_train_reranker(llm_exports, name):
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from gr_train.reranker import Reranker
+
+    w, folder = llm_exports["entries"][name]
+    assert not any("lora_" in k for k in load_file(folder / "model.safetensors"))
+    AutoModelForCausalLM.from_pretrained(folder)
+    assert json.loads((folder / "1_LogitScore" / "config.json").read_text())["true_token_id"] == (
+        Reranker.load(folder).yes_id)
+    with torch.no_grad():
+        torch.testing.assert_close(Reranker.load(folder).score(QUESTIONS, PASSAGES).flatten(), w, rtol=0, atol=1e-5)
+    card = (folder / "README.md").read_text()
+    assert "pipeline_tag: text-ranking" in card and "logit(`" in card
+
+
+def test_the_exported_template_keeps_the_models_own_chat_rendering(llm_exports):
+    from transformers import AutoTokenizer
+
+    _, folder = llm_exports["entries"]["chat"]
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "who wrote hamlet"}]
+    exported = AutoTokenizer.from_pretrained(folder).apply_chat_template(chat, add_generation_prompt=True,
+                                                                         tokenize=False)
+    assert exported == tokenizer().apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
