@@ -447,8 +447,9 @@ def print_results(cfg: RunConfig, results: dict) -> None:
 
 def score_exported(folder: str | Path, pairs: list[tuple[str, str]]) -> tuple[list[float], str]:
     """Scores w of (question, passage) pairs from an exported folder with plain transformers, as its model card
-    says: CrossEncoder(folder).predict for a cross-encoder, the mean-pooled cosine x score_scale of AutoModel for a
-    bi-encoder, the score token's first-step logit of AutoModelForSeq2SeqLM for RankT5. Returns (w, loader)."""
+    says: CrossEncoder(folder).predict for a cross-encoder and a causal_lm reranker (its LogitScore head), the
+    mean-pooled cosine x score_scale of AutoModel for a bi-encoder, the score token's first-step logit of
+    AutoModelForSeq2SeqLM for RankT5. Returns (w, loader)."""
     import torch
     from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -457,7 +458,7 @@ def score_exported(folder: str | Path, pairs: list[tuple[str, str]]) -> tuple[li
     folder = Path(folder)
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     kind, max_tokens = settings["kind"], settings["max_tokens"]
-    if kind == "cross_encoder":
+    if kind in ("cross_encoder", "causal_lm"):
         from sentence_transformers import CrossEncoder
 
         model = CrossEncoder(str(folder), max_length=max_tokens)

@@ -336,3 +336,14 @@ def test_the_exported_template_keeps_the_models_own_chat_rendering(llm_exports):
     exported = AutoTokenizer.from_pretrained(folder).apply_chat_template(chat, add_generation_prompt=True,
                                                                          tokenize=False)
     assert exported == tokenizer().apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+
+def test_the_demos_export_check_scores_a_causal_lm_export_with_cross_encoder(llm_exports):
+    from test_export import flat_pairs
+
+    from gr_train.demo import score_exported
+
+    w, folder = llm_exports["entries"]["chat"]
+    scores, loader = score_exported(folder, [tuple(p) for p in flat_pairs(QUESTIONS, PASSAGES)])
+    assert loader == "sentence_transformers.CrossEncoder"
+    torch.testing.assert_close(torch.tensor(scores), w, rtol=0, atol=1e-5)
