@@ -347,3 +347,15 @@ def test_the_demos_export_check_scores_a_causal_lm_export_with_cross_encoder(llm
     scores, loader = score_exported(folder, [tuple(p) for p in flat_pairs(QUESTIONS, PASSAGES)])
     assert loader == "sentence_transformers.CrossEncoder"
     torch.testing.assert_close(torch.tensor(scores), w, rtol=0, atol=1e-5)
+
+
+def test_the_input_builder_alone_tokenizes_as_the_reranker():
+    """models.build_inputs (Ray preprocessing) builds the causal_lm inputs without the model: the same ids."""
+    from gr_train.reranker import build_reranker_inputs
+
+    reranker = tiny(instruction="find it")
+    alone = build_reranker_inputs(reranker.cfg, tokenizer())
+    for key, value in reranker.tokenize(QUESTIONS, PASSAGES).items():
+        assert torch.equal(alone.tokenize(QUESTIONS, PASSAGES)[key], value)
+    with pytest.raises(ValueError, match=r"reranker\.yes_token: 'yes please'"):
+        build_reranker_inputs(dataclasses.replace(reranker.cfg, yes_token="yes please"), tokenizer())
