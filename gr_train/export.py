@@ -249,7 +249,7 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
         f" with `reranker.model_config` {_code(cfg.reranker.model_config)}" if cfg.reranker.model_config else "")
     base_cell = f"`{base}`" if base else scratch
     n_params = sum(p.numel() for p in reranker.model.parameters())
-    per = "text" if kind == "bi_encoder" else "input"
+    per = {"bi_encoder": "text", "causal_lm": "prompt"}.get(kind, "input")
     reader = f"`{cfg.reader.name_or_path}`" if cfg.reader.name_or_path else "(random init from `reader.model_config`)"
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
@@ -262,7 +262,7 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
         f"| reranker kind | `{kind}`: {_score_rule(reranker)} |",
         f"| base model | {base_cell} |",
         f"| architecture | `{type(reranker.model).__name__}`, {n_params:,} parameters |",
-        f"| max tokens | {rcfg.max_tokens} per {per} (longer inputs are truncated) |",
+        f"| max tokens | {rcfg.max_tokens} per {per} ({_cut_rule(kind)}) |",
         "| passage text | `title + \" \" + text` (just the text when there is no title) |",
         *([f"| exported from | {source} |"] if source else []),
         "", "## Training", "",
@@ -301,6 +301,12 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
     lines += ["", f"With gr-train: `Reranker.load(path).score(questions, passages)` → w: [B, n]. The full training "
               f"config is in `{CONFIG_FILE}`, the scoring settings in `{SETTINGS_FILE}`.", ""]
     return "\n".join(lines)
+
+
+def _cut_rule(kind: str) -> str:
+    if kind == "causal_lm":  # inputs.CausalLMRerankerInputs
+        return "a longer prompt is made again with its passage cut from the end, the template kept whole"
+    return "longer inputs are truncated"
 
 
 def _code(value: Any) -> str:
@@ -474,7 +480,8 @@ def _transformers_snippet(reranker: Reranker, out_dir: Path) -> str:
             f"{reranker.cfg.no_token!r}", "",
             "",
             "def score(pairs):",
-            '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N], one pair at a time."""',
+            '    """pairs: [(question, passage)], passage = title + " " + text, each prompt within max tokens (gr-train '
+            'cuts a longer one\'s passage). Returns w: [N], one pair at a time."""',
             "    w = []",
             "    for question, passage in pairs:",
             '        messages = [{"role": "query", "content": question}, {"role": "document", "content": passage}]',
