@@ -6,8 +6,9 @@ Two stages, called by cli.py (and by compare.run_compare for `compare` and `suit
   model paths that do not exist or name a run folder, missing data paths.
 - `check_data(cfg, splits)`: the data against the config: candidate counts against gumbel.k / eval.ks /
   eval.reader_k / data.n_candidates, the training questions without an answer-bearing candidate
-  (data.max_no_answer_fraction, data.drop_no_answer), gold labels for evaluation, and a sample of the data through the reader's and
-  the reranker's tokenizers (share of unknown tokens, the demo reader's decoder length) before any model runs.
+  (data.max_no_answer_fraction, data.drop_no_answer), gold labels for evaluation, and a sample of the data through
+  the reader's and the reranker's tokenizers (share of unknown tokens, the demo reader's decoder length) before any
+  model runs.
 
 `USER_ERRORS` are the exceptions cli.main turns into one `gr-train: error: ...` line (exit code 2, no traceback).
 """
@@ -296,8 +297,9 @@ def check_answer_candidates(cfg: RunConfig, path: str, records: list[Record]) ->
                     NO_ANSWER_FIX)
     if cfg.data.drop_no_answer and counts["no_answer"] == counts["questions"]:
         raise ConfigError(f"data.drop_no_answer=true: every question of {path} ({counts['questions']}) has no "
-                          f"answer-bearing candidate among its first {n}, so none would be left to train on: retrieve more "
-                          "candidates (data.n_candidates, retrieval.top_k) or with another retriever (retrieval.kind)")
+                          f"answer-bearing candidate among its first {n}, so none would be left to train on: retrieve "
+                          "more candidates (data.n_candidates, retrieval.top_k) or with another retriever "
+                          "(retrieval.kind)")
     return counts
 
 

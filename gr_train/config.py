@@ -543,8 +543,8 @@ def validate(cfg: RunConfig) -> None:
     if rr.lora_rank < 0:
         raise ConfigError(f"reranker.lora_rank: must be >= 0 (0 = off), got {rr.lora_rank}")
     if rr.lora_rank and cfg.runtime.engine == "deepspeed":
-        raise ConfigError("reranker.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 train the full reranker, "
-                          "reranker.lora_rank=0)")
+        raise ConfigError("reranker.lora_rank: LoRA runs on runtime.engine=local (under ZeRO-3 train the full "
+                          "reranker, reranker.lora_rank=0)")
     rd = cfg.reader
     if rd.prompt != "plain" and rd.kind != "causal_lm":
         raise ConfigError(f"reader.prompt: {rd.prompt} is for reader.kind=causal_lm (got {rd.kind}); use plain")

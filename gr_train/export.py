@@ -2,7 +2,8 @@
 
 The folder loads with plain `transformers` (scoring recipe in the card, per kind), as a gr-train reranker
 (`Reranker.load`), and, for cross-encoders and causal_lm rerankers (a LogitScore head over the causal LM), with
-`sentence_transformers.CrossEncoder(folder)` giving the raw scores w. Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval FILE ...]`.
+`sentence_transformers.CrossEncoder(folder)` giving the raw scores w.
+Run: `gr-train export --run-dir RUN [--checkpoint final] --output DIR [--eval FILE ...]`.
 """
 
 from __future__ import annotations

@@ -65,14 +65,14 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     t1 = time.perf_counter()
     w = reranker(batch.reranker_inputs)  # [B, n]
     tau, kappa = gumbel.gumbel_tau_kappa(cfg, step)
-    g, k = cfg.gumbel, cfg.gumbel.k
+    g, k, samples = cfg.gumbel, cfg.gumbel.k, cfg.gumbel.sample_count()
     w_in = gumbel.spread_normalized(w, batch.valid) if g.kappa_relative else w
     masks = [gumbel.training_mask(g.estimator, w_in, k, tau, kappa, g.noise, batch.valid,
-                                  None if noise is None else noise[s * k : (s + 1) * k]) for s in range(g.sample_count())]
+                                  None if noise is None else noise[s * k : (s + 1) * k]) for s in range(samples)]
     t2 = time.perf_counter()
     smooth = g.estimator in gumbel.SMOOTH_LOG
     loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(M, g.eps, batch.valid, smooth)).mean()
-               for M in masks) / g.sample_count()
+               for M in masks) / samples
     t3 = time.perf_counter()
     M = masks[0]
     with torch.no_grad():

@@ -140,7 +140,8 @@ def test_a_setting_changed_on_resume_applies_and_is_logged_and_the_saved_config_
 
     with pytest.raises(Interrupt):
         train.main(cfg, resume=False, on_step=crash)
-    cfg = tiny_cfg(tmp_path, "train.save_every_steps=3", "optim.lr_schedule=linear", "optim.warmup_steps=0", "optim.lr=2e-3")
+    cfg = tiny_cfg(tmp_path, "train.save_every_steps=3", "optim.lr_schedule=linear", "optim.warmup_steps=0",
+                   "optim.lr=2e-3")
     with caplog.at_level("WARNING", logger="gr_train.train"):
         recipe = train.setup(cfg, resume=True)
     assert recipe.start_step == 3
