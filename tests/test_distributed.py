@@ -440,3 +440,38 @@ def test_conditional_selection_trains_under_zero3_on_two_ranks_and_resumes_exact
     assert a.cfg.conditional and b.cfg.conditional
     for key, value in a.state_dict().items():
         assert torch.allclose(b.state_dict()[key], value, atol=1e-6), key
+
+
+def test_a_causal_lm_reranker_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
+    """An LLM reranker (reranker.kind=causal_lm, yes/no log-odds, a tiny Llama trained whole: LoRA runs on the local
+    engine) on 2 ZeRO-3 ranks: SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's
+    losses and ends with its final weights."""
+    from gr_train.data import load_records
+    from gr_train.reranker import Reranker, build_word_tokenizer
+
+    records = load_records(data / "train.jsonl") + load_records(data / "dev.jsonl")
+    texts = [r.question for r in records] + [c.text for r in records for c in r.ctxs] + ["yes no"]
+    build_word_tokenizer(texts).save_pretrained(tmp_path / "tokenizer")
+    extra = ("reranker.kind=causal_lm", f"reranker.tokenizer_path={tmp_path / 'tokenizer'}",
+             "reranker.max_tokens=160", "reranker.model_config={num_hidden_layers: 1}", "train.max_steps=4")
+    ports = free_ports(2)
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    launch(torchrun(2, int(ports[0]), str(DRIVER), "--out", str(whole), "--no-resume", "--config",
+                    "configs/demo.yaml", *overrides(data, whole / "run", *extra)), tmp_path / "whole.log")
+    ref = losses(whole)
+    assert sorted(ref) == [0, 1, 2, 3] and all(math.isfinite(v) for v in ref.values())
+    rc = launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted), "--no-resume", "--kill-after-step",
+                         "2", "--config", "configs/demo.yaml", *overrides(data, parted / "run", *extra)),
+                tmp_path / "killed.log", expect_ok=False)
+    assert rc != 0 and [p.name for p in checkpoint.list_checkpoints(parted / "run")] == ["step-000002"]
+    launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted / "again"), "--config", "configs/demo.yaml",
+                    *overrides(data, parted / "run", *extra)), tmp_path / "resumed.log")
+    got = losses(parted / "again")
+    assert sorted(got) == [2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
+    a = Reranker.load(whole / "run" / "final" / "reranker")
+    b = Reranker.load(parted / "run" / "final" / "reranker")
+    assert a.kind == b.kind == "causal_lm"
+    for key, value in a.state_dict().items():
+        assert torch.allclose(b.state_dict()[key], value, atol=1e-6), key
