@@ -1,4 +1,4 @@
-"""The real-model recipes (configs/rankt5_*.yaml, configs/bge_*.yaml): each loads, builds its reader and reranker
+"""The real-model recipes (configs/rankt5_*.yaml, configs/bge_*.yaml, configs/qwen3_reranker_llama.yaml): each loads, builds its reader and reranker
 as tiny random models of the same architectures, runs one G-Rerank step through the recipe's setup, and names in
 its header only launch files, entrypoints, configs and overrides that exist.
 
@@ -19,7 +19,8 @@ from gr_train.config import load_config
 from gr_train.reranker import build_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ["rankt5_fid_large.yaml", "bge_fid_large.yaml", "rankt5_llama.yaml", "bge_llama.yaml"]
+RECIPES = ["rankt5_fid_large.yaml", "bge_fid_large.yaml", "rankt5_llama.yaml", "bge_llama.yaml",
+           "qwen3_reranker_llama.yaml"]
 
 # What each model a recipe names is, as (HF class, the same architecture at tiny sizes). A recipe that switches to
 # a model not listed here fails until its architecture is added.
@@ -33,6 +34,11 @@ ARCHITECTURES = {
     "Soyoung97/RankT5-base": ("T5ForConditionalGeneration",
                               dict(model_type="t5", d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                                    num_heads=4)),
+    # Qwen3-Reranker-0.6B: a Qwen3 causal LM (grouped-query attention, head_dim apart from hidden / heads, tied)
+    "Qwen/Qwen3-Reranker-0.6B": ("Qwen3ForCausalLM",
+                                 dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      tie_word_embeddings=True, max_position_embeddings=512)),
     # bge-reranker-base: one token type and 514 positions (2 + 512), as XLM-R
     "BAAI/bge-reranker-base": ("XLMRobertaForSequenceClassification",
                                dict(model_type="xlm-roberta", hidden_size=32, num_hidden_layers=2,
@@ -60,6 +66,7 @@ def reranker_tokenizer(kind: str, data: Path, out: Path) -> Path:
     (with RankT5's <extra_id_10>) for rankt5; for XLM-R, pairs without token type ids (it has one type)."""
     records = [json.loads(line) for line in data.read_text().splitlines()]
     texts = [r["question"] for r in records] + [f"{c['title']} {c['text']}" for r in records for c in r["ctxs"]]
+    texts += ["yes no"] if kind == "causal_lm" else []  # the LLM reranker's answer tokens
     tokenizer = build_word_tokenizer(texts, "t5" if kind == "rankt5" else "bert")
     if kind == "cross_encoder":
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
