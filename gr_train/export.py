@@ -293,6 +293,12 @@ def model_card(reranker: Reranker, out_dir: Path, cfg: RunConfig, evaluation: di
             "than max tokens are cut differently from gr-train, which cuts the passage and keeps the template):", "",
             "```python", _cross_encoder_snippet(out_dir), "```",
         ]
+    if kind == "bi_encoder":
+        lines += [
+            "", "With `sentence-transformers` (`SentenceTransformer(folder)` builds the same mean pooling over the last "
+            "hidden states; w = score_scale * cos):", "",
+            "```python", _sentence_transformer_snippet(reranker, out_dir), "```",
+        ]
     if kind == "cross_encoder":
         lines += [
             "", "With `sentence-transformers` (>= 4; `config.json` sets the Identity activation, so `predict` returns "
@@ -519,6 +525,23 @@ def _transformers_snippet(reranker: Reranker, out_dir: Path) -> str:
 
 
 _EXAMPLE = [("who wrote hamlet", "Hamlet Hamlet is a tragedy written by William Shakespeare")]
+
+
+def _sentence_transformer_snippet(reranker: Reranker, out_dir: Path) -> str:
+    return "\n".join([
+        "import torch",
+        "from sentence_transformers import SentenceTransformer", "",
+        f'model = SentenceTransformer("{out_dir.resolve()}")  # no modules.json: mean pooling, as in training',
+        f"model.max_seq_length = {reranker.cfg.max_tokens}", "",
+        "",
+        "def score(pairs):",
+        '    """pairs: [(question, passage)], passage = title + " " + text. Returns w: [N]."""',
+        "    q = model.encode([q for q, _ in pairs], convert_to_tensor=True)",
+        "    p = model.encode([p for _, p in pairs], convert_to_tensor=True)",
+        f"    return {reranker.cfg.score_scale!r} * torch.nn.functional.cosine_similarity(q, p)",
+        "", "",
+        f"print(score({_EXAMPLE!r}))",
+    ])
 
 
 def _cross_encoder_snippet(out_dir: Path) -> str:

@@ -142,7 +142,7 @@ def test_fresh_process_with_plain_transformers_scores_like_the_reranker(exports,
     w, pairs, _ = exports["entries"][name]
     fresh = exports["fresh"][name]
     assert not exports["gr_train_imported"]  # the export alone, not gr-train's code
-    assert len(fresh) == (2 if name in ("cross_encoder", "run") else 1)
+    assert len(fresh) == (2 if name in ("cross_encoder", "run", "bi_encoder") else 1)
     # Scores that differ across pairs (a card recipe that ignored the passage would fail below).
     assert w.std() > 1e-2
     torch.testing.assert_close(torch.tensor(fresh[0]), w, rtol=0, atol=1e-5)
@@ -157,6 +157,13 @@ def test_sentence_transformers_cross_encoder_gives_the_raw_scores(exports, name)
     ce = torch.tensor(exports["fresh"][name][1])
     torch.testing.assert_close(ce, w, rtol=0, atol=1e-5)
     assert (torch.sigmoid(w) - w).abs().max() > 0.1
+
+
+def test_sentence_transformer_loads_a_bi_encoder_export_and_scores_as_training_did(exports):
+    """The bi-encoder card's SentenceTransformer(folder) recipe (mean pooling built by sentence-transformers, w =
+    score_scale * cos) gives the training scores to 1e-5."""
+    w, _, _ = exports["entries"]["bi_encoder"]
+    torch.testing.assert_close(torch.tensor(exports["fresh"]["bi_encoder"][1]), w, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
