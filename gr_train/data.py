@@ -758,6 +758,13 @@ def detect_item_format(obj: Any, path: str | os.PathLike, where: str, *, questio
         return "2wiki" if "evidences" in keys else "hotpotqa"
     if questions and "question" in keys:
         return "fid"
+    if "question" in keys:
+        raise DataError(
+            path, f"a question without candidates (keys {sorted(keys)[:10]}): training and evaluation read each "
+            "question with its candidate passages, as FiD records with 'ctxs' (README, \"Data format\"); retrieve them "
+            "from your corpus (ray_jobs.build_index, then ray_jobs.preprocess: README, \"Data preprocessing with "
+            "Ray\"), or convert HotpotQA / 2Wiki / MuSiQue files with their paragraphs (gr-train convert)",
+            where=where)
     raise DataError(
         path,
         "cannot detect the format: expected a key 'ctxs' (fid), 'paragraphs' (musique) or 'context' "

@@ -582,3 +582,15 @@ def test_bytes_that_are_not_utf8_name_the_line_and_the_record(tmp_path):
     path.write_bytes(b'[{"id": "a", "question": "q", "answers": ["x"],\n "ctxs": [{"text": "\xff"}]}]')
     with pytest.raises(DataError, match=r"d\.jsonl line 2: not UTF-8 text: byte\(s\) ff at column 21"):
         load_records(path)
+
+
+def test_a_question_file_without_candidates_names_what_is_missing_and_how_to_get_it(tmp_path):
+    """A raw QA file (question and answers, no candidates) as training data: the error says the records need their
+    candidate passages and names the two ways to get them, instead of 'cannot detect the format'."""
+    path = tmp_path / "raw.jsonl"
+    path.write_text(json.dumps({"id": "a", "question": "who?", "answers": ["x"]}) + "\n")
+    with pytest.raises(DataError) as raised:
+        load_any(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path} line 1: a question without candidates")
+    assert "'ctxs'" in message and "ray_jobs.preprocess" in message and "gr-train convert" in message
