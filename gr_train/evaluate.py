@@ -238,8 +238,8 @@ def answer_recall(records, scores: list[torch.Tensor], ks: list[int],
                   mode: str = "typographic") -> dict[str, list[float]]:
     """Answer recall@k per question (DPR's top-k retrieval accuracy): 1 when a passage among the top k of the scores
     contains an answer string (has_answer; computed by data.has_answer, normalisation `mode`, where the file leaves it
-    unset), else 0; NaN
-    for yes/no questions (no answer span). Needs no relevance labels. → {"answer_recall@k": [one per record]}."""
+    unset), else 0; NaN for yes/no questions (no answer span). Needs no relevance labels.
+    → {"answer_recall@k": [one per record]}."""
     out = {f"answer_recall@{k}": [] for k in ks}
     for rec, s in zip(records, scores):
         contains = [p.has_answer if p.has_answer is not None else has_answer(f"{p.title} {p.text}", rec.answers, mode)
