@@ -157,7 +157,7 @@ class RerankerSection:
     # followed by the passages chosen before it (selection.py; multi-hop dense retrieval's query); step 1 is the
     # plain reranker. false: one independent score per passage, top-k
     conditional: bool = False
-    # tokens of a conditioned question (bi_encoder) or of a conditioned pair (cross_encoder, rankt5); 0 = 2 * max_tokens
+    # tokens of a conditioned question (bi_encoder) or pair (cross_encoder, rankt5, causal_lm); 0 = 2 * max_tokens
     conditional_max_tokens: int = 0
 
     def condition_tokens(self) -> int:

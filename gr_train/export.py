@@ -382,7 +382,8 @@ def _objective_rows(cfg: RunConfig) -> list[str]:
         return rows + [SETTING_ROWS[key](cfg.objective) for key in objective.settings]
     return [
         f"| estimator | {g.estimator} (`gumbel.estimator`: {ESTIMATOR_CARD[g.estimator]}"
-        + ("" if g.sample_count() == 1 else f"; {g.sample_count()} masks per question per step, `gumbel.samples`")
+        + ("" if g.sample_count() == 1 else f"; {g.sample_count()} "
+           f"{'sampled sets' if g.estimator == 'score_function' else 'masks'} per question per step, `gumbel.samples`")
         + ") |",
         f"| k | {g.k} (`gumbel.k`: passages of the training mask; hard top-k at inference"
         + (f"; the reader got the top-{reader_k} at evaluation" if reader_k != g.k else "") + ") |",
