@@ -671,7 +671,7 @@ def test_a_shard_is_written_atomically_and_a_retried_batch_rewrites_it(tmp_path,
     assert preprocess.write_shard(table, str(tmp_path)) == {"file": "part-000000007.parquet", "rows": 2}
     assert pq.read_table(tmp_path / "part-000000007.parquet").equals(table)
 
-    def crash(table, where):
+    def crash(table, where, **options):  # options: write_shard's row_group_size
         Path(where).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
