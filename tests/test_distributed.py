@@ -411,35 +411,45 @@ def test_ray_job_submit_runs_the_training_job(data, tmp_path):
     check_logged_run(scalars(run_dir), 2, 0, 2)
 
 
-def test_conditional_selection_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
-    """A conditional bi-encoder (reranker.conditional) trained by the score-function estimator on 2 ZeRO-3 ranks:
-    SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's losses and ends with its
-    final weights."""
-    extra = ("reranker.kind=bi_encoder", "reranker.conditional=true", "gumbel.estimator=score_function",
-             "gumbel.samples=2", "gumbel.kappa=1.0", "train.max_steps=4")
+def kill_resume_and_compare(data: Path, tmp_path: Path, extra: tuple[str, ...]):
+    """A 4-step run of the demo config with `extra` on 2 ZeRO-3 ranks, uninterrupted; the same run SIGKILLed after
+    its step-2 checkpoint and resumed: the resumed steps' losses equal the uninterrupted ones to 1e-6 and both end
+    with the same reranker weights (1e-6). Returns the two final rerankers."""
+    from gr_train.reranker import Reranker
+
     ports = free_ports(2)
     whole, parted = tmp_path / "whole", tmp_path / "parted"
     launch(torchrun(2, int(ports[0]), str(DRIVER), "--out", str(whole), "--no-resume", "--config",
-                    "configs/demo.yaml", *overrides(data, whole / "run", *extra)), tmp_path / "whole.log")
+                    "configs/demo.yaml", *overrides(data, whole / "run", *extra, "train.max_steps=4")),
+           tmp_path / "whole.log")
     ref = losses(whole)
     assert sorted(ref) == [0, 1, 2, 3] and all(math.isfinite(v) for v in ref.values())
     rc = launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted), "--no-resume", "--kill-after-step",
-                         "2", "--config", "configs/demo.yaml", *overrides(data, parted / "run", *extra)),
+                         "2", "--config", "configs/demo.yaml", *overrides(data, parted / "run", *extra,
+                                                                          "train.max_steps=4")),
                 tmp_path / "killed.log", expect_ok=False)
     assert rc != 0 and [p.name for p in checkpoint.list_checkpoints(parted / "run")] == ["step-000002"]
     launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted / "again"), "--config", "configs/demo.yaml",
-                    *overrides(data, parted / "run", *extra)), tmp_path / "resumed.log")
+                    *overrides(data, parted / "run", *extra, "train.max_steps=4")), tmp_path / "resumed.log")
     got = losses(parted / "again")
     assert sorted(got) == [2, 3]
     for step in got:
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
-    from gr_train.reranker import Reranker
-
     a = Reranker.load(whole / "run" / "final" / "reranker")
     b = Reranker.load(parted / "run" / "final" / "reranker")
-    assert a.cfg.conditional and b.cfg.conditional
     for key, value in a.state_dict().items():
         assert torch.allclose(b.state_dict()[key], value, atol=1e-6), key
+    return a, b
+
+
+def test_conditional_selection_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
+    """A conditional bi-encoder (reranker.conditional) trained by the score-function estimator on 2 ZeRO-3 ranks:
+    SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's losses and ends with its
+    final weights."""
+    a, b = kill_resume_and_compare(data, tmp_path, ("reranker.kind=bi_encoder", "reranker.conditional=true",
+                                                    "gumbel.estimator=score_function", "gumbel.samples=2",
+                                                    "gumbel.kappa=1.0"))
+    assert a.cfg.conditional and b.cfg.conditional
 
 
 def test_a_causal_lm_reranker_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
@@ -447,31 +457,12 @@ def test_a_causal_lm_reranker_trains_under_zero3_on_two_ranks_and_resumes_exactl
     engine) on 2 ZeRO-3 ranks: SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's
     losses and ends with its final weights."""
     from gr_train.data import load_records
-    from gr_train.reranker import Reranker, build_word_tokenizer
+    from gr_train.reranker import build_word_tokenizer
 
     records = load_records(data / "train.jsonl") + load_records(data / "dev.jsonl")
     texts = [r.question for r in records] + [c.text for r in records for c in r.ctxs] + ["yes no"]
     build_word_tokenizer(texts).save_pretrained(tmp_path / "tokenizer")
-    extra = ("reranker.kind=causal_lm", f"reranker.tokenizer_path={tmp_path / 'tokenizer'}",
-             "reranker.max_tokens=160", "reranker.model_config={num_hidden_layers: 1}", "train.max_steps=4")
-    ports = free_ports(2)
-    whole, parted = tmp_path / "whole", tmp_path / "parted"
-    launch(torchrun(2, int(ports[0]), str(DRIVER), "--out", str(whole), "--no-resume", "--config",
-                    "configs/demo.yaml", *overrides(data, whole / "run", *extra)), tmp_path / "whole.log")
-    ref = losses(whole)
-    assert sorted(ref) == [0, 1, 2, 3] and all(math.isfinite(v) for v in ref.values())
-    rc = launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted), "--no-resume", "--kill-after-step",
-                         "2", "--config", "configs/demo.yaml", *overrides(data, parted / "run", *extra)),
-                tmp_path / "killed.log", expect_ok=False)
-    assert rc != 0 and [p.name for p in checkpoint.list_checkpoints(parted / "run")] == ["step-000002"]
-    launch(torchrun(2, int(ports[1]), str(DRIVER), "--out", str(parted / "again"), "--config", "configs/demo.yaml",
-                    *overrides(data, parted / "run", *extra)), tmp_path / "resumed.log")
-    got = losses(parted / "again")
-    assert sorted(got) == [2, 3]
-    for step in got:
-        assert got[step] == pytest.approx(ref[step], abs=1e-6), step
-    a = Reranker.load(whole / "run" / "final" / "reranker")
-    b = Reranker.load(parted / "run" / "final" / "reranker")
+    a, b = kill_resume_and_compare(data, tmp_path, (
+        "reranker.kind=causal_lm", f"reranker.tokenizer_path={tmp_path / 'tokenizer'}", "reranker.max_tokens=160",
+        "reranker.model_config={num_hidden_layers: 1}"))
     assert a.kind == b.kind == "causal_lm"
-    for key, value in a.state_dict().items():
-        assert torch.allclose(b.state_dict()[key], value, atol=1e-6), key
