@@ -147,7 +147,7 @@ def test_conditioned_step_scores_a_question_followed_by_the_chosen_passages(kind
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_parameter_gets_a_finite_gradient_through_every_step(kind, tokenizers):
+def test_every_parameter_gets_a_finite_gradient_through_the_conditioned_step_alone(kind, tokenizers):
     reranker = make(kind, tokenizers, True).train()
     sel = selection.sample(scorer(reranker), torch.ones(2, 3, dtype=torch.bool), 2, kappa=1.0,
                            generator=torch.Generator().manual_seed(0))
