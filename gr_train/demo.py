@@ -125,7 +125,7 @@ def run(cfg: RunConfig, single_process: bool = False, use_ray: bool = True) -> d
 
     results = evaluate_and_train(cfg, ranks, nthreads, stages)
     tensorboard_summary(cfg, ranks, stages)
-    plot_dev_curves(cfg, stages)
+    plot_dev_curves(cfg, stages, results["untrained"])
     results["export"] = export(cfg, stages)
     results["stages_s"] = {**stages.seconds, "total": round(time.perf_counter() - t_start, 1)}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -353,9 +353,25 @@ def tensorboard_summary(cfg: RunConfig, ranks: int, stages: Stages) -> dict:
     return {"tags": len(tags), "world_size": world[0] if world else None}
 
 
-def plot_dev_curves(cfg: RunConfig, stages: Stages) -> Path:
+def dev_curve_points(cfg: RunConfig, untrained: dict) -> list[dict]:
+    """The points of dev_curves.png: step 0 from the untrained reranker's evaluation (stage 4: the same dev
+    questions, reader and hard top-k loss as a dev evaluation during training), then every dev evaluation the
+    training logged (tb/scalars.jsonl rows with eval/dev_loss_hard). Each point: {"step", "eval/recall@k",
+    "eval/recall@k_indirect", "eval/recall@k_direct", "eval/dev_loss_hard"} with k = gumbel.k."""
+    k = cfg.gumbel.k
+    ranking = untrained["ranking"]
+    start = {"step": 0, f"eval/recall@{k}": ranking["all"][f"recall@{k}"],
+             f"eval/recall@{k}_indirect": ranking["indirect"][f"recall@{k}"],
+             f"eval/recall@{k}_direct": ranking["direct"][f"recall@{k}"],
+             "eval/dev_loss_hard": untrained["loss"]["loss_hard"]}
+    logged = [r for r in read_scalars(Path(cfg.run.run_dir) / "tb" / "scalars.jsonl") if "eval/dev_loss_hard" in r]
+    return [start, *(r for r in logged if r["step"] > 0)]
+
+
+def plot_dev_curves(cfg: RunConfig, stages: Stages, untrained: dict) -> Path:
     """<run_dir>/dev_curves.png: dev recall@k (all / indirect / direct gold passages) and the label-free dev loss
-    (eval/dev_loss_hard: the frozen reader's answer loss with the hard top-k) at every dev evaluation."""
+    (eval/dev_loss_hard: the frozen reader's answer loss with the hard top-k) from step 0 (the untrained reranker,
+    `untrained`: its evaluate() result) through every dev evaluation of the training (dev_curve_points)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,7 +379,7 @@ def plot_dev_curves(cfg: RunConfig, stages: Stages) -> Path:
 
     run_dir = Path(cfg.run.run_dir)
     k = cfg.gumbel.k
-    rows = [r for r in read_scalars(run_dir / "tb" / "scalars.jsonl") if "eval/dev_loss_hard" in r]
+    rows = dev_curve_points(cfg, untrained)
     out = run_dir / "dev_curves.png"
     with stages.stage("plot", total=1, unit="png") as (bar, summary):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -381,7 +397,7 @@ def plot_dev_curves(cfg: RunConfig, stages: Stages) -> Path:
         fig.savefig(out, dpi=110)
         plt.close(fig)
         bar.update()
-        summary.append(f"{len(rows)} dev evaluations → {out}")
+        summary.append(f"step 0 and {len(rows) - 1} dev evaluations → {out}")
     return out
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gr_train import cli, synthetic
-from gr_train.config import ReaderSection, SyntheticSection
-from gr_train.demo import SHIPPED_READER
+from gr_train.config import ReaderSection, SyntheticSection, load_config
+from gr_train.demo import SHIPPED_READER, dev_curve_points
 from gr_train.models import build_reader
 from helpers import read_scalars
 
@@ -40,8 +40,16 @@ def test_demo_cli_writes_results_table_and_tensorboard(tmp_path, capsys):
     assert (run / "final" / "reranker").is_dir()
     assert results["config"]["ranks"] == 1 and results["config"]["train_path"].endswith("train.jsonl")
     assert (run / "dev_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The curve starts at step 0, the untrained reranker's evaluation; evaluate's hard top-k loss is the quantity
+    # the training's dev evaluations log (the trained reranker's equals the last logged one, at the final step).
+    points = dev_curve_points(load_config(run / "config.yaml"), results["untrained"])
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert points[0]["eval/recall@5_indirect"] == results["untrained"]["ranking"]["indirect"]["recall@5"]  # k=5
+    assert points[0]["eval/dev_loss_hard"] == results["untrained"]["loss"]["loss_hard"]
+    assert points[-1]["eval/dev_loss_hard"] == pytest.approx(results["trained"]["loss"]["loss_hard"], abs=1e-5)
     assert results["export"]["max_abs_diff"] <= 1e-5 and (run / "export" / "README.md").is_file()
     out = capsys.readouterr().out
+    assert "step 0 and 2 dev evaluations" in out
     assert "Reranker before/after G-Rerank" in out
     assert "[2/7] preprocess" in out and "skipped (--no-ray" in out
     for i, stage in enumerate(("generate", "train", "evaluate", "tensorboard", "plot", "export")):
