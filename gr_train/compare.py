@@ -115,7 +115,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
-    write_plot(out_dir / "compare.png", out_dir, objectives, seeds, plot_k(base), summary["rows"][UNTRAINED])
+    write_plot(out_dir / "compare.png", out_dir, objectives, seeds, plot_panels(plot_k(base)),
+               summary["rows"][UNTRAINED])
     return summary
 
 
@@ -463,29 +464,37 @@ def eval_curve(run_dir: Path, key: str) -> dict[int, float]:
     return curve
 
 
-def write_plot(path: Path, out_dir: Path, objectives: list[str], seeds: list[int], k: int, untrained: dict) -> None:
-    """compare.png: eval/recall@k (all, indirect) over steps, mean over seeds (band: ± std), one line per
-    objective; step 0 is the untrained reranker's value, shared by all objectives."""
+def plot_panels(k: int) -> list[tuple[str, str, str]]:
+    """compare.png's panels: (metric key of compare.json's rows, scalar of the runs' tb/scalars.jsonl, title)."""
+    return [(f"recall@{k}", f"eval/recall@{k}", f"dev recall@{k} (all gold)"),
+            (f"recall@{k}_indirect", f"eval/recall@{k}_indirect", f"dev recall@{k} (indirect gold)")]
+
+
+def write_plot(path: Path, out_dir: Path, objectives: list[str], seeds: list[int],
+               panels: list[tuple[str, str, str]], untrained: dict) -> None:
+    """compare.png: one panel per (metric, scalar, title) of plot_panels, the scalar over steps, mean over seeds
+    (band: ± std), one line per objective; step 0 is the untrained reranker's value of the metric, shared by all
+    objectives. A recall panel's y axis is [0, 1]."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4))
     FigureCanvasAgg(fig)
-    for ax, suffix in zip(fig.subplots(1, 2), ("", "_indirect")):
-        key = f"recall@{k}{suffix}"
+    for ax, (key, scalar, title) in zip(fig.subplots(1, len(panels)), panels):
         for obj in objectives:
             curves = []
             for s in seeds:
-                c = eval_curve(out_dir / obj / f"seed-{s}", f"eval/{key}")
+                c = eval_curve(out_dir / obj / f"seed-{s}", scalar)
                 c.setdefault(0, untrained["per_seed"][str(s)][key])
                 curves.append(c)
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean, std = zip(*(mean_std([c[t] for c in curves]) for t in steps))
             ax.plot(steps, mean, marker="o", markersize=3, label=obj)
             ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)], alpha=0.2)
-        ax.set_title(f"dev recall@{k} ({'indirect gold' if suffix else 'all gold'})")
+        ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
+        if "recall@" in key:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"mean ± std over seeds {', '.join(map(str, seeds))}")

@@ -192,7 +192,7 @@ def machine() -> dict:
 def heatmap_metrics(results: dict) -> list[str]:
     """The heat map's metrics: indirect recall, fact coverage and EM at the reader's k (compare.interval_metrics)."""
     first = next(iter(results["datasets"].values()))["compare"]
-    k = next(m for m in first["intervals"]["rows"]["untrained"] if m.startswith("coverage@")).split("@")[1]
+    k = first["reader_k"] if first["reader_k"] in first["ks"] else first["ks"][0]  # compare.plot_k
     return [f"recall@{k}_indirect", f"coverage@{k}", "em"]
 
 
