@@ -258,10 +258,13 @@ def train(recipe: Recipe, on_step=None) -> dict:
 
 
 def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
-    """Dev evaluation at `step`: ranking metrics (when every dev passage is labelled), the score spread and the
-    label-free dev loss (eval/dev_loss_hard); with train.keep_best, <run_dir>/best/ follows the lowest dev loss.
-    Every rank calls it (the reader and the checkpoint are collective). Returns the logged scalars."""
-    from gr_train.evaluate import hard_topk_losses, ranking_metrics, score_records, score_spread
+    """Dev evaluation at `step`: ranking metrics (when every dev passage is labelled), answer recall@k for eval.ks
+    (eval/answer_recall@k, label-free: evaluate.answer_recall, mean over the questions that are not yes/no), the
+    score spread and, with train.keep_best, the label-free dev loss (eval/dev_loss_hard): <run_dir>/best/ follows
+    the lowest dev loss, labelled dev data or not. Every rank calls it (the reader and the checkpoint are
+    collective). Returns the logged scalars."""
+    from gr_train.evaluate import answer_recall, hard_topk_losses, ranking_metrics, score_records, score_spread
+    from gr_train.ranking import nanmean
 
     cfg = recipe.cfg
     if recipe.reranker is None:
@@ -280,12 +283,17 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
         ranking = ranking_metrics(records, scores, cfg.eval.ks)
         scalars.update({f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
                         for kind, row in ranking.items() for m, v in row.items() if m != "questions"})
+    free = answer_recall(records, scores, cfg.eval.ks, cfg.eval.answer_normalization)
+    scalars.update({f"eval/{m}": nanmean(v)[0] for m, v in free.items()})
     if cfg.train.keep_best:
         loss = sum(x for _, part_losses in parts for x in part_losses) / len(records)
         scalars["eval/dev_loss_hard"] = loss
         if recipe.best is None or loss < recipe.best["dev_loss_hard"]:
             recipe.best = {"step": step, "dev_loss_hard": loss}
             save_reranker(recipe, "best", step)
+            if recipe.runtime.is_main:
+                log.info("best/: step %d, eval/dev_loss_hard %.4f, the lowest so far (train.keep_best; label-free)",
+                         step, loss)
         scalars["eval/best_step"] = recipe.best["step"]
     recipe.writer.log(scalars, step)
     recipe.trainable.train()

@@ -33,3 +33,16 @@ def nan_loss_on_steps(recipe, steps: set[int]):
 
     return step_noise, answer_loss
 
+
+
+def strip_labels(source: str | Path, target: str | Path) -> Path:
+    """A copy of the FiD JSONL file `source` at `target` with every passage's is_gold removed (unlabelled data:
+    has_answer and everything else kept)."""
+    import json
+
+    rows = [json.loads(line) for line in Path(source).read_text().splitlines()]
+    for row in rows:
+        for ctx in row["ctxs"]:
+            ctx.pop("is_gold", None)
+    Path(target).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Path(target)

@@ -10,7 +10,7 @@ import torch
 
 from gr_train import batching, checkpoint, objectives, synthetic, train
 from gr_train.config import load_config
-from helpers import nan_loss_on_steps, read_scalars
+from helpers import nan_loss_on_steps, read_scalars, strip_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -266,6 +266,42 @@ def test_best_checkpoint_follows_the_lowest_label_free_dev_loss_and_survives_res
     resumed = train.setup(cfg, resume=True)
     early = min((2, 4), key=evals.get)
     assert resumed.start_step == 4 and resumed.best == {"step": early, "dev_loss_hard": evals[early]}
+
+
+def test_train_cli_on_unlabelled_data_logs_label_free_dev_metrics_and_keeps_best_by_the_dev_loss(tmp_path):
+    """`gr-train train` with train and dev files without is_gold (G-Rerank reads no labels): every dev evaluation
+    logs answer recall@k and the hard top-k dev loss and no gold metric; best/ is the evaluation with the lowest
+    logged eval/dev_loss_hard; the last answer recall@k is evaluate.answer_recall of the final reranker's scores."""
+    from gr_train import cli
+    from gr_train.config import save_config
+    from gr_train.data import load_split
+    from gr_train.evaluate import answer_recall, score_records
+    from gr_train.ranking import nanmean
+    from gr_train.reranker import Reranker
+
+    cfg = tiny_cfg(tmp_path, "train.max_steps=8", "train.eval_every_steps=2", "optim.lr=3e-3")
+    cfg.data.train_path = str(strip_labels(cfg.data.train_path, tmp_path / "train_unlabelled.jsonl"))
+    cfg.data.dev_path = str(strip_labels(cfg.data.dev_path, tmp_path / "dev_unlabelled.jsonl"))
+    save_config(cfg, tmp_path / "unlabelled.yaml")
+    assert cli.main(["train", "--config", str(tmp_path / "unlabelled.yaml")]) == 0
+    run_dir = Path(cfg.run.run_dir)
+    rows = [json.loads(x) for x in (run_dir / "tb" / "scalars.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in rows if "eval/dev_loss_hard" in r}
+    assert sorted(evals) == [2, 4, 6, 8]
+    for row in evals.values():
+        assert {"eval/answer_recall@2", "eval/answer_recall@5", "eval/w_std", "eval/best_step"} <= set(row)
+        assert not [k for k in row if k.startswith(("eval/recall@", "eval/ndcg@", "eval/mrr", "eval/coverage@"))]
+    losses = {step: row["eval/dev_loss_hard"] for step, row in evals.items()}
+    assert len(set(losses.values())) > 1  # picking the minimum is a real choice
+    best_step = min(losses, key=losses.get)
+    state = json.loads((run_dir / "best" / "trainer_state.json").read_text())
+    assert state["step"] == best_step and state["best"]["dev_loss_hard"] == pytest.approx(losses[best_step])
+    assert evals[8]["eval/best_step"] == best_step
+    dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    scores = score_records(Reranker.load(run_dir / "final" / "reranker"), dev, cfg.data.n_candidates)
+    for key, values in answer_recall(dev, scores, cfg.eval.ks).items():
+        assert evals[8][f"eval/{key}"] == pytest.approx(nanmean(values)[0], abs=1e-9), key
+    assert 0 < evals[8]["eval/answer_recall@5"] <= 1
 
 
 def inject_nan(monkeypatch, recipe, steps: set[int]) -> None:
