@@ -354,13 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                        **_help(
         "Train every row of --objectives from the same initial reranker over --seeds on --train, evaluate each "
         "with hard top-k on --dev, with the untrained reranker and reader-only reference rows; paired-bootstrap "
-        "95% intervals. Finished runs are reused.",
+        "95% intervals. A --dev file without is_gold labels gets the label-free columns alone (answer recall@k, "
+        "EM, F1, hard top-k loss). Finished runs are reused.",
         "gr-train compare --config configs/demo.yaml --train runs/data/train.jsonl --dev runs/data/dev.jsonl "
         "--objectives gumbel,emdr --seeds 0,1 --out runs/compare",
         "<out>/compare.{json,md,png}; <out>/<row>/seed-<s>/ (a run folder each) and <out>/untrained/seed-<s>/"))
     _config_args(p)
     p.add_argument("--train", required=True, help="training file (FiD JSON/JSONL, any supported format)")
-    p.add_argument("--dev", required=True, help="dev file with is_gold labels on every passage")
+    p.add_argument("--dev", required=True, help="dev file, with is_gold labels on every passage (gold and "
+                   "label-free columns) or on none (label-free columns)")
     p.add_argument("--objectives", default="gumbel",
                    help="comma-separated rows: objective names or LABEL=OBJECTIVE, e.g. gumbel,pdist,gumbel_st=gumbel")
     p.add_argument("--seeds", default="0", help="comma-separated run.seed values, e.g. 0,1,2")

@@ -1,5 +1,7 @@
 """Objective comparison: every objective trained from the same initial reranker, on the same data and budget, over
-several seeds → `compare.json`, `compare.md` (mean ± std over seeds) and `compare.png` (eval recall over steps).
+several seeds → `compare.json`, `compare.md` (mean ± std over seeds) and `compare.png` (dev metrics over steps).
+The dev file may have is_gold on every passage (gold recall / NDCG / MRR / coverage, beside the label-free columns)
+or on none (the label-free columns alone: answer recall@k, EM, F1, the hard top-k loss; see table_columns).
 
 Run as `gr-train compare --config CFG --train FILE --dev FILE --objectives gumbel,pdist --seeds 0,1,2 --out DIR`.
 A row may name a variant of an objective, `LABEL=OBJECTIVE` (e.g. `gumbel_st=gumbel` with
@@ -29,7 +31,7 @@ from gr_train import checks, train
 from gr_train.checkpoint import param_checksum
 from gr_train.config import ConfigError, RunConfig, parse_override, to_dict, validate
 from gr_train.data import load_split
-from gr_train.evaluate import KINDS, answer_metrics, evaluate, reader_answers
+from gr_train.evaluate import KINDS, answer_metrics, evaluate, labelled, reader_answers
 from gr_train.models import build_models
 from gr_train.objectives import OBJECTIVES
 
@@ -45,6 +47,7 @@ REFERENCES = {
     "reader: all but indirect gold": lambda b, r: [i for i, p in enumerate(r.ctxs) if not p.indirect],
     "reader: no passages": lambda b, r: [],
 }
+GOLD_REFERENCES = ("reader: gold passages", "reader: all but indirect gold")  # need is_gold labels
 # Per-objective overrides may tune how an objective learns (optim, gumbel, objective settings), never what is
 # compared: the data, the budget, the reader, the metrics or the run layout.
 FIXED_SECTIONS = ("run", "data", "reader", "eval")
@@ -56,7 +59,8 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
     """Train and evaluate every (objective, seed); write compare.json, compare.md and compare.png into out_dir.
 
     Args:
-        cfg: the shared config; data.train_path and data.dev_path (FiD with is_gold labels) must be set.
+        cfg: the shared config; data.train_path and data.dev_path must be set (any format load_any reads; the dev
+            file with is_gold on every passage, or on none: then the label-free metrics alone).
             train.eval_every_steps = 0 becomes max_steps // 10 (the plot's points).
         objectives: row labels, each an objective.name value or LABEL=OBJECTIVE, e.g. ["gumbel", "pdist",
             "gumbel_st=gumbel"]; per_objective_overrides are keyed by label.
@@ -66,9 +70,12 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
             one resumes from its latest step-NNNNNN/ checkpoint (train.save_every_steps).
         per_objective_overrides: {objective: ["section.key=value", ...]}, e.g. {"pdist": ["optim.lr=1e-4"]}.
     Returns:
-        The content of compare.json: {"objectives", "seeds", "ks", "rows": {row: {"per_seed": {seed: metrics},
-        "mean": metrics, "std": metrics}}}. Metrics: recall@k / ndcg@k / mrr (suffix _direct / _indirect),
-        em, f1, loss_soft, loss_hard, gap, w_std, s_per_query. std is the sample std over seeds (0 for one seed).
+        The content of compare.json: {"objectives", "seeds", "ks", "labelled" (is_gold on the dev passages),
+        "dev_questions", "counts" (labelled only), "rows": {row: {"per_seed": {seed: metrics}, "mean": metrics,
+        "std": metrics}}, "intervals", ...}. Metrics (flatten): with labels recall@k / ndcg@k / coverage@k / mrr
+        (suffix _direct / _indirect); always answer_recall@k (label-free), em, f1, loss_soft, loss_hard, gap, w_std,
+        s_per_query. std is the sample std over seeds (0 for one seed). Without labels, the reader-only rows
+        GOLD_REFERENCES and the reader report are left out.
     """
     rows_of = parse_rows(objectives)
     objectives = list(rows_of)
@@ -81,16 +88,22 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
         objective_config(base, label, seeds[0], out_dir, per_objective_overrides.get(label, []), obj)
     checks.check_reader_weights(base)
     checks.check_model_paths(base)
-    dev = labelled_dev(base)
-    # Before any model is built: the data against k, eval.ks, reader_k, n_candidates and the tokenizers.
+    dev = dev_records(base)
+    # Before any model is built: the data against k, eval.ks, reader_k, n_candidates and the tokenizers; is_gold on
+    # every dev passage or on none.
     train_records = load_split(base.data.train_path, base.data.n_candidates, "train")
-    checks.check_data(base, {"train": (base.data.train_path, train_records), "dev": (base.data.dev_path, dev)})
+    checks.check_data(base, {"train": (base.data.train_path, train_records), "dev": (base.data.dev_path, dev)},
+                      labelled=("dev",), labels_required=False)
+    with_labels = labelled(dev)
+    if not with_labels:
+        log.info("compare: %s has no is_gold labels: the label-free metrics only (answer recall@k, EM, F1, hard "
+                 "top-k loss)%s", base.data.dev_path, "; no reader report" if base.eval.reader_report else "")
     rows: dict[str, dict[int, dict]] = {}
     per_question: dict[str, dict[int, dict]] = {}
     report = None
     for seed in seeds:
         ref = reference_runs(base, seed, dev, out_dir / UNTRAINED / f"seed-{seed}",
-                             with_report=base.eval.reader_report and seed == seeds[0])
+                             with_report=base.eval.reader_report and seed == seeds[0] and with_labels)
         report = report or ref.get("reader_report")
         for name, metrics in ref["rows"].items():
             rows.setdefault(name, {})[seed] = metrics
@@ -100,22 +113,23 @@ def run_compare(cfg: RunConfig, objectives: list[str], seeds: list[int], out_dir
             result = objective_run(run_cfg, dev, ref["init_checksum"])
             rows.setdefault(label, {})[seed] = result["metrics"]
             per_question.setdefault(label, {})[seed] = result["eval"].get("per_question")
-    order = [UNTRAINED, *objectives, *REFERENCES]
+    order = [UNTRAINED, *objectives, *references(with_labels)]
     summary = {"objectives": list(objectives), "seeds": list(seeds), "ks": list(base.eval.ks),
                "reader_k": base.reader_k(), "max_steps": base.train.max_steps,
                "global_batch": base.global_batch(world_size=1),  # compare trains in this process
                "row_objectives": dict(rows_of),
                "overrides": {o: list(v) for o, v in per_objective_overrides.items()},
-               "counts": checks.question_counts(dev, base.data.n_candidates),
+               "labelled": with_labels, "dev_questions": len(dev),
+               **({"counts": checks.question_counts(dev, base.data.n_candidates)} if with_labels else {}),
                "n_candidates": base.data.n_candidates,
                "rows": {name: aggregate(rows[name]) for name in order},
-               "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base))}
+               "intervals": intervals(per_question, rows_of, seeds, interval_metrics(base, with_labels))}
     if report is not None:  # the frozen reader's report on the dev set (first seed's reader)
         summary["reader_report"] = {k: v for k, v in report.items() if k != "per_question"}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "compare.json", summary)
     (out_dir / "compare.md").write_text(format_markdown(summary) + "\n")
-    write_plot(out_dir / "compare.png", out_dir, objectives, seeds, plot_panels(plot_k(base)),
+    write_plot(out_dir / "compare.png", out_dir, objectives, seeds, plot_panels(plot_k(base), with_labels),
                summary["rows"][UNTRAINED])
     return summary
 
@@ -182,10 +196,9 @@ def objective_config(base: RunConfig, obj: str, seed: int, out_dir: Path, overri
     return cfg
 
 
-def labelled_dev(cfg: RunConfig) -> list:
-    """The dev records (first eval.max_questions, if set); DataError naming the file when a label is missing."""
+def dev_records(cfg: RunConfig) -> list:
+    """The dev records (first eval.max_questions, if set)."""
     records = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
-    checks.check_labels(cfg.data.dev_path, records)
     return records[: cfg.eval.max_questions] if cfg.eval.max_questions else records
 
 
@@ -201,9 +214,15 @@ def build_initial(cfg: RunConfig):
     return build_models(cfg)
 
 
+def references(with_labels: bool) -> dict:
+    """The reader-only rows that the dev data allows: without is_gold labels, not the GOLD_REFERENCES."""
+    return {name: select for name, select in REFERENCES.items() if with_labels or name not in GOLD_REFERENCES}
+
+
 def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path, with_report: bool = False) -> dict:
-    """The untrained reranker of this seed, evaluated, and the reader-only rows; with_report, also the reader
-    report (reader_report.py) on the dev set. Cached in run_dir/RESULT_FILE.
+    """The untrained reranker of this seed, evaluated, and the reader-only rows (references: those the dev labels
+    allow); with_report, also the reader report (reader_report.py, needs labels) on the dev set. Cached in
+    run_dir/RESULT_FILE.
 
     Returns {"init_checksum": str, "rows": {row name: metrics}, "per_question", "reader_report" (with_report)}.
     """
@@ -217,7 +236,7 @@ def reference_runs(base: RunConfig, seed: int, dev: list, run_dir: Path, with_re
     rows = {UNTRAINED: flatten(untrained)}
     # The reader-only rows choose among the same first n_candidates passages the rerankers choose from.
     cut = [dataclasses.replace(r, ctxs=r.ctxs[: cfg.data.n_candidates]) for r in dev]
-    for name, select in REFERENCES.items():
+    for name, select in references(labelled(dev)).items():
         ans = answer_metrics(cut, reader_answers(reader, cut, select, cfg.eval.batch_size, cfg=cfg),
                              normalization=cfg.eval.answer_normalization)
         rows[name] = {"em": ans["em"], "f1": ans["f1"]}
@@ -318,10 +337,12 @@ def write_json(path: Path, obj) -> None:
 
 
 def flatten(result: dict) -> dict[str, float]:
-    """evaluate()'s result → flat metrics: recall@k, ndcg@k, mrr (suffix _direct / _indirect), em, f1,
-    loss_soft, loss_hard, gap, w_std."""
+    """evaluate()'s result → flat metrics: with gold labels recall@k, ndcg@k, coverage@k, mrr (suffix _direct /
+    _indirect / _yes_no); answer_recall@k (label-free, the mean of evaluate's "label_free"); em, f1, loss_soft,
+    loss_hard, gap (with a reader); w_std."""
     out = {f"{m}" + ("" if kind == "all" else f"_{kind}"): v
-           for kind, row in result["ranking"].items() for m, v in row.items() if m != "questions"}
+           for kind, row in result.get("ranking", {}).items() for m, v in row.items() if m != "questions"}
+    out.update({m: v["mean"] for m, v in result.get("label_free", {}).items() if m.startswith("answer_recall@")})
     if "reader" in result:
         out.update(em=result["reader"]["em"], f1=result["reader"]["f1"])
         out.update(result["loss"])
@@ -345,10 +366,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def interval_metrics(cfg: RunConfig) -> list[str]:
-    """The metrics given with intervals: recall and fact coverage at the reader's k, EM and F1."""
+def interval_metrics(cfg: RunConfig, with_labels: bool = True) -> list[str]:
+    """The metrics given with intervals: with labels, gold recall and fact coverage at the reader's k; always the
+    label-free answer recall at that k, EM, F1 and the hard top-k loss."""
     k = plot_k(cfg)
-    return [f"recall@{k}", f"recall@{k}_direct", f"recall@{k}_indirect", f"coverage@{k}", "em", "f1"]
+    free = [f"answer_recall@{k}", "em", "f1", "loss_hard"]
+    if not with_labels:
+        return free
+    return [f"recall@{k}", f"recall@{k}_direct", f"recall@{k}_indirect", f"coverage@{k}", *free]
 
 
 def intervals(per_question: dict[str, dict[int, dict | None]], rows_of: dict[str, str], seeds: list[int],
@@ -396,8 +421,10 @@ def format_intervals(summary: dict) -> str:
         star = "*" if mark and (v["lo"] > 0 or v["hi"] < 0) else ""
         return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]{star}"
 
+    on = (" recall on the questions that have a gold passage of the kind;" if summary.get("labelled", True) else "")
     lines = [f"95% intervals, paired bootstrap over questions and seeds ({', '.join(map(str, summary['seeds']))});"
-             " recall on the questions that have a gold passage of the kind.", "", head]
+             f"{on} answer_recall on the questions that are not yes/no; loss_hard in nats/token, lower is better.",
+             "", head]
     for row, vals in iv["rows"].items():
         lines.append(f"| {row} | " + " | ".join(cell(vals.get(m), False) for m in metrics) + " |")
     lines += ["", "Differences (* = the interval excludes 0):", "", head]
@@ -406,25 +433,30 @@ def format_intervals(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def table_columns(ks: list[int]) -> list[tuple[str, str]]:
-    """(header, metric key) of compare.md's columns."""
+def table_columns(ks: list[int], with_labels: bool = True) -> list[tuple[str, str]]:
+    """(header, metric key) of compare.md's columns: with is_gold labels the gold columns (recall, NDCG, coverage,
+    MRR), then always the label-free ones (answer recall@k, EM, F1, the hard top-k loss) and the soft-hard gap and
+    training seconds per question."""
     cols = []
-    for kind in KINDS:
+    for kind in KINDS if with_labels else ():
         suffix = "" if kind == "all" else f"_{kind}"
         cols += [(f"R@{k} {kind}", f"recall@{k}{suffix}") for k in ks]
         cols += [(f"NDCG@{k} {kind}", f"ndcg@{k}{suffix}") for k in ks]
         if kind == "all":
             cols += [(f"coverage@{k}", f"coverage@{k}") for k in ks]
         cols.append((f"MRR {kind}", f"mrr{suffix}"))
-    return cols + [("EM", "em"), ("F1", "f1"), ("gap (hard-soft loss)", "gap"), ("s/query", "s_per_query")]
+    cols += [(f"answer R@{k}", f"answer_recall@{k}") for k in ks]
+    return cols + [("EM", "em"), ("F1", "f1"), ("hard top-k loss", "loss_hard"), ("gap (hard-soft loss)", "gap"),
+                   ("s/query", "s_per_query")]
 
 
 def format_markdown(summary: dict) -> str:
     """One row per objective, the untrained reranker and the reader-only references; cells are mean ± std."""
-    cols = table_columns(summary["ks"])
+    with_labels = summary.get("labelled", True)  # compare.json files written before unlabelled dev data
+    cols = table_columns(summary["ks"], with_labels)
     lines = [f"Mean ± std over seeds {', '.join(map(str, summary['seeds']))}; {summary['max_steps']} steps of "
              f"{summary['global_batch']} questions; reader EM/F1 with the top-{summary['reader_k']}; s/query = "
-             "training seconds per question.", "",
+             "training seconds per question.", "", columns_note(summary), "",
              "| row | " + " | ".join(h for h, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in summary["rows"].items():
         cells = []
@@ -447,10 +479,31 @@ def format_markdown(summary: dict) -> str:
     return text
 
 
+def columns_note(summary: dict) -> str:
+    """compare.md's line on its columns: which the dev data's labels allow, what the label-free ones and
+    compare.png show."""
+    k = plot_k_of(summary)
+    if summary.get("labelled", True):
+        which = "Gold columns (R@k, NDCG@k, coverage@k, MRR) from the dev data's is_gold labels; the others use none"
+        plotted = f"gold recall@{k} (all, indirect)"
+    else:
+        which = f"Dev data without is_gold labels ({summary['dev_questions']} questions): the label-free columns only"
+        plotted = f"answer recall@{k} and the hard top-k loss"
+    return (f"{which}. answer R@k = a passage among the top k contains an answer string (yes/no questions not "
+            "counted); hard top-k loss = the frozen reader's answer loss (nats/token) reading the top gumbel.k "
+            f"passages by score, the dev loss that selects a training run's best/. compare.png: {plotted} over "
+            "steps.")
+
+
 def plot_k(cfg: RunConfig) -> int:
     """The cut-off plotted: the reader's k when it is among eval.ks, else the first of eval.ks."""
     k = cfg.reader_k()
     return k if k in cfg.eval.ks else cfg.eval.ks[0]
+
+
+def plot_k_of(summary: dict) -> int:
+    """plot_k of the config a compare.json summary was made with."""
+    return summary["reader_k"] if summary["reader_k"] in summary["ks"] else summary["ks"][0]
 
 
 def eval_curve(run_dir: Path, key: str) -> dict[int, float]:
@@ -464,8 +517,13 @@ def eval_curve(run_dir: Path, key: str) -> dict[int, float]:
     return curve
 
 
-def plot_panels(k: int) -> list[tuple[str, str, str]]:
-    """compare.png's panels: (metric key of compare.json's rows, scalar of the runs' tb/scalars.jsonl, title)."""
+def plot_panels(k: int, with_labels: bool = True) -> list[tuple[str, str, str]]:
+    """compare.png's panels: (metric key of compare.json's rows, scalar of the runs' tb/scalars.jsonl, title). With
+    is_gold labels gold recall@k, all and indirect; without, answer recall@k and the hard top-k dev loss (logged
+    with train.keep_best, on by default)."""
+    if not with_labels:
+        return [(f"answer_recall@{k}", f"eval/answer_recall@{k}", f"dev answer recall@{k} (no labels)"),
+                ("loss_hard", "eval/dev_loss_hard", "dev hard top-k loss (nats/token; selects best/)")]
     return [(f"recall@{k}", f"eval/recall@{k}", f"dev recall@{k} (all gold)"),
             (f"recall@{k}_indirect", f"eval/recall@{k}_indirect", f"dev recall@{k} (indirect gold)")]
 

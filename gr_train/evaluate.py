@@ -259,7 +259,8 @@ def label_free_metrics(values: dict[str, list[float]]) -> dict[str, dict[str, fl
 
 def evaluate(cfg, reranker, reader, records, progress: bool = False, per_question: bool = False) -> dict:
     """Everything above for one reranker on `records`. With per_question, the result also holds "per_question":
-    {metric: [one value per record]} (ranking_metrics, answer_metrics).
+    {metric: [one value per record]} (ranking_metrics, answer_metrics, and the label-free answer_recall@k and
+    loss_hard).
 
     Label-free, always: "label_free" holds answer recall@k (eval.ks), and with a reader EM, F1 (reader_k passages)
     and the hard top-k answer loss, each as {"mean", "lo", "hi", "n"} with a 95% interval over questions.
@@ -291,7 +292,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False, per_questio
         free.update(em=answers["em"], f1=answers["f1"])
     result["label_free"] = label_free_metrics(free)
     if per_question:
-        result["per_question"] = rows
+        result["per_question"] = {**rows, **free}
     return result
 
 

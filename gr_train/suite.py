@@ -25,6 +25,7 @@ import torch
 from gr_train import compare, reader_cache, synthetic
 from gr_train.config import ConfigError, RunConfig, apply_override, to_dict, validate
 from gr_train.data import load_any, save_records
+from gr_train.evaluate import labelled
 
 log = logging.getLogger("gr_train.suite")
 
@@ -95,12 +96,13 @@ def tuning_config(cfg: RunConfig, train_file: Path, run_dir: Path) -> RunConfig:
 
 
 def tune_reader(cfg: RunConfig, prepared: dict, out_dir: Path) -> dict:
-    """suite.reader_tuning: the reader report of the configured reader on every dataset's dev questions (kept in
-    <out>/reader/report_before.json), then one fine-tuning run on all datasets' training questions together
-    (<out>/reader/run, resumed from its step-NNNNNN/ checkpoints; not run again once <out>/reader/tuned.json is
-    written). Processes that run parts of one suite into the same --out (suite.only) share it: the first one does
-    the work under <out>/reader/.lock, the others wait for it and read its record. Returns {"path": the fine-tuned
-    reader folder, "train_questions", "wall_s", "steps", "before": {dataset: report without per-question values}}."""
+    """suite.reader_tuning: the reader report of the configured reader on every dataset's dev questions (those with
+    is_gold labels; kept in <out>/reader/report_before.json), then one fine-tuning run on all datasets' training
+    questions together (<out>/reader/run, resumed from its step-NNNNNN/ checkpoints; not run again once
+    <out>/reader/tuned.json is written). Processes that run parts of one suite into the same --out (suite.only)
+    share it: the first one does the work under <out>/reader/.lock, the others wait for it and read its record.
+    Returns {"path": the fine-tuned reader folder, "train_questions", "wall_s", "steps", "before": {dataset: report
+    without per-question values}}."""
     import fcntl
 
     root = out_dir / TUNED
@@ -122,13 +124,18 @@ def _tune_reader(cfg: RunConfig, prepared: dict, root: Path) -> dict:
     before_path, record_path = root / "report_before.json", root / "tuned.json"
     before = json.loads(before_path.read_text()) if before_path.is_file() else {}
     for name, (dcfg, _, _) in prepared.items():
-        if name not in before:
-            torch.manual_seed(dcfg.run.seed)
-            reader = build_reader(dcfg.reader).to(dcfg.run.device)
-            report = reader_report(reader, load_any(dcfg.data.dev_path), dcfg, dcfg.run.progress)
-            before[name] = {k: v for k, v in report.items() if k != "per_question"}
-            compare.write_json(before_path, before)
-            reader_cache.clear()
+        if name in before:
+            continue
+        dev = load_any(dcfg.data.dev_path)
+        if not labelled(dev):  # the report compares gold passage sets
+            log.info("suite: no reader report before fine-tuning for %s (its dev data has no is_gold labels)", name)
+            continue
+        torch.manual_seed(dcfg.run.seed)
+        reader = build_reader(dcfg.reader).to(dcfg.run.device)
+        report = reader_report(reader, dev, dcfg, dcfg.run.progress)
+        before[name] = {k: v for k, v in report.items() if k != "per_question"}
+        compare.write_json(before_path, before)
+        reader_cache.clear()
     if not record_path.is_file():
         log.info("suite: fine-tuning the reader on %d training questions (%s)", len(records), root / "run")
         t0 = time.perf_counter()
@@ -190,10 +197,14 @@ def machine() -> dict:
 
 
 def heatmap_metrics(results: dict) -> list[str]:
-    """The heat map's metrics: indirect recall, fact coverage and EM at the reader's k (compare.interval_metrics)."""
-    first = next(iter(results["datasets"].values()))["compare"]
-    k = first["reader_k"] if first["reader_k"] in first["ks"] else first["ks"][0]  # compare.plot_k
-    return [f"recall@{k}_indirect", f"coverage@{k}", "em"]
+    """The heat map's metrics: indirect recall, fact coverage and EM at the reader's k (compare.interval_metrics);
+    where some dataset's dev data has no is_gold labels, also the label-free answer recall at that k (the gold
+    metrics only where some dataset has labels)."""
+    summaries = [d["compare"] for d in results["datasets"].values()]
+    k = compare.plot_k_of(summaries[0])
+    gold = [f"recall@{k}_indirect", f"coverage@{k}"] if any(s.get("labelled", True) for s in summaries) else []
+    free = [] if all(s.get("labelled", True) for s in summaries) else [f"answer_recall@{k}"]
+    return [*gold, *free, "em"]
 
 
 def winners(results: dict, metric: str) -> dict[str, list[str]]:

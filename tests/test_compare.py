@@ -1,5 +1,6 @@
 """`gr-train compare` on tiny models: one init per seed, mean ± std over seeds, table and plot, skipping finished
-runs, and the CLI on a hand-written FiD file."""
+runs, the label-free columns (beside the gold ones, or alone on unlabelled dev data), and the CLI on a hand-written
+FiD file."""
 
 import copy
 import json
@@ -14,7 +15,9 @@ import torch
 from gr_train import cli, compare, models, objectives, synthetic, train
 from gr_train.config import ConfigError, load_config
 from gr_train.data import load_split
-from gr_train.evaluate import evaluate
+from gr_train.evaluate import answer_recall, evaluate, hard_topk_loss, score_records
+from gr_train.ranking import nanmean
+from helpers import strip_labels
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["gumbel", "supervised"]
@@ -82,6 +85,9 @@ def test_markdown_and_png(done):
     for name in summary["rows"]:
         assert f"| {name} |" in md
     assert "R@2 indirect" in md and "NDCG@5 direct" in md and "MRR all" in md and "s/query" in md
+    # the label-free columns beside the gold ones, named in the note above the table
+    assert "| answer R@2 | answer R@5 | EM | F1 | hard top-k loss |" in md and "Gold columns" in md
+    assert summary["labelled"] is True and summary["dev_questions"] == 12
     m = summary["rows"][OBJECTIVES[0]]
     assert f"{m['mean']['recall@2']:.3f} ± {m['std']['recall@2']:.3f}" in md
     # The frozen reader's report on the dev set (first seed's reader), with its table in compare.md.
@@ -97,6 +103,31 @@ def test_markdown_and_png(done):
     # The curve has a point per eval_every_steps (default max_steps // 10, here 1) in every run's scalars.
     curve = compare.eval_curve(out / OBJECTIVES[0] / "seed-0", "eval/recall@2_indirect")
     assert sorted(curve) == list(range(1, MAX_STEPS + 1))
+
+
+def untrained_by_hand(cfg, seed: int, dev: list) -> dict[str, float]:
+    """Answer recall@k (eval.ks) and the hard top-k loss of the seed's untrained reranker, built and scored here:
+    evaluate.answer_recall (mean over the non-yes/no questions) and evaluate.hard_topk_loss."""
+    c = copy.deepcopy(cfg)
+    c.run.seed = seed
+    reader, reranker = compare.build_initial(c)
+    scores = score_records(reranker, dev, c.data.n_candidates, c.eval.batch_size, depth=c.selection_depth())
+    out = {key: nanmean(values)[0] for key, values in answer_recall(dev, scores, c.eval.ks).items()}
+    return {**out, "loss_hard": hard_topk_loss(scores, reader, dev, c, c.eval.batch_size)}
+
+
+def test_labelled_compare_gives_answer_recall_beside_the_gold_metrics(done):
+    """The untrained row's answer recall@k is evaluate.answer_recall of the seed's reranker, computed by hand; the
+    intervals cover the gold and the label-free metrics at the reader's k."""
+    cfg, out, summary = done
+    dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    for s in SEEDS:
+        got = summary["rows"]["untrained"]["per_seed"][str(s)]
+        for key, value in untrained_by_hand(cfg, s, dev).items():
+            assert got[key] == pytest.approx(value, abs=1e-6), (s, key)
+        assert {"recall@2", "ndcg@5_indirect", "mrr"} <= set(got)
+    assert set(summary["intervals"]["rows"]["untrained"]) == {
+        "recall@2", "recall@2_direct", "recall@2_indirect", "coverage@2", "answer_recall@2", "em", "f1", "loss_hard"}
 
 
 def test_untrained_row_is_a_fresh_seeded_reranker_and_every_objective_starts_from_it(done):
@@ -287,45 +318,81 @@ def test_cli_compare_on_a_fid_jsonl_file(tmp_path, capsys):
     assert "Dev: 6 questions: 6 with a direct and 6 with an indirect gold passage, 0 yes/no." in printed
 
 
-def test_cli_compare_refuses_a_dev_file_without_labels(tmp_path, capsys):
+def test_cli_compare_refuses_a_partly_labelled_dev_file(tmp_path, capsys):
+    """is_gold on every dev passage (gold and label-free columns) or on none (label-free columns): a file with some
+    labels missing is refused before any training, naming the gap."""
     train_file = write_jsonl(tmp_path / "my_train.jsonl", fid_rows(8))
-    dev_file = write_jsonl(tmp_path / "unlabelled_dev.jsonl", fid_rows(6, labelled=False))
+    rows = fid_rows(6)
+    del rows[2]["ctxs"][1]["is_gold"]
+    dev_file = write_jsonl(tmp_path / "partly_dev.jsonl", rows)
     rc = cli.main(["compare", "--train", str(train_file), "--dev", str(dev_file), "--out", str(tmp_path / "cmp"),
                    *CLI_OVERRIDES])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "unlabelled_dev.jsonl" in err and "ctxs[0].is_gold" in err and "no is_gold label" in err
+    assert "partly_dev.jsonl" in err and "ctxs[1].is_gold" in err and "no is_gold label" in err
     assert not (tmp_path / "cmp").exists()  # refused before any training
 
 
-def test_cli_compare_rejects_a_malformed_set(tmp_path, capsys):
-    rc = cli.main(["compare", "--train", "t.jsonl", "--dev", "d.jsonl", "--out", str(tmp_path), "--set",
-                   "optim.lr=0.1"])
-    assert rc == 2 and "OBJECTIVE:section.key=value" in capsys.readouterr().err
+# ---------------------------------------------------------------------------------------------------------------
+# Unlabelled dev data: the label-free columns alone
+# ---------------------------------------------------------------------------------------------------------------
+
+UNLABELLED_ROWS = ["gumbel"]
 
 
-def test_variant_rows_and_paired_intervals(tmp_path):
-    """A row LABEL=OBJECTIVE runs the objective with its own overrides; compare.json holds paired-bootstrap
-    intervals whose means are the per-question means of the stored results, and compare.md prints them."""
-    cfg = tiny_cfg(tmp_path)
-    out = tmp_path / "out"
-    summary = compare.run_compare(cfg, ["gumbel", "gumbel_st=gumbel"], [0], out,
-                                  {"gumbel_st": ["gumbel.estimator=straight_through"]})
-    run_cfg = load_config(out / "gumbel_st" / "seed-0" / "config.yaml")
-    assert run_cfg.objective.name == "gumbel" and run_cfg.gumbel.estimator == "straight_through"
-    assert summary["row_objectives"] == {"gumbel": "gumbel", "gumbel_st": "gumbel"}
-    iv, k = summary["intervals"], compare.plot_k(cfg)
-    assert set(iv["differences"]) == {"gumbel - untrained", "gumbel_st - untrained", "gumbel - gumbel_st"}
-    for row in ("untrained", "gumbel", "gumbel_st"):
-        for metric in (f"recall@{k}", f"recall@{k}_indirect", "em"):
-            assert iv["rows"][row][metric]["mean"] == pytest.approx(summary["rows"][row]["mean"][metric]), (row, metric)
-            lo, hi = iv["rows"][row][metric]["lo"], iv["rows"][row][metric]["hi"]
-            assert lo <= iv["rows"][row][metric]["mean"] <= hi
-    d = iv["differences"]["gumbel - untrained"][f"recall@{k}"]
-    assert d["mean"] == pytest.approx(summary["rows"]["gumbel"]["mean"][f"recall@{k}"]
-                                      - summary["rows"]["untrained"]["mean"][f"recall@{k}"])
-    assert "Differences" in (out / "compare.md").read_text()
-    with pytest.raises(ConfigError, match="given twice"):
-        compare.run_compare(cfg, ["gumbel", "gumbel=gumbel"], [0], out)
-    with pytest.raises(ConfigError, match="unknown reranker objective 'gumbl'"):
-        compare.run_compare(cfg, ["x=gumbl"], [0], out)
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """The tiny comparison with the demo dev file's is_gold removed (train file unchanged)."""
+    root = tmp_path_factory.mktemp("compare_unlabelled")
+    cfg = tiny_cfg(root)
+    cfg.data.dev_path = str(strip_labels(cfg.data.dev_path, root / "data" / "dev_unlabelled.jsonl"))
+    summary = compare.run_compare(cfg, UNLABELLED_ROWS, SEEDS, root / "out")
+    return cfg, root / "out", summary
+
+
+def test_unlabelled_dev_gives_the_label_free_columns_with_the_untrained_values_computed_by_hand(unlabelled):
+    cfg, out, summary = unlabelled
+    assert summary["labelled"] is False and "counts" not in summary and "reader_report" not in summary
+    rows = summary["rows"]
+    # no reader-only row that needs gold labels
+    assert list(rows) == ["untrained", *UNLABELLED_ROWS, "reader: all passages", "reader: no passages"]
+    keys = [key for _, key in compare.table_columns(cfg.eval.ks, with_labels=False)]
+    assert keys == ["answer_recall@2", "answer_recall@5", "em", "f1", "loss_hard", "gap", "s_per_query"]
+    for name in ["untrained", *UNLABELLED_ROWS]:
+        metrics = rows[name]["per_seed"]["0"]
+        assert set(keys) - {"s_per_query"} <= set(metrics), name
+        assert not [k for k in metrics if k.startswith(("recall@", "ndcg@", "mrr", "coverage@"))], name
+    dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
+    for s in SEEDS:
+        for key, value in untrained_by_hand(cfg, s, dev).items():
+            assert rows["untrained"]["per_seed"][str(s)][key] == pytest.approx(value, abs=1e-6), (s, key)
+    md = (out / "compare.md").read_text()
+    assert "| row | answer R@2 | answer R@5 | EM | F1 | hard top-k loss | gap (hard-soft loss) | s/query |" in md
+    assert "Dev data without is_gold labels (12 questions): the label-free columns only" in md
+    assert "R@2 all" not in md and "NDCG" not in md and "MRR" not in md and "coverage@" not in md
+    assert "Reader report" not in md and "Dev: 12 questions" not in md
+    u = rows["untrained"]
+    assert f"| untrained | {u['mean']['answer_recall@2']:.3f} ± {u['std']['answer_recall@2']:.3f} |" in md
+    # intervals: the label-free metrics at the reader's k; the untrained mean pools the seeds' questions
+    iv = summary["intervals"]
+    assert set(iv["rows"]["untrained"]) == {"answer_recall@2", "em", "f1", "loss_hard"}
+    assert iv["rows"]["untrained"]["answer_recall@2"]["mean"] == pytest.approx(u["mean"]["answer_recall@2"])
+    assert set(iv["differences"]["gumbel - untrained"]) == {"answer_recall@2", "em", "f1", "loss_hard"}
+    assert "| answer_recall@2 | em | f1 | loss_hard |" in md
+
+
+def test_unlabelled_compare_plots_answer_recall_and_the_dev_loss_logged_in_training(unlabelled):
+    """compare.png's curves come from each run's eval/answer_recall@k and eval/dev_loss_hard (the best/ metric);
+    their last points are the run's final evaluation."""
+    cfg, out, summary = unlabelled
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert compare.plot_panels(2, with_labels=False)[0][:2] == ("answer_recall@2", "eval/answer_recall@2")
+    for s in SEEDS:
+        run_dir = out / "gumbel" / f"seed-{s}"
+        final = summary["rows"]["gumbel"]["per_seed"][str(s)]
+        recall = compare.eval_curve(run_dir, "eval/answer_recall@2")
+        loss = compare.eval_curve(run_dir, "eval/dev_loss_hard")
+        assert sorted(recall) == sorted(loss) == list(range(1, MAX_STEPS + 1))
+        assert recall[MAX_STEPS] == pytest.approx(final["answer_recall@2"], abs=1e-9)
+        assert loss[MAX_STEPS] == pytest.approx(final["loss_hard"], abs=1e-5)
+        assert not compare.eval_curve(run_dir, "eval/recall@2")

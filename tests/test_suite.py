@@ -8,7 +8,8 @@ import pytest
 from gr_train import cli
 from gr_train.config import ConfigError, load_config
 from gr_train.data import DataError
-from gr_train.suite import dataset_config, run_suite
+from gr_train.suite import dataset_config, heatmap_metrics, run_suite
+from helpers import strip_labels
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the vendored samples, data/README.md
 HOTPOT_TRAIN = DATA / "hotpotqa" / "train_sample_hipporag.json"
@@ -58,6 +59,36 @@ def test_suite_compares_every_dataset_from_its_published_format(tmp_path):
     assert md.count("Dev: 6 questions:") == 2  # the question counts under each dataset's table
     assert md.count("Reader report on the dev set") == 2  # one per dataset
     assert json.loads((tmp_path / "out" / "suite.json").read_text())["wall_s"] > 0
+
+
+def test_a_dataset_without_dev_labels_gets_the_label_free_columns_and_the_same_label_free_values(tmp_path):
+    """The same HotpotQA questions twice, once with the dev file's is_gold removed: that dataset's table and heat
+    map column have the label-free metrics only, with the very values of the labelled dataset (labels change no
+    run); the heat map adds answer recall next to the gold metrics."""
+    from gr_train.data import from_hotpotqa, save_records
+
+    save_records(from_hotpotqa(HOTPOT_DEV), tmp_path / "dev.jsonl")
+    unlabelled = strip_labels(tmp_path / "dev.jsonl", tmp_path / "dev_unlabelled.jsonl")
+    datasets = {"labelled": {"train": str(HOTPOT_TRAIN), "dev": str(HOTPOT_DEV)},
+                "unlabelled": {"train": str(HOTPOT_TRAIN), "dev": str(unlabelled)}}
+    cfg = load_config(None, [*TINY, f"run.run_dir={tmp_path / 'out'}", f"suite.datasets={json.dumps(datasets)}",
+                             "suite.objectives=[gumbel]"])
+    results = run_suite(cfg, tmp_path / "out")
+    gold, free = (results["datasets"][name]["compare"] for name in ("labelled", "unlabelled"))
+    assert gold["labelled"] is True and free["labelled"] is False
+    for row in ("untrained", "gumbel"):
+        for key, value in free["rows"][row]["mean"].items():
+            if key != "s_per_query":
+                assert value == pytest.approx(gold["rows"][row]["mean"][key], abs=1e-6), (row, key)
+        assert "answer_recall@2" in free["rows"][row]["mean"] and "recall@2" not in free["rows"][row]["mean"]
+    assert heatmap_metrics(results) == ["recall@2_indirect", "coverage@2", "answer_recall@2", "em"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    labelled_md, unlabelled_md = md.split("## labelled")[1].split("## unlabelled")
+    assert "R@2 all" in labelled_md and "answer R@2" in labelled_md and "Reader report on the dev set" in labelled_md
+    assert "the label-free columns only" in unlabelled_md and "answer R@2" in unlabelled_md
+    assert "R@2 all" not in unlabelled_md and "Reader report" not in unlabelled_md
+    assert "| unlabelled | – | – | gumbel | gumbel |" in md  # no gold metric to rank by
+    assert (tmp_path / "out" / "suite.png").stat().st_size > 10_000
 
 
 def test_a_bad_dataset_fails_before_any_training(tmp_path):
