@@ -122,7 +122,8 @@ def _locate(source: Path, checkpoint: str) -> tuple[Path, Path | None, Path | No
 
 def read_eval(path: str | Path) -> dict[str, dict]:
     """{row name: evaluate() result} from an eval JSON: one result (`gr-train evaluate`, row named after the
-    file) or a mapping of named results (`gr-train demo` results.json; other entries are skipped)."""
+    file) or a mapping of named results (`gr-train demo` results.json; other entries are skipped). A result has
+    gold ranking metrics ("ranking"), label-free ones ("label_free") or both."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -130,13 +131,18 @@ def read_eval(path: str | Path) -> dict[str, dict]:
         raise FileNotFoundError(f"export: eval file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON: {e}") from None
-    if isinstance(data, dict) and "ranking" in data:
+    if _is_result(data):
         return {path.name: data}
     items = data.items() if isinstance(data, dict) else []
-    results = {k: v for k, v in items if isinstance(v, dict) and "ranking" in v}
+    results = {k: v for k, v in items if _is_result(v)}
     if not results:
         raise DataError(path, "no evaluation results (expected the JSON of `gr-train evaluate` or `gr-train demo`)")
     return results
+
+
+def _is_result(value) -> bool:
+    """An evaluate() result: gold metrics, label-free metrics (unlabelled data) or both."""
+    return isinstance(value, dict) and ("ranking" in value or "label_free" in value)
 
 
 def export_reranker(reranker: Reranker, out_dir: str | Path, cfg: RunConfig,
@@ -425,20 +431,34 @@ def _batch_cell(cfg: RunConfig, step: dict | None) -> str:
 
 
 def _evaluation_lines(evaluation: dict[str, dict]) -> list[str]:
-    """The Markdown table of evaluate.format_table, with the cut-offs every result has."""
+    """The tables `gr-train evaluate` prints: evaluate.format_table (gold metrics) of the results with is_gold labels,
+    then evaluate.format_label_free_table (answer recall@k, EM, F1, hard top-k loss, 95% intervals) of those with
+    label-free metrics; each with the cut-offs every one of its results has. Unlabelled results: the second alone."""
     if not evaluation:
         return ["Not evaluated (no eval JSON: run `gr-train evaluate` and export with `--eval FILE`)."]
-    from gr_train.evaluate import format_table
+    from gr_train.evaluate import format_label_free_table, format_table
 
-    cutoffs = [{int(m) for key in r["ranking"]["all"] for m in re.findall(r"^recall@(\d+)$", key)}
-               for r in evaluation.values()]
-    ks = sorted(set.intersection(*cutoffs))
+    gold = {name: r for name, r in evaluation.items() if "ranking" in r}
+    free = {name: r for name, r in evaluation.items() if "label_free" in r}
+    lines = []
+    if gold:
+        lines += [format_table(gold, _cutoffs([r["ranking"]["all"] for r in gold.values()], "recall")), ""]
+    if free:
+        lines += [format_label_free_table(free, _cutoffs([r["label_free"] for r in free.values()], "answer_recall")),
+                  ""]
     questions = sorted({r.get("questions") for r in evaluation.values() if r.get("questions") is not None})
     reader_k = sorted({r["reader"]["k"] for r in evaluation.values() if "k" in r.get("reader", {})})
     notes = [f"{'/'.join(map(str, questions))} dev questions" if questions else "",
              f"EM/F1 with the reader given the top-{'/'.join(map(str, reader_k))}" if reader_k else "no reader EM",
-             "R@k = recall of gold passages (all / direct: contains the answer / indirect: a bridge) in the top k"]
-    return [format_table(evaluation, ks), "", "; ".join(n for n in notes if n) + "."]
+             "R@k = recall of gold passages (all / direct: contains the answer / indirect: a bridge) in the top k"
+             if gold else "no is_gold labels on the evaluation data: the label-free metrics only"]
+    return [*lines, "; ".join(n for n in notes if n) + "."]
+
+
+def _cutoffs(tables: list[dict], metric: str) -> list[int]:
+    """The k of every `metric`@k key that all `tables` have, ascending."""
+    found = [{int(m) for key in t for m in re.findall(rf"^{metric}@(\d+)$", key)} for t in tables]
+    return sorted(set.intersection(*found))
 
 
 def _transformers_snippet(reranker: Reranker, out_dir: Path) -> str:

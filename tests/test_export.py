@@ -21,9 +21,10 @@ import yaml
 from gr_train import cli, synthetic, train
 from gr_train.config import RerankerSection, load_config
 from gr_train.data import load_records, passage_string
-from gr_train.evaluate import format_table
+from gr_train.evaluate import format_label_free_table, format_table
 from gr_train.export import export_reranker, export_run
 from gr_train.reranker import Reranker, build_reranker, build_word_tokenizer
+from helpers import strip_labels
 from test_reranker import CORPUS, QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +79,10 @@ def tiny_reranker(kind: str) -> Reranker:
     return reranker
 
 
-def tiny_run(tmp_path: Path):
+def tiny_run(tmp_path: Path, unlabelled: bool = False):
     """A 3-step G-Rerank run of a tiny cross-encoder (tests/test_train.py's tiny config), then `gr-train evaluate`
-    (ranking only) into <run_dir>/final/eval.json, next to the evaluated reranker."""
+    (ranking only) into <run_dir>/final/eval.json, next to the evaluated reranker. unlabelled: train and dev files
+    without is_gold, evaluated with the reader (the label-free metrics only)."""
     data = tmp_path / "data"
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"run.run_dir={tmp_path / 'run'}", "run.progress=false", "reranker.kind=cross_encoder", "gumbel.k=2",
@@ -92,10 +94,13 @@ def tiny_run(tmp_path: Path):
     ])
     synthetic.write_demo_data(cfg.synthetic, data, seed=0)
     cfg.data.train_path, cfg.data.dev_path = str(data / "train.jsonl"), str(data / "dev.jsonl")
+    if unlabelled:
+        cfg.data.train_path = str(strip_labels(data / "train.jsonl", data / "train_unlabelled.jsonl"))
+        cfg.data.dev_path = str(strip_labels(data / "dev.jsonl", data / "dev_unlabelled.jsonl"))
     out = train.main(cfg, resume=False)
     out["recipe"].reranker.eval()  # the recipe leaves it in train mode (dropout)
     run_dir = Path(cfg.run.run_dir)
-    assert cli.main(["evaluate", "--config", str(run_dir / "config.yaml"), "--no-reader",
+    assert cli.main(["evaluate", "--config", str(run_dir / "config.yaml"), *([] if unlabelled else ["--no-reader"]),
                      f"reranker.name_or_path={run_dir / 'final' / 'reranker'}"]) == 0
     return out["recipe"].reranker, run_dir
 
@@ -220,8 +225,28 @@ def test_model_card_of_the_training_run(exports):
     assert "| tau | 0.5 (temperature; `gumbel.tau`, constant) |" in body
     assert "| estimator | straight_through (`gumbel.estimator`: the reader read the hard Gumbel top-k sample;" in body
     result = json.loads((run_dir / "final" / "eval.json").read_text())
+    # labelled: the gold table, then the label-free one (answer recall@k; EM, F1 and the loss need the reader)
     assert format_table({"eval.json": result}, [2, 5]) in body
-    assert "8 dev questions" in body and "no reader EM" in body
+    assert format_label_free_table({"eval.json": result}, [2, 5]) in body
+    assert "8 dev questions" in body and "no reader EM" in body and "R@k = recall of gold passages" in body
+
+
+def test_model_card_of_a_run_without_labels_shows_the_label_free_table(tmp_path):
+    """A run trained and evaluated on files without is_gold: its eval.json has the label-free metrics only, and the
+    card's table is evaluate.format_label_free_table of it (answer recall@k, EM, F1, hard top-k loss)."""
+    _, run_dir = tiny_run(tmp_path, unlabelled=True)
+    result = json.loads((run_dir / "final" / "eval.json").read_text())
+    assert result["labelled"] is False and "ranking" not in result
+    assert cli.main(["export", "--run-dir", str(run_dir), "--output", str(tmp_path / "card")]) == 0
+    _, body = card_of(tmp_path / "card")
+    table = format_label_free_table({"eval.json": result}, [2, 5])
+    assert table in body
+    assert "| reranker | answer R@2 | answer R@5 | EM | F1 | hard top-k loss (nats/token) |" in body
+    free = result["label_free"]
+    row = f"| eval.json | {free['answer_recall@2']['mean']:.3f} [{free['answer_recall@2']['lo']:.3f}, "
+    assert row in body and f"{free['loss_hard']['mean']:.3f} [" in body
+    assert "R@2 all" not in body and "no is_gold labels on the evaluation data: the label-free metrics only" in body
+    assert "EM/F1 with the reader given the top-2" in body
 
 
 @pytest.mark.parametrize("objective,expected,absent", [
