@@ -17,7 +17,6 @@ from gr_train.config import ConfigError, load_config
 from gr_train.data import load_split
 from gr_train.evaluate import answer_recall, evaluate, hard_topk_loss, score_records
 from gr_train.ranking import nanmean
-from helpers import strip_labels
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["gumbel", "supervised"]
@@ -343,6 +342,8 @@ UNLABELLED_ROWS = ["gumbel"]
 @pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory):
     """The tiny comparison with the demo dev file's is_gold removed (train file unchanged)."""
+    from helpers import strip_labels
+
     root = tmp_path_factory.mktemp("compare_unlabelled")
     cfg = tiny_cfg(root)
     cfg.data.dev_path = str(strip_labels(cfg.data.dev_path, root / "data" / "dev_unlabelled.jsonl"))

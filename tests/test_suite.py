@@ -9,7 +9,6 @@ from gr_train import cli
 from gr_train.config import ConfigError, load_config
 from gr_train.data import DataError
 from gr_train.suite import dataset_config, heatmap_metrics, run_suite
-from helpers import strip_labels
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the vendored samples, data/README.md
 HOTPOT_TRAIN = DATA / "hotpotqa" / "train_sample_hipporag.json"
@@ -65,6 +64,8 @@ def test_a_dataset_without_dev_labels_gets_the_label_free_columns_and_the_same_l
     """The same HotpotQA questions twice, once with the dev file's is_gold removed: that dataset's table and heat
     map column have the label-free metrics only, with the very values of the labelled dataset (labels change no
     run); the heat map adds answer recall next to the gold metrics."""
+    from helpers import strip_labels
+
     from gr_train.data import from_hotpotqa, save_records
 
     save_records(from_hotpotqa(HOTPOT_DEV), tmp_path / "dev.jsonl")
