@@ -32,13 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from gr_train.checks import candidate_quality, format_quality
+from gr_train.candidates import label_candidates, parse_row, question_rejects, read_question_items, row_quality
+from gr_train.checks import format_quality
 from gr_train.config import ConfigError, RunConfig, save_config, to_dict
-from gr_train.data import (PARQUET_SCHEMA_VERSION, DataError, Passage, Record, detect_item_format, gold_paragraphs,
-                           has_answer, is_gold_passage, parquet_batches, parse_item, passage_string, read_text)
+from gr_train.data import PARQUET_SCHEMA_VERSION
 from gr_train.retrieval import QueryEncoder, load_index_meta
-from ray_jobs.retrieve import ShardPool, search_all
 from ray_jobs import run_job, start_job
+from ray_jobs.retrieve import ShardPool, search_all
 
 log = logging.getLogger("ray_jobs.preprocess")
 
@@ -55,72 +55,8 @@ PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id",
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Plain steps (no Ray): reading, parsing, attaching candidates, tokenizing
+# Plain steps (no Ray): attaching candidates, tokenizing (reading and parsing: gr_train/candidates.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def read_question_items(path: str, fmt: str) -> list[dict]:
-    """The raw records of a question file as {index, where, raw JSON text}; nothing is parsed or dropped yet.
-
-    JSONL is split by line so that one malformed line is one reject, not a failed file; a JSON list must parse as
-    a whole (DataError otherwise); Parquet rows become JSON objects.
-    """
-    p = Path(path)
-    if fmt == "parquet" or p.suffix == ".parquet":
-        rows = (r for batch in parquet_batches(pq.ParquetFile(p)) for r in batch.to_pylist())
-        return [{"index": i, "where": f"row {i}", "raw": json.dumps(r, default=str)} for i, r in enumerate(rows)]
-    text = read_text(p)  # DataError naming the line and record of a byte that is not UTF-8
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(p, f"invalid JSON: {e.msg}", where=f"line {e.lineno} col {e.colno}") from None
-        return [{"index": i, "where": f"record [{i}]", "raw": json.dumps(obj)} for i, obj in enumerate(data)]
-    items = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            items.append({"index": len(items), "where": f"line {lineno}", "raw": line})
-    if not items:
-        raise DataError(p, "empty file: no records")
-    return items
-
-
-def parse_row(item: dict, fmt: str, path: str, keep_ctxs: bool = False) -> dict:
-    """{index, where, raw} → {index, where, id, record (JSON of the question fields, "" if rejected), reason (the
-    full message, "" if accepted), kind (the reason without its location, for counting)}.
-
-    keep_ctxs (preprocess.candidates=input): the record also carries its own candidates as `ctxs` ({title, text,
-    is_gold, has_answer} each), and a question without any is rejected."""
-    out = {"index": item["index"], "where": item["where"], "id": "", "record": "", "reason": "", "kind": ""}
-    try:
-        obj = json.loads(item["raw"])
-    except json.JSONDecodeError as e:
-        out["reason"], out["kind"] = f"{path} {item['where']}: invalid JSON: {e.msg}", "invalid JSON"
-        return out
-    if isinstance(obj, dict):
-        out["id"] = str(obj.get("id", obj.get("_id", "")))
-    try:
-        if fmt in ("auto", "parquet"):
-            fmt = detect_item_format(obj, path, item["where"], questions=True)
-        record = parse_item(obj, fmt, path, item["where"])
-    except DataError as e:
-        out["reason"], out["kind"] = str(e), (f"field '{e.field}': " if e.field else "") + e.problem
-        return out
-    out["id"] = record.id
-    fields = {"id": record.id, "question": record.question, "answers": record.answers, "target": record.target,
-              # the gold paragraphs [[title, text], ...] label retrieved passages (by paragraph, never by title
-              # alone: titles repeat); None = unlabelled input
-              "gold": gold_paragraphs(record.ctxs)}
-    if keep_ctxs:
-        if not record.ctxs:
-            out["reason"] = (f"{path} {item['where']} (id {record.id}): field 'ctxs': no candidates "
-                             "(preprocess.candidates=input keeps each question's own; use retrieve to fetch them)")
-            out["kind"] = "field 'ctxs': no candidates"
-            return out
-        fields["ctxs"] = [{"title": c.title, "text": c.text, "is_gold": c.is_gold, "has_answer": c.has_answer}
-                          for c in record.ctxs]
-    out["record"] = json.dumps(fields)
-    return out
 
 
 def attach_candidates(records: list[dict], hits, provenance: dict, indices: list[int]) -> list[dict]:
@@ -128,10 +64,7 @@ def attach_candidates(records: list[dict], hits, provenance: dict, indices: list
     each record's position in the input file (input_index)."""
     rows = []
     for q, (rec, index) in enumerate(zip(records, indices, strict=True)):
-        gold = rec["gold"]
-        ctxs = [{**h, "is_gold": is_gold_passage(h["title"], h["text"], gold) if gold is not None else None,
-                 "has_answer": has_answer(passage_string(h["title"], h["text"]), rec["answers"])}
-                for h in hits.rows(q)]
+        ctxs = label_candidates(hits.rows(q), rec["answers"], rec["gold"])
         rows.append({"id": rec["id"], "question": rec["question"], "answers": rec["answers"], "target": rec["target"],
                      "ctxs": ctxs, "schema_version": PARQUET_SCHEMA_VERSION, **provenance, "input_index": index})
     return rows
@@ -146,14 +79,6 @@ def input_candidate_rows(records: list[dict], provenance: dict, indices: list[in
                        "is_gold": c["is_gold"], "has_answer": c["has_answer"]} for i, c in enumerate(rec["ctxs"])],
              "schema_version": PARQUET_SCHEMA_VERSION, **provenance, "input_index": index}
             for rec, index in zip(records, indices, strict=True)]
-
-
-def row_quality(rows: list[dict], n: int) -> dict[str, int]:
-    """checks.candidate_quality of output rows (BASE_SCHEMA) with their first n candidates."""
-    records = [Record(r["id"], r["question"], r["answers"], [Passage(c["title"], c["text"], c["is_gold"],
-                                                                      c["has_answer"]) for c in r["ctxs"]])
-               for r in rows]
-    return candidate_quality(records, n)
 
 
 def _unpadded(values: np.ndarray, mask: np.ndarray) -> list:
@@ -374,17 +299,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     # Rejects and duplicate ids need the whole set: the (index, where, id, reason) columns are small.
     summary_rows = sorted(parsed.select_columns(["index", "where", "id", "reason", "kind"]).take_all(),
                           key=lambda r: r["index"])
-    rejects, first_seen, duplicates = [], {}, set()
-    for r in summary_rows:
-        if r["reason"]:
-            rejects.append({"where": r["where"], "id": r["id"], "reason": r["reason"], "kind": r["kind"]})
-        elif r["id"] in first_seen:
-            duplicates.add(r["index"])
-            rejects.append({"where": r["where"], "id": r["id"],
-                            "reason": f"{pp.questions_path} {r['where']} (id {r['id']}): duplicate id, first seen at "
-                                      f"{first_seen[r['id']]}", "kind": "duplicate id"})
-        else:
-            first_seen[r["id"]] = r["where"]
+    rejects, duplicates = question_rejects(summary_rows, pp.questions_path)
     with open(out / "rejects.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rejects)
     phase_s["rejects"] = time.perf_counter() - t0 - sum(phase_s.values())
