@@ -277,6 +277,19 @@ NO_ANSWER_FIX = ("more candidates per question (data.n_candidates, retrieval.top
                  "retriever (retrieval.kind=dense or bm25), or data.drop_no_answer=true to train without them")
 
 
+def no_answer_warning(counts: dict[str, int], n: int, max_fraction: float) -> str | None:
+    """The warning, with its fix (NO_ANSWER_FIX), when the share of answerless questions among the non-yes/no ones
+    (candidate_quality's counts with the first n candidates) is above max_fraction (data.max_no_answer_fraction);
+    None when it is not."""
+    spanned = counts["questions"] - counts["yes_no"]
+    share = counts["no_answer"] / spanned if spanned else 0.0
+    if share <= max_fraction:
+        return None
+    return (f"{100 * share:.0f}% of the questions ({counts['no_answer']} of {spanned}, yes/no aside) have no "
+            f"answer-bearing candidate among their first {n}, above data.max_no_answer_fraction={max_fraction:g}: "
+            f"their candidates miss the answer. Fix: {NO_ANSWER_FIX}")
+
+
 def check_answer_candidates(cfg: RunConfig, path: str, records: list[Record]) -> dict[str, int]:
     """The training questions with no answer-bearing candidate among the first data.n_candidates (and with no gold
     passage, when labelled): one log line with the counts, a warning naming the fix when their share of the
@@ -288,13 +301,9 @@ def check_answer_candidates(cfg: RunConfig, path: str, records: list[Record]) ->
         "kept (data.drop_no_answer=false): the reader's loss gives them nothing to reward"
     log.info("train %s: %s (data.n_candidates=%d); those without an answer-bearing one are %s", path,
              format_quality(counts, n), n, fate)
-    spanned = counts["questions"] - counts["yes_no"]
-    share = counts["no_answer"] / spanned if spanned else 0.0
-    if share > cfg.data.max_no_answer_fraction:
-        log.warning("train %s: %.0f%% of the questions (%d of %d, yes/no aside) have no answer-bearing candidate "
-                    "among their first %d, above data.max_no_answer_fraction=%g: their candidates miss the answer. "
-                    "Fix: %s", path, 100 * share, counts["no_answer"], spanned, n, cfg.data.max_no_answer_fraction,
-                    NO_ANSWER_FIX)
+    warning = no_answer_warning(counts, n, cfg.data.max_no_answer_fraction)
+    if warning:
+        log.warning("train %s: %s", path, warning)
     if cfg.data.drop_no_answer and counts["no_answer"] == counts["questions"]:
         raise ConfigError(f"data.drop_no_answer=true: every question of {path} ({counts['questions']}) has no "
                           f"answer-bearing candidate among its first {n}, so none would be left to train on: retrieve "
