@@ -518,9 +518,18 @@ def save_records(records: Iterable[Record], path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: unknown extension '{path.suffix}' (use .jsonl or .json)")
     rows = [_record_to_dict(r) for r in records]
     if path.suffix == ".json":
-        text = json.dumps(rows, ensure_ascii=False) + "\n"
+        _write_atomic(path, json.dumps(rows, ensure_ascii=False) + "\n")
     else:
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_jsonl(rows, path)
+
+
+def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> None:
+    """JSON objects as JSON lines, one a line, UTF-8 with non-ASCII text kept, written atomically (a temporary name,
+    then renamed: a reader never sees half a file)."""
+    _write_atomic(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def _write_atomic(path: Path, text: str) -> None:
     # Escape the two JSON-legal line separators so that any line-based JSONL reader sees one record per line.
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     path.parent.mkdir(parents=True, exist_ok=True)
