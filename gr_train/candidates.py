@@ -1,15 +1,21 @@
 """Question files → retrieved candidates: read the raw records one by one, parse each or reject it with the reason
-(duplicate ids included), and label each retrieved candidate (has_answer; is_gold when the input had gold passages).
+(duplicate ids included), label each retrieved candidate (has_answer; is_gold when the input had gold passages).
 
-Shared by ray_jobs/preprocess.py (Ray Data → Parquet). No Ray, no torch: pure Python over data.py's parsers.
+`retrieve` writes a question file's candidates as FiD JSONL (`gr-train retrieve`, with the index in this process
+or, --ray, one Ray actor per shard); ray_jobs/preprocess.py shares the parsing and labelling (Ray Data → Parquet).
+No Ray, no torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from gr_train.checks import candidate_quality
+from gr_train.checks import candidate_quality, format_quality, no_answer_warning
 from gr_train.data import (
     DataError,
     Passage,
@@ -22,7 +28,9 @@ from gr_train.data import (
     parse_item,
     passage_string,
     read_text,
+    write_jsonl,
 )
+from gr_train.retrieval import Hits, load_index_meta
 
 
 def read_question_items(path: str, fmt: str) -> list[dict]:
@@ -138,3 +146,100 @@ def row_quality(rows: list[dict], n: int) -> dict[str, int]:
                                                                       c["has_answer"]) for c in r["ctxs"]])
                for r in rows]
     return candidate_quality(records, n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `gr-train retrieve`: a question file → FiD JSONL with the top-k candidates of an index
+# ---------------------------------------------------------------------------------------------------------------
+
+# Questions per search call: the query encoder's own batch (QueryEncoder encodes 64 texts per forward), so a call is
+# one encoder forward. Both search paths get the file cut the same way, so their query embeddings are the same.
+QUERY_BATCH = 64
+
+# search_batches(batches of questions, k) → one merged Hits per batch, in order: ShardedIndex.search_batches (this
+# process) or ray_jobs.retrieve.ShardPool.search_batches (one Ray actor per shard).
+SearchBatches = Callable[[Iterable[list[str]], int], Iterable[Hits]]
+
+
+def rejects_path(out: str | os.PathLike) -> Path:
+    """Where `retrieve` writes the rejected records of its output OUT.jsonl: OUT.rejects.jsonl beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + ".rejects.jsonl")
+
+
+def fid_candidate(c: dict) -> dict:
+    """A labelled candidate (label_candidates) as a FiD ctx: {id (the corpus docid), title, text, score, has_answer,
+    is_gold}; has_answer and is_gold only where set (no has_answer for a yes/no question, no is_gold for unlabelled
+    input), as data.save_records leaves out unset labels."""
+    ctx = {"id": c["docid"], "title": c["title"], "text": c["text"], "score": c["score"]}
+    for key in ("has_answer", "is_gold"):
+        if c[key] is not None:
+            ctx[key] = c[key]
+    return ctx
+
+
+def retrieve(cfg, questions_path: str, out_path: str, search_batches: SearchBatches, fmt: str = "auto") -> dict:
+    """The top retrieval.top_k candidates of every question of a question file, written as FiD JSONL.
+
+    Args:
+        cfg: the RunConfig (retrieval.index_dir, retrieval.top_k; data.n_candidates for the quality counts).
+        questions_path: FiD JSON/JSONL (candidates optional: their is_gold labels mark the gold paragraphs),
+            HotpotQA / 2Wiki / MuSiQue JSON(L) or Parquet; fmt: auto | fid | hotpotqa | 2wiki | musique | parquet.
+        out_path: the output, .jsonl: one line per accepted question, in input order: {id, question, answers,
+            target (if the input had one), ctxs: [fid_candidate, ...] best first}; `gr-train train
+            data.train_path=OUT` reads it. Rejected records go to rejects_path(out_path), one {where, id, reason,
+            kind} a line (an empty file when none). Both are written atomically.
+        search_batches: the index's search (SearchBatches); the only part that differs between this process and Ray.
+    Returns:
+        The summary: {questions_path, out, rejects, index_dir, index_version, kind, top_k, input, written,
+        rejected, rejects_by_reason, candidate_quality: {n_candidates, checks.candidate_quality's counts of the
+        output with its first data.n_candidates}, wall_s}.
+    Raises:
+        DataError: the file cannot be read at all (not UTF-8, a JSON list that does not parse, no records);
+        FileNotFoundError: no index in retrieval.index_dir; RuntimeError if written + rejected != input.
+    """
+    t0 = time.perf_counter()
+    meta = load_index_meta(cfg.retrieval.index_dir)
+    items = read_question_items(questions_path, fmt)
+    parsed = [parse_row(item, fmt, questions_path) for item in items]
+    rejects, duplicates = question_rejects(parsed, questions_path)
+    records = [json.loads(r["record"]) for r in parsed if not r["reason"] and r["index"] not in duplicates]
+    batches = [records[i : i + QUERY_BATCH] for i in range(0, len(records), QUERY_BATCH)]
+    k = cfg.retrieval.top_k
+    rows = []
+    for batch, hits in zip(batches, search_batches(([r["question"] for r in b] for b in batches), k), strict=True):
+        for q, rec in enumerate(batch):
+            row = {"id": rec["id"], "question": rec["question"], "answers": rec["answers"]}
+            if rec["target"] is not None:
+                row["target"] = rec["target"]
+            rows.append({**row, "ctxs": label_candidates(hits.rows(q), rec["answers"], rec["gold"])})
+    n = cfg.data.n_candidates
+    quality = row_quality(rows, n)
+    write_jsonl(({**r, "ctxs": [fid_candidate(c) for c in r["ctxs"]]} for r in rows), out_path)
+    write_jsonl(rejects, rejects_path(out_path))
+    if len(rows) + len(rejects) != len(items):
+        raise RuntimeError(f"retrieve: {len(items)} input records but {len(rows)} written + {len(rejects)} rejected")
+    return {"questions_path": str(questions_path), "out": str(out_path), "rejects": str(rejects_path(out_path)),
+            "index_dir": str(cfg.retrieval.index_dir), "index_version": meta["index_version"], "kind": meta["kind"],
+            "top_k": k, "input": len(items), "written": len(rows), "rejected": len(rejects),
+            "rejects_by_reason": dict(Counter(r["kind"] for r in rejects).most_common(20)),
+            "candidate_quality": {"n_candidates": n, **quality}, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def format_summary(summary: dict, max_no_answer_fraction: float) -> str:
+    """retrieve's summary for a reader: one JSON line, then the candidate quality, the warning `gr-train train`
+    logs for it (checks.no_answer_warning, with its fix), a note when retrieval.top_k is below data.n_candidates,
+    and the files written."""
+    q = summary["candidate_quality"]
+    n = q["n_candidates"]
+    lines = ["retrieve summary: " + json.dumps(summary),
+             f"candidates: {format_quality(q, n)} (data.n_candidates={n}, retrieval.top_k={summary['top_k']})"]
+    warning = no_answer_warning(q, n, max_no_answer_fraction)
+    if warning:
+        lines.append(f"warning: {summary['out']}: {warning}")
+    if summary["top_k"] < n:
+        lines.append(f"note: retrieval.top_k={summary['top_k']} is below data.n_candidates={n}: train on this file "
+                     f"with data.n_candidates={summary['top_k']} or less, or retrieve more")
+    lines.append(f"written: {summary['out']} ({summary['written']} questions), {summary['rejects']} "
+                 f"({summary['rejected']} rejected of {summary['input']})")
+    return "\n".join(lines)

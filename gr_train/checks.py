@@ -195,6 +195,40 @@ def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) ->
                         f"{' or '.join(suffixes)}")
 
 
+CORPUS_SUFFIXES = (".jsonl", ".tsv", ".parquet")  # retrieval.read_corpus
+
+
+def check_corpus(cfg: RunConfig) -> None:
+    """`gr-train index`: retrieval.corpus_path is set and names a .jsonl / .tsv / .parquet file. Raises ConfigError."""
+    path = cfg.retrieval.corpus_path
+    if not path:
+        raise ConfigError("retrieval.corpus_path: not set; add retrieval.corpus_path=FILE (passages: .jsonl, one "
+                          "{id, title, text} a line; DPR .tsv with the header id, text, title; or .parquet with "
+                          "columns id, text and optionally title)")
+    if not Path(path).is_file():
+        raise ConfigError(f"retrieval.corpus_path={path}: no such file (relative paths start at the working "
+                          f"directory {Path.cwd()})")
+    if Path(path).suffix not in CORPUS_SUFFIXES:
+        raise ConfigError(f"retrieval.corpus_path={path}: unknown extension '{Path(path).suffix}': give a corpus "
+                          f"ending in {' | '.join(CORPUS_SUFFIXES)}")
+
+
+def check_retrieve(cfg: RunConfig, questions: str, out: str) -> None:
+    """`gr-train retrieve`: an index in retrieval.index_dir (ConfigError naming `gr-train index`), an existing
+    --questions file, and an --out file ending in .jsonl that is not the questions file (UserError)."""
+    index_dir = cfg.retrieval.index_dir
+    if not (Path(index_dir) / "index.json").is_file():
+        raise ConfigError(f"retrieval.index_dir={index_dir}: no index there (no index.json): build it first "
+                          "(gr-train index --config FILE retrieval.corpus_path=CORPUS "
+                          f"retrieval.index_dir={index_dir}), or give the folder of one")
+    if not Path(questions).is_file():
+        raise UserError(f"--questions {questions}: no such file (relative paths start at the working directory "
+                        f"{Path.cwd()})")
+    check_output_file(out, (".jsonl",), "--out")
+    if Path(out).resolve() == Path(questions).resolve():
+        raise UserError(f"--out {out} is the --questions file: give another name (the output would replace it)")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The data against the config
 # ---------------------------------------------------------------------------------------------------------------

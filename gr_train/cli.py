@@ -1,5 +1,5 @@
-"""`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | structure |
-reader-report | prepare-models | config.
+"""`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | index |
+retrieve | structure | reader-report | prepare-models | config.
 
 Thin: each verb loads the config, runs the checks of checks.py (config first, before torch is imported; then the
 data against the config, before any model is built) and calls one recipe function. Every user mistake ends in one
@@ -187,6 +187,60 @@ def cmd_convert(args) -> None:
     print(f"{len(records)} records ({fmt}{', detected' if args.format == 'auto' else ''}): {args.input} -> "
           f"{args.output}")
     print(f"{gold} gold passages; {checks.format_counts(counts, 0)}")
+
+
+def _ray_paths(cfg) -> None:
+    """--ray: corpus and index paths made absolute, so that Ray workers (other processes, other nodes of a
+    cluster) read the files this command names. The index_version does not change: it names the corpus file alone."""
+    r = cfg.retrieval
+    r.index_dir = str(Path(r.index_dir).resolve())
+    if r.corpus_path:
+        r.corpus_path = str(Path(r.corpus_path).resolve())
+
+
+def cmd_index(args) -> None:
+    """Build the index of retrieval.corpus_path into retrieval.index_dir; print its one-line JSON summary."""
+    import time
+
+    cfg = _load(args)
+    checks.check_corpus(cfg)
+    t0 = time.perf_counter()
+    if args.ray:
+        from ray_jobs import command_ray
+
+        _ray_paths(cfg)
+        with command_ray(cfg.retrieval, cfg.retrieval.n_shards):
+            from ray_jobs import build_index as job
+
+            summary = job.run(cfg)
+    else:
+        from gr_train.retrieval import build_index, index_summary
+
+        summary = index_summary(build_index(cfg), cfg.retrieval.index_dir, time.perf_counter() - t0)
+    print(json.dumps(summary))
+
+
+def cmd_retrieve(args) -> None:
+    """The top retrieval.top_k candidates of each question of --questions → FiD JSONL --out, rejects beside it."""
+    from gr_train.candidates import format_summary, retrieve
+
+    cfg = _load(args)
+    checks.check_retrieve(cfg, args.questions, args.out)
+    if args.ray:
+        from gr_train.retrieval import load_index_meta
+        from ray_jobs import command_ray
+
+        _ray_paths(cfg)
+        with command_ray(cfg.retrieval, len(load_index_meta(cfg.retrieval.index_dir)["bounds"])):
+            from ray_jobs import retrieve as job
+
+            summary = job.run(cfg, args.questions, args.out, args.format)
+    else:
+        from gr_train.retrieval import ShardedIndex
+
+        summary = retrieve(cfg, args.questions, args.out, ShardedIndex(cfg.retrieval.index_dir).search_batches,
+                           args.format)
+    print(format_summary(summary, cfg.data.max_no_answer_fraction))
 
 
 def cmd_structure(args) -> None:
@@ -397,6 +451,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output file, .jsonl or .json")
     p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default auto: detected)")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("index", help="build the BM25 or dense index of your corpus (retrieval.*), sharded", **_help(
+        "Build the index of retrieval.corpus_path into retrieval.index_dir: BM25 (bm25s tokens, Lucene scoring with "
+        "corpus-wide statistics) or dense (faiss inner product over all-MiniLM-L6-v2 embeddings, or "
+        "retrieval.encoder) per retrieval.kind, in retrieval.n_shards contiguous shards whose merged top-k equals "
+        "one index's. A corpus is .jsonl (one {id, title, text} a line), DPR .tsv (id, text, title) or .parquet. "
+        "In this process by default; --ray builds one shard per Ray actor (BM25) or task (dense) on a local Ray "
+        "with token authentication, or on the cluster in RAY_ADDRESS; both give the same index. Prints a JSON line: "
+        "index_dir, index_version, kind, passages, shards (passages each), wall_s.",
+        "gr-train index --config configs/real.yaml retrieval.corpus_path=corpus.jsonl retrieval.index_dir=runs/index "
+        "retrieval.kind=bm25 retrieval.n_shards=4",
+        "<index_dir>/index.json (written last: its index_version names kind, parameters, corpus and shard layout), "
+        "<index_dir>/shard-NNNNN/ (passages.arrow and the BM25 or faiss index of each shard)"))
+    _config_args(p)
+    p.add_argument("--ray", action="store_true", help="build the shards on Ray (local, token authentication; or "
+                   "RAY_ADDRESS) instead of in this process")
+    p.set_defaults(func=cmd_index)
+    p = sub.add_parser("retrieve", help="candidates for a question file from your index → FiD JSONL that train "
+                       "reads", **_help(
+        "For each question of --questions (FiD JSON/JSONL with or without ctxs, HotpotQA / 2Wiki / MuSiQue "
+        "JSON(L), or Parquet: id, question, answers), the top retrieval.top_k passages of the index in "
+        "retrieval.index_dir, labelled has_answer (normalised answer match) and, where the input has gold "
+        "passages, is_gold (the same paragraph). The output is FiD JSONL that `gr-train train "
+        "data.train_path=OUT.jsonl` (or data.dev_path) reads as it is. A record that does not parse, or repeats "
+        "an id, goes to OUT.rejects.jsonl with its line, id and reason; the counts always add up. Prints the "
+        "counts and the questions with no answer-bearing candidate (and with no gold one, when labelled) among "
+        "the first data.n_candidates, with a warning and its fix above data.max_no_answer_fraction. --ray "
+        "searches with one Ray actor per shard: the same file, byte for byte.",
+        "gr-train retrieve --config configs/real.yaml --questions train_questions.jsonl --out runs/train.jsonl "
+        "retrieval.index_dir=runs/index retrieval.top_k=20",
+        "OUT (.jsonl, one question a line: {id, question, answers, ctxs: [{id, title, text, score, has_answer, "
+        "is_gold}]}; is_gold only for labelled input) and OUT.rejects.jsonl ({where, id, reason, kind} a line)"))
+    _config_args(p)
+    p.add_argument("--questions", required=True, help="question file: FiD JSON/JSONL (ctxs optional), HotpotQA / "
+                   "2Wiki / MuSiQue JSON(L) or Parquet")
+    p.add_argument("--out", required=True, help="output FiD file, .jsonl (rejects: OUT.rejects.jsonl beside it)")
+    p.add_argument("--format", default="auto", choices=("auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"),
+                   help="question file format (default auto: detected per record)")
+    p.add_argument("--ray", action="store_true", help="search with one Ray actor per shard (local Ray, token "
+                   "authentication; or RAY_ADDRESS) instead of in this process")
+    p.set_defaults(func=cmd_retrieve)
     p = sub.add_parser("structure", help="structure statistics of labelled data files (repeated gold facts, "
                        "answer-bearing / topical distractors, one-hop shortcuts)", **_help(
         "Structure statistics of labelled data: repeated gold facts, answer-bearing and topical distractors, "

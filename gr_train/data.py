@@ -771,8 +771,9 @@ def detect_item_format(obj: Any, path: str | os.PathLike, where: str, *, questio
         raise DataError(
             path, f"a question without candidates (keys {sorted(keys)[:10]}): training and evaluation read each "
             "question with its candidate passages, as FiD records with 'ctxs' (README, \"Data format\"); retrieve them "
-            "from your corpus (ray_jobs.build_index, then ray_jobs.preprocess: README, \"Data preprocessing with "
-            "Ray\"), or convert HotpotQA / 2Wiki / MuSiQue files with their paragraphs (gr-train convert)",
+            "from your corpus (gr-train index, then gr-train retrieve --questions FILE --out OUT.jsonl; on a Ray "
+            "cluster ray_jobs.build_index, then ray_jobs.preprocess: README, \"Data preprocessing with Ray\"), or "
+            "convert HotpotQA / 2Wiki / MuSiQue files with their paragraphs (gr-train convert)",
             where=where)
     raise DataError(
         path,

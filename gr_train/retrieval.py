@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -545,10 +545,19 @@ def build_index(cfg) -> dict:
     return meta
 
 
+def index_summary(meta: dict, index_dir: str | os.PathLike, wall_s: float) -> dict:
+    """The summary of a built index (`gr-train index`, ray_jobs.build_index): {index_dir, index_version, kind,
+    passages, shards (passages per shard), wall_s (seconds)}."""
+    return {"index_dir": str(index_dir), "index_version": meta["index_version"], "kind": meta["kind"],
+            "passages": meta["corpus"]["passages"], "shards": [b - a for a, b in meta["bounds"]],
+            "wall_s": round(wall_s, 2)}
+
+
 def load_index_meta(index_dir: str | os.PathLike) -> dict:
     path = Path(index_dir) / INDEX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{index_dir}: no {INDEX_FILE}; build the index first (ray_jobs.build_index)")
+        raise FileNotFoundError(f"{index_dir}: no {INDEX_FILE}; build the index first (gr-train index, or "
+                                "ray_jobs.build_index on a Ray cluster)")
     return json.loads(path.read_text())
 
 
@@ -562,5 +571,11 @@ class ShardedIndex:
         self.encoder = QueryEncoder(self.meta)
 
     def search(self, questions: list[str], k: int) -> Hits:
+        """The top-k of Q questions: Hits of [Q, min(k, passages)]."""
         queries = self.encoder.encode(questions)
         return merge_hits([shard.search(queries, k) for shard in self.shards], k)
+
+    def search_batches(self, batches: Iterable[list[str]], k: int) -> Iterator[Hits]:
+        """One Hits per batch of questions, in order (ShardPool.search_batches' signature)."""
+        for questions in batches:
+            yield self.search(questions, k)

@@ -1,6 +1,7 @@
 """Ray entrypoints, run with `ray job submit ... -- python -m ray_jobs.<job> --config FILE [section.key=value ...]`:
-build_index (one task per shard), preprocess (Ray Data + shard actors), evaluate, train. Ray is imported only here.
-`local_ray` starts a token-authenticated Ray inside a process (`gr-train demo`)."""
+build_index (one task per shard), retrieve (shard actors → FiD JSONL), preprocess (Ray Data + shard actors),
+evaluate, train. Ray is imported only here. `local_ray` starts a token-authenticated Ray inside a process
+(`gr-train demo`); `command_ray` gives `gr-train index --ray` and `gr-train retrieve --ray` theirs."""
 
 from __future__ import annotations
 
@@ -82,3 +83,34 @@ def local_ray(num_cpus: int, dashboard: bool = False):
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def command_ray(rcfg, n_shards: int):
+    """Ray for a `gr-train index --ray` or `gr-train retrieve --ray` run, for the length of the `with` block.
+
+    The connection this process already has, left open (tests); else the cluster in RAY_ADDRESS, joined as
+    start_job joins it and left at the end; else a local Ray with token authentication (local_ray), stopped at the
+    end, error included, with CPUs for one actor per shard: n_shards (the index's, for retrieve) x
+    retrieval.shard_num_cpus, and at least this machine's cores (shard actors that do not all fit would wait
+    forever: the placement group of 3 one-CPU shards on a 2-CPU local Ray never became ready).
+    """
+    import math
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        yield ray
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        ray.init()
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+        return
+    with local_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(n_shards * rcfg.shard_num_cpus))) as ray:
+        yield ray

@@ -18,8 +18,17 @@ import time
 import ray
 
 from gr_train.config import RunConfig
-from gr_train.retrieval import (BM25Builder, CorpusStats, build_dense_shard, corpus_size, index_meta,
-                                read_corpus_slice, shard_dir, write_index_meta)
+from gr_train.retrieval import (
+    BM25Builder,
+    CorpusStats,
+    build_dense_shard,
+    corpus_size,
+    index_meta,
+    index_summary,
+    read_corpus_slice,
+    shard_dir,
+    write_index_meta,
+)
 from ray_jobs import run_job, start_job
 
 log = logging.getLogger("ray_jobs.build_index")
@@ -47,6 +56,8 @@ def build_dense(rcfg, start: int, end: int, folder: str) -> int:
 
 
 def run(cfg: RunConfig) -> dict:
+    """Every shard of cfg.retrieval built on the connected Ray cluster, then index.json; returns
+    retrieval.index_summary. Raises ValueError without retrieval.corpus_path."""
     r = cfg.retrieval
     if not r.corpus_path:
         raise ValueError("retrieval.corpus_path is required")
@@ -65,11 +76,9 @@ def run(cfg: RunConfig) -> dict:
             ray.kill(a)
     else:
         done = ray.get([build_dense.options(**opts).remote(r, a, b, f) for (a, b), f in zip(meta["bounds"], folders)])
-    assert sum(done) == meta["corpus"]["passages"], (done, meta["corpus"])
+    assert done == [b - a for a, b in meta["bounds"]], (done, meta["bounds"])
     write_index_meta(r.index_dir, meta)
-    summary = {"index_dir": r.index_dir, "index_version": meta["index_version"], "kind": r.kind,
-               "passages": meta["corpus"]["passages"], "shards": done, "wall_s": round(time.perf_counter() - t0, 2)}
-    return summary
+    return index_summary(meta, r.index_dir, time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,5 +1,6 @@
 """Shard actors and the fan-out: every shard of an index in its own Ray actor, query batches sent to all of them,
-their top-k lists merged exactly (retrieval.merge_hits), with a bound on the batches in flight.
+their top-k lists merged exactly (retrieval.merge_hits), with a bound on the batches in flight. `run`: a question
+file's candidates → FiD JSONL (`gr-train retrieve --ray`).
 
 A killed actor is restarted by Ray (`retrieval.max_restarts`) and reloads its shard from disk in __init__; a
 search call it was running is retried (`max_task_retries`, then resubmitted here), and every batch's result is
@@ -124,6 +125,12 @@ class ShardPool:
         while in_flight:
             yield self._finish(*in_flight.popleft(), k)
 
+    def search_batches(self, batches: Iterable[list[str]], k: int) -> Iterator[Hits]:
+        """One merged Hits per batch of questions, in order, through `stream` (retrieval.ShardedIndex.search_batches'
+        signature)."""
+        for _, hits in self.stream(((None, questions) for questions in batches), k):
+            yield hits
+
     def _finish(self, key, queries, refs: list, k: int) -> tuple[Any, Hits]:
         return key, search_all(self.actors, queries, k, self.retry_budget_s, refs)
 
@@ -163,3 +170,16 @@ def search_all(actors: list, queries, k: int, budgets_s: Sequence[float], refs: 
                 pause = min(2 * pause, 5.0)
                 ref = actors[s].search.remote(queries, k)
     return merge_hits(parts, k)
+
+
+def run(cfg, questions: str, out: str, fmt: str = "auto") -> dict:
+    """`gr-train retrieve` on the connected Ray cluster: candidates.retrieve with the index's shards in a ShardPool
+    (retrieval.index_dir: a path every node reads); the pool is shut down at the end, error included. Returns
+    candidates.retrieve's summary."""
+    from gr_train.candidates import retrieve
+
+    pool = ShardPool(cfg.retrieval)
+    try:
+        return retrieve(cfg, questions, out, pool.search_batches, fmt)
+    finally:
+        pool.shutdown()

@@ -33,3 +33,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray in this process for the module's tests (2 CPUs, token authentication with the run's token),
+    stopped after the module's last test."""
+    import pathlib
+
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}})
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert get_authentication_mode() == AuthenticationMode.TOKEN  # the in-process cluster runs with the run's token
+    yield
+    ray.shutdown()

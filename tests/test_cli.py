@@ -71,3 +71,19 @@ def test_config_filters_by_section_and_names_the_sections_when_unknown(capsys):
     lines = [line for line in err.err.splitlines() if line.startswith("gr-train: error:")]
     assert len(lines) == 1 and "Traceback" not in err.err and not err.out
     assert "unknown section 'rerankr' (sections: run, synthetic, data, reader, reranker, gumbel," in lines[0]
+
+
+def test_help_lists_index_and_retrieve_with_an_example_and_the_files_written(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "    index " in text and "    retrieve " in text
+    for command, example, writes in (
+            ("index", "gr-train index --config configs/real.yaml retrieval.corpus_path=", "<index_dir>/index.json"),
+            ("retrieve", "gr-train retrieve --config configs/real.yaml --questions", "OUT.rejects.jsonl")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        example_part, writes_part = text.split("example:\n")[1].split("\n\nwrites:\n")
+        assert example in " ".join(example_part.split()) and writes in writes_part
+        assert "--ray" in text and "token authentication" in " ".join(text.split())

@@ -593,4 +593,5 @@ def test_a_question_file_without_candidates_names_what_is_missing_and_how_to_get
         load_any(path)
     message = str(raised.value)
     assert message.startswith(f"{path} line 1: a question without candidates")
-    assert "'ctxs'" in message and "ray_jobs.preprocess" in message and "gr-train convert" in message
+    assert "'ctxs'" in message and "gr-train retrieve" in message and "gr-train convert" in message
+    assert "ray_jobs.preprocess" in message

@@ -34,17 +34,6 @@ def write_corpus(path, n, seed=0):
             f.write(json.dumps({"id": f"p{i}", "title": f"T{i % 97}", "text": text}) + "\n")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    from ray._raylet import AuthenticationMode, get_authentication_mode
-
-    assert get_authentication_mode() == AuthenticationMode.TOKEN  # the in-process cluster runs with the run's token
-    yield
-    ray.shutdown()
-
-
 def test_killed_shard_actor_restarts_and_every_query_is_answered_once(tmp_path, ray_local):
     from ray_jobs.retrieve import ShardPool
 
