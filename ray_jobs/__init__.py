@@ -21,7 +21,9 @@ def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None,
     from gr_train.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{module}", description=doc.split("\n")[0])
+    # The module's whole docstring: what the job does, the command that submits it, what it reads and writes.
+    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     if add_arguments is not None:

@@ -1,4 +1,4 @@
-"""Build a sharded retrieval index on a Ray cluster: one Ray actor (BM25) or task (dense) per shard.
+r"""Build a sharded retrieval index on a Ray cluster: one Ray actor (BM25) or task (dense) per shard.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m ray_jobs.build_index --config configs/x.yaml retrieval.corpus_path=/data/psgs_w100.parquet

@@ -1,4 +1,4 @@
-"""Evaluate a reranker on a Ray cluster: the dev set (FiD JSON/JSONL or preprocessed Parquet) is split into
+r"""Evaluate a reranker on a Ray cluster: the dev set (FiD JSON/JSONL or preprocessed Parquet) is split into
 `eval.ray_tasks` chunks, each scored (and, with the reader, answered from its hard top-k) by one Ray task;
 the driver computes Recall/NDCG@k and MRR (all / direct / indirect), reader EM/F1 and the score spread.
 

@@ -1,4 +1,4 @@
-"""Preprocessing with Ray Data: questions → top-k candidates from the shard actors → has_answer → token ids →
+r"""Preprocessing with Ray Data: questions → top-k candidates from the shard actors → has_answer → token ids →
 Parquet shards with a schema version and provenance; bad records go to rejects.jsonl with the reason.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \

@@ -1,6 +1,10 @@
-"""Shard actors and the fan-out: every shard of an index in its own Ray actor, query batches sent to all of them,
-their top-k lists merged exactly (retrieval.merge_hits), with a bound on the batches in flight. `run`: a question
-file's candidates → FiD JSONL (`gr-train retrieve --ray`).
+r"""Shard actors and the fan-out: every shard of an index in its own Ray actor, query batches sent to all of them,
+their top-k lists merged exactly (retrieval.merge_hits), with a bound on the batches in flight. As a job, a question
+file's candidates → FiD JSONL (`run`; `gr-train retrieve --ray` runs the same on a local Ray):
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m ray_jobs.retrieve \
+        --config configs/x.yaml --questions /data/train.jsonl --out /data/train-ctxs.jsonl \
+        retrieval.index_dir=/data/index
 
 A killed actor is restarted by Ray (`retrieval.max_restarts`) and reloads its shard from disk in __init__; a
 search call it was running is retried (`max_task_retries`, then resubmitted here), and every batch's result is
@@ -183,3 +187,32 @@ def run(cfg, questions: str, out: str, fmt: str = "auto") -> dict:
         return retrieve(cfg, questions, out, pool.search_batches, fmt)
     finally:
         pool.shutdown()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`python -m ray_jobs.retrieve`: the checks before Ray starts (checks.check_retrieve), then `run` on the cluster
+    (inside `ray job submit`) or a local Ray; prints candidates.format_summary and returns the summary."""
+    from gr_train import checks
+    from gr_train.candidates import format_summary
+    from ray_jobs import start_job
+
+    def flags(parser):
+        parser.add_argument("--questions", required=True, help="question file: FiD JSON/JSONL, HotpotQA / 2Wiki / "
+                            "MuSiQue JSON(L) or Parquet")
+        parser.add_argument("--out", required=True, help="output FiD JSONL (rejects: OUT.rejects.jsonl beside it)")
+        parser.add_argument("--format", default="auto", help="question file format (default auto: detected)",
+                            choices=("auto", "fid", "hotpotqa", "2wiki", "musique", "parquet"))
+
+    args, cfg = start_job("retrieve", __doc__, argv, flags,
+                          check=lambda args, cfg: checks.check_retrieve(cfg, args.questions, args.out))
+    summary = run(cfg, args.questions, args.out, args.format)
+    print(format_summary(summary, cfg.data.max_no_answer_fraction))
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ray_jobs import run_job
+
+    sys.exit(run_job("python -m ray_jobs.retrieve", main))

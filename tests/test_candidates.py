@@ -184,3 +184,9 @@ def test_index_and_retrieve_on_ray_equal_this_process(tmp_path, kind, ray_local,
     assert len(lines) == 16 and all(len(r["ctxs"]) == 5 for r in lines)
     if kind == "bm25":
         assert lines[3]["ctxs"][0]["id"] == "p3"  # Where was Name3 born? → the only passage with Name3 first
+        # the job `ray job submit ... python -m ray_jobs.retrieve` runs, on this process's Ray: the same file
+        from ray_jobs import retrieve as job
+
+        job.main(["--questions", str(qfile), "--out", str(tmp_path / "job.jsonl"), *common,
+                  f"retrieval.index_dir={tmp_path / 'index-ray'}"])
+        assert (tmp_path / "job.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()

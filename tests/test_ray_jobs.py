@@ -688,6 +688,8 @@ def test_rows_per_shard_gives_each_worker_about_four_files():
     (["-m", "ray_jobs.evaluate"], [], "data.dev_path: not set"),
     (["-m", "ray_jobs.preprocess"], ["preprocess.questions_path=/nonexistent/q.jsonl"],
      "preprocess.questions_path=/nonexistent/q.jsonl: no such file"),
+    (["-m", "ray_jobs.retrieve"], ["--questions", "q.jsonl", "--out", "o.jsonl", "retrieval.index_dir=/nonexistent"],
+     "retrieval.index_dir=/nonexistent: no index there"),
 ])
 def test_a_ray_jobs_mistake_is_one_line_before_ray_starts(job, overrides, expected):
     """The Ray entrypoints check their config as the gr-train commands do: one `error:` line naming the key, exit
@@ -699,6 +701,23 @@ def test_a_ray_jobs_mistake_is_one_line_before_ray_starts(job, overrides, expect
     assert proc.stderr.strip().splitlines()[-1].startswith(f"python {' '.join(job)}: error: {expected}"), \
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("job, last", [
+    ("build_index", "index.json is written last."),
+    ("retrieve", "whichever is longer."),
+    ("preprocess", "the job\nfails if the counts do not add up."),
+    ("evaluate", "Writes\n<run_dir>/eval.json (or --output)."),
+])
+def test_a_ray_jobs_help_is_its_whole_docstring(job, last):
+    """`python -m ray_jobs.<job> --help`: what the job does, the submit command (its line break kept) and what it
+    reads and writes, to the last sentence; not the docstring's first line, cut mid-sentence, or nothing at all."""
+    proc = subprocess.run([sys.executable, "-m", f"ray_jobs.{job}", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: python -m ray_jobs.{job}")
+    assert "-- \\\n" in proc.stdout or f"ray_jobs.{job} \\\n" in proc.stdout  # the command's continuation line
+    assert proc.stdout.split("\n\npositional arguments:")[0].endswith(last)
 
 
 def test_a_small_job_keeps_both_workers_busy(tmp_path, ray_local):
