@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gr-train", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "Train and evaluate RAG rerankers with Gumbel Reranking (G-Rerank) through a frozen reader.\n"
         "`gr-train COMMAND --help`: what the command does, an example and the files it writes. Commands with\n"
-        "--config also take section.key=value overrides anywhere among their flags (README.md, \"Commands\")."))
+        "--config also take section.key=value overrides anywhere among their flags (docs/guide.md, \"Commands\")."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("demo", help="every stage on the embedded data: Ray Data preprocessing → G-Rerank on 2 "
                        "DeepSpeed ZeRO-3 ranks → evaluation → TensorBoard → plot → export", **_help(
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data.dev_path=runs/data/dev.jsonl run.run_dir=runs/mine",
         "<run_dir>/config.yaml, <run_dir>/tb/ (TensorBoard + scalars.jsonl), <run_dir>/step-NNNNNN/ "
         "(train.save_every_steps), <run_dir>/best/reranker (lowest label-free dev loss), <run_dir>/final/reranker "
-        "(README.md, section \"Run folder\")"))
+        "(docs/guide.md, \"Run folder\")"))
     _config_args(p)
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in run.run_dir")
     p.add_argument("--overwrite", action="store_true",

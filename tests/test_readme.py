@@ -1,13 +1,17 @@
-"""The README as a new user reads it: every scalar a training logs is defined in its section "Run folder" (the tags
-are collected from tiny trainings of every objective, not from the code), and every `gr-train` command in it runs
-as written, at reduced sizes, from a fresh copy of the repository's configs and data."""
+"""The README and the guide as a new user reads them: every scalar a training logs is defined in the guide's section
+"Run folder" (the tags are collected from tiny trainings of every objective, not from the code), every `gr-train`
+command of README.md, docs/guide.md and docs/results.md runs as written, at reduced sizes, from a fresh copy of the
+repository's configs and data, and the README's own-data block runs end to end on a corpus the test writes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +22,18 @@ from gr_train.objectives import OBJECTIVES
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+GUIDE = (REPO / "docs" / "guide.md").read_text()
+# The pages whose commands run here; the README's own-data block runs in test_the_own_data_block_runs_end_to_end.
+PAGES = {"README.md": README, "docs/guide.md": GUIDE, "docs/results.md": (REPO / "docs" / "results.md").read_text()}
+OWN_DATA = "Your own data"
 TAG = re.compile(r"`((?:train|eval|perf|time|model)/[^`\s]+)`")
 
 
-def section(title: str) -> str:
-    """The README's `## title` section, up to the next `## ` heading."""
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end != -1 else None]
+def section(title: str, text: str = GUIDE) -> str:
+    """The `## title` section of a page (default: the guide), up to the next `## ` heading."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
 
 
 def generic(tag: str) -> str:
@@ -107,14 +115,24 @@ NOT_RUN = {
                                                                        "tests/test_reader_tuning.py fine-tunes tiny "
                                                                        "readers",
     "gr-train suite --config configs/real_study.yaml": "needs the packaged models and ~21 h on one thread (RESULTS.md)",
+    "gr-train index --config configs/real.yaml retrieval.corpus_path=my/": "a corpus of yours: the README's own-data "
+                                                                         "block runs index and retrieve",
+    "gr-train retrieve --config configs/real.yaml --questions my/": "a corpus of yours (as index)",
+    "gr-train index --ray --config configs/bge_llama.yaml": "a cluster's corpus; tests/test_retrieve.py runs --ray",
 }
 
 
 def readme_commands() -> list[str]:
-    """Every `gr-train ...` command of the README's bash blocks, in order: continuation lines joined, comments
+    """Every `gr-train ...` command of the pages' bash blocks (the README's own-data block aside), in order."""
+    return [c for name, text in PAGES.items()
+            for c in bash_commands(text.replace(section(OWN_DATA, README), "") if name == "README.md" else text)]
+
+
+def bash_commands(text: str) -> list[str]:
+    """Every `gr-train ...` command of the bash blocks of `text`, in order: continuation lines joined, comments
     cut, the install prefix (`... && .venv/bin/`) dropped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s#.*$", "", line).strip()
             for part in line.split("&&"):
@@ -210,3 +228,77 @@ def test_every_documented_ray_command_runs_with_token_authentication():
         "RAY_AUTH_MODE=disabled", "RAY_AUTH_MODE=disabled ray start --head --num-cpus 4"]
     assert unauthenticated_ray_commands("```bash\nray job submit --address http://h:8265 -- python x.py\n```") != []
     assert unauthenticated_ray_commands("```bash\nexport RAY_AUTH_MODE=token\nray start --head\n```") == []
+
+
+# The README's own-data block, end to end ----------------------------------------------------------------------
+
+# Tiny models in place of the block's MiniLM and SmolLM2 (a random Llama-shaped reader with the byte-level tokenizer,
+# a random BERT bi-encoder sharing it) and a reduced size; everything else runs as written.
+OWN_DATA_READER = ["reader.name_or_path=null", "reader.random_init=true", "reader.model_config={model_type: llama}",
+                   "reader.passage_max_tokens=24", "objective.cache_passage_states=false"]
+OWN_DATA_RERANKER = ["reranker.name_or_path=null",
+                     "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, "
+                     "num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 64}"]
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"),
+            ("Egypt", "Cairo"), ("Norway", "Oslo"), ("Chile", "Santiago"), ("Italy", "Rome"), ("Ghana", "Accra"),
+            ("Spain", "Madrid"), ("Nepal", "Kathmandu")]
+
+
+def write_own_data(root: Path) -> None:
+    """my/corpus.jsonl (a capital and a filler passage per country), my/train.jsonl (8 questions, and one whose
+    answer is in no passage) and my/dev.jsonl (4 questions): answers, no candidates, no labels."""
+    my = root / "my"
+    my.mkdir()
+    corpus = []
+    for i, (country, capital) in enumerate(CAPITALS):
+        corpus.append({"id": f"p{2 * i}", "title": country, "text": f"{capital} is the capital of {country}."})
+        corpus.append({"id": f"p{2 * i + 1}", "title": country, "text": f"{country} has mountains, rivers and towns."})
+    (my / "corpus.jsonl").write_text("".join(json.dumps(p) + "\n" for p in corpus))
+    questions = [{"id": f"q{i}", "question": f"What is the capital of {country}?", "answers": [capital]}
+                 for i, (country, capital) in enumerate(CAPITALS)]
+    questions.append({"id": "q-none", "question": "What is the capital of Bhutan?", "answers": ["Thimphu"]})
+    (my / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions[:8] + questions[-1:]))
+    (my / "dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions[8:12]))
+
+
+def own_data_block() -> tuple[list[str], list[str]]:
+    """The README's own-data block: its `gr-train` commands and its `python -c` lines."""
+    block = re.search(r"```bash\n(.*?)```", section(OWN_DATA, README), flags=re.S).group(1)
+    python = [line for line in block.replace("\\\n", " ").splitlines() if line.startswith("python -c ")]
+    return bash_commands(section(OWN_DATA, README)), python
+
+
+def test_the_own_data_block_runs_end_to_end(fresh_clone, capsys):
+    """corpus → index → retrieve → train → compare → evaluate → export → load, as the README writes it, on a corpus
+    this test writes (tiny models stand in for the packaged ones; prepare-models has its own test)."""
+    write_own_data(fresh_clone)
+    commands, python = own_data_block()
+    verbs = [c.split()[1] for c in commands]
+    assert verbs == ["prepare-models", "index", "retrieve", "retrieve", "train", "compare", "evaluate", "export"]
+    assert len(python) == 1
+    for command in commands[1:]:
+        argv = shlex.split(command)[1:]
+        if argv[0] in ("train", "compare"):
+            argv += OWN_DATA_READER + OWN_DATA_RERANKER + ["train.max_steps=2", "train.eval_every_steps=2"]
+        if argv[0] == "evaluate":  # the block's trained reranker, the tiny reader
+            argv += OWN_DATA_READER
+        if argv[0] == "compare":
+            argv[argv.index("--seeds") + 1] = "0"
+        rc = cli.main(argv + (["run.progress=false", "run.num_threads=1"] if argv[0] != "export" else []))
+        out, err = capsys.readouterr()
+        assert rc == 0, f"{command}: {err[-2000:]}"
+        if argv[0] == "retrieve" and "my/train.jsonl" in argv:
+            summary = json.loads(out.split("retrieve summary: ", 1)[1].splitlines()[0])
+            # the one question whose answer is in no passage is counted, among the 9 written
+            assert (summary["written"], summary["candidate_quality"]["no_answer"]) == (9, 1), summary
+    train_records = [json.loads(line) for line in (fresh_clone / "runs/my/train.jsonl").read_text().splitlines()]
+    assert len(train_records) == 9 and all(len(r["ctxs"]) == 10 for r in train_records)
+    assert train_records[0]["ctxs"][0]["text"] == "Paris is the capital of France."  # BM25's first candidate
+    assert (fresh_clone / "runs/my/gumbel/best/reranker").is_dir()
+    assert "answer R@2" in (fresh_clone / "runs/my/compare/compare.md").read_text()  # unlabelled dev: label-free
+    assert "answer R@2" in (fresh_clone / "runs/my/export/README.md").read_text()
+    # the load line, in a fresh interpreter from the run's folder
+    done = subprocess.run(shlex.split(python[0]), cwd=fresh_clone, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tensor([[" in done.stdout

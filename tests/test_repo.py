@@ -1,12 +1,14 @@
 """The repository is self-contained: no tracked file cites a file outside it, every cited anchor of docs/design.md
-exists, the repository paths that the README's commands and the configs name exist, and the vendored data is
-documented, licensed per dataset and kept out of the wheel."""
+exists, every Markdown link of the README and docs resolves (file and anchor), the README is a front page (two
+commands first, at most 250 lines), the repository paths that the README's commands and the configs name exist,
+and the vendored data is documented, licensed per dataset and kept out of the wheel."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,59 @@ def test_cited_design_anchors_exist():
     assert not missing, f"anchors not in docs/design.md ({sorted(anchors)}):\n" + "\n".join(missing)
 
 
+# [text](target) links; a target is a relative path, an optional #anchor, or both (web links are not checked)
+MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """The GitHub anchors of a Markdown file's headings (outside fenced code blocks)."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return {github_slug(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def broken_links(path: Path) -> list[str]:
+    """The Markdown links of `path` whose file does not exist or whose #anchor is not a heading of it."""
+    bad = []
+    for target in MD_LINK.findall(path.read_text()):
+        if re.match(r"[a-z]+://|mailto:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            bad.append(f"{path.relative_to(REPO)}: {target} (no such file)")
+        elif anchor and (dest.suffix != ".md" or anchor not in markdown_anchors(dest)):
+            bad.append(f"{path.relative_to(REPO)}: {target} (no heading #{anchor})")
+    return bad
+
+
+def test_every_markdown_link_resolves():
+    pages = [REPO / "README.md", REPO / "RESULTS.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").rglob("*.md"))]
+    links = sum(len(MD_LINK.findall(p.read_text())) for p in pages)
+    assert links >= 20, links  # the README's and the guide's links at least
+    assert [b for p in pages for b in broken_links(p)] == []
+
+
+def test_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    (tmp_path / "a.md").write_text("# Top\n\n## The demo's figures\n\n[ok](#the-demos-figures) [ok](b.md) "
+                                   "[web](https://x.org/y) [gone](c.md) [no](#nope) [no](b.md#top)\n")
+    (tmp_path / "b.md").write_text("```\n# Top\n```\n")
+    assert broken_links(tmp_path / "a.md") == ["a.md: c.md (no such file)", "a.md: #nope (no heading #nope)",
+                                               "a.md: b.md#top (no heading #top)"]
+
+
+def test_readme_is_a_front_page():
+    readme = (REPO / "README.md").read_text()
+    lines = readme.splitlines()
+    assert len(lines) <= 250, len(lines)
+    first_block = re.search(r"```bash\n(.*?)```", readme, flags=re.S).group(1)
+    commands = [line for line in first_block.splitlines() if not line.startswith("#")]
+    assert readme.index("```bash") < readme.index("\n## ")  # before any section
+    assert len(commands) == 2 and commands[0].endswith("gr-train demo")
+    assert commands[1].endswith("python -m pytest -q -p no:cacheprovider tests")
+    assert all(c.startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 && ") for c in commands)
+
+
 def named_paths(text: str) -> set[str]:
     return {p.rstrip(".,:;)`'\"") for p in REPO_PATH.findall(text)}
 
@@ -96,7 +151,8 @@ def test_named_paths_match_the_pattern():
 
 
 def test_paths_named_by_readme_and_configs_exist():
-    sources = [REPO / "README.md", REPO / "RESULTS.md", *sorted((REPO / "configs").glob("*.yaml"))]
+    sources = [REPO / "README.md", REPO / "RESULTS.md", REPO / "docs" / "guide.md", REPO / "docs" / "results.md",
+               *sorted((REPO / "configs").glob("*.yaml"))]
     missing = []
     for src in sources:
         for p in sorted(named_paths(src.read_text())):
