@@ -6,13 +6,15 @@ evaluate, train. Ray is imported only here. `local_ray` starts a token-authentic
 from __future__ import annotations
 
 import contextlib
+import secrets
 
 
 def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None, check=None):
     """The shared start of the data-plane entrypoints: logging, `--config FILE [section.key=value ...]` (plus
     the job's own flags via `add_arguments(parser)`), the config, the job's checks (`check(args, cfg)`, raising
     one of gr_train.checks.USER_ERRORS) before Ray starts, and a Ray connection (inside `ray job submit` it joins
-    the cluster; elsewhere it starts a local one). Returns (args, cfg)."""
+    the cluster; elsewhere it joins a running local head or starts a local Ray), with token authentication
+    (token_auth). Returns (args, cfg)."""
     import argparse
     import logging
 
@@ -33,6 +35,7 @@ def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None,
     if check is not None:
         check(args, cfg)
     if not ray.is_initialized():
+        token_auth()  # a local Ray this starts (no RAY_ADDRESS, no running head) listens with authentication
         ray.init()
     return args, cfg
 
@@ -53,6 +56,32 @@ def run_job(prog: str, main) -> int:
     return 0
 
 
+def token_auth() -> None:
+    """Token authentication for the Ray this process starts or joins, set in this process's environment (Ray's
+    workers inherit it): RAY_AUTH_MODE=token unless the environment sets a mode (another mode is logged as a
+    warning), and, when no token is configured (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or Ray's ~/.ray/auth_token), a
+    random 256-bit one kept in the environment only (nothing written to ~/.ray). Ray reads the mode when it is
+    imported: it is read again here when Ray was imported first. A plain `ray.init()` without an address starts a
+    local Ray when no head runs on this machine: it then listens with this token (Ray 2.60's own default would
+    write a generated token to ~/.ray/auth_token, world-readable; older Rays default to no authentication)."""
+    import logging
+    import os
+    import sys
+    from pathlib import Path
+
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if mode != "token":
+        logging.getLogger("ray_jobs").warning("RAY_AUTH_MODE=%s: Ray runs without token authentication", mode)
+    elif not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+              or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if "ray" in sys.modules:  # Ray reads the auth mode at import: re-read it when imported earlier
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
 @contextlib.contextmanager
 def local_ray(num_cpus: int, dashboard: bool = False):
     """A Ray instance started in this process for the length of the `with` block, stopped on exit, error included.
@@ -63,20 +92,13 @@ def local_ray(num_cpus: int, dashboard: bool = False):
     Ray connection already exists in this process (it would be reused with its own settings).
     """
     import os
-    import secrets
-    import sys
 
     os.environ["RAY_AUTH_MODE"] = "token"
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    refresh = "ray" in sys.modules  # Ray reads the auth mode at import: re-read it when imported earlier
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # this Ray's own: not the user's token file's
+    token_auth()
     import ray
 
-    if refresh:
-        from ray._raylet import Config
-
-        Config.initialize("")
     if ray.is_initialized():
         raise RuntimeError("local_ray: Ray is already initialised in this process")
     ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg.run.run_dir = str(Path(cfg.run.run_dir).resolve())
     r = cfg.runtime
     env = {} if r.use_gpu else {"DS_ACCELERATOR": "cpu"}  # skip DeepSpeed's accelerator probing on CPU workers
+    from ray_jobs import token_auth
+
+    token_auth()  # a local Ray started here listens with authentication
     ray.init(address=args.address, runtime_env={"env_vars": env})
     trainer = TorchTrainer(
         train_loop,

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -294,6 +295,39 @@ def test_unauthenticated_job_submit_is_refused(tmp_path):
         assert len(http(address, "GET", "/api/jobs/", token)[1]) == 1
     finally:
         stop_head(head)
+
+
+# A job module run directly, outside `ray job submit`, with nothing configured: no RAY_AUTH_MODE, no token, no head
+# on this machine (its own Ray temp dir), an empty home. Ray is imported first, as the job modules do.
+START_A_JOB = """
+import ray
+from ray_jobs import start_job
+start_job("build_index", "", ["--config", "configs/demo.yaml"])
+from ray._raylet import AuthenticationMode, get_authentication_mode
+import os
+print(get_authentication_mode() == AuthenticationMode.TOKEN, len(os.environ.get("RAY_AUTH_TOKEN", "")))
+ray.shutdown()
+"""
+
+
+def test_a_job_run_directly_starts_its_local_ray_with_token_authentication(tmp_path):
+    """`python -m ray_jobs.<job>` outside `ray job submit` starts a local Ray (plain ray.init()); it listens with
+    token authentication and a token of its own (256 bits, in the environment only). Ray 2.60 alone would also pick
+    token mode, but by writing a generated token to ~/.ray/auth_token (mode 644) that every later Ray of the user
+    then shares; gr-train sets the mode itself rather than depend on a Ray default."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env |= {"HOME": str(home), "RAY_TMPDIR": ray_tmp, "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", START_A_JOB], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["True", "64"]
+    assert not (home / ".ray").exists()
 
 
 def test_ray_job_submit_preprocess_then_train(tmp_path, ray_local):
