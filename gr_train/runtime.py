@@ -586,6 +586,21 @@ def checkpoint_answer_pass(reader) -> None:
         layer.forward = checkpointed
 
 
+def zero3_model_states_bytes(total_params: int, largest_layer_params: int, gpus_per_node: int = 1,
+                             nodes: int = 1) -> int:
+    """Bytes per GPU of a trained module's ZeRO-3 model states (parameters, gradients, fp32 master weights, AdamW
+    moments), as DeepSpeed itself estimates them: deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs
+    with no offload and zero.Init (the per-GPU figure of estimate_zero3_model_states_mem_needs_all_cold):
+    4 * largest_layer_params + 18 * total_params / (gpus_per_node * nodes). The cost model (cost.memory_per_rank)
+    reads it; imported lazily like every deepspeed use here."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    _, gpu_bytes, _ = estimate_zero3_model_states_mem_needs(
+        total_params, largest_layer_params, num_gpus_per_node=gpus_per_node, num_nodes=nodes, cpu_offload=False,
+        cpu_offload_params=False, zero_init=True)
+    return int(gpu_bytes)
+
+
 def build_runtime(cfg) -> Runtime:
     """The engine named by cfg.runtime.engine; call `prepare(trainable, frozen)` once the models exist."""
     return DeepSpeedRuntime(cfg) if cfg.runtime.engine == "deepspeed" else LocalRuntime(cfg)
