@@ -1,5 +1,5 @@
 """`gr-train` command line: demo | train | evaluate | compare | suite | export | generate | convert | index |
-retrieve | structure | reader-report | prepare-models | config.
+retrieve | structure | reader-report | prepare-models | config | plan.
 
 Thin: each verb loads the config, runs the checks of checks.py (config first, before torch is imported; then the
 data against the config, before any model is built) and calls one recipe function. Every user mistake ends in one
@@ -349,6 +349,24 @@ def cmd_config(args) -> None:
     print(json.dumps(described, indent=2) if args.json else format_keys(described))
 
 
+def cmd_plan(args) -> None:
+    """The config's G-Rerank step on --gpus over --nodes, predicted by the cost model (plan.py): a table and a verdict;
+    a micro-batch that does not fit ends in an error naming the shortfall (after the table)."""
+    from gr_train import hardware, plan
+
+    cfg = load_config(args.config, args.overrides)
+    for flag, value in (("--questions", args.questions), ("--prompt-tokens", args.prompt_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"gr-train plan: {flag} must be >= 1, got {value}")
+    try:
+        device = hardware.get(args.hardware)
+    except ValueError as e:
+        raise UserError(f"gr-train plan: {e}") from None
+    p = plan.plan(cfg, args.gpus, args.nodes, device, args.questions, args.prompt_tokens, args.hpz)
+    print(plan.format_plan(p, args.config or "the default config"))
+    plan.check_fits(p)
+
+
 def _help(description: str, example: str, writes: str) -> dict:
     """add_parser keywords: the description, then an example and the files the command writes, as the epilog."""
     return {"description": description, "epilog": f"example:\n  {example}\n\nwrites:\n  {writes}",
@@ -546,6 +564,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sections", nargs="*", metavar="SECTION", help="sections to show (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("plan", help="predict a config's step on N GPUs: FLOPs, ZeRO-3 bytes, seconds, memory per rank",
+                       **_help(
+        "The G-Rerank step of --config on --gpus devices over --nodes nodes under DeepSpeed ZeRO-3, predicted by the "
+        "cost model (gr_train/cost.py) from the models' sizes (a known hub id, a local folder's config.json, or "
+        "model_config; nothing is downloaded or built): FLOPs, ZeRO-3 bytes and seconds per part, memory per rank, the "
+        "bottleneck, reader tokens/s, MFU, time per epoch and the largest micro-batch that fits. Exit code 2 with the "
+        "shortfall when train.micro_batch_size does not fit.",
+        "gr-train plan --config configs/bge_llama.yaml --gpus 16 --nodes 2 --hardware h100 --questions 90447",
+        "nothing (prints the plan)"))
+    _config_args(p)
+    p.add_argument("--gpus", type=int, required=True, help="devices (ranks) in all")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the devices are spread over (default 1)")
+    p.add_argument("--hardware", default="h100", help="a gr_train/hardware.py entry: h100 | h200 | a100 | cpu "
+                   "(default h100)")
+    p.add_argument("--questions", type=int, help="training questions, for the time per epoch")
+    p.add_argument("--prompt-tokens", type=int, help="causal_lm reader: prompt tokens per question (default: "
+                   "reader.prompt_max_tokens, else 32)")
+    p.add_argument("--hpz", action="store_true", help="ZeRO++ hierarchical partitioning: backward all-gathers inside "
+                   "a node from a secondary partition (zero_hpz_partition_size = GPUs per node)")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

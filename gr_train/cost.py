@@ -58,6 +58,9 @@ class StepShape:
     answer_backward: bool = True  # false for gumbel.estimator=score_function (answer passes under no_grad)
     reader_checkpointing: bool = False  # runtime.reader_checkpointing: answer-pass layers recomputed in backward
     reranker_checkpointing: bool = False  # reranker.gradient_checkpointing
+    # reader.attn_implementation is not eager: passes without a mask gradient (the prefill, score-function answer
+    # passes) run a fused kernel that never holds the [Q, K] scores; with one, the math kernel does (bias_grad_kernels)
+    fused_attention: bool = False
 
     @property
     def Tq(self) -> int:
@@ -159,7 +162,8 @@ def step_shape(cfg, B: int, n: int, L: int, P: int, T: int, R: int, Q: int = 0) 
     return StepShape(B, n, L, P, T, R, Q, samples=cfg.gumbel.sample_count(),
                      answer_backward=cfg.gumbel.estimator not in gumbel.SEQUENTIAL,
                      reader_checkpointing=cfg.runtime.reader_checkpointing,
-                     reranker_checkpointing=cfg.reranker.gradient_checkpointing)
+                     reranker_checkpointing=cfg.reranker.gradient_checkpointing,
+                     fused_attention=cfg.reader.attn_implementation != "eager")
 
 
 # -- FLOPs: closed forms -----------------------------------------------------------------------------------------------
@@ -482,10 +486,10 @@ def memory_per_rank(m: Models, s: StepShape, hw: Hardware, world: int, nodes: in
     params / GPUs per node. passage_states: the prefill's per-layer K/V, layers * 2 * kv_heads * head_dim * n * L
     bytes per question (FiD: the encoder states, n * L * d); at the end of the prefill the model's cache and the
     reshaped copy coexist (2x). activations: the answer passes' and the reranker's saved tensors (_answer_activations,
-    _reranker_activations); a score-function step keeps none for the reader, only one pass's attention scores and
-    logits at a time.
+    _reranker_activations; a score-function step keeps none for the reader); answer_transient: what one answer
+    layer holds besides them (its scores before the softmax, the [passages; answer] K, V, the logits).
     peak = reranker_states + reader_params + hpz_secondary + max(prefill: 2 * passage_states + one layer's transient
-    scores and MLP, later: passage_states + reranker and answer activations)."""
+    scores and MLP, later: passage_states + reranker and answer activations + answer_transient)."""
     b = PRECISION_BYTES[precision]
     mask_b = hw.dropout_mask_bytes if hw.dropout_mask_bytes is not None else b
     gpus = max(1, world // max(1, nodes))
@@ -501,23 +505,35 @@ def memory_per_rank(m: Models, s: StepShape, hw: Hardware, world: int, nodes: in
     reader_params += _largest(rd_mods) * b if partition_reader and world > 1 else 0
     hpz_secondary = (partitioned + param_count(rr_mods)) * b // gpus if hpz else 0
     a, B, n, L = m.reader, s.B, s.n, s.L
+    probs_b = 4 + (b if b < 4 else 0)  # eager softmax runs in fp32, then is cast to the activation dtype
     if a.family == "llama":
         states = a.layers * 2 * a.kv * a.hd * n * L * b * B
-        scores = B * n * a.heads * L * L * (4 + (b if b < 4 else 0))
+        S = n * L + s.Tq
+        kv_cat = 2 * B * a.kv * S * a.hd * b  # one layer's [passages; answer] K, V
     else:
         states = B * n * L * a.hidden * b
-        scores = B * n * a.heads * L * L * (4 + (b if b < 4 else 0))
-    transient = scores + 3 * B * n * L * a.intermediate * b
-    if s.answer_backward:
-        answer = s.samples * _answer_activations(a, s, b)
-    else:
-        answer = B * a.heads * s.Tq * (n * L + s.Tq) * (4 + b) + B * s.Tq * a.vocab * b
+        S = n * L
+        kv_cat = 2 * B * S * a.inner * b  # one layer's cross-attention K, V
+    # one prefill layer: the scores and the softmax output (eager only), the MLP's gate, up, activation and product
+    scores = 0 if s.fused_attention else B * n * a.heads * L * L * (4 + probs_b)
+    transient = scores + 4 * B * n * L * a.intermediate * b
+    # one answer layer beyond what autograd keeps: the scores before the softmax, the [passages; answer] K, V, the
+    # logits; without grad (score_function) the probabilities and GQA-expanded K, V too, which nothing keeps (a fused
+    # kernel holds neither scores nor probabilities)
+    answer_transient = B * a.heads * s.Tq * S * probs_b + kv_cat + B * s.Tq * a.vocab * b
+    if not s.answer_backward:
+        expanded = 2 * B * a.heads * S * a.hd * b if a.family == "llama" and a.kv < a.heads else 0
+        answer_transient += expanded + B * a.heads * s.Tq * S * 4
+        if s.fused_attention:
+            answer_transient -= B * a.heads * s.Tq * S * (4 + probs_b)
+    answer = s.samples * _answer_activations(a, s, b) if s.answer_backward else 0
     reranker_act = _reranker_activations(m, s, b, mask_b)
     out = {"reranker_states": int(reranker_states), "reader_params": int(reader_params),
            "hpz_secondary": int(hpz_secondary), "passage_states": int(states), "prefill_transient": int(transient),
-           "answer_activations": int(answer), "reranker_activations": int(reranker_act)}
+           "answer_activations": int(answer), "answer_transient": int(answer_transient),
+           "reranker_activations": int(reranker_act)}
     static = out["reranker_states"] + out["reader_params"] + out["hpz_secondary"]
-    out["peak"] = static + max(2 * states + transient, states + reranker_act + answer)
+    out["peak"] = static + max(2 * states + transient, states + reranker_act + answer + answer_transient)
     return out
 
 
@@ -551,13 +567,18 @@ class Prediction:
         out["optimizer"] = self.optimizer_s
         return out
 
-    def bottleneck(self) -> str:
-        """The single largest term: '<part> compute', '<part> all-gathers', 'reduce-scatter' or 'optimizer'."""
+    def terms(self) -> dict[str, float]:
+        """Seconds of each term of the step: '<part> compute', '<part> all-gathers', 'reduce-scatter', 'optimizer'."""
         terms = {f"{p} compute": v for p, v in self.compute_s.items()}
         for c, seconds in zip(self.collectives, self.collective_s):
             key = "reduce-scatter" if c.op == "reduce_scatter" else f"{c.part} all-gathers"
             terms[key] = terms.get(key, 0.0) + seconds
         terms["optimizer"] = self.optimizer_s
+        return terms
+
+    def bottleneck(self) -> str:
+        """The largest term of the step (terms())."""
+        terms = self.terms()
         return max(terms, key=terms.get)
 
 
