@@ -61,7 +61,7 @@ _LLAMA_32_1B = Arch("llama", 2048, 16, 32, 8192, 128256, kv_heads=8, head_dim=64
                     source="meta-llama/Llama-3.2-1B config.json")
 _LLAMA_31_8B = Arch("llama", 4096, 32, 32, 14336, 128256, kv_heads=8, head_dim=128,
                     source="meta-llama/Llama-3.1-8B config.json")
-_SMOLLM2_135M = Arch("llama", 576, 30, 9, 1536, 49152, kv_heads=3, tied=True,
+_SMOLLM2_135M = Arch("llama", 576, 30, 9, 1536, 49152, kv_heads=3, head_dim=64, tied=True,
                      source="HuggingFaceTB/SmolLM2-135M config.json")
 _QWEN3_06B = Arch("llama", 1024, 28, 16, 3072, 151936, kv_heads=8, head_dim=128, tied=True, qk_norm=True,
                   source="Qwen/Qwen3-0.6B config.json (Qwen3-Reranker-0.6B has the same)")
@@ -211,8 +211,8 @@ def modules(a: Arch, head: str) -> dict[str, list[Module]]:
     head: llama "lm" (CausalLM: the output layer) or "none" (the base model, as a reader's passage prefill runs it);
     bert "classifier" (sequence classification: pooler or dense + a one-output layer) or "pooler" (AutoModel);
     t5 "lm" (encoder-decoder with its output layer).
-    Returns {"embed": [...], "layers": [...], "final": [...], "head": [...]} for llama and bert; t5 adds "encoder"
-    and "decoder" in place of "layers" and "encoder_final" / "decoder_final".
+    Returns {"embed": [...], "layers": [...], "final": [...], "head": [...]} for llama and bert; t5 has "encoder",
+    "decoder", "encoder_final", "decoder_final" and "decoder_embed" in place of "layers" and "final".
     """
     d, V = a.hidden, a.vocab
     embed_key = (("embed.weight", V * d),)
@@ -227,16 +227,19 @@ def modules(a: Arch, head: str) -> dict[str, list[Module]]:
         layers = [m for i in range(a.layers) for m in _bert_layer(a, i)]
         heads = {"classifier": [_m("pooler", d * d, d), _m("classifier", d, 1)], "pooler": [_m("pooler", d * d, d)]}
         return {"embed": [m for m in embed if m.params], "layers": layers, "final": [], "head": heads[head]}
+    # T5 normalises before each sublayer: norm1 → self-attention, (decoder: norm2 → cross-attention,) norm → FFN
     encoder = [m for i in range(a.layers) for m in
-               [*_t5_attention(a, f"encoder.{i}.self", i == 0), _m(f"encoder.{i}.norm1", d),
-                *_t5_ffn(a, f"encoder.{i}.ffn"), _m(f"encoder.{i}.norm2", d)]]
+               [_m(f"encoder.{i}.norm1", d), *_t5_attention(a, f"encoder.{i}.self", i == 0),
+                _m(f"encoder.{i}.norm2", d), *_t5_ffn(a, f"encoder.{i}.ffn")]]
     decoder = [m for i in range(a.decoder_layers) for m in
-               [*_t5_attention(a, f"decoder.{i}.self", i == 0), _m(f"decoder.{i}.norm1", d),
-                *_t5_attention(a, f"decoder.{i}.cross", False), _m(f"decoder.{i}.norm2", d),
-                *_t5_ffn(a, f"decoder.{i}.ffn"), _m(f"decoder.{i}.norm3", d)]]
+               [_m(f"decoder.{i}.norm1", d), *_t5_attention(a, f"decoder.{i}.self", i == 0),
+                _m(f"decoder.{i}.norm2", d), *_t5_attention(a, f"decoder.{i}.cross", False),
+                _m(f"decoder.{i}.norm3", d), *_t5_ffn(a, f"decoder.{i}.ffn")]]
     out = Module("lm_head", embed_key if a.tied else (("lm_head.weight", V * d),))
-    return {"embed": [Module("embed", embed_key)], "encoder": encoder, "encoder_final": [_m("encoder.norm", d)],
-            "decoder": decoder, "decoder_final": [_m("decoder.norm", d)], "head": [out]}
+    # the encoder and the decoder each call their own embedding module over the one shared weight
+    return {"embed": [Module("encoder.embed", embed_key)], "encoder": encoder, "encoder_final": [_m("encoder.norm", d)],
+            "decoder_embed": [Module("decoder.embed", embed_key)], "decoder": decoder,
+            "decoder_final": [_m("decoder.norm", d)], "head": [out]}
 
 
 def param_count(mods: dict[str, list[Module]] | list[Module]) -> int:

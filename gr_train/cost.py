@@ -140,6 +140,50 @@ _CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
                    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
 
 
+class TensorBytes:
+    """Context that measures the peak bytes of tensor storage allocated inside it and alive at once (allocator slack
+    and storage that existed before are not counted): the measured side of memory_per_rank's activation terms on any
+    device, CPU included. Storages are told apart by identity and counted until torch frees them (weak references);
+    read `.peak` (bytes) after the block."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        tracker._add(t.untyped_storage())
+                return out
+
+        self._mode, self._refs, self.now, self.peak = _Mode(), {}, 0, 0
+
+    def _add(self, storage) -> None:
+        import weakref
+
+        key = storage._cdata
+        if key in self._refs:
+            return
+        size = storage.nbytes()
+        self._refs[key] = weakref.ref(storage, lambda _, key=key, size=size: self._free(key, size))
+        self.now += size
+        self.peak = max(self.peak, self.now)
+
+    def _free(self, key: int, size: int) -> None:
+        if self._refs.pop(key, None) is not None:
+            self.now -= size
+
+    def __enter__(self) -> "TensorBytes":
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
 def shape_of(batch, cfg) -> StepShape:
     """The StepShape of a collated micro-batch (batching.Batch) under `cfg` (config.RunConfig)."""
     rd, rr = batch.reader_inputs, batch.reranker_inputs
@@ -238,7 +282,8 @@ def reranker_flops(m: Models, s: StepShape) -> dict[str, int]:
     """{reranker_fwd, reranker_bwd} matmul FLOPs of the trained reranker for one micro-batch: B*n inputs of R tokens
     (bi_encoder: B*n passages of R and B questions of Q tokens). Backward = 2x forward (input and weight gradients),
     less what needs no gradient (the bi-encoder's unused pooler, RankT5's frozen decoder self-attention q and k
-    weights), plus the layers' forward again under reranker.gradient_checkpointing."""
+    weights), plus the layers' forward again under reranker.gradient_checkpointing (less a decoder layer's last
+    projection, as in reader_flops)."""
     a, kind, pairs = m.reranker, m.reranker_kind, s.B * s.n
     d, inner = a.hidden, a.inner
     if a.family == "bert":
@@ -267,7 +312,9 @@ def reranker_flops(m: Models, s: StepShape) -> dict[str, int]:
     else:
         raise ValueError(f"reranker: family {a.family} not modelled")
     if s.reranker_checkpointing:
-        bwd += layers
+        # the layers' forward again; a decoder layer's MLP down projection is not recomputed (nothing after it saves
+        # a tensor: torch's non-reentrant checkpoint stops early), BERT's and T5's last projections feed a dropout
+        bwd += layers - (a.layers * 2 * pairs * s.R * a.intermediate * d if a.family == "llama" else 0)
     return {"reranker_fwd": fwd, "reranker_bwd": bwd}
 
 
@@ -315,14 +362,26 @@ def _reader_gathers(m: Models, s: StepShape) -> dict[str, list[Module]]:
                  and x.name.split(".")[2] in ("input_norm", "q", "k", "v", "q_norm", "k_norm")]
         bwd = r["head"] + r["final"] + [x for x in layers if x not in first]
         return {"prefill": r["embed"] + layers + r["final"], "answer_fwd": r["embed"] + layers + r["final"] + r["head"],
-                "answer_bwd": bwd, "recompute": layers}
+                "answer_bwd": bwd, "recompute": _recomputed(layers)}
     dec = r["decoder"]
     no_grad = [x for x in dec if x.name.split(".")[2:4] in (["cross", "k"], ["cross", "v"])
                or (x.name.startswith("decoder.0.") and x.name.split(".")[2] in ("self", "norm1", "norm2")
                    or x.name in ("decoder.0.cross.q", "decoder.0.self.relative_bias"))]
     return {"prefill": r["embed"] + r["encoder"] + r["encoder_final"],
-            "answer_fwd": r["embed"] + dec + r["decoder_final"] + r["head"],
-            "answer_bwd": r["head"] + r["decoder_final"] + [x for x in dec if x not in no_grad], "recompute": dec}
+            "answer_fwd": r["decoder_embed"] + dec + r["decoder_final"] + r["head"],
+            "answer_bwd": r["head"] + r["decoder_final"] + [x for x in dec if x not in no_grad],
+            "recompute": _recomputed(dec)}
+
+
+def _recomputed(layers: list[Module], keep_last: bool = False) -> list[Module]:
+    """The submodules a checkpointed layer's recompute gathers: all but each layer's last one, which ZeRO-3's
+    pre-backward hook gathered before the recompute started (its backward runs first) and which torch's
+    non-reentrant checkpoint does not recompute (nothing after it saves a tensor); keep_last when a dropout follows
+    it (a trained T5's FFN output), whose saved mask makes the recompute run it and gather it."""
+    last = {}
+    for x in layers:
+        last[".".join(x.name.split(".")[:2])] = x
+    return layers if keep_last else [x for x in layers if x is not last[".".join(x.name.split(".")[:2])]]
 
 
 def _reranker_layers(m: Models) -> list[Module]:
@@ -383,7 +442,7 @@ def zero3_traffic(m: Models, s: StepShape, precision: str, threshold: int = 0, h
         gather("answer_bwd", g["answer_bwd"], passes, back)
     gather("reranker_fwd", rr_all, copies)
     if s.reranker_checkpointing:
-        gather("reranker_bwd", _reranker_layers(m), copies, "world")
+        gather("reranker_bwd", _recomputed(_reranker_layers(m), keep_last=m.reranker.family == "t5"), copies, "world")
     gather("reranker_bwd", rr_bwd, copies, back)
     trainable = reranker_trainable(m)
     out.append(Collective("reranker_bwd", "reduce_scatter", math.ceil(trainable / reduce_bucket), trainable * b))
@@ -473,14 +532,27 @@ def _reranker_activations(m: Models, s: StepShape, b: int, mask_b: float) -> int
     return total
 
 
+def reranker_states_bytes(m: Models, world: int, nodes: int, precision: str) -> int:
+    """Bytes per rank of the trained reranker's ZeRO-3 model states (parameters, gradients, fp32 master weights,
+    AdamW moments): DeepSpeed's own estimate (runtime.zero3_model_states_bytes: 4 bytes per element of the largest
+    submodule + 18 bytes per parameter over the ranks, i.e. a 16-bit parameter, fp32 gradient, master and two
+    moments), plus 2 bytes per parameter over the ranks for fp32 parameters (measured on 2 CPU ranks: 20 bytes,
+    tests/test_cost.py). Imports deepspeed."""
+    from gr_train.runtime import zero3_model_states_bytes
+
+    rr = m.reranker_modules()
+    gpus = max(1, world // max(1, nodes))
+    estimate = zero3_model_states_bytes(param_count(rr), _largest(rr), gpus, max(1, nodes))
+    return estimate + (PRECISION_BYTES[precision] - 2) * math.ceil(param_count(rr) / world)
+
+
 def memory_per_rank(m: Models, s: StepShape, hw: Hardware, world: int, nodes: int, precision: str,
                     threshold: int = 0, hpz: bool = False, partition_reader: bool = True,
                     reranker_states: int | None = None) -> dict[str, int]:
     """Peak memory of one rank in bytes, by component, and "peak".
 
-    reranker_states: ZeRO-3 model states of the trained reranker (parameters, gradients, fp32 master weights and
-    AdamW moments, partitioned), DeepSpeed's own estimate (runtime.zero3_model_states_bytes: 18 bytes per parameter
-    over the ranks + 4 bytes per element of its largest submodule); pass it in to skip importing deepspeed.
+    reranker_states: ZeRO-3 model states of the trained reranker, reranker_states_bytes (DeepSpeed's estimator); pass
+    it in to skip importing deepspeed.
     reader_params: the frozen reader's partition (no gradients or optimizer states: params * bytes / world, or whole
     when not partitioned) + its largest submodule gathered whole during a use. hpz_secondary: ZeRO++'s second copy,
     params / GPUs per node. passage_states: the prefill's per-layer K/V, layers * 2 * kv_heads * head_dim * n * L
@@ -495,9 +567,7 @@ def memory_per_rank(m: Models, s: StepShape, hw: Hardware, world: int, nodes: in
     gpus = max(1, world // max(1, nodes))
     rd_mods, rr_mods = m.reader_modules(), m.reranker_modules()
     if reranker_states is None:
-        from gr_train.runtime import zero3_model_states_bytes
-
-        reranker_states = zero3_model_states_bytes(param_count(rr_mods), _largest(rr_mods), gpus, max(1, nodes))
+        reranker_states = reranker_states_bytes(m, world, nodes, precision)
     reader_total = param_count(rd_mods)
     persistent = sum(dict(p for ms in rd_mods.values() for x in ms for p in x.params if p[1] <= threshold).values())
     partitioned = reader_total - persistent

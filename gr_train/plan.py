@@ -102,11 +102,7 @@ def plan(cfg: RunConfig, gpus: int, nodes: int, hardware: Hardware, questions: i
         raise ConfigError(f"--gpus {gpus} --nodes {nodes}: the GPUs must split evenly over the nodes")
     models = models_of(cfg)
     shape = shape_of_config(cfg, prompt_tokens=prompt_tokens)
-    gpn = gpus // nodes
-    rr = models.reranker_modules()
-    from gr_train.runtime import zero3_model_states_bytes
-
-    states = zero3_model_states_bytes(param_count(rr), max(m.numel for ms in rr.values() for m in ms), gpn, nodes)
+    states = cost.reranker_states_bytes(models, gpus, nodes, cfg.runtime.precision)
     r = cfg.runtime
     kwargs = dict(world=gpus, nodes=nodes, precision=r.precision, threshold=r.param_persistence_threshold, hpz=hpz,
                   partition_reader=r.partition_reader, reranker_states=states)

@@ -10,6 +10,8 @@ when the reader trains: objective.name=reader).
 --kill-after-step S: rank 0 SIGKILLs itself when step S (0-based) is done, i.e. after the checkpoint of step S.
 --kill-in-save NAME: rank 0 SIGKILLs itself while writing checkpoint NAME, after model.safetensors is written.
 --nan-at STEP:RANK: on rank RANK only, the reader's answer loss is NaN during optimizer step STEP (repeatable).
+--comms-step S: DeepSpeed's comms log (the config's comms_logger) of optimizer step S alone, and this rank's ZeRO-3
+model-state bytes, into DIR/comms-rank<r>.json (tests/test_cost.py).
 Every losses.jsonl row also holds the reranker's parameter checksum after the step (runtime.param_abs_sum).
 """
 
@@ -35,6 +37,27 @@ def gathered_copy(runtime, module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def model_state_bytes(rt, module) -> dict[str, int]:
+    """Bytes this rank holds for `module` under ZeRO-3 (DeepSpeed internals, 0.19): its parameter slices, and for the
+    trained module the optimizer's fp32 master slices, AdamW moments and gradient partitions (each storage once)."""
+    storages: dict[int, int] = {}
+
+    def add(t):
+        if t is not None and t.numel():
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    for p in module.parameters():
+        add(p.ds_tensor)
+    params = sum(storages.values())
+    zero = rt.optimizer
+    for flat in zero.fp32_partitioned_groups_flat:
+        add(flat)
+        for moment in zero.optimizer.state.get(flat, {}).values():
+            add(moment if torch.is_tensor(moment) and moment.dim() else None)
+    add(zero.grad_partitions_flat_buffer)
+    return {"params": params, "total": sum(storages.values())}
+
+
 def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every thread's stack
     p = argparse.ArgumentParser()
@@ -43,6 +66,7 @@ def main() -> None:
     p.add_argument("--kill-in-save", default="")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--nan-at", action="append", default=[])
+    p.add_argument("--comms-step", type=int, default=-1)
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -79,6 +103,14 @@ def main() -> None:
             losses.flush()
         if step == args.kill_after_step and rt.is_main:
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == args.comms_step - 1:  # the log holds step comms_step alone
+            rt.ds.comm.reset_log()
+        if step == args.comms_step:
+            summary = rt.ds.comm.log_summary(return_dict=True)["summary"]
+            (out / f"comms-rank{rt.rank}.json").write_text(json.dumps({
+                "summary": {op: {str(size): row["count"] for size, row in sizes.items()}
+                            for op, sizes in summary.items()},
+                "model_states": model_state_bytes(rt, reranker), "world_size": rt.world_size}))
 
     if recipe.start_step < cfg.train.max_steps:
         train.train(recipe, on_step)
