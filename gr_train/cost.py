@@ -103,6 +103,7 @@ def count_step_flops(step: Callable[[], torch.Tensor], reader, reranker) -> dict
 
     patched = [(reader, "encode_passages", "prefill"), (reader, "answer_loss", "answer_fwd"),
                (reranker, "forward", "reranker_fwd")]
+    before = [obj.__dict__.get(name) for obj, name, _ in patched]  # an instance's own override, if it had one
     for obj, name, part in patched:
         setattr(obj, name, timed(getattr(obj, name), part))
     try:
@@ -112,8 +113,11 @@ def count_step_flops(step: Callable[[], torch.Tensor], reader, reranker) -> dict
             loss.backward()
             end = counter.get_total_flops()
     finally:
-        for obj, name, _ in patched:
-            delattr(obj, name)  # the instance attribute goes; the class's method shows through again
+        for (obj, name, _), old in zip(patched, before):
+            if old is None:
+                delattr(obj, name)  # the class's method shows through again
+            else:
+                setattr(obj, name, old)
     boundary = mark[0] if mark else end
     parts["answer_bwd"], parts["reranker_bwd"] = boundary - start, end - boundary
     return parts
@@ -350,7 +354,7 @@ def _uses(mods: list[Module], threshold: int, copies: int = 1) -> tuple[int, int
     return calls * copies, elements * copies
 
 
-def _reader_gathers(m: Models, s: StepShape) -> dict[str, list[Module]]:
+def _reader_gathers(m: Models) -> dict[str, list[Module]]:
     """The reader submodules whose parameters ZeRO-3 gathers in each part of one answer pass / prefill: a forward
     gathers every submodule it calls; a backward only those whose output needs a gradient (none before the mask
     enters: in layer 0 of a causal LM the input norm and q, k, v; in FiD, layer 0's self-attention block and the
@@ -364,12 +368,16 @@ def _reader_gathers(m: Models, s: StepShape) -> dict[str, list[Module]]:
         return {"prefill": r["embed"] + layers + r["final"], "answer_fwd": r["embed"] + layers + r["final"] + r["head"],
                 "answer_bwd": bwd, "recompute": _recomputed(layers)}
     dec = r["decoder"]
-    no_grad = [x for x in dec if x.name.split(".")[2:4] in (["cross", "k"], ["cross", "v"])
-               or (x.name.startswith("decoder.0.") and x.name.split(".")[2] in ("self", "norm1", "norm2")
-                   or x.name in ("decoder.0.cross.q", "decoder.0.self.relative_bias"))]
+
+    def no_grad(x: Module) -> bool:  # decoder.<i>.<block>[.<name>]
+        block = x.name.split(".")[2:4]
+        if block in (["cross", "k"], ["cross", "v"]):  # projections of the no-grad encoder states
+            return True
+        return x.name.startswith("decoder.0.") and (block[0] in ("self", "norm1", "norm2") or block == ["cross", "q"])
+
     return {"prefill": r["embed"] + r["encoder"] + r["encoder_final"],
             "answer_fwd": r["decoder_embed"] + dec + r["decoder_final"] + r["head"],
-            "answer_bwd": r["head"] + r["decoder_final"] + [x for x in dec if x not in no_grad],
+            "answer_bwd": r["head"] + r["decoder_final"] + [x for x in dec if not no_grad(x)],
             "recompute": _recomputed(dec)}
 
 
@@ -419,7 +427,7 @@ def zero3_traffic(m: Models, s: StepShape, precision: str, threshold: int = 0, h
     node): backward gathers read the secondary partition inside the node (scope "node"); forward ones stay global.
     """
     b = PRECISION_BYTES[precision]
-    g = _reader_gathers(m, s)
+    g = _reader_gathers(m)
     rr = m.reranker_modules()
     rr_all = [x for ms in rr.values() for x in ms]
     copies = 2 if m.reranker_kind == "bi_encoder" else 1  # the question and the passage encodings each gather
@@ -458,12 +466,16 @@ def bus_bandwidth(hw: Hardware, world: int, nodes: int, scope: str = "world") ->
     return bw * hw.comm_efficiency
 
 
-def comm_seconds(c: Collective, hw: Hardware, world: int, nodes: int) -> float:
-    """A collective's time: each rank sends and receives (r - 1) / r of its bytes over r ranks (ring all-gather and
-    reduce-scatter), at bus_bandwidth, plus hw.fetch_overhead_s per call."""
+def wire_bytes(c: Collective, world: int, nodes: int) -> float:
+    """Bytes each rank receives (and sends) for a collective over r ranks: (r - 1) / r of its bytes (ring all-gather
+    and reduce-scatter); r = world, or the GPUs of one node for hpZ's node-scoped gathers."""
     ranks = world if c.scope == "world" else max(1, world // max(1, nodes))
-    wire = c.bytes * (ranks - 1) / ranks
-    return wire / bus_bandwidth(hw, world, nodes, c.scope) + c.calls * hw.fetch_overhead_s
+    return c.bytes * (ranks - 1) / ranks
+
+
+def comm_seconds(c: Collective, hw: Hardware, world: int, nodes: int) -> float:
+    """A collective's time: its wire_bytes at bus_bandwidth, plus hw.fetch_overhead_s per call."""
+    return wire_bytes(c, world, nodes) / bus_bandwidth(hw, world, nodes, c.scope) + c.calls * hw.fetch_overhead_s
 
 
 # -- memory per rank ---------------------------------------------------------------------------------------------------

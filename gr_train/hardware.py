@@ -46,24 +46,33 @@ HARDWARE: dict[str, Hardware] = {
     # NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 989.4 TFLOP/s dense (1,979 with sparsity), FP32 67 TFLOP/s,
     # 80 GB HBM3 at 3.35 TB/s, NVLink 900 GB/s (both directions: 450 GB/s each way). DGX H100: 8 GPUs and 8 x 400 Gb/s
     # ConnectX-7 InfiniBand NDR ports per node = 400 GB/s per node each way (NVIDIA DGX H100 user guide).
+    # fetch_overhead_s: the H200's (no H100 step has been measured).
     "h100": Hardware("H100 SXM 80GB", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 67e12}, 80 * GB, 3.35 * TB,
-                     450 * GB, 400 * GB, 8, "NVIDIA H100 datasheet (SXM5); DGX H100 user guide (8x400 Gb/s IB)"),
+                     450 * GB, 400 * GB, 8, "NVIDIA H100 datasheet (SXM5); DGX H100 user guide (8x400 Gb/s IB)",
+                     fetch_overhead_s=0.85e-3, fitted="fetch overhead: the H200's fit; the others assumed"),
     # NVIDIA H200 Tensor Core GPU datasheet (SXM): the H100's compute (BF16 989 TFLOP/s dense), 141 GB HBM3e at
-    # 4.8 TB/s, NVLink 900 GB/s; HGX/DGX H200 nodes: 8 GPUs, 8 x 400 Gb/s NDR. Efficiency constants fitted to the
-    # eight measured H200 steps of bench/results/gpu_check.json (bench/bench_cost.py --gpu-check).
+    # 4.8 TB/s, NVLink 900 GB/s; HGX/DGX H200 nodes: 8 GPUs, 8 x 400 Gb/s NDR. fetch_overhead_s fitted to the eight
+    # measured one-rank H200 steps of bench/results/gpu_check.json (`bench/bench_cost.py --gpu-check
+    # bench/results/gpu_check.json --compute-efficiency 0.4`: 0.85 ms per gather, median |error| 20%, max 40%, the
+    # sdpa rows under-predicted). Those steps are ~90% fetch overhead (~400 gathers of 0.85 ms), so they cannot
+    # identify compute_efficiency (held at the assumed 0.4) nor comm_efficiency (one rank moves nothing).
     "h200": Hardware("H200 SXM 141GB", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 67e12}, 141 * GB, 4.8 * TB,
-                     450 * GB, 400 * GB, 8, "NVIDIA H200 datasheet (SXM); DGX H200 (8x400 Gb/s IB)"),
+                     450 * GB, 400 * GB, 8, "NVIDIA H200 datasheet (SXM); DGX H200 (8x400 Gb/s IB)",
+                     fetch_overhead_s=0.85e-3, fitted="fetch overhead fitted to 8 H200 steps; the others assumed"),
     # NVIDIA A100 Tensor Core GPU datasheet (80GB SXM): BF16 312 TFLOP/s dense, FP32 19.5 TFLOP/s, 80 GB HBM2e at
     # 2,039 GB/s, NVLink 600 GB/s (300 GB/s each way). DGX A100: 8 x 200 Gb/s HDR InfiniBand = 200 GB/s per node.
+    # fetch_overhead_s: the H200's (no A100 step has been measured).
     "a100": Hardware("A100 SXM 80GB", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}, 80 * GB, 2.039 * TB,
-                     300 * GB, 200 * GB, 8, "NVIDIA A100 datasheet (80GB SXM); DGX A100 user guide (8x200 Gb/s IB)"),
-    # The 2-core development machine (KVM guest, Intel Xeon family 6 model 207, AVX-512 with 2 FMA units per core at the
-    # 2.3 GHz base clock of `lscpu`'s BogoMIPS 4600): 2 cores x 2.3e9 x 64 fp32 FLOP/cycle = 294 GFLOP/s; no bf16
-    # matmul unit is exposed (no amx flags), so bf16 runs at most at the fp32 rate. Memory: 24 GiB; bandwidth 10 GB/s
-    # is an assumed order for one core streaming a large copy. "Devices" are processes (ranks) sharing the 2 cores, and
-    # collectives are gloo over loopback (bandwidth assumed, fitted through comm_efficiency).
-    "cpu": Hardware("cpu (2-core development machine)", {"fp32": 294e9, "bf16": 294e9}, 24 * 2**30, 10 * GB,
-                    2 * GB, 2 * GB, 2, "lscpu of the machine; see the comment in gr_train/hardware.py",
+                     300 * GB, 200 * GB, 8, "NVIDIA A100 datasheet (80GB SXM); DGX A100 user guide (8x200 Gb/s IB)",
+                     fetch_overhead_s=0.85e-3, fitted="fetch overhead: the H200's fit; the others assumed"),
+    # The 2-core development machine, one "device" per core: a rank is a process running one thread (KVM guest, Intel
+    # Xeon family 6 model 207, AVX-512 with 2 FMA units per core at the 2.3 GHz base clock of `lscpu`'s BogoMIPS
+    # 4600): 2.3e9 x 64 fp32 FLOP/cycle = 147 GFLOP/s per core; no bf16 matmul unit is exposed (no amx flags), so bf16
+    # runs at most at the fp32 rate. Memory: 24 GiB for both ranks (12 GiB each); bandwidth 10 GB/s is an assumed
+    # order for one core streaming a large copy. Collectives are gloo over loopback (2 GB/s assumed; bench/bench_cost.py
+    # fits comm_efficiency).
+    "cpu": Hardware("cpu (one core of the 2-core development machine)", {"fp32": 147e9, "bf16": 147e9}, 12 * 2**30,
+                    10 * GB, 2 * GB, 2 * GB, 2, "lscpu of the machine; see the comment in gr_train/hardware.py",
                     compute_efficiency=0.1, comm_efficiency=1.0, memory_efficiency=1.0, fetch_overhead_s=1e-3,
                     dropout_mask_bytes=None),
 }

@@ -162,19 +162,21 @@ def format_plan(p: Plan, source: str = "the config") -> str:
     ]
     if cfg.runtime.engine != "deepspeed":
         lines.append(f"(the config runs runtime.engine={cfg.runtime.engine}; this is the step under DeepSpeed ZeRO-3)")
-    lines += ["", "Per rank and optimizer step:", "",
-              "| part | FLOPs | compute (s) | ZeRO-3 bytes | collectives | communication (s) | total (s) |",
+    lines += ["", "Per rank and optimizer step (ZeRO-3 bytes in: what the rank receives, (r - 1) / r of each "
+              "gathered or reduced tensor):", "",
+              "| part | FLOPs | compute (s) | ZeRO-3 bytes in | collectives | communication (s) | total (s) |",
               "|---|---|---|---|---|---|---|"]
     seconds = pr.part_seconds()
     for part in cost.PARTS:
         colls = [c for c in pr.collectives if c.part == part]
-        moved = sum(c.bytes for c in colls)
+        moved = sum(cost.wire_bytes(c, p.gpus, p.nodes) for c in colls)
         calls = sum(c.calls for c in colls)
         kinds = "+".join(sorted({c.op.replace("_", "-") for c in colls}))
         lines.append(f"| {part} | {_si(pr.flops[part])} | {pr.compute_s[part]:.4f} | {_si(moved, 'B')} | "
                      f"{calls} {kinds} | {pr.comm_s[part]:.4f} | {seconds[part]:.4f} |")
     lines.append(f"| optimizer | – | – | – | – | – | {pr.optimizer_s:.4f} |")
-    moved, calls = sum(c.bytes for c in pr.collectives), sum(c.calls for c in pr.collectives)
+    moved = sum(cost.wire_bytes(c, p.gpus, p.nodes) for c in pr.collectives)
+    calls = sum(c.calls for c in pr.collectives)
     lines.append(f"| step | {_si(sum(pr.flops.values()))} | {sum(pr.compute_s.values()):.4f} | {_si(moved, 'B')} | "
                  f"{calls} | {sum(pr.comm_s.values()):.4f} | {pr.step_s:.4f} |")
     mem = pr.memory

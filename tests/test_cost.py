@@ -205,6 +205,30 @@ def test_zero3_bytes_and_model_states_match_deepspeed_on_two_ranks(tmp_path, est
         assert rep["reader_elements_held"] * 4 == pytest.approx(predicted["reader_params"] - largest * 4, rel=0.01)
 
 
+def test_bytes_per_rank_follow_world_size_and_hpz_keeps_backward_gathers_inside_a_node():
+    """What each rank receives is (r - 1) / r of each gathered tensor; across nodes a ring runs at
+    min(NVLink, the node's IB); with hpZ the backward gathers read the node's secondary partition (8 ranks, NVLink),
+    for one more copy of the parameters / 8 per rank."""
+    m = plan.models_of(load_config(REPO / "configs" / "bge_llama.yaml"))
+    s = cost.StepShape(8, 20, 256, 32, 32, 256, samples=1)  # an estimator with an answer backward
+    h100 = HARDWARE["h100"]
+    flat = cost.zero3_traffic(m, s, "bf16", 100_000)
+    prefill = next(c for c in flat if c.part == "prefill")
+    assert cost.wire_bytes(prefill, 16, 2) == prefill.bytes * 15 / 16 and cost.wire_bytes(prefill, 1, 1) == 0
+    assert cost.bus_bandwidth(h100, 16, 2) == 400e9 * 0.7 and cost.bus_bandwidth(h100, 8, 1) == 450e9 * 0.7
+    hpz = cost.zero3_traffic(m, s, "bf16", 100_000, hpz=True)
+    scopes = {(c.part, c.op): c.scope for c in hpz}
+    assert scopes[("answer_bwd", "all_gather")] == scopes[("reranker_bwd", "all_gather")] == "node"
+    assert scopes[("prefill", "all_gather")] == scopes[("answer_fwd", "all_gather")] == "world"
+    assert [(c.part, c.bytes, c.calls) for c in hpz] == [(c.part, c.bytes, c.calls) for c in flat]
+    seconds = [sum(cost.comm_seconds(c, h100, 16, 2) for c in cs if c.part == "answer_bwd") for cs in (flat, hpz)]
+    assert seconds[1] < seconds[0]
+    mem = [cost.memory_per_rank(m, s, h100, 16, 2, "bf16", 100_000, hpz=h, reranker_states=0) for h in (False, True)]
+    reader = param_count(m.reader_modules()) - 33 * 2048  # its 33 norms persist whole under the threshold
+    assert mem[1]["hpz_secondary"] == (reader + param_count(m.reranker_modules())) * 2 // 8
+    assert mem[1]["peak"] - mem[0]["peak"] == mem[1]["hpz_secondary"]
+
+
 def test_the_memory_estimate_calls_deepspeeds_estimator(monkeypatch):
     """The trained reranker's model states are DeepSpeed's own figure (estimate_zero3_model_states_mem_needs, no
     offload): for bge-reranker-base on 2 nodes x 8 GPUs, 4 * 192,001,536 (its word embeddings, the largest
@@ -325,7 +349,10 @@ def test_plan_of_bge_llama_on_two_nodes_prints_the_table_and_names_the_bottlenec
     p = plan.plan(load_config(REPO / "configs" / "bge_llama.yaml"), 16, 2, HARDWARE["h100"], 90447)
     assert p.prediction.flops["prefill"] == prefill == 81_088_982_548_480
     assert p.prediction.flops["answer_bwd"] == 0  # score_function: no backward through the reader
-    assert f"bottleneck: {p.prediction.bottleneck()}" in out and p.prediction.bottleneck() == "prefill compute"
+    # the 4 score-function answer passes each gather the reader submodule by submodule (114 gathers at 0.85 ms,
+    # hardware.py): more time than the prefill's 81 TFLOP at 40% of 989 TFLOP/s
+    assert p.prediction.bottleneck() == "answer_fwd all-gathers" and "bottleneck: answer_fwd all-gathers" in out
+    assert p.prediction.compute_s["prefill"] == pytest.approx(prefill / (989.4e12 * 0.4))
     assert "reranker states 1.01" in out and "fits" in out and "time per epoch (90,447 questions, 706 steps)" in out
     assert p.largest_micro_batch >= 8
     # ZeRO-3 gathers the reader in bf16 for the prefill (all but the 33 norms of 2,048 elements, which persist under
