@@ -389,3 +389,44 @@ def test_plan_of_a_tiny_config_gives_the_flops_the_real_step_counts(tmp_path):
     cfg.reranker.tokenizer_path = str(tmp_path / "tokenizer")
     assert cost.step_flops(plan.models_of(cfg), cost.shape_of(batch, cfg)) == got
 
+
+
+# -- docs/scaling.md (bench/scaling_table.py) --------------------------------------------------------------------------
+
+
+def scaling_table():
+    """bench/scaling_table.py as a module (bench/ is not a package; its dataclass needs it in sys.modules)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("scaling_table", REPO / "bench" / "scaling_table.py")
+    module = sys.modules.setdefault("scaling_table", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_scaling_grids_replicated_8b_reader_fits_an_h100_as_plans_memory_check_says():
+    """docs/scaling.md's 8B reader is Llama-3.1-8B at its published 8.03B parameters; replicated whole (bf16) on each
+    of 8 H100s at the config's micro-batch 8 it fits at 30.6 GiB of 74.5, as plan's own check says, up to micro-batch
+    32; its time is plan's less exactly the reader's all-gathers."""
+    a = KNOWN["meta-llama/Llama-3.1-8B"]
+    params = param_count(modules(a, "lm"))
+    assert params == pytest.approx(8.03e9, rel=0.01)
+    st, h100 = scaling_table(), HARDWARE["h100"]
+    [row] = st.grid(h100, readers=["Llama-3.1-8B"], clusters=[(8, 1)], modes=["replicated"])
+    mem, p = row.prediction.memory, row.plan
+    assert not p.cfg.runtime.partition_reader and p.shape.B == 8
+    assert mem["reader_params"] == params * 2  # whole on every rank, no gathered submodule on top
+    assert row.fits and round(mem["peak"] / 2**30, 1) == 30.6 and mem["peak"] == p.prediction.memory["peak"]
+    plan.check_fits(p)  # plan's own check: no ConfigError
+    assert p.largest_micro_batch == 32
+    too_big = load_config(st.CONFIG, [*st.READERS["Llama-3.1-8B"], "runtime.partition_reader=false",
+                                      "train.micro_batch_size=33"])
+    with pytest.raises(ConfigError, match="train.micro_batch_size=33 does not fit"):
+        plan.check_fits(plan.plan(too_big, 8, 1, h100))
+    line = st.table([row]).splitlines()[-1]
+    assert "does not fit" not in line and line.endswith("| 30.6 | 32 |"), line
+    reader_parts = ("prefill", "answer_fwd", "answer_bwd")
+    dropped = [s for c, s in zip(p.prediction.collectives, p.prediction.collective_s) if c.part in reader_parts]
+    assert len(dropped) == 2 and not any(c.part in reader_parts for c in row.prediction.collectives)
+    assert row.prediction.step_s == pytest.approx(p.prediction.step_s - sum(dropped))
