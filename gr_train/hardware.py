@@ -69,11 +69,13 @@ HARDWARE: dict[str, Hardware] = {
     # Xeon family 6 model 207, AVX-512 with 2 FMA units per core at the 2.3 GHz base clock of `lscpu`'s BogoMIPS
     # 4600): 2.3e9 x 64 fp32 FLOP/cycle = 147 GFLOP/s per core; no bf16 matmul unit is exposed (no amx flags), so bf16
     # runs at most at the fp32 rate. Memory: 24 GiB for both ranks (12 GiB each); bandwidth 10 GB/s is an assumed
-    # order for one core streaming a large copy. Collectives are gloo over loopback (2 GB/s assumed; bench/bench_cost.py
-    # fits comm_efficiency).
+    # order for one core streaming a large copy. Collectives are gloo over loopback (2 GB/s assumed). The three
+    # efficiency constants are `python bench/bench_cost.py`'s fit to 8 measured sizes on the idle machine (2026-12-07;
+    # rows in bench/results/cost_rows.json): median |error| 15%, max 43% (BENCHMARKS.md: the tiny rows' Python
+    # overhead is not modelled, and 2 ranks' gloo traffic fits to 2.4% of the assumed 2 GB/s).
     "cpu": Hardware("cpu (one core of the 2-core development machine)", {"fp32": 147e9, "bf16": 147e9}, 12 * 2**30,
                     10 * GB, 2 * GB, 2 * GB, 2, "lscpu of the machine; see the comment in gr_train/hardware.py",
-                    compute_efficiency=0.1, comm_efficiency=1.0, memory_efficiency=1.0, fetch_overhead_s=1e-3,
+                    compute_efficiency=0.349, comm_efficiency=0.0238, memory_efficiency=1.0, fetch_overhead_s=0.919e-3,
                     dropout_mask_bytes=None),
 }
 
