@@ -320,8 +320,8 @@ def test_running_the_demo_again_replaces_its_run(tmp_path):
 def test_every_subcommand_has_a_description_an_example_and_its_outputs():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"demo", "train", "evaluate", "compare", "suite", "generate", "convert", "structure",
-                                "reader-report", "prepare-models", "export", "config"}
+    assert set(sub.choices) == {"demo", "train", "evaluate", "compare", "suite", "generate", "convert", "index",
+                                "retrieve", "structure", "reader-report", "prepare-models", "export", "config", "plan"}
     for name, p in sub.choices.items():
         text = p.format_help()
         assert p.description and len(p.description) > 40, name
