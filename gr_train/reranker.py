@@ -289,7 +289,12 @@ class BiEncoderReranker(Reranker):
 def _prefix_memo(w0: torch.Tensor, rows_scores) -> StepScorer:
     """A step scorer that computes each (row, chosen prefix) once: chosen [B, t] → [B, n], w0 for t = 0; the rows
     whose prefix is new go to rows_scores(rows [m] long, chosen [m, t]) → [m, n] in one batch. Rows already seen
-    reuse their scores (the same tensors: gradients add up through every use)."""
+    reuse their scores (the same tensors: gradients add up through every use).
+
+    Every call with t > 0 runs rows_scores exactly once, whatever the memo holds: under ZeRO-3 each forward of the
+    encoder all-gathers its parameters (and its backward gathers them again), so every rank must run as many
+    forwards as the others. A call whose prefixes were all seen re-scores its first row and adds 0 times the
+    result, which keeps that forward's backward in the graph; the returned values are unchanged."""
     memo: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
 
     def score(chosen: torch.Tensor) -> torch.Tensor:
@@ -301,7 +306,9 @@ def _prefix_memo(w0: torch.Tensor, rows_scores) -> StepScorer:
             rows = torch.tensor(new, dtype=torch.long, device=chosen.device)
             for i, w in zip(new, rows_scores(rows, chosen[rows])):
                 memo[keys[i]] = w
-        return torch.stack([memo[key] for key in keys])
+            return torch.stack([memo[key] for key in keys])
+        rows = torch.zeros(1, dtype=torch.long, device=chosen.device)
+        return torch.stack([memo[key] for key in keys]) + 0.0 * rows_scores(rows, chosen[rows]).sum()
 
     return score
 

@@ -452,6 +452,18 @@ def test_conditional_selection_trains_under_zero3_on_two_ranks_and_resumes_exact
     assert a.cfg.conditional and b.cfg.conditional
 
 
+def test_conditional_sampled_prefixes_seen_before_keep_the_ranks_in_step(data, tmp_path):
+    """kappa 3 makes the untrained policy peaked: a later sample often draws prefixes an earlier one drew, so a rank
+    finds them already scored (reranker._prefix_memo) where the other rank does not. Under ZeRO-3 each encoder
+    forward all-gathers the parameters (and its backward again): a rank that skipped the encoding left the other
+    waiting in a collective (gloo: connection reset; this run failed so before the fix). The run finishes,
+    resumes exactly and ends with the uninterrupted weights."""
+    a, b = kill_resume_and_compare(data, tmp_path, ("reranker.kind=bi_encoder", "reranker.conditional=true",
+                                                    "gumbel.estimator=score_function", "gumbel.samples=4",
+                                                    "gumbel.kappa=3.0", "gumbel.k=5"))
+    assert a.cfg.conditional and b.cfg.conditional
+
+
 def test_a_causal_lm_reranker_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
     """An LLM reranker (reranker.kind=causal_lm, yes/no log-odds, a tiny Llama trained whole: LoRA runs on the local
     engine) on 2 ZeRO-3 ranks: SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's

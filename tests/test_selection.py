@@ -369,5 +369,8 @@ def test_a_prefix_is_scored_once_per_scorer_and_shares_its_scores(kind, tokenize
         first = step(torch.tensor([[0], [1]]))
         again = step(torch.tensor([[0], [2]]))  # row 0's prefix seen, row 1's new
         fresh = scorer(reranker)(torch.tensor([[0], [2]]))
-    assert encoded == [2, 1, 2]  # the first scorer: 2 rows, then only the new one; the fresh scorer: 2
+        seen = step(torch.tensor([[0], [2]]))  # every prefix seen: one row is still encoded (ZeRO-3 ranks in step)
+    # the first scorer: 2 rows, then only the new one, then 1 row though nothing is new; the fresh scorer: 2
+    assert encoded == [2, 1, 2, 1]
     assert torch.equal(again[0], first[0]) and torch.allclose(again, fresh, atol=1e-6)
+    assert torch.equal(seen, again)
