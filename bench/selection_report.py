@@ -47,14 +47,7 @@ def question_kinds(run: dict, n_questions: int) -> list[str]:
         records = load_records(dev)
     if len(records) != n_questions:
         raise ValueError(f"regenerated dev has {len(records)} questions, the runs {n_questions}")
-    kinds = []
-    for rec in records:
-        if rec.intermediate is None:
-            kinds.append("one_hop")
-            continue
-        answer = next(c for c in rec.ctxs if c.is_gold and c.has_answer)
-        kinds.append("shortcut" if synthetic.CREATED_BY in answer.text else "binding")
-    return kinds
+    return [synthetic.question_kind(rec) for rec in records]
 
 
 def load(root: Path) -> dict[str, dict[str, dict[int, dict]]]:

@@ -86,6 +86,19 @@ def make_question(rng: random.Random, cfg, n_chains: int, qid: str, one_hop_frac
     return Record(id=qid, question=question, answers=[answer], ctxs=ctxs, intermediate=intermediate)
 
 
+def question_kind(record: Record) -> str:
+    """"one_hop", "shortcut" (two-hop, and its answer passage "W created-by P born-in T" names the question's work:
+    the bridge adds nothing) or "binding" (two-hop, its answer passage "P born-in T" does not name the work: only
+    the bridge "W created-by P" says which of the answer-typed passages follows, so no reranker that scores each
+    passage alone can pick it except by chance). ValueError for a two-hop record without a gold answer passage."""
+    if record.intermediate is None:
+        return "one_hop"
+    answer = next((c for c in record.ctxs if c.is_gold and c.has_answer), None)
+    if answer is None:
+        raise ValueError(f"question {record.id}: a two-hop question without a gold answer-bearing passage")
+    return "shortcut" if CREATED_BY in answer.text.split() else "binding"
+
+
 def generate(cfg, n: int, seed: int, n_chains: int | None = None, prefix: str = "q") -> list[Record]:
     """n questions, deterministic in `seed`. Used for the demo's train/dev files."""
     rng = random.Random(seed)
