@@ -268,6 +268,9 @@ class DemoSection:
     # training ranks `gr-train demo` launches (DeepSpeed ZeRO-3, torchrun); each rank's micro-batch is
     # train.micro_batch_size / ranks, so the global batch is the single-process one
     ranks: int = 2
+    # with reranker.conditional: also train the same recipe on the pointwise reranker (reranker.conditional=false,
+    # the same initial weights; in the demo's own process) and print its row beside the conditional one
+    pointwise_row: bool = True
     dashboard: bool = False  # the demo's local Ray: its dashboard on 127.0.0.1 (off by default)
 
 

@@ -8,11 +8,19 @@ Stages, each with a progress bar and a one-line summary (`gr-train demo`; config
   3 train        G-Rerank from the frozen demo reader's loss: demo.ranks DeepSpeed ZeRO-3 ranks (CPU: gloo)
                  launched here with torchrun, the reader partitioned across them, reading the Parquet shards;
                  the per-rank micro-batch is train.micro_batch_size / ranks, so the global batch and the recipe
-                 are the single-process ones
-  4 evaluate     hard top-k before and after training → results.json, results.md and the printed table
-  5 tensorboard  <run_dir>/tb: rank 0's events (world size, losses, dev metrics over steps)
-  6 plot         <run_dir>/dev_curves.png: dev recall@k and the label-free dev loss over steps
-  7 export       <run_dir>/export: the trained reranker as a plain HF folder with its model card, loaded in a fresh
+                 are the single-process ones. configs/demo.yaml trains a conditional reranker
+                 (reranker.conditional: k passages chosen one at a time, each step given the passages chosen before
+                 it) with the score-function estimator, at k=2
+  4 pointwise    the same recipe on the pointwise reranker (reranker.conditional=false: each passage scored alone)
+                 from the same initial weights, in this process, for the row beside it (demo.pointwise_row;
+                 skipped when the reranker is pointwise)
+  5 evaluate     hard top-k (greedy selection for a conditional reranker) before and after training, and the
+                 pointwise row: every metric over all dev questions and the two-hop ones, EM and coverage@k by
+                 question kind (synthetic.question_kind), the conditional − pointwise differences with 95% paired
+                 bootstrap intervals → results.json, results.md and the printed tables
+  6 tensorboard  <run_dir>/tb: rank 0's events (world size, losses, dev metrics over steps)
+  7 plot         <run_dir>/dev_curves.png: dev recall@k and the label-free dev loss over steps
+  8 export       <run_dir>/export: the trained reranker as a plain HF folder with its model card, loaded in a fresh
                  process with transformers (sentence_transformers.CrossEncoder for a cross-encoder) and checked
                  to score as in training to 1e-5
 `--single-process` trains in this process on the local engine; `--no-ray` skips stage 2 (training reads the
@@ -41,7 +49,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SHIPPED_READER = PACKAGE_DIR / "assets" / "demo_reader_topical"  # configs/demo.yaml's reader
 READER_CONFIG = REPO_DIR / "configs" / "demo_reader_topical.yaml"
-STAGES = ("generate", "preprocess", "train", "evaluate", "tensorboard", "plot", "export")
+STAGES = ("generate", "preprocess", "train", "pointwise", "evaluate", "tensorboard", "plot", "export")
 EXPORT_TOLERANCE = 1e-5  # max |w_exported - w_training| accepted by the export check
 
 
@@ -61,8 +69,11 @@ def reader_folder(cfg: RunConfig) -> Path:
 
 def check(cfg: RunConfig, single_process: bool) -> int:
     """Ranks to train on (1 with single_process). ConfigError, before torch is imported, when the global batch
-    cannot be split evenly over demo.ranks."""
+    cannot be split evenly over demo.ranks or eval.ks lacks gumbel.k."""
     ranks = 1 if single_process else cfg.demo.ranks
+    if cfg.gumbel.k not in cfg.eval.ks:
+        raise ConfigError(f"eval.ks: the demo reports recall and coverage at the training k, gumbel.k="
+                          f"{cfg.gumbel.k}; add it to eval.ks (got {cfg.eval.ks})")
     if ranks < 1:
         raise ConfigError(f"demo.ranks: must be >= 1, got {ranks}")
     if cfg.train.micro_batch_size % ranks:
@@ -186,6 +197,8 @@ def evaluate_and_train(cfg: RunConfig, ranks: int, nthreads: int, stages: Stages
     with the same frozen reader on the dev questions."""
     import torch
 
+    from gr_train import synthetic
+    from gr_train.checkpoint import param_checksum
     from gr_train.data import load_split
     from gr_train.evaluate import evaluate, reader_reference
     from gr_train.models import build_models
@@ -197,6 +210,15 @@ def evaluate_and_train(cfg: RunConfig, ranks: int, nthreads: int, stages: Stages
     start = run_dir / "untrained" / "reranker"
     untrained.save(start)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)  # a fresh run (--no-resume): no events of an earlier one
+
+    pointwise = pointwise_recipe(cfg)
+    if pointwise is not None:  # the same initial weights: a conditional reranker's step 1 is its base reranker
+        torch.manual_seed(cfg.run.seed)
+        _, base = build_models(pointwise)
+        if param_checksum(base) != param_checksum(untrained):
+            raise RuntimeError("demo: the pointwise reranker does not start from the conditional one's weights")
+        base.save(run_dir / "pointwise" / "untrained" / "reranker")
+        pointwise.reranker.name_or_path = str(run_dir / "pointwise" / "untrained" / "reranker")
 
     tcfg = dataclasses.replace(cfg, reranker=dataclasses.replace(cfg.reranker, name_or_path=str(start)))
     with stages.stage("train", total=cfg.train.max_steps, unit="step") as (bar, summary):
@@ -212,48 +234,150 @@ def evaluate_and_train(cfg: RunConfig, ranks: int, nthreads: int, stages: Stages
         summary.append(f"G-Rerank {cfg.train.max_steps} steps on {how}, global batch {cfg.global_batch(1)} from the "
                        f"{data}, final loss {last.get('train/loss', float('nan')):.3f} → {run_dir / 'final'}")
 
+    if pointwise is None:
+        why = "demo.pointwise_row=false" if cfg.reranker.conditional else "the trained reranker is pointwise"
+        stages.skipped("pointwise", why)
+    else:
+        with stages.stage("pointwise", total=cfg.train.max_steps, unit="step") as (bar, summary):
+            plast = train_in_process(pointwise)
+            bar.update(cfg.train.max_steps)
+            summary.append(f"the same recipe on the pointwise reranker from the same weights, 1 process ({nthreads} "
+                           f"thread{'s' * (nthreads > 1)}), final loss {plast.get('train/loss', float('nan')):.3f} → "
+                           f"{Path(pointwise.run.run_dir) / 'final'}")
+
     dev = load_split(cfg.data.dev_path, cfg.data.n_candidates, "dev")
     if cfg.eval.max_questions:
         dev = dev[: cfg.eval.max_questions]
     two_hop = [r for r in dev if r.intermediate]
+    rows = {"untrained": untrained, "trained": Reranker.load(run_dir / "final" / "reranker")}
+    if pointwise is not None:
+        rows["pointwise"] = Reranker.load(Path(pointwise.run.run_dir) / "final" / "reranker")
     results: dict = {}
-    with stages.stage("evaluate", total=6, unit="run") as (bar, summary):
-        trained = Reranker.load(run_dir / "final" / "reranker")
+    with stages.stage("evaluate", total=2 + 2 * len(rows), unit="run") as (bar, summary):
         for name, records in (("all_questions", dev), ("two_hop", two_hop)):
             results.setdefault("reader_em", {})[name] = reader_reference(reader, records)
             bar.update()
-        for name, reranker in (("untrained", untrained), ("trained", trained)):
-            results[name] = evaluate(cfg, reranker, reader, dev)
+        per_question = {}
+        for name, reranker in rows.items():
+            ecfg = pointwise if name == "pointwise" else cfg
+            results[name] = evaluate(ecfg, reranker, reader, dev, per_question=True)
+            per_question[name] = results[name].pop("per_question")
             bar.update()
-            results[f"{name}_two_hop"] = evaluate(cfg, reranker, reader, two_hop)
+            results[f"{name}_two_hop"] = evaluate(ecfg, reranker, reader, two_hop)
             bar.update()
+        k = cfg.gumbel.k
+        # per question, for intervals over seeds (bench/demo_spread.py): EM and coverage@k of each row, and its kind
+        results["per_question"] = {name: {m: v[m] for m in ("em", f"coverage@{k}")}
+                                   for name, v in per_question.items()}
+        results["question_kinds"] = [synthetic.question_kind(r) for r in dev]
+        results["by_kind"] = by_kind(cfg, dev, per_question)
+        if pointwise is not None:
+            results["conditional_minus_pointwise"] = paired_differences(cfg, dev, per_question)
         results["training"] = {k: v for k, v in last.items() if k.startswith(("train/", "perf/", "time/"))}
         results["config"] = {"estimator": cfg.gumbel.estimator, "k": cfg.gumbel.k, "tau": cfg.gumbel.tau,
                              "tau_end": cfg.gumbel.tau_end, "synthetic": dataclasses.asdict(cfg.synthetic),
-                             "kappa": cfg.gumbel.kappa, "reranker": cfg.reranker.kind, "ranks": ranks,
-                             "global_batch": cfg.global_batch(1), "max_steps": cfg.train.max_steps,
+                             "kappa": cfg.gumbel.kappa, "samples": cfg.gumbel.sample_count(),
+                             "reranker": cfg.reranker.kind, "conditional": cfg.reranker.conditional,
+                             "ranks": ranks, "global_batch": cfg.global_batch(1), "max_steps": cfg.train.max_steps,
                              "reader": cfg.reader.name_or_path, "train_path": cfg.data.train_path}
         write_tables(cfg, results)
-        summary.append(f"hard top-k on {len(dev)} dev questions: untrained {headline(cfg, results['untrained'])}; "
-                       f"trained {headline(cfg, results['trained'])} → {run_dir / 'results.json'}, results.md")
+        trained = "conditional" if cfg.reranker.conditional else "trained"
+        summary.append(f"{'greedy selection' if cfg.reranker.conditional else 'hard top-k'} on {len(dev)} dev "
+                       f"questions: untrained {headline(cfg, results['untrained'])}; "
+                       + (f"pointwise {headline(cfg, results['pointwise'])}; " if "pointwise" in results else "")
+                       + f"{trained} {headline(cfg, results['trained'])} → {run_dir / 'results.json'}, results.md")
     return results
+
+
+def pointwise_recipe(cfg: RunConfig) -> RunConfig | None:
+    """The pointwise row's recipe (stage 4): cfg with reranker.conditional=false, its run folder
+    <run_dir>/pointwise, on the local engine in this process; None when cfg's reranker is pointwise or
+    demo.pointwise_row is false."""
+    if not (cfg.reranker.conditional and cfg.demo.pointwise_row):
+        return None
+    return dataclasses.replace(
+        cfg, reranker=dataclasses.replace(cfg.reranker, conditional=False),
+        run=dataclasses.replace(cfg.run, run_dir=str(Path(cfg.run.run_dir) / "pointwise")),
+        runtime=dataclasses.replace(cfg.runtime, engine="local"))
+
+
+def by_kind(cfg: RunConfig, dev: list, per_question: dict[str, dict]) -> dict:
+    """{row: {kind: {"questions", "em", f"coverage@{k}"}}} over the dev questions of each synthetic.question_kind
+    (one_hop, shortcut, binding), k = gumbel.k. The binding questions are where a pointwise reranker can only
+    guess which answer-typed passage follows the bridge."""
+    from gr_train import synthetic
+
+    kinds = [synthetic.question_kind(r) for r in dev]
+    k = cfg.gumbel.k
+    out: dict = {}
+    for name, values in per_question.items():
+        for kind in ("one_hop", "shortcut", "binding"):
+            idx = [i for i, x in enumerate(kinds) if x == kind]
+            mean = (lambda key: sum(values[key][i] for i in idx) / len(idx) if idx else float("nan"))
+            out.setdefault(name, {})[kind] = {"questions": len(idx), "em": mean("em"),
+                                              f"coverage@{k}": mean(f"coverage@{k}")}
+    return out
+
+
+def paired_differences(cfg: RunConfig, dev: list, per_question: dict[str, dict]) -> dict:
+    """Conditional − pointwise (the trained rows, same dev questions): EM and coverage@k over all questions and
+    over the binding ones, each {"mean", "lo", "hi", "n"} (stats.paired_bootstrap, 95%, over questions)."""
+    import torch
+
+    from gr_train import synthetic
+    from gr_train.stats import paired_bootstrap
+
+    binding = [synthetic.question_kind(r) == "binding" for r in dev]
+    k = cfg.gumbel.k
+    out = {}
+    for metric in ("em", f"coverage@{k}"):
+        a, b = (torch.tensor(per_question[row][metric], dtype=torch.float64) for row in ("trained", "pointwise"))
+        out[metric] = paired_bootstrap(a[None], b[None])
+        sel = torch.tensor(binding)
+        out[f"{metric}, binding"] = paired_bootstrap(a[sel][None], b[sel][None])
+    return out
 
 
 def headline(cfg: RunConfig, result: dict) -> str:
     k = cfg.gumbel.k
     rank = result["ranking"]
     return (f"R@{k} {rank['all'][f'recall@{k}']:.3f} (indirect {rank['indirect'][f'recall@{k}']:.3f}), "
-            f"EM@{cfg.reader_k()} {result['reader']['em']:.3f}")
+            f"coverage@{k} {rank['all'][f'coverage@{k}']:.3f}, EM@{cfg.reader_k()} {result['reader']['em']:.3f}")
+
+
+def row_names(results: dict) -> dict[str, str]:
+    """{results key: table label}: untrained, pointwise and conditional when the demo trained both, else untrained
+    and trained."""
+    if "pointwise" in results:
+        return {"untrained": "untrained", "pointwise": "pointwise", "trained": "conditional"}
+    return {"untrained": "untrained", "trained": "trained"}
 
 
 def write_tables(cfg: RunConfig, results: dict) -> None:
+    """results.json, and results.md: the metric table (all dev questions, then the two-hop ones), the table by
+    question kind and the conditional − pointwise intervals."""
     from gr_train.evaluate import format_table
 
     run_dir = Path(cfg.run.run_dir)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    table = format_table({name: results[name] for name in ("untrained", "trained", "untrained_two_hop",
-                                                           "trained_two_hop")}, cfg.eval.ks)
-    (run_dir / "results.md").write_text(table + "\n")
+    names = row_names(results)
+    table = format_table({**{label: results[key] for key, label in names.items()},
+                          **{f"{label}, two-hop": results[f"{key}_two_hop"] for key, label in names.items()}},
+                         cfg.eval.ks)
+    k = cfg.gumbel.k
+    kinds = results["by_kind"][next(iter(names))]
+    lines = ["", f"By question kind (EM@{cfg.reader_k()} / coverage@{k}: every needed fact in the top {k}):", "",
+             "| reranker | " + " | ".join(f"{kind.replace('_', '-')} ({kinds[kind]['questions']})"
+                                          for kind in kinds) + " |",
+             "|---" * (len(kinds) + 1) + "|"]
+    for key, label in names.items():
+        cells = [f"{v['em']:.3f} / {v[f'coverage@{k}']:.3f}" for v in results["by_kind"][key].values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    diff = results.get("conditional_minus_pointwise")
+    if diff:
+        lines += ["", "Conditional − pointwise (95% paired bootstrap over the dev questions): " + "; ".join(
+            f"{name} {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" for name, v in diff.items()) + "."]
+    (run_dir / "results.md").write_text(table + "\n" + "\n".join(lines) + "\n")
 
 
 def train_in_process(cfg: RunConfig) -> dict:
@@ -447,8 +571,11 @@ def print_results(cfg: RunConfig, results: dict) -> None:
     print(f"\nDemo reader exact match on two-hop dev questions: all passages {em['all']:.2f}, all but the bridge "
           f"{em['no_indirect']:.2f}, gold only {em['gold']:.2f}, direct only {em['direct']:.2f}, none {em['none']:.2f}")
     tau = f"{cfg.gumbel.tau}" + ("" if cfg.gumbel.tau_end is None else f"->{cfg.gumbel.tau_end}")
+    how = (f"{cfg.gumbel.sample_count()} sampled sets per question" if cfg.gumbel.estimator == "score_function"
+           else f"tau={tau}")
+    selection = "greedy selection of the conditional reranker" if cfg.reranker.conditional else "hard top-k"
     print(f"Reranker before/after G-Rerank ({cfg.gumbel.estimator}, {cfg.train.max_steps} steps, k={cfg.gumbel.k}, "
-          f"kappa={cfg.gumbel.kappa}, tau={tau}); reader EM uses the top-{cfg.reader_k()}:")
+          f"kappa={cfg.gumbel.kappa}, {how}); the reader reads the {selection}'s {cfg.reader_k()} passages:")
     print((run_dir / "results.md").read_text().rstrip())
     if not results["trained"]["scores"]["separated"]:
         print("WARNING: the trained reranker's scores did not separate (median per-question std "

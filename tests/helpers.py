@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The recipe of the tests written for the pointwise straight-through reranker (configs/demo.yaml's before the demo
+# moved to conditional selection with the score-function estimator): one mask per question, kappa 10, tau 0.5.
+# Conditional selection has tests of its own (test_selection.py, test_distributed.py, test_demo.py).
+POINTWISE_STRAIGHT_THROUGH = ["reranker.conditional=false", "gumbel.estimator=straight_through", "gumbel.samples=1",
+                              "gumbel.kappa=10.0", "gumbel.tau=0.5"]
+
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Read back the TensorBoard event files of `log_dir`: {tag: [(step, value), ...]}."""

@@ -24,7 +24,7 @@ from gr_train.data import load_records, passage_string
 from gr_train.evaluate import format_label_free_table, format_table
 from gr_train.export import export_reranker, export_run
 from gr_train.reranker import Reranker, build_reranker, build_word_tokenizer
-from helpers import strip_labels
+from helpers import POINTWISE_STRAIGHT_THROUGH, strip_labels
 from test_reranker import CORPUS, QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +91,7 @@ def tiny_run(tmp_path: Path, unlabelled: bool = False):
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32, initializer_range: 0.5}",  # scores spread at once
         "train.max_steps=3", "train.micro_batch_size=4", "optim.lr=1e-2", "optim.warmup_steps=0", "eval.ks=[2, 5]",
+        *POINTWISE_STRAIGHT_THROUGH,
     ])
     synthetic.write_demo_data(cfg.synthetic, data, seed=0)
     cfg.data.train_path, cfg.data.dev_path = str(data / "train.jsonl"), str(data / "dev.jsonl")

@@ -10,7 +10,7 @@ import torch
 
 from gr_train import batching, checkpoint, objectives, synthetic, train
 from gr_train.config import load_config
-from helpers import nan_loss_on_steps, read_scalars, strip_labels
+from helpers import POINTWISE_STRAIGHT_THROUGH, nan_loss_on_steps, read_scalars, strip_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def tiny_cfg(tmp_path, *overrides):
         "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
         "intermediate_size: 64, max_position_embeddings: 32}",
         "train.max_steps=6", "train.micro_batch_size=4", "train.log_every_steps=1", "optim.lr=1e-3",
-        *overrides,
+        *POINTWISE_STRAIGHT_THROUGH, *overrides,
     ])
     if not data.exists():
         synthetic.write_demo_data(cfg.synthetic, data, seed=0)
