@@ -567,7 +567,8 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
     return {**folders, "demo": Path(SHIPPED_READER)}
 
 
-# Every reader family with a reranker kind, from folders and from configs (demo.yaml's defaults otherwise).
+# Every reader family with a reranker kind, from folders and from configs (demo.yaml's defaults otherwise). The
+# saved reranker folders are pointwise (reranker.conditional=false); those built from config are conditional.
 TOKENIZER_CASES = {
     "demo folder, bi-encoder from config": lambda m: [f"reader.name_or_path={m['demo']}"],
     "demo from config, cross-encoder from config": lambda m: [
@@ -575,14 +576,15 @@ TOKENIZER_CASES = {
         "reranker.kind=cross_encoder", f"reranker.model_config={TINY_BERT}"],
     "fid_t5 folder, rankt5 folder": lambda m: [
         "reader.kind=fid_t5", f"reader.name_or_path={m['fid_t5']}", "reader.passage_max_tokens=24",
-        "reranker.kind=rankt5", f"reranker.name_or_path={m['rankt5']}"],
+        "reranker.kind=rankt5", f"reranker.name_or_path={m['rankt5']}", "reranker.conditional=false"],
     "causal_lm folder, cross-encoder folder": lambda m: [
         "reader.kind=causal_lm", f"reader.name_or_path={m['causal_lm']}", "reader.passage_max_tokens=24",
-        "reader.answer_eos=false", "reranker.kind=cross_encoder", f"reranker.name_or_path={m['cross_encoder']}"],
+        "reader.answer_eos=false", "reranker.kind=cross_encoder", f"reranker.name_or_path={m['cross_encoder']}",
+        "reranker.conditional=false"],
     "causal_lm from config, bi-encoder folder": lambda m: [
         "reader.kind=causal_lm", "reader.name_or_path=null", "reader.model_config={model_type: llama}",
         "reader.passage_max_tokens=24",
-        "reader.prompt_max_tokens=30", f"reranker.name_or_path={m['bi_encoder']}"],
+        "reader.prompt_max_tokens=30", f"reranker.name_or_path={m['bi_encoder']}", "reranker.conditional=false"],
 }
 
 

@@ -19,6 +19,7 @@ import pytest
 from gr_train import cli, synthetic, train
 from gr_train.config import load_config
 from gr_train.objectives import OBJECTIVES
+from helpers import POINTWISE_STRAIGHT_THROUGH
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -58,8 +59,9 @@ def logged(tmp_path_factory) -> set[str]:
     cfg = load_config(REPO / "configs" / "demo.yaml", TINY)
     train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, root / "data", 0)
     tags = set()
-    # every objective, and G-Rerank's sequential path (a conditional reranker, the score-function estimator)
-    runs = [(name, name, []) for name in OBJECTIVES]
+    # every objective on the pointwise reranker, and G-Rerank's sequential path (demo.yaml's conditional reranker,
+    # the score-function estimator)
+    runs = [(name, name, POINTWISE_STRAIGHT_THROUGH) for name in OBJECTIVES]
     runs.append(("gumbel_sequential", "gumbel", ["reranker.conditional=true", "gumbel.estimator=score_function",
                                                  "gumbel.samples=2"]))
     for label, name, row in runs:
