@@ -382,10 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="every stage on the embedded data: Ray Data preprocessing → G-Rerank on 2 "
                        "DeepSpeed ZeRO-3 ranks → evaluation → TensorBoard → plot → export", **_help(
         "The whole system in miniature on CPU: generates the embedded multi-hop data, preprocesses it with Ray Data "
-        "on a local Ray (token authentication), trains the bi-encoder with G-Rerank from the shipped frozen demo "
-        "reader's answer loss alone on 2 DeepSpeed ZeRO-3 ranks, evaluates it before and after, plots the dev "
-        "curves and exports the reranker (configs/demo.yaml). --single-process and --no-ray skip stages.",
-        "gr-train demo train.max_steps=300 run.num_threads=1",
+        "on a local Ray (token authentication), trains a conditional bi-encoder (it picks each passage given the ones "
+        "picked before) with G-Rerank from the shipped frozen demo reader's answer loss alone on 2 DeepSpeed ZeRO-3 "
+        "ranks, trains the pointwise bi-encoder beside it, evaluates them before and after, plots the dev curves "
+        "and exports the reranker (configs/demo.yaml). --single-process and --no-ray skip stages.",
+        "gr-train demo train.max_steps=120 run.num_threads=1",
         "<run_dir>/data/{train,dev}.jsonl, the Parquet shards with manifest and rejects file, ds_config.json, "
         "<run_dir>/results.{json,md}, <run_dir>/tb/ (TensorBoard + scalars.jsonl), the dev-curve PNG, "
         "<run_dir>/best/, <run_dir>/final/reranker and the exported folder; run_dir = runs/demo by default"))
