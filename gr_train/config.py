@@ -357,6 +357,13 @@ class RuntimeSection:
     num_workers: int = 2  # Ray Train: worker processes (ranks), ScalingConfig.num_workers
     use_gpu: bool = False  # Ray Train: one GPU per worker
     cpus_per_worker: float = 1.0  # Ray Train: CPUs reserved per worker
+    # Ray Train: how the workers' placement group places them (ScalingConfig.placement_strategy): PACK fills a node
+    # first, SPREAD puts them on different nodes where it can (soft: after a node is lost they may share one)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Ray Train: restarts of the worker group after a worker or its node dies (FailureConfig.max_failures; -1: no
+    # limit); a restarted group resumes from the job's last checkpoint in run.run_dir. 0: the job fails with Ray's
+    # error, and the same command run again resumes
+    max_failures: int = 0
 
 
 @dataclass
@@ -602,6 +609,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.max_nonfinite_steps: must be >= 1, got {cfg.train.max_nonfinite_steps}")
     if cfg.data.n_candidates < 1:
         raise ConfigError("data.n_candidates: must be >= 1")
+    if cfg.runtime.max_failures < -1:
+        raise ConfigError(f"runtime.max_failures: must be >= 0, or -1 for no limit, got {cfg.runtime.max_failures}")
     if not 0.0 <= cfg.data.max_no_answer_fraction <= 1.0:
         raise ConfigError(f"data.max_no_answer_fraction: must be in [0, 1], got {cfg.data.max_no_answer_fraction}")
     r = cfg.retrieval

@@ -49,7 +49,8 @@ BASE_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("answe
                          ("config_hash", pa.string()), ("index_version", pa.string()), ("input_index", pa.int64())])
 # The workers' report, one row per file: its rows and their candidate_quality counts (checks.candidate_quality)
 QUALITY = ("questions", "yes_no", "no_answer", "labelled", "no_gold")
-SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64()), *((k, pa.int64()) for k in QUALITY)])
+SHARDS_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("node", pa.string()),
+                           *((k, pa.int64()) for k in QUALITY)])
 PARSED_SCHEMA = pa.schema([("index", pa.int64()), ("where", pa.string()), ("id", pa.string()),
                            ("record", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
@@ -208,7 +209,7 @@ class ShardStage:
     """A Ray Data actor that turns one block of parsed questions into one Parquet file: output rows in input order,
     in chunks of preprocess.batch_size questions (`rows`, per subclass) → token ids → write_shard. Writing inside
     the actor (rather than a `write_parquet` operator after the map) leaves Ray Data no separate write tasks, which
-    its resource budget holds back while the actors own every CPU. Returns one {file, rows} row per file
+    its resource budget holds back while the actors own every CPU. Returns one {file, rows, node} row per file
     (SHARDS_SCHEMA; none for a block whose questions were all rejected)."""
 
     def __init__(self, cfg: RunConfig, provenance: dict, out_dir: str):
@@ -230,7 +231,9 @@ class ShardStage:
             rows = self.rows(records[i : i + chunk], indices[i : i + chunk])
             quality.update(row_quality(rows, self.cfg.data.n_candidates))
             tables.append(to_table(rows, self.tokenizer(rows) if self.tokenizer else None))
-        report = {**write_shard(pa.concat_tables(tables), self.out_dir), **{k: quality[k] for k in QUALITY}}
+        report = {**write_shard(pa.concat_tables(tables), self.out_dir),
+                  "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                  **{k: quality[k] for k in QUALITY}}
         return pa.Table.from_pylist([report], schema=SHARDS_SCHEMA)
 
 
@@ -339,6 +342,8 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
                "rejected": len(rejects), "rejects_by_reason": dict(reasons.most_common(20)),
                "candidate_quality": quality, "top_k": None if from_input else rcfg.top_k,
                "files": [f.name for f in files],
+               # the Ray node each file was written on: {node id: files}
+               "files_by_node": dict(Counter(s["node"] for s in shards)),
                "num_workers": pp.num_workers, "wall_s": round(time.perf_counter() - t0, 2),
                "phase_s": {k: round(v, 2) for k, v in phase_s.items()}}
     save_config(cfg, out / "config.yaml")

@@ -61,12 +61,14 @@ class ShardServer:
         return self.shard.search(queries, k)
 
     def info(self) -> dict:
-        """pid, slice, start time, shard load time (s) and resident memory (MiB) of this actor process."""
+        """pid, Ray node id, slice, start time, shard load time (s) and resident memory (MiB) of this actor
+        process."""
         import psutil
 
         rss = psutil.Process().memory_info().rss / 2**20
-        return {"pid": os.getpid(), "start": self.shard.start, "end": self.shard.end, "started": self.started,
-                "load_s": round(self.load_s, 3), "rss_mb": round(rss, 1)}
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "start": self.shard.start,
+                "end": self.shard.end, "started": self.started, "load_s": round(self.load_s, 3),
+                "rss_mb": round(rss, 1)}
 
 
 ShardActor = ray.remote(ShardServer)
