@@ -355,6 +355,21 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(data, tmp_path)
     assert logged == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1)]
 
 
+def test_deepspeed_launcher_without_ssh_runs_two_simulated_nodes(data, tmp_path):
+    """deploy/launch_multinode.sh with NO_SSH=1 once per node of a 2-host hostfile (two names of this machine, one
+    slot each), as on a cluster without ssh between nodes: node 0 runs rank 0, node 1 rank 1, the two form one
+    ZeRO-3 job (the reader partitioned across them) and train to the end."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    run_dir = tmp_path / "run"
+    cmds = [["env", f"NODE_RANK={node}", "bash", "deploy/launch_multinode.sh", "configs/demo.yaml",
+             *overrides(data, run_dir, "train.max_steps=2", "train.save_every_steps=0")] for node in (0, 1)]
+    launch_nodes(cmds, [tmp_path / "node0.log", tmp_path / "node1.log"], HOSTFILE=str(hostfile),
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=free_ports(1)[0], DEEPSPEED=str(BIN / "deepspeed"), NO_SSH="1")
+    check_logged_run(scalars(run_dir), 2, 0, 2)
+    assert (run_dir / "final" / "reranker" / "model.safetensors").is_file()
+
+
 def test_ray_train_runs_zero3_on_two_workers(data, tmp_path):
     """ray_jobs/train.py on a local Ray: TorchTrainer, 2 workers from runtime.num_workers, gloo."""
     import tempfile
