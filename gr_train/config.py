@@ -191,6 +191,14 @@ class GumbelSection:
     # masks (score_function: sampled k-sets) drawn per question per step, fresh noise each; the loss is their mean.
     # 0 = the estimator's own: 4 for score_function (each set's baseline is the others' mean loss), 1 for the others
     samples: int = 0
+    # beta of beta * KL(pi || pi_ref) added to G-Rerank's loss (the KL penalty of RLHF's PPO, Ouyang et al. 2022):
+    # pi the step policies softmax(kappa * w_t) over the remaining candidates of each drawn sequence, pi_ref the same
+    # policies of the reranker as training started (a frozen copy of its initial weights, dropout off), summed over
+    # the k steps, mean over questions and samples. Where the reader's loss cannot tell passages apart (a bridge the
+    # answer passage makes redundant) the ranking stays where it started instead of drifting. The sequential path
+    # only (gumbel.estimator=score_function, or reranker.conditional); costs a no-grad reranker pass per step and a
+    # copy of the reranker per rank. 0 = off
+    kl_coef: float = 0.0
 
     def sample_count(self) -> int:
         """The masks drawn per question per step: samples, or the estimator's own when 0 (4 for score_function, 1
@@ -543,6 +551,12 @@ def validate(cfg: RunConfig) -> None:
                           f"others' mean loss; 0 = 4) and gumbel.noise=true (it samples); got samples={g.samples}, "
                           f"noise={g.noise}")
     rr = cfg.reranker
+    if g.kl_coef < 0:
+        raise ConfigError(f"gumbel.kl_coef: must be >= 0 (0 = off), got {g.kl_coef}")
+    if g.kl_coef > 0 and cfg.objective.name == "gumbel" and not (rr.conditional or g.estimator == "score_function"):
+        raise ConfigError(f"gumbel.kl_coef: the KL penalty is of the sequential path's step policies: set "
+                          f"gumbel.estimator=score_function or reranker.conditional=true (estimator {g.estimator}, "
+                          f"pointwise), or gumbel.kl_coef=0")
     if rr.conditional and g.estimator in ("max_softmax", "subset") and cfg.objective.name == "gumbel":
         raise ConfigError(f"reranker.conditional: G-Rerank trains a conditional reranker with a sequential estimator "
                           f"(gumbel.estimator=straight_through or score_function), got {g.estimator}: its relaxation "

@@ -50,16 +50,18 @@ def score_std(w: torch.Tensor, valid: torch.Tensor) -> float:
     return torch.nanmean((wv - torch.nanmean(wv, -1, keepdim=True)).pow(2), -1).sqrt().mean().item()
 
 
-def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
+def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None,
+                  reference=None) -> Output:
     """G-Rerank: w = R(q, d); M = the gumbel.estimator's top-k mask of w; loss = reader answer CE with log M in its
     attention (mean over gumbel.samples masks, each from its own noise).
 
     Passage states are computed under no_grad (they do not depend on M); only the answer pass and the
     reranker carry autograd. A conditional reranker (reranker.conditional) or the score-function estimator chooses
-    the k passages one step at a time (sequential_rerank).
+    the k passages one step at a time (sequential_rerank); `reference`, the reranker as training started, is the
+    KL penalty's (gumbel.kl_coef; train.setup builds it).
     """
     if cfg.reranker.conditional or cfg.gumbel.estimator in gumbel.SEQUENTIAL:
-        return sequential_rerank(batch, reranker, reader, cfg, step, noise)
+        return sequential_rerank(batch, reranker, reader, cfg, step, noise, reference)
     t0 = time.perf_counter()
     states = passage_states(batch, reader, cfg)
     t1 = time.perf_counter()
@@ -87,7 +89,8 @@ def gumbel_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.T
     return Output(loss, metrics, {"time/passage_encoding": t1 - t0, "time/reranker": t2 - t1, "time/answer_pass": t3 - t2})
 
 
-def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None) -> Output:
+def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: torch.Tensor | None,
+                      reference=None) -> Output:
     """G-Rerank with the k passages drawn one step at a time (selection.sample): step t draws i_t from
     softmax(kappa * w_t) over the remaining candidates, w_t the reranker's scores given the passages chosen before
     (reranker.step_scorer; the same w at every step for a pointwise reranker: a Gumbel top-k sample). The reader
@@ -99,6 +102,10 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
       sum_t log p(i_t | i_<t). The returned loss's value is mean_s L_s.
     - straight_through: M = the sum of the steps' one-hot picks in value, each step's Gumbel-softmax over the
       remaining candidates in gradient; the loss is the answer loss with log(M + eps) in the reader's attention.
+
+    gumbel.kl_coef > 0 adds kl_coef * sum_t KL(p_t || q_t) (selection.kl_to_reference), mean over the questions and
+    draws: q_t the step policies of `reference` (the reranker as training started, frozen) on each draw's prefixes.
+    Raises ValueError when kl_coef > 0 and no reference is given.
     """
     g = cfg.gumbel
     t0 = time.perf_counter()
@@ -120,6 +127,18 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
         else:
             G = None if noise is None else noise[s * g.k : (s + 1) * g.k].to(batch.valid.device)
         draws.append(selection.sample(score_step, batch.valid, g.k, kappa, tau, G))
+    if g.kl_coef > 0:
+        if reference is None:
+            raise ValueError("gumbel.kl_coef > 0 needs the reference reranker (train.setup keeps a frozen copy of the "
+                             "reranker as training started)")
+        with torch.no_grad():
+            ref_base = reference.step_scorer(batch.reranker_inputs, questions, passages)
+
+        def ref_step(chosen: torch.Tensor) -> torch.Tensor:
+            q = ref_base(chosen)
+            return gumbel.spread_normalized(q, batch.valid) if g.kappa_relative else q
+
+        kl = torch.stack([selection.kl_to_reference(d, ref_step, batch.valid, kappa) for d in draws]).mean()
     t2 = time.perf_counter()
     metrics = {}
     if g.estimator == "score_function":
@@ -136,6 +155,9 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
     else:
         loss = sum(reader.answer_loss(states, batch.reader_inputs, gumbel.log_mask(d.mask, g.eps, batch.valid, True))
                    .mean() for d in draws) / g.sample_count()
+    if g.kl_coef > 0:
+        loss = loss + g.kl_coef * kl
+        metrics["train/kl_to_start"] = kl.item()
     t3 = time.perf_counter()
     M, w = draws[0].mask.detach(), draws[0].scores[0]
     metrics.update({

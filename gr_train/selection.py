@@ -13,6 +13,8 @@ indices picked at steps 0..t-1, -1 where a row had nothing left to pick). A poin
   sequence's log-probability sum_t log p(i_t | i_<t) (the score-function estimator's term, differentiable in w)
   and a straight-through mask: value the 0/1 indicator of the chosen k, gradient that of each step's
   softmax((kappa * w_t + G_t) / tau) over the remaining candidates.
+- `kl_to_reference`: sum_t KL(p_t || q_t) of a drawn sequence's step policies against a reference scorer's on the
+  same prefixes (gumbel.kl_coef: the KL penalty to the reranker as training started).
 - `ranking_scores`: a score vector whose descending order is the greedy selection order (the first `depth`
   candidates), then the rest by the last step's scores; evaluation, hard top-k and every metric read it as scores.
 """
@@ -108,6 +110,29 @@ def _select(score_step: StepScorer, valid: torch.Tensor, k: int, kappa: float, t
         taken = taken | hard.bool()
         chosen = torch.cat([chosen, pick[:, None]], dim=1)
     return Selection(chosen, mask, log_prob, scores)
+
+
+def kl_to_reference(sel: Selection, reference: StepScorer, valid: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
+    """sum_t KL(p_t || q_t) per question, [B] fp32: p_t = softmax(kappa * w_t) with w_t = sel.scores[t], q_t the same
+    of `reference`'s scores given the same prefix (sel.indices[:, :t]), both over the candidates left at step t
+    (valid and not picked before). Differentiable in sel.scores; the reference is called under no_grad. A row with
+    nothing left at a step adds 0 for it. The KL penalty of RLHF's PPO (Ouyang et al. 2022), per selection step.
+    valid: [B, n] bool."""
+    B = valid.shape[0]
+    rows = torch.arange(B, device=valid.device)
+    left = valid.clone()
+    kl = torch.zeros(B, device=valid.device)
+    for t, w in enumerate(sel.scores):
+        with torch.no_grad():
+            q = reference(sel.indices[:, :t]).detach().float()
+        log_p = torch.log_softmax((kappa * w.float()).masked_fill(~left, -1e9), dim=-1)
+        log_q = torch.log_softmax((kappa * q).masked_fill(~left, -1e9), dim=-1)
+        kl = kl + (log_p.exp() * (log_p - log_q)).masked_fill(~left, 0.0).sum(-1)
+        pick = sel.indices[:, t]
+        ok = pick >= 0
+        left = left.clone()
+        left[rows[ok], pick[ok]] = False
+    return kl
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ Run: `gr-train train --config configs/demo.yaml [section.key=value ...]`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -49,6 +50,9 @@ class Recipe:
     # written before these were recorded restarts them at 0).
     train_s: float = 0.0
     timed_steps: int = 0
+    # gumbel.kl_coef > 0: the reranker as training started (its initial weights, frozen, eval mode; a plain module on
+    # every rank, never partitioned), the KL penalty's reference; None otherwise
+    reference: torch.nn.Module | None = None
 
     @property
     def global_batch(self) -> int:
@@ -68,7 +72,12 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     if reranker is not None and objective.is_shift_invariant(cfg):
         for p in reranker.shift_parameters():
             p.requires_grad_(False)
+    # taken before the engine wraps the reranker and before a checkpoint is loaded: a resumed run's reference is the
+    # same initial reranker (built from the config and run.seed again)
+    reference = start_copy(reranker) if cfg.objective.name == "gumbel" and cfg.gumbel.kl_coef > 0 else None
     runtime.prepare(trainable, frozen=None if trainable is reader else reader)
+    if reference is not None:
+        reference.to(runtime.device)
     run_dir = Path(cfg.run.run_dir)
     train_records = load_split(cfg.data.train_path, cfg.data.n_candidates, "train")
     if train_records is None and objective.trains != "reader":
@@ -83,7 +92,7 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
     # a resume drops what the interrupted run logged after its checkpoint; setup logs the model scalars again
     writer = MetricsWriter(run_dir / "tb", runtime.is_main, resume_step=state["step"] if state else None,
                            relogged=MODEL_SCALARS)
-    recipe = Recipe(cfg, reader, reranker, trainable, runtime, writer, train_records, dev_records)
+    recipe = Recipe(cfg, reader, reranker, trainable, runtime, writer, train_records, dev_records, reference=reference)
     if state is not None:
         recipe.start_step = state["step"]
         recipe.best = state.get("best")
@@ -105,6 +114,15 @@ def setup(cfg: RunConfig, resume: bool = True) -> Recipe:
         save_config(cfg, run_dir / "config.yaml")
     recipe.writer.log(model_scalars(recipe), recipe.start_step)
     return recipe
+
+
+def start_copy(reranker: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of `reranker` as it is now (before any update): no parameter requires grad, eval mode (no
+    dropout). The KL penalty's reference (gumbel.kl_coef)."""
+    reference = copy.deepcopy(reranker).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
 
 
 # The key prefixes of model_scalars, which setup logs at the step it starts from.
@@ -194,7 +212,8 @@ def train(recipe: Recipe, on_step=None) -> dict:
                             intermediates=objective.intermediate_labels, device=runtime.device)
             rows = (runtime.rank * accum + i) * mb_size
             mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
-            out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise)
+            extra = {} if recipe.reference is None else {"reference": recipe.reference}
+            out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise, **extra)
             # Every rank learns whether any rank's loss is non-finite (one all-reduce), so all skip the step alike.
             if runtime.mean_across_ranks({"nonfinite": float(not torch.isfinite(out.loss))})["nonfinite"] > 0:
                 skip = True

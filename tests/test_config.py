@@ -48,6 +48,11 @@ def test_resolved_config_round_trips(tmp_path):
         ("gumbel: [1, 2]\n", r"section 'gumbel' must be a mapping"),
         ("gumbel: {k: 1\n", r"x.yaml: not valid YAML"),
         ("run:\n  device: gpu\n", r"run.device: 'gpu' is not a torch device"),
+        ("gumbel:\n  kl_coef: -0.1\n", r"gumbel.kl_coef: must be >= 0"),
+        ("gumbel:\n  kl_coef: 0.1\n  estimator: straight_through\n",
+         r"gumbel.kl_coef: the KL penalty is of the sequential path's step policies: set gumbel.estimator="
+         r"score_function or reranker.conditional=true"),
+        ("runtime:\n  max_failures: -2\n", r"runtime.max_failures: must be >= 0, or -1"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, match):

@@ -458,12 +458,13 @@ def kill_resume_and_compare(data: Path, tmp_path: Path, extra: tuple[str, ...]):
 
 
 def test_conditional_selection_trains_under_zero3_on_two_ranks_and_resumes_exactly(data, tmp_path):
-    """A conditional bi-encoder (reranker.conditional) trained by the score-function estimator on 2 ZeRO-3 ranks:
-    SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's losses and ends with its
-    final weights."""
+    """A conditional bi-encoder (reranker.conditional) trained by the score-function estimator with the KL penalty
+    to its start (gumbel.kl_coef: each rank holds a frozen copy of the initial reranker) on 2 ZeRO-3 ranks:
+    SIGKILLed after its step-2 checkpoint and resumed, it logs the uninterrupted run's losses (the KL term
+    included: the resumed run's reference is the same initial reranker) and ends with its final weights."""
     a, b = kill_resume_and_compare(data, tmp_path, ("reranker.kind=bi_encoder", "reranker.conditional=true",
                                                     "gumbel.estimator=score_function", "gumbel.samples=2",
-                                                    "gumbel.kappa=1.0"))
+                                                    "gumbel.kappa=1.0", "gumbel.kl_coef=0.5"))
     assert a.cfg.conditional and b.cfg.conditional
 
 

@@ -60,10 +60,10 @@ def logged(tmp_path_factory) -> set[str]:
     train_path, dev_path = synthetic.write_demo_data(cfg.synthetic, root / "data", 0)
     tags = set()
     # every objective on the pointwise reranker, and G-Rerank's sequential path (demo.yaml's conditional reranker,
-    # the score-function estimator)
+    # the score-function estimator, the KL penalty to the start)
     runs = [(name, name, POINTWISE_STRAIGHT_THROUGH) for name in OBJECTIVES]
     runs.append(("gumbel_sequential", "gumbel", ["reranker.conditional=true", "gumbel.estimator=score_function",
-                                                 "gumbel.samples=2"]))
+                                                 "gumbel.samples=2", "gumbel.kl_coef=0.1"]))
     for label, name, row in runs:
         extra = ["reader.trainable=true", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}"] \
             if name == "reader" else [f"data.train_path={train_path}"]

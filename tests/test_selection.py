@@ -93,6 +93,46 @@ def test_sampled_sequences_follow_the_step_policies():
             assert counts[i, j].item() / draws == pytest.approx(expected, abs=0.012)
 
 
+def test_kl_to_reference_sums_the_step_kls_over_the_candidates_left():
+    """kl_to_reference: 0 against the same scorer (and a zero gradient there); against another scorer, sum_t
+    KL(softmax(kappa w_t) || softmax(kappa q_t)) over the valid candidates not yet picked, computed by hand, with a
+    padded candidate never counted; the reference gets no gradient."""
+    kappa = 1.5
+    w1 = torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.2, 0.1, 0.0, 9.0]], requires_grad=True)
+    w2 = torch.tensor([[0.0, 2.0, 0.0, 1.0], [1.0, -1.0, 0.5, 9.0]], requires_grad=True)
+    q1 = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, -3.0]], requires_grad=True)
+    q2 = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.0, 0.0, 2.0, 0.0]], requires_grad=True)
+    valid = torch.tensor([[True] * 4, [True, True, True, False]])  # row 1's last candidate is padding
+    seen = []
+
+    def policy(chosen):
+        return w1 if chosen.shape[1] == 0 else w2
+
+    def reference(chosen):
+        seen.append(chosen.clone())
+        return q1 if chosen.shape[1] == 0 else q2
+
+    sel = selection.sample(policy, valid, 2, kappa=kappa, generator=torch.Generator().manual_seed(0))
+    kl = selection.kl_to_reference(sel, reference, valid, kappa)
+    expected = []
+    for b in range(2):
+        left, total = [i for i in range(4) if valid[b, i]], 0.0
+        for t, (w, q) in enumerate(((w1, q1), (w2, q2))):
+            p, r = torch.softmax(kappa * w[b, left], 0), torch.softmax(kappa * q[b, left], 0)
+            total += (p * (p.log() - r.log())).sum().item()
+            left.remove(int(sel.indices[b, t]))
+        expected.append(total)
+    assert kl.tolist() == pytest.approx(expected, abs=1e-5) and min(expected) > 0
+    assert torch.equal(seen[1], sel.indices[:, :1])  # the reference scored the drawn prefix
+    kl.sum().backward()
+    assert w1.grad.abs().sum() > 0 and q1.grad is None and q2.grad is None
+    same = selection.kl_to_reference(sel, policy, valid, kappa)
+    assert same.abs().max().item() < 1e-6
+    w1.grad = None
+    same.sum().backward()
+    assert w1.grad.abs().max().item() < 1e-6  # KL(p || q) is flat at p = q
+
+
 def test_straight_through_mask_is_exactly_the_chosen_passages_in_value():
     w = torch.randn(4, 6, requires_grad=True)
     valid = torch.ones(4, 6, dtype=torch.bool)
@@ -251,11 +291,14 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("estimator", ["score_function", "straight_through"])
+@pytest.mark.parametrize("estimator", ["score_function", "straight_through", "score_function, kl_coef 0.5"])
 def test_conditional_recipe_trains_evaluates_and_resumes_exactly(tmp_path, estimator):
     """6 steps with dev evaluation at 3 and 6; a run interrupted after its step-3 checkpoint and resumed gives the
-    same losses and the same final weights."""
+    same losses and the same final weights (with the KL penalty: its reference, rebuilt on resume, is the same
+    initial reranker)."""
     overrides = ("train.save_every_steps=3", "train.eval_every_steps=3")
+    if estimator.endswith("kl_coef 0.5"):
+        estimator, overrides = "score_function", (*overrides, "gumbel.kl_coef=0.5")
     reference = {}
     cfg = conditional_cfg(tmp_path / "a", estimator, *overrides)
     out = train.main(cfg, resume=False, on_step=lambda s, sc: reference.__setitem__(s, sc["train/loss"]))
