@@ -87,11 +87,9 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     counts = {kind: kinds.count(kind) for kind in ("one_hop", "shortcut", "binding")}
     lines = [f"## {name} (k={k}; {n_q} dev questions: {counts['one_hop']} one-hop, {counts['shortcut']} shortcut, "
              f"{counts['binding']} binding)", ""]
-    order = [r for r in (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "emdr",
-                         "conditional_emdr") if r in rows] + sorted(set(rows) - {UNTRAINED, "pointwise_st",
-                                                                                 "pointwise_sf", "conditional_st",
-                                                                                 "conditional_sf", "emdr",
-                                                                                 "conditional_emdr"})
+    known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl", "emdr",
+             "conditional_emdr")
+    order = [r for r in known if r in rows] + sorted(set(rows) - set(known))
     metrics = [("EM@k", "em", None), ("coverage@2", "coverage@2", None), ("coverage@2, binding", "coverage@2", binding),
                ("coverage@2, shortcut", "coverage@2", shortcut),
                (f"indirect R@{k}", f"recall@{k}_indirect", None),
@@ -113,6 +111,7 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     pairs += [("conditional_sf", r) for r in ("pointwise_st", "pointwise_sf", "conditional_st", "conditional_emdr")
               if r in rows and "conditional_sf" in rows]
     pairs += [("pointwise_sf", "pointwise_st")] if {"pointwise_sf", "pointwise_st"} <= set(rows) else []
+    pairs += [("conditional_sf_kl", "conditional_sf")] if {"conditional_sf_kl", "conditional_sf"} <= set(rows) else []
     for a, b in pairs:
         seeds = sorted(set(rows[a]) & set(rows[b]))
         if b == UNTRAINED:  # one untrained reranker per seed: pair with the seeds it has
