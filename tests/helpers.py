@@ -52,3 +52,18 @@ def strip_labels(source: str | Path, target: str | Path) -> Path:
             ctx.pop("is_gold", None)
     Path(target).write_text("".join(json.dumps(row) + "\n" for row in rows))
     return Path(target)
+
+
+def answers_once(pool, batches: list[list[tuple[str, str]]], k: int = 5, fault_after: int | None = None,
+                 fault=None) -> dict[str, tuple[list, list]]:
+    """Stream (id, question) batches through a ray_jobs.retrieve.ShardPool: {id: (hit ids, hit scores)}, asserting
+    that no question is answered twice; `fault()` is called once `fault_after` batches are answered (a kill)."""
+    out = {}
+    stream = pool.stream(((b, [q for _, q in batch]) for b, batch in enumerate(batches)), k=k)
+    for done, (b, hits) in enumerate(stream, start=1):
+        for row, (qid, _) in enumerate(batches[b]):
+            assert qid not in out, f"{qid} answered twice"
+            out[qid] = (hits.ids[row].tolist(), hits.scores[row].tolist())
+        if done == fault_after:
+            fault()
+    return out

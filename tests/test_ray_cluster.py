@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import answers_once
 
 from gr_train import checkpoint, synthetic
 from gr_train import retrieval as R
@@ -96,24 +97,14 @@ def test_shard_actors_on_both_nodes_answer_every_query_once_when_one_node_dies(t
     queries = [(f"q{i}", " ".join(rng.choices(words, k=3))) for i in range(300)]
     batches = [queries[i : i + 10] for i in range(0, len(queries), 10)]
 
-    def run(pool, lose_node_after=None) -> dict:
-        out = {}
-        stream = pool.stream(((b, [q for _, q in batch]) for b, batch in enumerate(batches)), k=5)
-        for done, (b, hits) in enumerate(stream, start=1):
-            for row, (qid, _) in enumerate(batches[b]):
-                assert qid not in out, f"{qid} answered twice"
-                out[qid] = (hits.ids[row].tolist(), hits.scores[row].tolist())
-            if done == lose_node_after:
-                head.remove_node(second)  # its raylet and every process on it killed
-        return out
-
     pool = ShardPool(cfg.retrieval)
     try:
         before = pool.info()
         assert {i["node_id"] for i in before} == {head.head_node.node_id, second.node_id}
         lost = next(s for s, i in enumerate(before) if i["node_id"] == second.node_id)
-        clean = run(pool)
-        faulty = run(pool, lose_node_after=4)
+        clean = answers_once(pool, batches)
+        # the second node's raylet and every process on it killed
+        faulty = answers_once(pool, batches, fault_after=4, fault=lambda: head.remove_node(second))
         after = pool.info()
     finally:
         pool.shutdown()

@@ -19,6 +19,7 @@ import pytest
 from gr_train import checks
 from gr_train import retrieval as R
 from gr_train.config import load_config
+from helpers import answers_once
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -47,21 +48,11 @@ def test_killed_shard_actor_restarts_and_every_query_is_answered_once(tmp_path, 
     queries = [(f"q{i}", " ".join(rng.choices(WORDS, k=3))) for i in range(300)]
     batches = [queries[i : i + 10] for i in range(0, len(queries), 10)]
 
-    def run(pool, kill_after=None):
-        out = {}
-        stream = pool.stream(((b, [q for _, q in batch]) for b, batch in enumerate(batches)), k=5)
-        for done, (b, hits) in enumerate(stream, start=1):
-            for row, (qid, _) in enumerate(batches[b]):
-                assert qid not in out, f"{qid} answered twice"
-                out[qid] = (hits.ids[row].tolist(), hits.scores[row].tolist())
-            if done == kill_after:
-                ray.kill(pool.actors[0], no_restart=False)  # SIGKILL-like: the actor process dies mid-stream
-        return out
-
     pool = ShardPool(cfg.retrieval)
     before = pool.info()
-    clean = run(pool)
-    faulty = run(pool, kill_after=4)
+    clean = answers_once(pool, batches)
+    # SIGKILL-like: the actor process dies mid-stream
+    faulty = answers_once(pool, batches, fault_after=4, fault=lambda: ray.kill(pool.actors[0], no_restart=False))
     after = pool.info()
     pool.shutdown()
     assert after[0]["pid"] != before[0]["pid"], "the killed actor was not restarted in a new process"
