@@ -11,6 +11,7 @@ Rows (reranker.conditional, gumbel.estimator, gumbel.samples):
   pointwise_sf     false, score_function, 4     (4 sampled sets, answer passes without autograd)
   conditional_sf   true,  score_function, 4     (4 sampled sequences, each with k - 1 conditioned passes)
   conditional_sf_ckpt  the same, reranker.gradient_checkpointing=true
+  conditional_sf_kl    conditional_sf with gumbel.kl_coef=0.1 (a frozen copy of the reranker, no-grad passes)
 A row whose worker fails (killed for memory: exit -9) is reported as failed and the others still run.
 The reader is bench_step.py's ~12M-parameter FiD-T5 (random weights, L passage tokens); the reranker a
 MiniLM-L6-shaped BERT (384 hidden, 6 layers, random weights). Each row runs in a fresh subprocess so that peak RSS is
@@ -39,6 +40,9 @@ ROWS = {
     # the step keeps for backward
     "conditional_sf_ckpt": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4",
                             "reranker.gradient_checkpointing=true"],
+    # the KL penalty to the start: a frozen copy of the reranker scores every sample's prefixes again (no grad)
+    "conditional_sf_kl": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4",
+                          "gumbel.kl_coef=0.1"],
 }
 MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
                 "max_position_embeddings": 512}
@@ -47,7 +51,7 @@ MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads
 def worker(args) -> dict:
     import torch
 
-    from gr_train import batching, gumbel, objectives
+    from gr_train import batching, gumbel, objectives, train
     from gr_train.config import load_config
     from gr_train.models import build_reader
     from gr_train.reranker import build_reranker, build_word_tokenizer
@@ -65,13 +69,14 @@ def worker(args) -> dict:
     records = batch_records(args.batch, args.n, args.words, seed=1)
     tok = build_word_tokenizer([r.question for r in records] + [c.text for r in records for c in r.ctxs])
     reranker = build_reranker(cfg.reranker, tok).train()
+    reference = train.start_copy(reranker) if cfg.gumbel.kl_coef > 0 else None
     opt = torch.optim.AdamW([p for p in reranker.parameters() if p.requires_grad], lr=1e-4)
     batch = batching.collate(records, args.n, reranker, reader)
     noise = gumbel.sample_gumbel((cfg.gumbel.samples * args.k, args.batch, args.n),
                                  torch.Generator().manual_seed(0))
 
     def step() -> float:
-        out = objectives.gumbel_rerank(batch, reranker, reader, cfg, 0, noise)
+        out = objectives.gumbel_rerank(batch, reranker, reader, cfg, 0, noise, reference)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
