@@ -88,7 +88,7 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     lines = [f"## {name} (k={k}; {n_q} dev questions: {counts['one_hop']} one-hop, {counts['shortcut']} shortcut, "
              f"{counts['binding']} binding)", ""]
     known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl", "emdr",
-             "conditional_emdr")
+             "conditional_emdr", "loop", "conditional_loop", "pdist", "conditional_pdist", "adist", "conditional_adist")
     order = [r for r in known if r in rows] + sorted(set(rows) - set(known))
     metrics = [("EM@k", "em", None), ("coverage@2", "coverage@2", None), ("coverage@2, binding", "coverage@2", binding),
                ("coverage@2, shortcut", "coverage@2", shortcut),
@@ -108,8 +108,12 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
               "| row − reference | seeds | " + " | ".join(m[0] for m in metrics) + " |",
               "|---" * (len(metrics) + 2) + "|"]
     pairs = [(r, UNTRAINED) for r in order if r != UNTRAINED]
-    pairs += [("conditional_sf", r) for r in ("pointwise_st", "pointwise_sf", "conditional_st", "conditional_emdr")
+    pairs += [("conditional_sf", r) for r in ("pointwise_st", "pointwise_sf", "conditional_st", "conditional_emdr",
+                                               "conditional_loop", "conditional_pdist", "conditional_adist")
               if r in rows and "conditional_sf" in rows]
+    # each baseline on the conditional model against the same baseline on the pointwise one
+    pairs += [(f"conditional_{r}", r) for r in ("emdr", "loop", "pdist", "adist")
+              if {r, f"conditional_{r}"} <= set(rows)]
     pairs += [("pointwise_sf", "pointwise_st")] if {"pointwise_sf", "pointwise_st"} <= set(rows) else []
     pairs += [("conditional_sf_kl", "conditional_sf")] if {"conditional_sf_kl", "conditional_sf"} <= set(rows) else []
     for a, b in pairs:
