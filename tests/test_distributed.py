@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DRIVER = REPO / "tests" / "dist_driver.py"
 MODEL = [
-    # the demo config's reranker and k, pinned: these tests check a cross-encoder export
+    # the reranker kind and k pinned (these tests check a cross-encoder export); the rest is configs/demo.yaml's
+    # recipe: a conditional reranker trained with the score-function estimator, unless a test overrides it
     "reranker.kind=cross_encoder", "gumbel.k=2", "gumbel.tau_end=null", "eval.ks=[2, 5]",
     "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
     "reranker.model_config={model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
