@@ -669,6 +669,8 @@ def test_preprocess_input_candidates_on_ray_keeps_order_and_counts(tmp_path, ray
                == [(c.title, c.text, c.is_gold, c.has_answer) for c in b.ctxs] for a, b in zip(back, records))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["index_version"] == "input"
+    # one node here: it wrote every file (tests/test_ray_cluster.py: two)
+    assert list(manifest["files_by_node"].values()) == [len(summary["files"])]
     quality = checks.candidate_quality(records, cfg.data.n_candidates)
     assert manifest["candidate_quality"] == {"n_candidates": cfg.data.n_candidates, **quality}
     assert quality["questions"] == 90 and 0 < quality["yes_no"] + quality["labelled"]
