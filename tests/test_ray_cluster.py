@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import answers_once
+from helpers import POINTWISE_STRAIGHT_THROUGH, answers_once
 
 from gr_train import checkpoint, synthetic
 from gr_train import retrieval as R
@@ -128,8 +128,7 @@ def train_job(head, data: Path, run_dir: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "ray_jobs/train.py", "--address", head.address, "--config", "configs/demo.yaml",
            "run.progress=false", f"run.run_dir={run_dir}", f"data.train_path={data / 'train.jsonl'}",
            f"reader.name_or_path={data / 'reader'}", "reader.model_config={d_model: 32, n_heads: 2, d_ff: 64}",
-           "reranker.conditional=false", "gumbel.estimator=straight_through", "gumbel.samples=1",
-           "gumbel.kappa=10.0", "gumbel.k=2", "eval.ks=[2]", "reranker.model_config={model_type: bert, "
+           *POINTWISE_STRAIGHT_THROUGH, "gumbel.k=2", "eval.ks=[2]", "reranker.model_config={model_type: bert, "
            "hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, "
            "max_position_embeddings: 32}", f"train.max_steps={STEPS}", "train.micro_batch_size=4",
            "train.log_every_steps=1", f"train.save_every_steps={SAVE_EVERY}", "optim.lr=1e-3",
@@ -137,8 +136,8 @@ def train_job(head, data: Path, run_dir: Path, log: Path) -> subprocess.Popen:
     # RAY_DEDUP_LOGS=0: every worker's lines reach the driver's log, also those alike on several workers
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "RAY_ADDRESS": "", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout_s: float = 420) -> str:
