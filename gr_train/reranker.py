@@ -10,6 +10,7 @@ merged) that loads back exactly.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from gr_train.inputs import RERANKER_INPUTS, RerankerInputs, conditioned_questio
 from gr_train.lengths import check_budget, position_limit
 from gr_train.reader_tuning import inject_lora, save_merged
 from gr_train.selection import StepScorer, greedy
+
+log = logging.getLogger(__name__)
 
 # Written next to the HF files by Reranker.save: the kind and the settings that, with the weights, define w.
 SETTINGS_FILE = "gr_train_reranker.json"
@@ -470,12 +473,20 @@ def _tokenizer(cfg: RerankerSection, cls: type[Reranker], tokenizer: Any) -> Any
 
 
 def _check_saved_settings(cfg: RerankerSection, cls: type[Reranker]) -> None:
-    """A folder written by Reranker.save computes w with its saved kind and settings; cfg must not disagree."""
+    """A folder written by Reranker.save computes w with its saved kind and settings; cfg must not disagree. One
+    exception: a pointwise folder (conditional false) loads as a conditional reranker, whose first step is that
+    very scorer (the start of conditional training from a pretrained pointwise reranker); the other way round is
+    refused, as it would score with a policy other than the one trained."""
     settings_path = Path(cfg.name_or_path) / SETTINGS_FILE
     if not settings_path.is_file():
         return
     saved = json.loads(settings_path.read_text())
-    for key in ("kind", *cls.scoring_keys, *cls.selection_keys):
+    keys = ("kind", *cls.scoring_keys, *cls.selection_keys)
+    if saved.get("conditional") is False and cfg.conditional:
+        keys = tuple(k for k in keys if k not in cls.selection_keys)
+        log.info("reranker: %s was saved pointwise; it is step 1 of the conditional reranker (reranker.conditional)",
+                 cfg.name_or_path)
+    for key in keys:
         if key in saved and saved[key] != getattr(cfg, key):
             raise ValueError(
                 f"reranker.{key} is {getattr(cfg, key)!r} but {cfg.name_or_path} was saved with {saved[key]!r}: "

@@ -215,6 +215,23 @@ def test_save_load_keep_the_conditional_selection(kind, tokenizers, tmp_path):
         build_reranker(dataclasses.replace(loaded.cfg, conditional=False))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_saved_pointwise_reranker_starts_a_conditional_one_as_its_step_1(kind, tokenizers, tmp_path):
+    """A pretrained pointwise folder (gr-train's own, with its settings file) loads with reranker.conditional=true:
+    step 1 scores as the pointwise reranker did, later steps read the conditioned question; the saved conditional
+    folder still refuses to load pointwise (test above)."""
+    pointwise = make(kind, tokenizers, False)
+    pointwise.save(tmp_path / "r")
+    cfg = dataclasses.replace(Reranker.load(tmp_path / "r").cfg, conditional=True, conditional_max_tokens=32)
+    conditional = build_reranker(cfg)
+    assert conditional.cfg.conditional
+    with torch.no_grad():
+        w = pointwise(pointwise.tokenize(QUESTIONS, PASSAGES))
+        step = scorer(conditional)
+        assert torch.allclose(step(torch.zeros(2, 0, dtype=torch.long)), w, atol=1e-5)
+        assert not torch.equal(step(torch.tensor([[2], [1]])), w)  # (a random tiny cross-encoder's w barely varies)
+
+
 def test_select_of_a_pointwise_reranker_is_its_topk(tokenizers):
     reranker = make("cross_encoder", tokenizers, False)
     with torch.no_grad():
