@@ -30,7 +30,7 @@ def start_job(module: str, doc: str, argv: list[str] | None, add_arguments=None,
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides anywhere among the flags, as gr-train takes them
     cfg = load_config(args.config, args.overrides)
     if check is not None:
         check(args, cfg)

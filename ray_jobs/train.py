@@ -11,7 +11,8 @@ any launcher, so run.run_dir must be on storage every worker node sees; data pat
 A worker or node lost mid-run: with runtime.max_failures > 0 Ray Train restarts the worker group (on the nodes
 left, where they have the resources) and the restarted ranks resume from this job's last checkpoint in run.run_dir
 (--no-resume applies to the job's first attempt only); with 0 the job fails with Ray's error and the same command
-run again resumes.
+run again resumes. A run.run_dir that holds another run with nothing to resume (or --no-resume) is refused before
+Ray starts, as `gr-train train` refuses it; --overwrite deletes that run first.
 """
 
 from __future__ import annotations
@@ -85,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in run.run_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in run.run_dir (checkpoints, best/, final/, tb/) and start afresh")
     p.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides anywhere among the flags, as gr-train takes them
 
     cfg = load_config(args.config, [*args.overrides, "runtime.engine=deepspeed"])  # bad configs fail here
     checks.check_config(cfg, "train")  # and missing data or weights, before Ray and DeepSpeed start
     cfg.run.run_dir = str(Path(cfg.run.run_dir).resolve())
+    # a folder holding another run is refused, as `gr-train train` refuses it: its tb/ would get a second set of curves
+    checks.check_run_dir(cfg.run.run_dir, resume=not args.no_resume, overwrite=args.overwrite)
     r = cfg.runtime
     env = {} if r.use_gpu else {"DS_ACCELERATOR": "cpu"}  # skip DeepSpeed's accelerator probing on CPU workers
     from ray_jobs import token_auth
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, runtime_env={"env_vars": env})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config_yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False), "resume": not args.no_resume,
+        train_loop_config={"config_yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                           "resume": not (args.no_resume or args.overwrite),
                            "job_id": uuid.uuid4().hex},
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,  # use_gpu: one GPU per worker
                                      resources_per_worker={"CPU": r.cpus_per_worker},

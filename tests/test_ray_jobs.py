@@ -732,6 +732,33 @@ def test_a_ray_jobs_mistake_is_one_line_before_ray_starts(job, overrides, expect
     assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stderr + proc.stdout
 
 
+def test_the_ray_training_job_refuses_a_folder_holding_another_run(tmp_path):
+    """As `gr-train train`: a run.run_dir with a run in it and no checkpoint to resume is refused before Ray starts
+    (its tb/ would get a second set of curves), by the check `gr-train train` runs (checks.check_run_dir, whose
+    --overwrite is tested with the CLI); a command that fails its config check deletes nothing."""
+    from gr_train import synthetic
+    from gr_train.config import load_config
+
+    train, dev = synthetic.write_demo_data(load_config("configs/demo.yaml", ["synthetic.n_train=8",
+                                                                              "synthetic.n_dev=4"]).synthetic,
+                                           tmp_path / "data", seed=0)
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "tb" / "scalars.jsonl").write_text("{}\n")
+    (run / "config.yaml").write_text("run: {}\n")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    cmd = [sys.executable, "ray_jobs/train.py", "--config", "configs/demo.yaml", f"run.run_dir={run}",
+           f"data.train_path={train}", f"data.dev_path={dev}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"run.run_dir={run} already holds a run" in proc.stderr.strip().splitlines()[-1]
+    assert (run / "tb" / "scalars.jsonl").is_file()
+    proc = subprocess.run([*cmd, "--overwrite", "data.train_path=/nonexistent/train.jsonl"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "data.train_path=/nonexistent/train.jsonl: no such file" in proc.stderr
+    assert (run / "tb").exists()  # the config check comes first: a bad command deletes nothing
+
+
 @pytest.mark.parametrize("job, last", [
     ("build_index", "index.json is written last."),
     ("retrieve", "whichever is longer."),
