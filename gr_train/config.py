@@ -74,6 +74,10 @@ class SyntheticSection:
     # ("W created-by P born-in T"), so the gold answer passage names the question's work and the bridge passage
     # (still labelled gold, as HotpotQA labels both supporting facts) is not needed. 5-token passages.
     shortcut_fraction: float = 0.0
+    # Three-hop questions: share of the multi-hop questions that ask "twin-of-birthplace-of-creator W" (W created-by P,
+    # P born-in T, T twinned-with T2; every chain gains its third passage). Only the first gold passage names the
+    # question's work. Two more words, so a reader must be trained with them (configs/demo_reader_three_hop.yaml).
+    three_hop_fraction: float = 0.0
     n_train: int = 3000  # questions written to train.jsonl by `demo` / `generate`
     n_dev: int = 300  # questions written to dev.jsonl
     curriculum: list[list[int]] = field(default_factory=list)  # [[steps, n_chains], ...] before n_chains (reader training)
@@ -642,6 +646,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"synthetic.topical_distractors: must be >= 0, got {syn.topical_distractors}")
     if not 0.0 <= syn.shortcut_fraction <= 1.0:
         raise ConfigError(f"synthetic.shortcut_fraction: must be in [0, 1], got {syn.shortcut_fraction}")
+    if not 0.0 <= syn.three_hop_fraction <= 1.0:
+        raise ConfigError(f"synthetic.three_hop_fraction: must be in [0, 1], got {syn.three_hop_fraction}")
     for i, item in enumerate(cfg.synthetic.curriculum):
         if len(item) != 2 or item[0] < 0 or item[1] < 1:
             raise ConfigError(f"synthetic.curriculum[{i}]: expected [steps >= 0, n_chains >= 1], got {item}")

@@ -68,7 +68,8 @@ class Record:
 
     answers: every accepted answer string (EM/F1 take the max over them); at least one.
     target: the training target for the reader's LM loss; None = answers[0].
-    intermediate: the bridge entity of a two-hop question (embedded demo data); None elsewhere.
+    intermediate: the bridge entity of a two-hop question (embedded demo data), the two bridge entities of a
+        three-hop one in hop order, space-separated; None elsewhere.
     where: its location in the file it was read from, for errors about it ("line 7"); None when built in code.
 
     A yes/no record (every answer normalizes to "yes" or "no", e.g. HotpotQA comparison questions: 34 of the 352

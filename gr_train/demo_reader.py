@@ -133,10 +133,11 @@ class DemoFiDModel(nn.Module):
             x = block(x, bias)
         return self.enc_ln(x)
 
-    def decode(self, dec_ids, dec_mask, mem, cross_bias, mem_ids=None):
+    def decode(self, dec_ids, dec_mask, mem, cross_bias, mem_ids=None, hops: int = 1):
         """dec_ids, dec_mask: [B, T]; mem: [B, S, d]; cross_bias: [B, S] fp32; mem_ids: [B, S] passage token ids
         (pointer output) → (logits [B, T, V], logits after the first iteration [B, T, V]); for the pointer output
-        the "logits" are log-probabilities."""
+        the "logits" are log-probabilities. hops=2: the second element is a pair, the logits after the first and
+        after the second iteration (deep supervision of a three-hop question's two intermediate entities)."""
         B, T = dec_ids.shape
         x = self.embed(dec_ids) + self.dec_pos(torch.arange(T, device=dec_ids.device))
         causal = torch.ones(T, T, dtype=torch.bool, device=dec_ids.device).tril()
@@ -144,12 +145,12 @@ class DemoFiDModel(nn.Module):
         self_bias = torch.zeros(keep.shape, dtype=torch.float32, device=x.device).masked_fill(~keep, NEG_BIAS)
         self_bias = self_bias[:, None]  # [B, 1, T, T]
         cross = cross_bias[:, None, None, :]  # [B, 1, 1, S]
-        first = None
+        early = []
         for i in range(self.config.n_iterations):
             x = self.decoder(x, self_bias, mem, cross)
-            if i == 0:
-                first = self.output(x, mem, cross_bias, mem_ids)
-        return self.output(x, mem, cross_bias, mem_ids), first
+            if i < hops:
+                early.append(self.output(x, mem, cross_bias, mem_ids))
+        return self.output(x, mem, cross_bias, mem_ids), (early[0] if hops == 1 else tuple(early))
 
     def output(self, x, mem, cross_bias, mem_ids):
         """Decoder states x [B, T, d] → [B, T, V]."""
@@ -283,10 +284,10 @@ class DemoFiDReader(Reader):
             log_M = torch.zeros(B, n)
         return passage_key_bias(log_M.to(inputs["passage_ids"].device), inputs["passage_mask"])
 
-    def decoder_logits(self, H, inputs, log_M):
-        """(logits [B, T, V], first-iteration logits [B, T, V])."""
+    def decoder_logits(self, H, inputs, log_M, hops: int = 1):
+        """(logits [B, T, V], first-iteration logits [B, T, V]; with hops=2 the first- and second-iteration ones)."""
         return self.model.decode(inputs["dec_ids"], inputs["dec_mask"], H, self._cross_bias(inputs, log_M),
-                                 inputs["passage_ids"].flatten(1))
+                                 inputs["passage_ids"].flatten(1), hops)
 
     def answer_logits(self, states, inputs, log_M):
         """The last iteration's logits of decoder_logits, [B, T, V] (Reader.answer_loss reads them)."""
@@ -310,9 +311,16 @@ class DemoFiDReader(Reader):
         return attention_mass(recorded, inputs["passage_mask"], inputs["labels"] != -100)
 
     def training_loss(self, inputs, log_M=None, aux_weight: float = 1.0):
-        """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd."""
-        logits, first = self.decoder_logits(self._encode(inputs), inputs, log_M)
-        return token_mean_ce(logits, inputs["labels"]), aux_weight * token_mean_ce(first, inputs["aux_labels"])
+        """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd. The
+        deep supervision: the first intermediate entity after the first decoder iteration, and for a three-hop
+        question (aux2_labels) the second after the second iteration, each weighted aux_weight."""
+        second = inputs.get("aux2_labels")
+        if second is None or not (second != -100).any() or self.model.config.n_iterations < 3:
+            logits, first = self.decoder_logits(self._encode(inputs), inputs, log_M)
+            return token_mean_ce(logits, inputs["labels"]), aux_weight * token_mean_ce(first, inputs["aux_labels"])
+        logits, (first, then) = self.decoder_logits(self._encode(inputs), inputs, log_M, hops=2)
+        aux = token_mean_ce(first, inputs["aux_labels"]) + token_mean_ce(then, second)
+        return token_mean_ce(logits, inputs["labels"]), aux_weight * aux
 
     @torch.no_grad()
     def generate(self, states, inputs, log_M=None, max_new_tokens: int | None = None):

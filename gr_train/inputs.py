@@ -270,7 +270,9 @@ class DemoFiDInputs:
     def tokenize(self, questions, passages: list[list[PassageText]], targets=None, intermediates=None):
         """passage_ids/passage_mask [B, n, L]: question [SEP] title text [EOS]; dec_ids/dec_mask [B, T]:
         [BOS] question [ANS] target...; labels [B, T] (-100 off target); aux_labels [B, T]: the intermediate
-        entity at the last question position (deep supervision), -100 elsewhere."""
+        entity at the last question position (deep supervision), -100 elsewhere; aux2_labels [B, T]: the same for
+        the second intermediate entity of a three-hop question (its intermediate names two, in hop order), -100
+        elsewhere."""
         tk = self.tokenizer
         sep, eos, bos, ans, pad = (tk.convert_tokens_to_ids(t) for t in ("[SEP]", "[EOS]", "[BOS]", "[ANS]", "[PAD]"))
         B = len(questions)
@@ -290,18 +292,22 @@ class DemoFiDInputs:
         pid = torch.tensor(grid, dtype=torch.long)
         self.truncations.add("passages_without_text", cut, f"reader: {cut} demo reader inputs lost their whole "
                              f"passage to truncation: the question fills the {L} tokens (reader.passage_max_tokens)")
-        rows, lab_rows, aux_rows = [], [], []
+        rows, lab_rows, aux_rows, aux2_rows = [], [], [], []
         for b, q in enumerate(questions):
             prompt = [bos] + ids_of[q] + [ans]
             target = (ids_of[targets[b]][: self.answer_max_tokens - 1] + [eos]) if targets else []
             seq = prompt + target[:-1]
             labels = [-100] * (len(prompt) - 1) + target
-            aux = [-100] * len(seq)
+            aux, aux2 = [-100] * len(seq), [-100] * len(seq)
             if intermediates is not None and intermediates[b]:
-                aux[len(prompt) - 2] = ids_of[intermediates[b]][0]
+                hops = ids_of[intermediates[b]]
+                aux[len(prompt) - 2] = hops[0]
+                if len(hops) > 1:
+                    aux2[len(prompt) - 2] = hops[1]
             rows.append(seq)
             lab_rows.append(labels + [-100] * (len(seq) - len(labels)))
             aux_rows.append(aux)
+            aux2_rows.append(aux2)
         T = max(len(r) for r in rows)
         if T > self.max_decoder_tokens:
             raise ValueError(f"demo reader: decoder input [BOS] question [ANS] target of {T} tokens > the model's "
@@ -320,6 +326,7 @@ class DemoFiDInputs:
             "prompt_len": torch.tensor([len(ids_of[q]) + 2 for q in questions]),
             "labels": pad_to(lab_rows, -100),
             "aux_labels": pad_to(aux_rows, -100),
+            "aux2_labels": pad_to(aux2_rows, -100),
         }
 
 

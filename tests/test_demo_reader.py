@@ -6,6 +6,7 @@ from gr_train.config import ReaderSection, SyntheticSection, load_config
 from gr_train.demo import SHIPPED_READER
 from gr_train.evaluate import reader_reference
 from gr_train.models import build_reader
+from gr_train.reader import token_mean_ce
 
 
 @pytest.fixture(params=[{}, {"output": "pointer"}, {"match_feature": True}], ids=["vocab", "pointer", "match"])
@@ -108,12 +109,19 @@ TOPICAL_SHORTCUT = ["synthetic.n_chains=4", "synthetic.topical_distractors=2", "
                     "reader.passage_max_tokens=10"]
 
 
+THREE_HOP_READER = SHIPPED_READER.parent / "demo_reader_three_hop"
+THREE_HOP = ["synthetic.n_chains=3", "synthetic.topical_distractors=1", "synthetic.three_hop_fraction=1.0",
+             "reader.passage_max_tokens=10"]
+
+
 @pytest.mark.parametrize("path, setting", [(BASE_READER, ["reader.passage_max_tokens=8"]),
-                                           (SHIPPED_READER, TOPICAL_SHORTCUT)], ids=["base", "topical"])
+                                           (SHIPPED_READER, TOPICAL_SHORTCUT), (THREE_HOP_READER, THREE_HOP)],
+                         ids=["base", "topical", "three_hop"])
 def test_shipped_readers_do_the_hop(path, setting):
-    """Both shipped demo readers read their settings: two-hop questions are answered with every passage, and fall
-    towards chance (1 of the answer-typed passages) when the bridge passage is removed from a question that needs
-    it (a shortcut question does not: its answer passage states the bridge fact)."""
+    """The shipped demo readers read their settings: multi-hop questions are answered with every passage, and fall
+    towards chance (1 of the answer-typed passages) when the bridge passages are removed from a question that needs
+    them (a shortcut question does not: its answer passage states the bridge fact). The three-hop reader reads
+    "W created-by P", "P born-in T", "T twinned-with T2" among 3 chains' look-alikes."""
     cfg = load_config(None, [f"reader.name_or_path={path}", *setting])
     reader = build_reader(cfg.reader)
     dev = [r for r in synthetic.generate(cfg.synthetic, 300, seed=12345) if r.intermediate]
@@ -147,3 +155,31 @@ def test_init_from_copies_a_reader_into_a_grown_vocabulary(tmp_path):
     assert not any(torch.equal(ours["embed.weight"][i], row) for i in new for row in theirs["embed.weight"])
     with pytest.raises(ValueError, match="same model_config"):
         build_reader(ReaderSection(model_config={**small, "d_ff": 32}, init_from=str(tmp_path / "source")), grown_tok)
+
+
+def test_three_hop_questions_supervise_both_intermediate_entities():
+    """A three-hop record's intermediate names two entities in hop order: aux_labels holds the first and aux2_labels
+    the second, both at the last question position; the training loss adds the second iteration's cross-entropy
+    on aux2_labels to the first's, and equals the two-hop loss when no record has a second entity."""
+    cfg = SyntheticSection(n_chains=3, three_hop_fraction=1.0, one_hop_fraction=0.0)
+    tok = synthetic.build_tokenizer(cfg)
+    torch.manual_seed(0)
+    reader = build_reader(ReaderSection(model_config={"d_model": 32, "n_heads": 2, "d_ff": 64}), tok)
+    records = synthetic.generate(cfg, 4, seed=0)
+    assert all(len(r.intermediate.split()) == 2 for r in records)
+    inputs = reader.tokenize([r.question for r in records], [[(p.title, p.text) for p in r.ctxs] for r in records],
+                             [r.answers[0] for r in records], intermediates=[r.intermediate for r in records])
+    at = inputs["prompt_len"] - 2  # the question's last token: its work W
+    rows = torch.arange(len(records))
+    ids = [[tok.convert_tokens_to_ids(e) for e in r.intermediate.split()] for r in records]
+    assert inputs["aux_labels"][rows, at].tolist() == [i[0] for i in ids]
+    assert inputs["aux2_labels"][rows, at].tolist() == [i[1] for i in ids]
+    assert (inputs["aux2_labels"] != -100).sum() == len(records)
+    answer, aux = reader.training_loss(inputs)
+    _, (first, second) = reader.decoder_logits(reader._encode(inputs), inputs, None, hops=2)
+    expected = token_mean_ce(first, inputs["aux_labels"]) + token_mean_ce(second, inputs["aux2_labels"])
+    assert torch.allclose(aux, expected) and (token_mean_ce(second, inputs["aux2_labels"]) > 0).all()
+    two_hop = {**inputs, "aux2_labels": torch.full_like(inputs["aux2_labels"], -100)}
+    _, aux_two_hop = reader.training_loss(two_hop)
+    assert torch.allclose(aux_two_hop, token_mean_ce(first, inputs["aux_labels"]))
+    assert torch.equal(reader.training_loss(two_hop)[0], answer)

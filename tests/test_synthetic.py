@@ -113,3 +113,51 @@ def test_shortcut_answer_passages_name_the_work_and_keep_both_gold_labels():
         assert sum(len(p.text.split()) == 5 for p in r.ctxs) == cfg.n_chains
     stats = structure.dataset_stats(records)
     assert abs(stats["one_hop_shortcut"] - len(shortcut) / len(records)) < 1e-9
+
+
+def test_three_hop_questions_chain_three_gold_passages_of_which_only_the_first_names_the_work():
+    from gr_train.data import fact_ids
+
+    cfg = load_config(None, ["synthetic.n_chains=3", "synthetic.topical_distractors=1",
+                             "synthetic.three_hop_fraction=1.0"]).synthetic
+    records = synthetic.generate(cfg, 300, seed=2)
+    kinds = [synthetic.question_kind(r) for r in records]
+    assert set(kinds) == {"one_hop", "three_hop"} and 0.55 < kinds.count("three_hop") / len(records) < 0.85
+    for r, kind in zip(records, kinds):
+        texts = [p.text for p in r.ctxs]
+        assert len(texts) == len(set(texts)) == 3 * 3 + 1  # every question has the third passages, one-hop too
+        if kind != "three_hop":
+            continue
+        w, (answer,) = r.question.split()[-1], r.answers
+        gold = {p.text: p for p in r.ctxs if p.is_gold}
+        person, t = r.intermediate.split()  # both bridge entities, in hop order (the demo reader's deep supervision)
+        assert set(gold) == {f"{w} created-by {person}", f"{person} born-in {t}", f"{t} twinned-with {answer}"}
+        # the answer only in the last passage, which with the second never names the work
+        assert [p.text for p in r.ctxs if p.has_answer] == [f"{t} twinned-with {answer}"]
+        assert sum(w in x.split() for x in texts) == 2  # its bridge and its topical distractor
+        # each of the three gold facts has a look-alike in every distractor chain
+        for relation in (synthetic.CREATED_BY, synthetic.BORN_IN, synthetic.TWINNED_WITH):
+            assert sum(relation in x.split() for x in texts) == 3
+        assert sorted(fact_ids(r)) == [-1] * 7 + [0, 1, 2]
+    # every town of a twin passage appears only in its own chain
+    for r in records:
+        twins = [p.text.split()[2] for p in r.ctxs if synthetic.TWINNED_WITH in p.text]
+        words = [x for p in r.ctxs if synthetic.TWINNED_WITH not in p.text for x in p.text.split()]
+        assert len(set(twins)) == 3 and not set(twins) & set(words)
+
+
+def test_three_hop_words_come_last_and_only_when_on_and_the_fraction_is_checked():
+    import pytest
+
+    from gr_train.config import ConfigError
+
+    base = load_config(None, ["synthetic.topical_distractors=2"]).synthetic
+    on = load_config(None, ["synthetic.topical_distractors=2", "synthetic.three_hop_fraction=0.5"]).synthetic
+    assert synthetic.vocabulary(on) == synthetic.vocabulary(base) + [synthetic.THREE_HOP, synthetic.TWINNED_WITH]
+    half = synthetic.generate(on, 400, seed=0)
+    assert 0.25 < sum(synthetic.question_kind(r) == "three_hop" for r in half) / len(half) < 0.45  # 0.5 of 0.7
+    with pytest.raises(ConfigError, match="synthetic.three_hop_fraction"):
+        load_config(None, ["synthetic.three_hop_fraction=1.5"])
+    with pytest.raises(ValueError, match="two towns per chain"):
+        synthetic.generate(load_config(None, ["synthetic.n_chains=16", "synthetic.three_hop_fraction=1.0"]).synthetic,
+                           1, seed=0)
