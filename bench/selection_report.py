@@ -1,7 +1,9 @@
 """The selection study's tables from its saved runs (bench/collect_study.py's JSON files): per dataset and row, reader
 EM with the selected k, fact coverage@2 over all dev questions and over the two-hop questions whose answer passage
 does not name the question's work (only the bridge says which answer passage follows: no pointwise reranker can
-tell), indirect recall@k, the label-free dev loss; 95% paired-bootstrap intervals over questions and seeds
+tell), or, where the dataset has three-hop questions, fact coverage@3 over all and over the three-hop ones (and
+coverage@k on those where k is not 3); indirect
+recall@k, the label-free dev loss; 95% paired-bootstrap intervals over questions and seeds
 (gr_train.stats), differences against the untrained reranker and between rows; and the stability check (each seed's
 last-step dev indirect recall@k against its best).
 
@@ -38,7 +40,7 @@ def per_question(run: dict) -> dict[str, list[float]]:
 
 
 def question_kinds(run: dict, n_questions: int) -> list[str]:
-    """one_hop | shortcut | binding per dev question, from the dev file regenerated with the run's settings."""
+    """one_hop | shortcut | binding | three_hop per dev question, from the dev file regenerated with the run's settings."""
     cfg = run["config"]
     syn = SyntheticSection(**cfg["synthetic"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,9 +86,10 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
         raise ValueError(f"{name}: the regenerated dev questions do not match the saved runs")
     binding = [kind == "binding" for kind in kinds]
     shortcut = [kind == "shortcut" for kind in kinds]
-    counts = {kind: kinds.count(kind) for kind in ("one_hop", "shortcut", "binding")}
-    lines = [f"## {name} (k={k}; {n_q} dev questions: {counts['one_hop']} one-hop, {counts['shortcut']} shortcut, "
-             f"{counts['binding']} binding)", ""]
+    three_hop = [kind == "three_hop" for kind in kinds]
+    counts = {kind: kinds.count(kind) for kind in ("one_hop", "shortcut", "binding", "three_hop")}
+    lines = [f"## {name} (k={k}; {n_q} dev questions: " + ", ".join(
+        f"{n} {kind.replace('_', '-')}" for kind, n in counts.items() if n or kind != "three_hop") + ")", ""]
     known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl", "emdr",
              "conditional_emdr", "loop", "conditional_loop", "pdist", "conditional_pdist", "adist", "conditional_adist")
     order = [r for r in known if r in rows] + sorted(set(rows) - set(known))
@@ -94,6 +97,12 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
                ("coverage@2, shortcut", "coverage@2", shortcut),
                (f"indirect R@{k}", f"recall@{k}_indirect", None),
                (f"indirect R@{k}, binding", f"recall@{k}_indirect", binding)]
+    if any(three_hop):  # three gold passages: are they the first 3 picked (and among the k the reader read)?
+        metrics = [("EM@k", "em", None), ("coverage@3", "coverage@3", None),
+                   ("coverage@3, three-hop", "coverage@3", three_hop)]
+        metrics += [(f"coverage@{k}, three-hop", f"coverage@{k}", three_hop)] if k != 3 else []
+        metrics += [(f"indirect R@{k}", f"recall@{k}_indirect", None),
+                    (f"indirect R@{k}, three-hop", f"recall@{k}_indirect", three_hop)]
     lines += ["| row | seeds | " + " | ".join(m[0] for m in metrics) + " | EM@k per seed | dev loss (hard top-k) |",
               "|---" * (len(metrics) + 4) + "|"]
     for row in order:
