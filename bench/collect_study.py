@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 RESULT_FILE = "compare_result.json"  # compare.RESULT_FILE (not imported: this script runs without torch)
-CURVE_KEYS = ("eval/coverage@2", "eval/recall@2", "eval/recall@2_indirect", "eval/coverage@5", "eval/recall@5_indirect",
-              "eval/dev_loss_hard")
+# the dev curves kept: fact coverage, recall and indirect recall at every evaluated k, and the label-free dev loss
+CURVE_KEY = re.compile(r"eval/(coverage@\d+|recall@\d+(_indirect)?|dev_loss_hard)")
 
 
 def _round(value):
@@ -36,9 +37,9 @@ def curves(run_dir: Path) -> dict[str, dict[int, float]]:
         return out
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        for key in CURVE_KEYS:
-            if key in row:
-                out.setdefault(key, {})[int(row["step"])] = round(float(row[key]), 4)
+        for key, value in row.items():
+            if CURVE_KEY.fullmatch(key):
+                out.setdefault(key, {})[int(row["step"])] = round(float(value), 4)
     return out
 
 

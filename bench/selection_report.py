@@ -89,7 +89,8 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     three_hop = [kind == "three_hop" for kind in kinds]
     counts = {kind: kinds.count(kind) for kind in ("one_hop", "shortcut", "binding", "three_hop")}
     lines = [f"## {name} (k={k}; {n_q} dev questions: " + ", ".join(
-        f"{n} {kind.replace('_', '-')}" for kind, n in counts.items() if n or kind != "three_hop") + ")", ""]
+        f"{n} {kind.replace('_', '-')}" for kind, n in counts.items()
+        if n or (kind != "three_hop" and not counts["three_hop"])) + ")", ""]
     known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl", "emdr",
              "conditional_emdr", "loop", "conditional_loop", "pdist", "conditional_pdist", "adist", "conditional_adist")
     order = [r for r in known if r in rows] + sorted(set(rows) - set(known))
