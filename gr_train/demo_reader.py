@@ -313,7 +313,8 @@ class DemoFiDReader(Reader):
     def training_loss(self, inputs, log_M=None, aux_weight: float = 1.0):
         """Reader pre-training: (answer loss [B], deep-supervision loss [B]) with the encoder under autograd. The
         deep supervision: the first intermediate entity after the first decoder iteration, and for a three-hop
-        question (aux2_labels) the second after the second iteration, each weighted aux_weight."""
+        question (aux2_labels) the second after the second iteration, each weighted aux_weight; a reader with fewer
+        than 3 decoder iterations has no iteration between the second entity and the answer, and skips the second."""
         second = inputs.get("aux2_labels")
         if second is None or not (second != -100).any() or self.model.config.n_iterations < 3:
             logits, first = self.decoder_logits(self._encode(inputs), inputs, log_M)
