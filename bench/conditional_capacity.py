@@ -2,15 +2,14 @@
 
     python bench/conditional_capacity.py --reranker FOLDER --train TRAIN.jsonl --dev DEV.jsonl [--steps 1500]
 
-Teacher-forced step 2 of conditional selection (reranker.conditional), with labels: for every two-hop question of
-the training file, the question followed by its gold bridge passage (inputs.conditioned_questions, as the
-conditional reranker reads it) is scored against the candidates, the bridge itself masked out, and the listwise
-cross-entropy of the gold answer passage is minimised (AdamW, lr 1e-3, 32 questions a step, one thread). Every 100
-steps it prints the dev binding questions' R@1 (synthetic.question_kind == "binding": the answer passage that does
-not name the question's work, which only the bridge identifies). The MDR-style supervised reference of the
+Teacher-forced step 2 of conditional selection (reranker.conditional), with labels: for every two-hop question of the
+training file, the question followed by its gold bridge passage (inputs.conditioned_questions, as the conditional
+reranker reads it, through Reranker.step_scorer) is scored against the candidates, the bridge itself masked out, and
+the listwise cross-entropy of the gold answer passage is minimised (AdamW, lr 1e-3, 32 questions a step, one thread).
+Every 100 steps it prints the dev binding questions' R@1 (synthetic.question_kind == "binding": the answer passage
+that does not name the question's work, which only the bridge identifies). The MDR-style supervised reference of the
 selection study's issue; a reranker that reaches R@1 near 1 here has the capacity the label-free rows need, so a
-label-free row that stays near chance is limited by its training signal, not by the model.
-"""
+label-free row that stays near chance is limited by its training signal, not by the model. """
 
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 from gr_train import synthetic  # noqa: E402
 from gr_train.data import load_records  # noqa: E402
-from gr_train.inputs import conditioned_questions  # noqa: E402
 from gr_train.reranker import Reranker, build_reranker  # noqa: E402
 
 
@@ -39,8 +37,8 @@ def step_two_scores(reranker, records) -> tuple[torch.Tensor, torch.Tensor]:
     bridge = torch.tensor([[next(i for i, c in enumerate(r.ctxs) if c.is_gold and not c.has_answer)]
                            for r in records])
     answer = torch.tensor([next(i for i, c in enumerate(r.ctxs) if c.is_gold and c.has_answer) for r in records])
-    texts = conditioned_questions(questions, passages, bridge)
-    w = reranker(reranker.conditioned_inputs.tokenize(texts, passages))
+    # the conditional reranker's own step scorer, as selection and training call it (step 2 given the bridge)
+    w = reranker.step_scorer(reranker.tokenize(questions, passages), questions, passages)(bridge)
     return w.scatter(1, bridge, -1e4), answer
 
 
