@@ -13,6 +13,9 @@ indices picked at steps 0..t-1, -1 where a row had nothing left to pick). A poin
   sequence's log-probability sum_t log p(i_t | i_<t) (the score-function estimator's term, differentiable in w)
   and a straight-through mask: value the 0/1 indicator of the chosen k, gradient that of each step's
   softmax((kappa * w_t + G_t) / tau) over the remaining candidates.
+- `beam`: the sequence of highest log p(i_1..i_k) = sum_t log p(i_t | i_<t) under the step policies softmax(kappa *
+  w_t), searched with `width` beams (inference; width 1 is `greedy`). Unlike greedy selection it is not
+  prefix-consistent: the beam of k need not start with the beam of k - 1.
 - `kl_to_reference`: sum_t KL(p_t || q_t) of a drawn sequence's step policies against a reference scorer's on the
   same prefixes (gumbel.kl_coef: the KL penalty to the reranker as training started).
 - `ranking_scores`: a score vector whose descending order is the greedy selection order (the first `depth`
@@ -74,6 +77,61 @@ def greedy(score_step: StepScorer, valid: torch.Tensor, k: int) -> Selection:
     """Inference: i_t = the highest w_t among the remaining valid candidates, ties to the lower index.
     valid: [B, n] bool; k >= 1 steps. Returns Selection (log_prob 0; no gradient)."""
     return _select(score_step, valid, k, 1.0, 1.0, None)
+
+
+@torch.no_grad()
+def beam(score_step: StepScorer, valid: torch.Tensor, k: int, width: int, kappa: float = 1.0) -> Selection:
+    """Beam search for the k-step sequence of highest log-probability sum_t log p(i_t | i_<t), each step's policy
+    softmax(kappa * w_t) over the candidates left (valid and not picked before); the standard beam search of
+    sequence models (e.g. Wiseman and Rush, 2016) over selection steps.
+
+    Args:
+        score_step: chosen [B, t] long → w_t [B, n]; called once per live beam and step (row b of every call is
+            question b), so a conditional scorer encodes up to `width` prefixes per question and step.
+        valid: [B, n] bool; k >= 1 steps; width >= 1 beams (1: exactly `greedy`, ties to the lower index);
+        kappa: the policy scale (the ranking of sequences depends on it: it weighs later steps' confidence).
+    Returns: Selection of the best sequence per question: indices [B, k] (-1 where a row ran out of candidates),
+        mask [B, n], log_prob [B] its sum_t log p(i_t | i_<t), scores its own steps' w_t. No gradient.
+    Raises: ValueError on k < 1 or width < 1.
+    """
+    if k < 1 or width < 1:
+        raise ValueError(f"beam selection: k and width must be >= 1, got k={k}, width={width}")
+    B, n = valid.shape
+    device = valid.device
+    chosen = torch.empty(B, 1, 0, dtype=torch.long, device=device)  # [B, J, t]: J beams per question
+    taken = torch.zeros(B, 1, n, dtype=torch.bool, device=device)
+    total = torch.zeros(B, 1, device=device)  # [B, J] each beam's log-probability; -inf for a filler beam
+    for _ in range(k):
+        J = chosen.shape[1]
+        w = torch.stack([score_step(chosen[:, j]).float() for j in range(J)], dim=1)  # [B, J, n]
+        left = valid[:, None, :] & ~taken
+        step = torch.log_softmax((kappa * w).masked_fill(~left, -1e9), dim=-1)
+        cand = (total[..., None] + step).masked_fill(~left, float("-inf")).reshape(B, J * n)
+        order = torch.sort(cand, dim=-1, descending=True, stable=True).indices[:, : min(width, J * n)]  # [B, J']
+        parent, pick = order // n, order % n
+        new_total = cand.gather(1, order)
+        # [B]: rows where a beam of finite log-probability has a candidate left (filler beams, -inf, do not count)
+        alive = (left.any(-1) & torch.isfinite(total)).any(-1)
+        if not bool(alive.all()):  # rows out of candidates keep their beams and pick nothing (-1)
+            keep = torch.arange(order.shape[1], device=device).clamp_max(J - 1).expand(B, -1)
+            parent = torch.where(alive[:, None], parent, keep)
+            pick = torch.where(alive[:, None], pick, torch.full_like(pick, -1))
+            filler = torch.arange(order.shape[1], device=device)[None, :] >= J
+            dead_total = total.gather(1, keep).masked_fill(filler, float("-inf"))
+            new_total = torch.where(alive[:, None], new_total, dead_total)
+        chosen = torch.cat([chosen.gather(1, parent[..., None].expand(-1, -1, chosen.shape[2])), pick[..., None]], -1)
+        taken = taken.gather(1, parent[..., None].expand(-1, -1, n)).clone()
+        hit = pick >= 0
+        taken[hit.nonzero(as_tuple=True) + (pick[hit],)] = True
+        total = new_total
+    best = total.argmax(-1)  # the first of equal totals: the beam sorted first
+    rows = torch.arange(B, device=device)
+    indices = chosen[rows, best]  # [B, k]
+    mask = torch.zeros(B, n, device=device)
+    ok = indices >= 0
+    mask[rows[:, None].expand_as(indices)[ok], indices[ok]] = 1.0
+    log_prob = total[rows, best].masked_fill(~valid.any(-1), 0.0)
+    return Selection(indices, mask, log_prob, [score_step(indices[:, :t]).float() for t in range(k)])
 
 
 def _select(score_step: StepScorer, valid: torch.Tensor, k: int, kappa: float, tau: float,

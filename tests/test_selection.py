@@ -159,6 +159,74 @@ def test_ranking_scores_order_is_the_greedy_selection_then_the_last_step():
     assert torch.sort(scores[0], descending=True).indices.tolist() == [1, 0, 3, 2]
 
 
+def pairwise_scorer(base: torch.Tensor, pair: torch.Tensor):
+    """A scripted conditional scorer: w_t[b, i] = base[b, i] + sum over the chosen j of pair[b, j, i] (-1 ignored)."""
+
+    def step(chosen: torch.Tensor) -> torch.Tensor:
+        w = base.clone()
+        for b, row in enumerate(chosen.tolist()):
+            for j in row:
+                if j >= 0:
+                    w[b] += pair[b, j]
+        return w
+
+    return step
+
+
+def sequence_log_prob(step, valid: torch.Tensor, b: int, seq: tuple[int, ...], kappa: float) -> float:
+    """sum_t log p(i_t | i_<t) of question b's sequence under softmax(kappa * w_t) over the candidates left."""
+    total, left = 0.0, valid[b].clone()
+    for t, i in enumerate(seq):
+        chosen = torch.full((valid.shape[0], t), -1, dtype=torch.long)
+        chosen[b] = torch.tensor(seq[:t], dtype=torch.long)
+        w = step(chosen)[b]
+        total += torch.log_softmax((kappa * w).masked_fill(~left, float("-inf")), -1)[i].item()
+        left[i] = False
+    return total
+
+
+def test_beam_of_width_one_is_greedy_including_padding_and_short_rows():
+    gen = torch.Generator().manual_seed(3)
+    base, pair = torch.randn(5, 6, generator=gen), torch.randn(5, 6, 6, generator=gen)
+    valid = torch.ones(5, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    valid[2, 2:] = False  # 2 candidates for k=3: the last step picks nothing
+    valid[3, 0] = False
+    step = pairwise_scorer(base, pair)
+    g, b = selection.greedy(step, valid, 3), selection.beam(step, valid, 3, width=1)
+    assert torch.equal(b.indices, g.indices)
+    assert b.indices[2].tolist()[2] == -1 and torch.equal(b.mask, g.mask)
+
+
+def test_a_wide_beam_finds_the_most_probable_sequence_where_greedy_does_not():
+    """Exhaustive search over every ordered sequence of k distinct valid candidates is the answer for a beam as wide
+    as the number of sequences; on this case greedy's first pick (the highest base score) leads nowhere."""
+    import itertools
+
+    gen = torch.Generator().manual_seed(0)
+    B, n, k, kappa = 4, 5, 3, 1.5
+    base, pair = torch.randn(B, n, generator=gen), 2.0 * torch.randn(B, n, n, generator=gen)
+    # question 0, scripted: greedy picks 0 (base 3.0), then the rest are alike; 1 then 2 is far more probable
+    base[0] = torch.tensor([3.0, 2.9, 0.0, 0.0, 0.0])
+    pair[0] = 0.0
+    pair[0, 0, 1] = -2.9  # after 0, the rest are alike
+    pair[0, 1, 2] = 8.0
+    valid = torch.ones(B, n, dtype=torch.bool)
+    valid[3, 2:] = False  # 2 candidates for k=3
+    step = pairwise_scorer(base, pair)
+    wide = selection.beam(step, valid, k, width=n * (n - 1) * (n - 2), kappa=kappa)
+    for b in range(B):
+        ok = [i for i in range(n) if valid[b, i]]
+        seqs = list(itertools.permutations(ok, min(k, len(ok))))
+        best = max(seqs, key=lambda seq: sequence_log_prob(step, valid, b, seq, kappa))
+        assert tuple(i for i in wide.indices[b].tolist() if i >= 0) == best
+        assert wide.log_prob[b].item() == pytest.approx(sequence_log_prob(step, valid, b, best, kappa), abs=1e-5)
+    assert wide.indices[0, :2].tolist() == [1, 2]
+    assert selection.greedy(step, valid, k).indices[0, 0].item() == 0
+    assert wide.indices[3].tolist()[2] == -1
+    assert wide.mask.sum(-1).tolist() == [3.0, 3.0, 3.0, 2.0]
+
+
 # -- conditional rerankers ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
