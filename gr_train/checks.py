@@ -402,14 +402,16 @@ def check_labels(path: str, records: list[Record]) -> None:
 
 
 def check_candidates(cfg: RunConfig, path: str, records: list[Record]) -> None:
-    """data.n_candidates, gumbel.k, eval.ks and eval.reader_k against the candidates per question of `records`
-    (the most any question has). Logs the questions that lose every gold passage to the cut at n_candidates."""
+    """data.n_candidates, gumbel.k (and each k of gumbel.k_curriculum), eval.ks and eval.reader_k against the
+    candidates per question of `records` (the most any question has). Logs the questions that lose every gold
+    passage to the cut at n_candidates."""
     most = max((len(r.ctxs) for r in records), default=0)
     n = cfg.data.n_candidates
     if n > most:
         raise ConfigError(f"data.n_candidates={n}, but {path} has at most {most} candidates per question: set "
                           f"data.n_candidates={most} or less")
     for key, value in (("gumbel.k", cfg.gumbel.k), ("eval.reader_k", cfg.eval.reader_k),
+                       *((f"gumbel.k_curriculum[{i}]", k) for i, (_, k) in enumerate(cfg.gumbel.k_curriculum)),
                        *((f"eval.ks[{i}]", k) for i, k in enumerate(cfg.eval.ks))):
         if value > n:
             raise ConfigError(f"{key}={value} is above the {n} candidates per question (data.n_candidates={n}, "

@@ -182,6 +182,10 @@ class GumbelSection:
     # demo's data straight-through collapsed at k=2 on every seed where score_function kept its bridges
     estimator: Estimator = "score_function"
     k: int = 2  # passages kept (max_softmax: number of softmax samples during training; top-k at inference)
+    # a curriculum over k: [[steps, k], ...] trained in order from step 0, then gumbel.k for the rest (evaluation and
+    # best/ always use gumbel.k). A larger k first leaves the reader's loss a slope where the final k has none: on the
+    # selection study's three-hop data, k=3 from the start never found the chain, [[600, 6]] then k=3 did. [] = off
+    k_curriculum: list[list[int]] = field(default_factory=list)
     tau: float = 0.5  # temperature at step 0
     tau_end: float | None = None  # temperature at max_steps; None = constant
     kappa: float = 1.0  # score scale at step 0
@@ -546,6 +550,9 @@ def validate(cfg: RunConfig) -> None:
     g = cfg.gumbel
     if g.k < 1:
         raise ConfigError(f"gumbel.k: must be >= 1, got {g.k}")
+    for i, item in enumerate(g.k_curriculum):
+        if len(item) != 2 or item[0] < 0 or item[1] < 1:
+            raise ConfigError(f"gumbel.k_curriculum[{i}]: expected [steps >= 0, k >= 1], got {item}")
     if g.tau <= 0 or (g.tau_end is not None and g.tau_end <= 0):
         raise ConfigError("gumbel.tau / gumbel.tau_end: must be > 0")
     if g.samples < 0:

@@ -299,6 +299,17 @@ def schedule_value(start: float, end: float | None, step: int, max_steps: int, k
     raise ValueError(f"unknown schedule '{kind}' (linear | cosine | exponential)")
 
 
+def gumbel_k(cfg, step: int) -> int:
+    """k at training step `step` (from 0): cfg.gumbel.k_curriculum = [[steps, k], ...] in order, then cfg.gumbel.k
+    (cfg: a config.Config)."""
+    start = 0
+    for steps, k in cfg.gumbel.k_curriculum:
+        if step < start + steps:
+            return k
+        start += steps
+    return cfg.gumbel.k
+
+
 def gumbel_tau_kappa(cfg, step: int) -> tuple[float, float]:
     """(tau, kappa) at `step` from cfg.gumbel's start/end values and schedule (cfg: a config.Config)."""
     g = cfg.gumbel

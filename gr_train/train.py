@@ -12,7 +12,7 @@ import copy
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -176,6 +176,14 @@ def micro_batches(recipe: Recipe, step: int) -> list[list]:
     return [mine[i * mb : (i + 1) * mb] for i in range(accum)]
 
 
+def config_at_step(cfg: RunConfig, step: int) -> RunConfig:
+    """The config that training step `step` runs with: gumbel.k replaced by gumbel.k_curriculum's k at that step
+    (gumbel.gumbel_k); cfg itself without a curriculum. Evaluation keeps cfg (the final k)."""
+    if not cfg.gumbel.k_curriculum:
+        return cfg
+    return replace(cfg, gumbel=replace(cfg.gumbel, k=gumbel.gumbel_k(cfg, step)))
+
+
 def step_noise(cfg: RunConfig, step: int, global_batch: int) -> torch.Tensor | None:
     """Gumbel noise of optimizer step `step` for the whole global batch: [samples * k, global_batch, n_candidates]
     (mask sample s reads rows s * k .. (s + 1) * k - 1).
@@ -206,14 +214,15 @@ def train(recipe: Recipe, on_step=None) -> dict:
         sums: dict[str, float] = {}
         loss_total = 0.0
         skip = False
-        noise = step_noise(cfg, step, recipe.global_batch)
+        step_cfg = config_at_step(cfg, step)
+        noise = step_noise(step_cfg, step, recipe.global_batch)
         for i, mb in enumerate(micro_batches(recipe, step)):
             batch = collate(mb, cfg.data.n_candidates, recipe.reranker, recipe.reader,
                             intermediates=objective.intermediate_labels, device=runtime.device)
             rows = (runtime.rank * accum + i) * mb_size
             mb_noise = None if noise is None else noise[:, rows : rows + len(mb), : batch.valid.shape[1]]
             extra = {} if recipe.reference is None else {"reference": recipe.reference}
-            out = objective.compute(batch, recipe.reranker, recipe.reader, cfg, step, mb_noise, **extra)
+            out = objective.compute(batch, recipe.reranker, recipe.reader, step_cfg, step, mb_noise, **extra)
             # Every rank learns whether any rank's loss is non-finite (one all-reduce), so all skip the step alike.
             if runtime.mean_across_ranks({"nonfinite": float(not torch.isfinite(out.loss))})["nonfinite"] > 0:
                 skip = True
@@ -240,6 +249,8 @@ def train(recipe: Recipe, on_step=None) -> dict:
         recipe.train_s, recipe.timed_steps = recipe.train_s + t2 - t0, recipe.timed_steps + 1
         scalars.update({"time/step": t2 - t0, "perf/queries_per_s": recipe.global_batch / (t2 - t0),
                         "train/nonfinite_steps": recipe.nonfinite_steps})
+        if cfg.gumbel.k_curriculum:
+            scalars["train/k"] = float(step_cfg.gumbel.k)
         if "train/w_std" in scalars and scalars["train/w_std"] < cfg.eval.separation_min_std:
             low_spread_steps += 1
         if on_step is not None:

@@ -425,6 +425,48 @@ def test_conditional_recipe_trains_evaluates_and_resumes_exactly(tmp_path, estim
     assert "It selects passages one at a time" in card and ".select(questions, passages, k)" in card
 
 
+def test_k_curriculum_runs_its_steps_at_their_k_then_gumbel_k_and_resumes_exactly(tmp_path):
+    """gumbel.k_curriculum=[[2, 4]] with gumbel.k=2: steps 0-1 are exactly those of a gumbel.k=4 run (same seed,
+    questions and noise), steps 2-3 run at k=2; evaluation keeps gumbel.k; a run interrupted after its step-2
+    checkpoint resumes with the same losses (the curriculum is a function of the step)."""
+
+    def run(path, *overrides, on_step=None, resume=False):
+        cfg = conditional_cfg(path, "score_function", "train.max_steps=4", "train.save_every_steps=2",
+                              "train.eval_every_steps=0", *overrides)
+        return cfg, train.main(cfg, resume=resume, on_step=on_step)
+
+    curriculum = ("gumbel.k=2", "gumbel.k_curriculum=[[2, 4]]")
+    losses: dict[str, dict[int, float]] = {"curriculum": {}, "k4": {}, "k2": {}, "resumed": {}}
+    ks: dict[int, float] = {}
+
+    def record(name):
+        return lambda s, sc: losses[name].__setitem__(s, sc["train/loss"])
+
+    def record_k(s, sc):
+        ks[s] = sc["train/k"]
+        losses["curriculum"][s] = sc["train/loss"]
+
+    run(tmp_path / "a", *curriculum, on_step=record_k)
+    run(tmp_path / "b", "gumbel.k=4", on_step=record("k4"))
+    run(tmp_path / "c", "gumbel.k=2", on_step=record("k2"))
+    assert ks == {0: 4.0, 1: 4.0, 2: 2.0, 3: 2.0}
+    for s in (0, 1):
+        assert losses["curriculum"][s] == pytest.approx(losses["k4"][s], abs=1e-6)
+    assert losses["curriculum"][0] != pytest.approx(losses["k2"][0], abs=1e-4)  # k changes what the reader reads
+
+    def crash(step, scalars):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tmp_path / "d", *curriculum, on_step=crash)
+    cfg, _ = run(tmp_path / "d", *curriculum, on_step=record("resumed"), resume=True)
+    assert sorted(losses["resumed"]) == [2, 3]
+    for s in (2, 3):
+        assert losses["resumed"][s] == pytest.approx(losses["curriculum"][s], abs=1e-6)
+    assert [train.config_at_step(cfg, s).gumbel.k for s in range(4)] == [4, 4, 2, 2] and cfg.gumbel.k == 2
+
+
 # -- the baselines on a conditional reranker -------------------------------------------------------------------------
 
 def test_emdr_on_a_conditional_reranker_at_k1_is_pointwise_emdr(tmp_path):

@@ -188,6 +188,7 @@ def test_overrides_are_taken_anywhere_among_the_flags_and_unknown_flags_are_erro
     ("gumbel.k=12", "gumbel.k=12 is above the 10 candidates per question"),
     ("eval.ks=[2, 20]", "eval.ks[1]=20 is above the 10 candidates per question"),
     ("eval.reader_k=20", "eval.reader_k=20 is above the 10 candidates per question"),
+    ("gumbel.k_curriculum=[[100, 6], [50, 11]]", "gumbel.k_curriculum[1]=11 is above the 10 candidates per question"),
     ("data.n_candidates=30", "data.n_candidates=30, but"),
 ])
 def test_k_ks_reader_k_and_n_candidates_above_the_candidates_are_refused(override, expected, demo_data, capsys,
