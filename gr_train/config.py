@@ -184,7 +184,8 @@ class GumbelSection:
     k: int = 2  # passages kept (max_softmax: number of softmax samples during training; top-k at inference)
     # a curriculum over k: [[steps, k], ...] trained in order from step 0, then gumbel.k for the rest (evaluation and
     # best/ always use gumbel.k). A larger k first leaves the reader's loss a slope where the final k has none: on the
-    # selection study's three-hop data, k=3 from the start never found the chain, [[600, 6]] then k=3 did. [] = off
+    # selection study's three-hop data, k=3 from the start never found the chain, [[600, 6]] then k=3 did on every
+    # seed (docs/study/selection/README.md). [] = off
     k_curriculum: list[list[int]] = field(default_factory=list)
     tau: float = 0.5  # temperature at step 0
     tau_end: float | None = None  # temperature at max_steps; None = constant
