@@ -33,11 +33,14 @@ def _batches(items: list, size: int, desc: str, progress: bool):
 
 @torch.no_grad()
 def score_records(reranker, records, n: int, batch_size: int = 32, progress: bool = False,
-                  depth: int = 0) -> list[torch.Tensor]:
+                  depth: int = 0, step_one: list | None = None) -> list[torch.Tensor]:
     """Reranker scores of each record's first n candidates: a list of [min(n, len(ctxs))] fp32 CPU tensors (the
     batches go to the reranker's device). A conditional reranker (reranker.conditional) gives
     selection.ranking_scores: their order is its greedy selection of the first `depth` candidates (config's
-    selection_depth(); 0 = all n), then the rest by the last step's scores, so top-k of them is its selection."""
+    selection_depth(); 0 = all n), then the rest by the last step's scores, so top-k of them is its selection.
+    Those values only order the candidates; `step_one`, a list, is extended with each record's step-1 scores w =
+    R(q, d_i) (the same tensors as the returned ones for a pointwise reranker), the scores whose spread says whether
+    the reranker separates its candidates (score_spread)."""
     was_training = reranker.training
     reranker.eval()
     out = []
@@ -48,9 +51,12 @@ def score_records(reranker, records, n: int, batch_size: int = 32, progress: boo
         if conditional:
             scorer = reranker.step_scorer(batch.reranker_inputs, *candidate_texts(batch))
             w = selection.ranking_scores(scorer, batch.valid, depth or n).float().cpu()
+            w1 = scorer(torch.empty(len(chunk), 0, dtype=torch.long, device=batch.valid.device)).float().cpu()
         else:
-            w = reranker(batch.reranker_inputs).float().cpu()
+            w = w1 = reranker(batch.reranker_inputs).float().cpu()
         out.extend(w[b, : int(batch.valid[b].sum())] for b in range(len(chunk)))
+        if step_one is not None:
+            step_one.extend(w1[b, : int(batch.valid[b].sum())] for b in range(len(chunk)))
     reranker.train(was_training)
     return out
 
@@ -223,7 +229,8 @@ def _scored_batches(scores: list[torch.Tensor], reader, records, cfg, batch_size
 
 
 def score_spread(scores: list[torch.Tensor], min_std: float) -> dict:
-    """Per-question std of the scores; `separated` is False when the median std is below `min_std`."""
+    """Per-question std of the scores (a conditional reranker's: its step-1 scores, score_records' step_one);
+    `separated` is False when the median std is below `min_std`."""
     stds = torch.tensor([s.std(unbiased=False).item() if len(s) > 1 else 0.0 for s in scores])
     return {"w_std_median": stds.median().item(), "w_std_mean": stds.mean().item(),
             "separated": bool(stds.median().item() >= min_std)}
@@ -271,7 +278,8 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False, per_questio
     n = cfg.data.n_candidates
     if cfg.eval.max_questions:
         records = records[: cfg.eval.max_questions]
-    scores = score_records(reranker, records, n, cfg.eval.batch_size, progress, cfg.selection_depth())
+    step_one: list[torch.Tensor] = []
+    scores = score_records(reranker, records, n, cfg.eval.batch_size, progress, cfg.selection_depth(), step_one)
     rows: dict | None = {} if per_question else None
     result = {"questions": len(records), "n_candidates": n, "labelled": labelled(records),
               "reranker_checksum": param_checksum(reranker)}
@@ -279,7 +287,7 @@ def evaluate(cfg, reranker, reader, records, progress: bool = False, per_questio
         result["counts"] = question_counts(records, n)
         result["ranking"] = ranking_metrics(records, scores, cfg.eval.ks, rows)
     free = answer_recall(records, scores, cfg.eval.ks, cfg.eval.answer_normalization)
-    result["scores"] = score_spread(scores, cfg.eval.separation_min_std)
+    result["scores"] = score_spread(step_one, cfg.eval.separation_min_std)
     if reader is not None:
         k = cfg.reader_k()
         tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]

@@ -302,13 +302,15 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
     records = recipe.dev_records[: cfg.eval.max_questions or None]
     # Each rank scores and reads its share of the dev records; the shares are gathered in record order.
     share, real = rank_share(records, recipe.runtime.rank, recipe.runtime.world_size)
+    local_step_one: list = []
     local_scores = score_records(recipe.reranker, share, cfg.data.n_candidates, cfg.eval.batch_size,
-                                 depth=cfg.selection_depth())
+                                 depth=cfg.selection_depth(), step_one=local_step_one)
     local_losses = (hard_topk_losses(local_scores, recipe.reader, share, cfg, cfg.eval.batch_size).tolist()
                     if cfg.train.keep_best else [])
-    parts = recipe.runtime.all_gather_object((local_scores[:real], local_losses[:real]))
-    scores = [s for part_scores, _ in parts for s in part_scores]
-    scalars = {"eval/w_std": score_spread(scores, cfg.eval.separation_min_std)["w_std_median"]}
+    parts = recipe.runtime.all_gather_object((local_scores[:real], local_losses[:real], local_step_one[:real]))
+    scores = [s for part_scores, _, _ in parts for s in part_scores]
+    step_one = [s for _, _, part_step_one in parts for s in part_step_one]
+    scalars = {"eval/w_std": score_spread(step_one, cfg.eval.separation_min_std)["w_std_median"]}
     if all(p.is_gold is not None for r in records for p in r.ctxs):
         ranking = ranking_metrics(records, scores, cfg.eval.ks)
         scalars.update({f"eval/{m}" + ("" if kind == "all" else f"_{kind}"): v
@@ -316,7 +318,7 @@ def eval_during_training(recipe: Recipe, step: int) -> dict[str, float]:
     free = answer_recall(records, scores, cfg.eval.ks, cfg.eval.answer_normalization)
     scalars.update({f"eval/{m}": nanmean(v)[0] for m, v in free.items()})
     if cfg.train.keep_best:
-        loss = sum(x for _, part_losses in parts for x in part_losses) / len(records)
+        loss = sum(x for _, part_losses, _ in parts for x in part_losses) / len(records)
         scalars["eval/dev_loss_hard"] = loss
         if recipe.best is None or loss < recipe.best["dev_loss_hard"]:
             recipe.best = {"step": step, "dev_loss_hard": loss}

@@ -27,8 +27,9 @@ log = logging.getLogger("ray_jobs.evaluate")
 
 
 @ray.remote
-def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[list, list | None]:
-    """(scores of each record's first n candidates, reader answers from its top-k or None) for one chunk."""
+def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[list, list | None, list]:
+    """(scores of each record's first n candidates, reader answers from its top-k or None, the step-1 scores
+    (score_records' step_one: a conditional reranker's spread is read from them)) for one chunk."""
     import torch
 
     from gr_train import gumbel
@@ -37,12 +38,14 @@ def evaluate_chunk(cfg: RunConfig, records: list, with_reader: bool) -> tuple[li
 
     torch.manual_seed(cfg.run.seed)  # a reranker built from a config gets the same weights in every task
     reader, reranker = build_models(cfg)
-    scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size, depth=cfg.selection_depth())
+    step_one: list = []
+    scores = score_records(reranker, records, cfg.data.n_candidates, cfg.eval.batch_size, depth=cfg.selection_depth(),
+                           step_one=step_one)
     if not with_reader:
-        return scores, None
+        return scores, None, step_one
     k = cfg.reader_k()
     tops = [gumbel.topk_indices(s[None], k)[0].tolist() for s in scores]
-    return scores, reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size)
+    return scores, reader_answers(reader, records, lambda b, r: tops[b], cfg.eval.batch_size), step_one
 
 
 def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> dict:
@@ -60,12 +63,13 @@ def run(cfg: RunConfig, with_reader: bool = True, output: str | None = None) -> 
     chunks = [records[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     task = evaluate_chunk.options(num_cpus=cfg.eval.task_num_cpus)
     parts = ray.get([task.remote(cfg, chunk, with_reader) for chunk in chunks])
-    scores = [s for part, _ in parts for s in part]
+    scores = [s for part, _, _ in parts for s in part]
+    step_one = [s for _, _, part in parts for s in part]
     result = {"questions": len(records), "n_candidates": cfg.data.n_candidates,
               "ranking": ranking_metrics(records, scores, cfg.eval.ks),
-              "scores": score_spread(scores, cfg.eval.separation_min_std)}
+              "scores": score_spread(step_one, cfg.eval.separation_min_std)}
     if with_reader:
-        preds = [p for _, part in parts for p in part]
+        preds = [p for _, part, _ in parts for p in part]
         result["reader"] = dict(answer_metrics(records, preds), k=cfg.reader_k())
     result["wall_s"] = round(time.perf_counter() - t0, 2)
     out = Path(output) if output else Path(cfg.run.run_dir) / "eval.json"

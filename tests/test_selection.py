@@ -467,6 +467,26 @@ def test_k_curriculum_runs_its_steps_at_their_k_then_gumbel_k_and_resumes_exactl
     assert [train.config_at_step(cfg, s).gumbel.k for s in range(4)] == [4, 4, 2, 2] and cfg.gumbel.k == 2
 
 
+def test_the_score_spread_of_a_conditional_reranker_is_that_of_its_step_one_scores(tmp_path):
+    """A conditional reranker's evaluation scores (selection.ranking_scores) only order the candidates: the selected
+    ones sit above the rest by a margin, so their spread says nothing about whether the reranker separates them.
+    evaluate reports the spread of the step-1 scores w = R(q, d_i), the base reranker's (Reranker.score)."""
+    from gr_train import evaluate
+
+    cfg = conditional_cfg(tmp_path, "score_function")
+    recipe = train.setup(cfg, resume=False)
+    records, n = recipe.dev_records, cfg.data.n_candidates
+    got = evaluate.evaluate(cfg, recipe.reranker, None, records)["scores"]
+    recipe.reranker.eval()  # evaluation's mode: no dropout
+    with torch.no_grad():
+        w = [recipe.reranker.score([r.question], [[(c.title, c.text) for c in r.ctxs[:n]]])[0] for r in records]
+    expected = evaluate.score_spread(w, cfg.eval.separation_min_std)
+    assert got["w_std_median"] == pytest.approx(expected["w_std_median"], rel=1e-3, abs=1e-7)
+    assert got["w_std_mean"] == pytest.approx(expected["w_std_mean"], rel=1e-3, abs=1e-7)
+    ranked = evaluate.score_records(recipe.reranker, records, n, depth=cfg.selection_depth())
+    assert evaluate.score_spread(ranked, 0.0)["w_std_median"] > 10 * expected["w_std_median"]
+
+
 # -- the baselines on a conditional reranker -------------------------------------------------------------------------
 
 def test_emdr_on_a_conditional_reranker_at_k1_is_pointwise_emdr(tmp_path):
