@@ -446,7 +446,7 @@ def test_k_curriculum_runs_its_steps_at_their_k_then_gumbel_k_and_resumes_exactl
         ks[s] = sc["train/k"]
         losses["curriculum"][s] = sc["train/loss"]
 
-    run(tmp_path / "a", *curriculum, on_step=record_k)
+    _, out_a = run(tmp_path / "a", *curriculum, on_step=record_k)
     run(tmp_path / "b", "gumbel.k=4", on_step=record("k4"))
     run(tmp_path / "c", "gumbel.k=2", on_step=record("k2"))
     assert ks == {0: 4.0, 1: 4.0, 2: 2.0, 3: 2.0}
@@ -460,10 +460,14 @@ def test_k_curriculum_runs_its_steps_at_their_k_then_gumbel_k_and_resumes_exactl
 
     with pytest.raises(Interrupt):
         run(tmp_path / "d", *curriculum, on_step=crash)
-    cfg, _ = run(tmp_path / "d", *curriculum, on_step=record("resumed"), resume=True)
+    cfg, out_d = run(tmp_path / "d", *curriculum, on_step=record("resumed"), resume=True)
     assert sorted(losses["resumed"]) == [2, 3]
     for s in (2, 3):
         assert losses["resumed"][s] == pytest.approx(losses["curriculum"][s], abs=1e-6)
+    a = Reranker.load(Path(out_a["final"]) / "reranker").state_dict()
+    d = Reranker.load(Path(out_d["final"]) / "reranker").state_dict()
+    for key in a:
+        assert torch.allclose(a[key], d[key], atol=1e-6), key
     assert [train.config_at_step(cfg, s).gumbel.k for s in range(4)] == [4, 4, 2, 2] and cfg.gumbel.k == 2
 
 
