@@ -394,15 +394,19 @@ def test_plan_of_a_tiny_config_gives_the_flops_the_real_step_counts(tmp_path):
 # -- docs/scaling.md (bench/scaling_table.py) --------------------------------------------------------------------------
 
 
-def scaling_table():
-    """bench/scaling_table.py as a module (bench/ is not a package; its dataclass needs it in sys.modules)."""
+def bench_script(name: str):
+    """bench/<name>.py as a module (bench/ is not a package; a dataclass in it needs it in sys.modules)."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("scaling_table", REPO / "bench" / "scaling_table.py")
-    module = sys.modules.setdefault("scaling_table", importlib.util.module_from_spec(spec))
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
     spec.loader.exec_module(module)
     return module
+
+
+def scaling_table():
+    return bench_script("scaling_table")
 
 
 def test_the_scaling_grids_replicated_8b_reader_fits_an_h100_as_plans_memory_check_says():
