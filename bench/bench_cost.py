@@ -2,7 +2,7 @@
 the device's efficiency constants fitted (least squares on relative error), and each row's error when it is left out
 of the fit.
 
-    python bench/bench_cost.py                      # CPU: 8 sizes (reader size, n, L, B; 1 and 2 ranks), ~10 min idle
+    python bench/bench_cost.py                      # CPU: 23 sizes (reader size, n, L, B; 1 and 2 ranks), ~6 min idle
     python bench/bench_cost.py --quick              # CPU: 6 tiny sizes, 3 steps each: checks that it runs
     python bench/bench_cost.py --gpu-check bench/results/gpu_check.json   # fit the H200 entry to its 8 measured steps
 
@@ -10,7 +10,8 @@ CPU rows: each a `torchrun --nproc_per_node R` run of the real recipe (gr_train.
 fp32, eager attention) on synthetic questions, a Llama-style causal_lm reader built from scratch and a BERT
 cross-encoder; measured = the median `time/step` of steps 2..S (step 1 pays one-off costs). Predicted =
 cost.predict on hardware "cpu", whose device is one core (every rank runs one thread).
-The fitted constants: compute_efficiency, fetch_overhead_s (per ZeRO-3 gather call), comm_efficiency. Figures on a
+The fitted constants: compute_efficiency, fetch_overhead_s (per ZeRO-3 gather call), comm_efficiency, and the host's
+host_per_passage_s (per candidate passage) and multi_rank_step_s (per step with more than one rank). Figures on a
 busy machine are meaningless: run it on an idle one (other jobs paused) and put the fitted constants into
 gr_train/hardware.py.
 """
@@ -37,12 +38,20 @@ READERS = {  # Llama-style readers built from scratch (random weights), byte-lev
              "num_attention_heads: 4, num_key_value_heads: 2}",
     "medium": "{model_type: llama, hidden_size: 256, intermediate_size: 1024, num_hidden_layers: 4, "
               "num_attention_heads: 8, num_key_value_heads: 4}",
+    "large": "{model_type: llama, hidden_size: 512, intermediate_size: 1536, num_hidden_layers: 4, "
+             "num_attention_heads: 8, num_key_value_heads: 4}",
 }
 RERANKER = ("{model_type: bert, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 128, "
             "max_position_embeddings: 128}")
-# (reader, n, L, B, ranks)
+# (reader, n, L, B, ranks): each fitted constant has rows of its own: the small reader's steps (per-question and
+# per-gather host time: B and n varied at fixed size), the medium and large readers' (compute), 2 ranks at every
+# reader size (communication, and the fixed cost of a multi-rank step)
 ROWS = [("small", 4, 32, 2, 1), ("small", 8, 32, 2, 1), ("small", 4, 64, 2, 1), ("small", 4, 32, 4, 1),
-        ("medium", 4, 64, 2, 1), ("medium", 8, 128, 4, 1), ("small", 4, 32, 2, 2), ("medium", 8, 128, 4, 2)]
+        ("medium", 4, 64, 2, 1), ("medium", 8, 128, 4, 1), ("small", 4, 32, 2, 2), ("medium", 8, 128, 4, 2),
+        ("small", 4, 32, 1, 1), ("small", 4, 32, 8, 1), ("small", 16, 32, 2, 1), ("medium", 4, 64, 1, 1),
+        ("medium", 4, 64, 4, 1), ("large", 8, 128, 2, 1), ("small", 4, 32, 4, 2), ("small", 8, 64, 2, 2),
+        ("medium", 4, 64, 2, 2), ("medium", 8, 128, 2, 2), ("large", 8, 128, 2, 2), ("large", 4, 64, 2, 1),
+        ("large", 8, 128, 4, 1), ("large", 4, 64, 2, 2), ("large", 8, 128, 4, 2)]
 QUICK = [("small", 2, 16, 1, 1), ("small", 4, 16, 1, 1), ("small", 2, 32, 1, 1), ("small", 2, 16, 2, 1),
          ("medium", 2, 16, 1, 1), ("small", 2, 16, 1, 2)]
 
@@ -112,66 +121,77 @@ def measure(rows, steps: int, port: int) -> list[dict]:
     return out
 
 
+CONSTANTS = ("compute_efficiency", "fetch_overhead_s", "comm_efficiency", "host_per_passage_s", "multi_rank_step_s")
+
+
 def terms(row: dict, hw, precision: str = "fp32") -> list[float]:
-    """The step's predicted seconds split by fitted constant: [compute at efficiency 1, per gather call (s), comm at
-    efficiency 1, optimizer] (cost.predict with the constants set to 1 and 0)."""
+    """The step's predicted seconds split by fitted constant: [compute at efficiency 1, collective calls, communication at
+    efficiency 1, candidate passages (B * n * accum), 1 if more than one rank, optimizer] (cost.predict with the
+    constants set to 1 and 0): predicted = x . terms[:5] + optimizer for x = [1 / compute_efficiency,
+    fetch_overhead_s, 1 / comm_efficiency, host_per_passage_s, multi_rank_step_s]."""
     from gr_train import cost
     from gr_train.architectures import Arch
 
     m = cost.Models(Arch(**row["reader"]), Arch(**row["reranker"]), row.get("reranker_kind", "cross_encoder"))
     s = cost.StepShape(**row["shape"])
-    world = row["world"]
-    unit = dataclasses.replace(hw, compute_efficiency=1.0, comm_efficiency=1.0, fetch_overhead_s=0.0)
-    pred = cost.predict(m, s, unit, world, 1, precision, accum=row.get("accum", 1), reranker_states=0)
-    calls = sum(c.calls for c in pred.collectives if c.op == "all_gather")
-    return [sum(pred.compute_s.values()), calls, sum(pred.comm_s.values()), pred.optimizer_s]
+    world, accum = row["world"], row.get("accum", 1)
+    unit = dataclasses.replace(hw, compute_efficiency=1.0, comm_efficiency=1.0, fetch_overhead_s=0.0,
+                               host_per_passage_s=0.0, multi_rank_step_s=0.0)
+    pred = cost.predict(m, s, unit, world, 1, precision, accum=accum, reranker_states=0)
+    calls = sum(c.calls for c in pred.collectives)  # comm_seconds charges fetch_overhead_s on every call
+    return [sum(pred.compute_s.values()), calls, sum(pred.comm_s.values()), s.B * s.n * accum, float(world > 1),
+            pred.optimizer_s]
 
 
-def fit(rows: list[dict], hw, precision: str, compute_efficiency: float | None = None
+def fit(rows: list[dict], hw, precision: str, compute_efficiency: float | None = None, host: bool = True
         ) -> tuple[list[float], list[float]]:
-    """Constants x = [1 / compute_efficiency, fetch_overhead_s, 1 / comm_efficiency] minimising the squared relative
-    error of predicted = x . terms + optimizer, with x >= 0 and compute_efficiency <= 1 (the best subset of free
-    constants: a small bounded least squares); `compute_efficiency` given: that one held fixed. Returns (x, predicted
-    seconds per row)."""
+    """Constants x = [1 / compute_efficiency, fetch_overhead_s, 1 / comm_efficiency, host_per_passage_s,
+    multi_rank_step_s] minimising the squared relative error of predicted = x . terms + optimizer, with x >= 0 and
+    compute_efficiency <= 1 (the best subset of free constants: a small bounded least squares). `compute_efficiency`
+    given: that one held fixed; host=False: the two host constants held at 0. Returns (x, predicted seconds per
+    row)."""
     import numpy as np
 
     T = np.array([terms(r, hw, precision) for r in rows])
     y = np.array([r["step_s"] for r in rows])
-    A, b = T[:, :3] / y[:, None], 1.0 - T[:, 3] / y
-    low = np.array([1.0 / compute_efficiency if compute_efficiency else 1.0, 0.0, 0.0])  # x >= low
+    A, b = T[:, :5] / y[:, None], 1.0 - T[:, 5] / y
+    low = np.array([1.0 / compute_efficiency if compute_efficiency else 1.0, 0.0, 0.0, 0.0, 0.0])  # x >= low
     b = b - A @ low  # solve for z = x - low >= 0
-    free = [1, 2] if compute_efficiency else [0, 1, 2]
-    best, best_err = np.zeros(3), float(((A @ np.zeros(3) - b) ** 2).sum())
+    free = [i for i in range(5) if not (i == 0 and compute_efficiency) and (host or i < 3)]
+    best, best_err = np.zeros(5), float((b ** 2).sum())
     for k in range(1, len(free) + 1):
         for subset in itertools.combinations(free, k):
-            z = np.zeros(3)
+            z = np.zeros(5)
             z[list(subset)] = np.linalg.lstsq(A[:, subset], b, rcond=None)[0]
             err = float(((A @ z - b) ** 2).sum())
             if (z >= 0).all() and err < best_err:
                 best, best_err = z, err
     x = best + low
-    return x.tolist(), (T[:, :3] @ x + T[:, 3]).tolist()
+    return x.tolist(), (T[:, :5] @ x + T[:, 5]).tolist()
 
 
-def report(rows: list[dict], hw, precision: str, compute_efficiency: float | None = None) -> None:
-    x, predicted = fit(rows, hw, precision, compute_efficiency)
+def report(rows: list[dict], hw, precision: str, compute_efficiency: float | None = None, host: bool = True) -> None:
+    x, predicted = fit(rows, hw, precision, compute_efficiency, host)
     loo = []
     for i in range(len(rows)):
-        rest = rows[:i] + rows[i + 1:]
-        xi, _ = fit(rest, hw, precision, compute_efficiency)
+        xi, _ = fit(rows[:i] + rows[i + 1:], hw, precision, compute_efficiency, host)
         t = terms(rows[i], hw, precision)
-        loo.append(sum(a * b for a, b in zip(xi, t[:3])) + t[3])
+        loo.append(sum(a * b for a, b in zip(xi, t[:5])) + t[5])
     held = " (held)" if compute_efficiency else ""
     comm = f"{1 / x[2]:.4g}" if x[2] else "inf (the fit needs no communication term)"
+    host_line = (f", host_per_passage_s={x[3]:.3g}, multi_rank_step_s={x[4]:.3g}" if host
+                 else " (host terms held at 0)")
     print(f"fitted on {len(rows)} rows ({hw.name}): compute_efficiency={1 / x[0]:.4g}{held}, "
-          f"fetch_overhead_s={x[1]:.3g}, comm_efficiency={comm}\n")
+          f"fetch_overhead_s={x[1]:.3g}, comm_efficiency={comm}{host_line}\n")
     print("| row | measured step (s) | predicted (s) | error | left out of the fit: predicted (s) | error |")
     print("|---|---|---|---|---|---|")
     for r, p, q in zip(rows, predicted, loo):
         m = r["step_s"]
         print(f"| {r['label']} | {m:.4f} | {p:.4f} | {(p - m) / m:+.1%} | {q:.4f} | {(q - m) / m:+.1%} |")
     errors = [abs(p - r["step_s"]) / r["step_s"] for r, p in zip(rows, predicted)]
-    print(f"\nmedian |error| {statistics.median(errors):.1%}, max {max(errors):.1%}")
+    held_out = [abs(q - r["step_s"]) / r["step_s"] for r, q in zip(rows, loo)]
+    print(f"\nmedian |error| {statistics.median(errors):.1%}, max {max(errors):.1%}; left out of the fit: median "
+          f"{statistics.median(held_out):.1%}, max {max(held_out):.1%}")
 
 
 def gpu_check_rows(path: Path) -> list[dict]:
@@ -235,7 +255,8 @@ def main() -> None:
     from gr_train.hardware import HARDWARE
 
     if args.gpu_check:
-        report(gpu_check_rows(args.gpu_check), HARDWARE["h200"], "bf16", args.compute_efficiency)
+        # one rank (no multi-rank step) and one shape of host work: the host terms are not identified, held at 0
+        report(gpu_check_rows(args.gpu_check), HARDWARE["h200"], "bf16", args.compute_efficiency, host=False)
         return
     if args.from_json:
         rows = json.loads(args.from_json.read_text())

@@ -59,7 +59,7 @@ def without_reader_gathers(pred: cost.Prediction, world: int, peak_flops: float)
     keep = [(c, s) for c, s in zip(pred.collectives, pred.collective_s)
             if not (c.op == "all_gather" and c.part in ("prefill", "answer_fwd", "answer_bwd"))]
     comm = {p: sum(s for c, s in keep if c.part == p) for p in cost.PARTS}
-    step = sum(pred.compute_s.values()) + sum(comm.values()) + pred.optimizer_s
+    step = sum(pred.compute_s.values()) + sum(comm.values()) + pred.optimizer_s + pred.host_s
     tokens = pred.reader_tokens_per_s * pred.step_s
     flops = sum(pred.flops.values()) * world
     return dataclasses.replace(pred, collectives=[c for c, _ in keep], collective_s=[s for _, s in keep],

@@ -636,6 +636,7 @@ class Prediction:
     compute_s: dict[str, float]  # per part
     comm_s: dict[str, float]  # per part
     optimizer_s: float
+    host_s: float  # hw.host_per_passage_s per candidate passage, plus hw.multi_rank_step_s when world > 1
     memory: dict[str, int]  # per rank, one micro-batch in flight
     step_s: float
     reader_tokens_per_s: float  # all ranks: passage + answer-pass tokens / step time
@@ -644,18 +645,21 @@ class Prediction:
     global_batch: int
 
     def part_seconds(self) -> dict[str, float]:
-        """Predicted seconds of each part (compute + communication) and of the optimizer."""
+        """Predicted seconds of each part (compute + communication), of the optimizer and of the host."""
         out = {p: self.compute_s.get(p, 0.0) + self.comm_s.get(p, 0.0) for p in PARTS}
         out["optimizer"] = self.optimizer_s
+        out["host"] = self.host_s
         return out
 
     def terms(self) -> dict[str, float]:
-        """Seconds of each term of the step: '<part> compute', '<part> all-gathers', 'reduce-scatter', 'optimizer'."""
+        """Seconds of each term of the step: '<part> compute', '<part> all-gathers', 'reduce-scatter', 'optimizer',
+        'host'."""
         terms = {f"{p} compute": v for p, v in self.compute_s.items()}
         for c, seconds in zip(self.collectives, self.collective_s):
             key = "reduce-scatter" if c.op == "reduce_scatter" else f"{c.part} all-gathers"
             terms[key] = terms.get(key, 0.0) + seconds
         terms["optimizer"] = self.optimizer_s
+        terms["host"] = self.host_s
         return terms
 
     def bottleneck(self) -> str:
@@ -669,7 +673,8 @@ def predict(m: Models, s: StepShape, hw: Hardware, world: int, nodes: int, preci
             reranker_states: int | None = None) -> Prediction:
     """Predicted step time: compute = FLOPs / (peak * compute_efficiency) per part; communication = ZeRO-3's
     collectives at bus_bandwidth plus a fixed cost per call; optimizer = the bytes AdamW reads and writes for this
-    rank's share of the reranker at memory_bandwidth * memory_efficiency. No overlap: the parts add up (without a
+    rank's share of the reranker at memory_bandwidth * memory_efficiency; host = host_per_passage_s per candidate
+    passage (B * n per micro-batch) plus multi_rank_step_s when world > 1. No overlap: the terms add up (without a
     complete trace ZeRO-3 does not prefetch, zero3_traffic). `accum` micro-batches per optimizer step."""
     per_mb = step_flops(m, s)
     flops = {k: v * accum for k, v in per_mb.items()}
@@ -685,10 +690,11 @@ def predict(m: Models, s: StepShape, hw: Hardware, world: int, nodes: int, preci
     touched = reranker_trainable(m) / world * (4 + b + 8 + 4 + 8 + b)
     optimizer = touched / (hw.memory_bandwidth * hw.memory_efficiency)
     memory = memory_per_rank(m, s, hw, world, nodes, precision, threshold, hpz, partition_reader, reranker_states)
-    step = sum(compute.values()) + sum(comm.values()) + optimizer
+    host = hw.host_per_passage_s * s.B * s.n * accum + (hw.multi_rank_step_s if world > 1 else 0.0)
+    step = sum(compute.values()) + sum(comm.values()) + optimizer + host
     tokens = s.reader_tokens() * accum * world
     total_flops = sum(flops.values()) * world
-    return Prediction(flops, colls, coll_s, compute, comm, optimizer, memory, step, tokens / step,
+    return Prediction(flops, colls, coll_s, compute, comm, optimizer, host, memory, step, tokens / step,
                       total_flops / (step * world * hw.peak(precision)), world, s.B * accum * world)
 
 

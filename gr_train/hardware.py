@@ -27,6 +27,12 @@ class Hardware:
     comm_efficiency: float = 0.7
     memory_efficiency: float = 0.7
     fetch_overhead_s: float = 1e-4
+    # Fitted host time, outside the matmuls and collectives: seconds per candidate passage of a micro-batch (each of
+    # its B x n: tokenisation, collation, the step's per-passage Python and small kernels), and a fixed cost per
+    # optimizer step when more than one rank trains (the step's small collectives beside ZeRO-3's parameter traffic:
+    # loss and metric all-reduces, barriers, ranks waiting for each other). 0 where no step has measured them.
+    host_per_passage_s: float = 0.0
+    multi_rank_step_s: float = 0.0
     fitted: str = "assumed, not fitted"  # what the efficiency constants were fitted to
     # bytes per dropout-mask element: 1 with CUDA's native_dropout (bool mask); torch's CPU dropout keeps a mask in the
     # activation dtype
@@ -69,13 +75,16 @@ HARDWARE: dict[str, Hardware] = {
     # Xeon family 6 model 207, AVX-512 with 2 FMA units per core at the 2.3 GHz base clock of `lscpu`'s BogoMIPS
     # 4600): 2.3e9 x 64 fp32 FLOP/cycle = 147 GFLOP/s per core; no bf16 matmul unit is exposed (no amx flags), so bf16
     # runs at most at the fp32 rate. Memory: 24 GiB for both ranks (12 GiB each); bandwidth 10 GB/s is an assumed
-    # order for one core streaming a large copy. Collectives are gloo over loopback (2 GB/s assumed). The three
-    # efficiency constants are `python bench/bench_cost.py`'s fit to 8 measured sizes on the idle machine (2026-12-07;
-    # rows in bench/results/cost_rows.json): median |error| 15%, max 43% (BENCHMARKS.md: the tiny rows' Python
-    # overhead is not modelled, and 2 ranks' gloo traffic fits to 2.4% of the assumed 2 GB/s).
+    # order for one core streaming a large copy. Collectives are gloo over loopback (2 GB/s assumed). The five
+    # fitted constants are `python bench/bench_cost.py`'s fit to 23 measured sizes on the idle machine (2026-12-07;
+    # rows in bench/results/cost_rows.json): median |error| 9.1%, max 19.7%, and left out of the fit max 22.7%
+    # (BENCHMARKS.md). Small steps are host time (1.9 ms per candidate passage); 2 ranks pay a fixed 0.14 s a step and
+    # gloo's traffic moves at 13% of the assumed 2 GB/s.
     "cpu": Hardware("cpu (one core of the 2-core development machine)", {"fp32": 147e9, "bf16": 147e9}, 12 * 2**30,
                     10 * GB, 2 * GB, 2 * GB, 2, "lscpu of the machine; see the comment in gr_train/hardware.py",
-                    compute_efficiency=0.349, comm_efficiency=0.0238, memory_efficiency=1.0, fetch_overhead_s=0.919e-3,
+                    compute_efficiency=0.577, comm_efficiency=0.128, memory_efficiency=1.0, fetch_overhead_s=0.621e-3,
+                    host_per_passage_s=1.89e-3, multi_rank_step_s=0.139,
+                    fitted="fitted to 23 measured steps (bench/bench_cost.py)",
                     dropout_mask_bytes=None),
 }
 

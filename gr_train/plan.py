@@ -175,6 +175,7 @@ def format_plan(p: Plan, source: str = "the config") -> str:
         lines.append(f"| {part} | {_si(pr.flops[part])} | {pr.compute_s[part]:.4f} | {_si(moved, 'B')} | "
                      f"{calls} {kinds} | {pr.comm_s[part]:.4f} | {seconds[part]:.4f} |")
     lines.append(f"| optimizer | – | – | – | – | – | {pr.optimizer_s:.4f} |")
+    lines.append(f"| host | – | – | – | – | – | {pr.host_s:.4f} |")
     moved = sum(cost.wire_bytes(c, p.gpus, p.nodes) for c in pr.collectives)
     calls = sum(c.calls for c in pr.collectives)
     lines.append(f"| step | {_si(sum(pr.flops.values()))} | {sum(pr.compute_s.values()):.4f} | {_si(moved, 'B')} | "
@@ -198,7 +199,8 @@ def format_plan(p: Plan, source: str = "the config") -> str:
                      "epoch)")
     lines.append(f"efficiency constants ({hw.fitted}): compute {hw.compute_efficiency}, communication "
                  f"{hw.comm_efficiency}, memory {hw.memory_efficiency}, {hw.fetch_overhead_s * 1e3:g} ms per ZeRO-3 "
-                 "fetch")
+                 f"fetch; host {hw.host_per_passage_s * 1e3:g} ms per candidate passage, "
+                 f"{hw.multi_rank_step_s * 1e3:g} ms per multi-rank step")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ CPU ranks, memory against DeepSpeed's estimator and measured tensor bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -434,3 +435,46 @@ def test_the_scaling_grids_replicated_8b_reader_fits_an_h100_as_plans_memory_che
     dropped = [s for c, s in zip(p.prediction.collectives, p.prediction.collective_s) if c.part in reader_parts]
     assert len(dropped) == 2 and not any(c.part in reader_parts for c in row.prediction.collectives)
     assert row.prediction.step_s == pytest.approx(p.prediction.step_s - sum(dropped))
+
+
+# -- the host terms and bench/bench_cost.py's fit ----------------------------------------------------------------------
+
+
+def test_the_host_term_adds_per_candidate_passage_and_per_multi_rank_step():
+    """cost.predict's host term: host_per_passage_s for each candidate passage of every micro-batch (B * n * accum),
+    plus multi_rank_step_s once a step when more than one rank trains; it adds to the step and is a term of its own,
+    in the plan's table too."""
+    cfg = load_config(REPO / "configs" / "bge_llama.yaml")
+    models, shape = plan.models_of(cfg), cost.step_shape(cfg, 3, 5, 32, 0, 8, 64)
+    hw = dataclasses.replace(HARDWARE["h100"], host_per_passage_s=0.01, multi_rank_step_s=0.5)
+    bare = dataclasses.replace(hw, host_per_passage_s=0.0, multi_rank_step_s=0.0)
+    for world, nodes, host in [(1, 1, 0.01 * 3 * 5 * 2), (16, 2, 0.01 * 3 * 5 * 2 + 0.5)]:
+        pred = cost.predict(models, shape, hw, world, nodes, "bf16", accum=2)
+        without = cost.predict(models, shape, bare, world, nodes, "bf16", accum=2)
+        assert without.host_s == 0.0 and pred.host_s == pytest.approx(host)
+        assert pred.step_s == pytest.approx(without.step_s + host)
+        assert pred.terms()["host"] == pred.part_seconds()["host"] == pred.host_s
+    p = plan.plan(cfg, 16, 2, hw)
+    assert f"| host | – | – | – | – | – | {p.prediction.host_s:.4f} |" in plan.format_plan(p)
+
+
+def test_bench_cost_fit_recovers_the_constants_that_made_the_steps():
+    """bench/bench_cost.py's fit, on its own 23 measured shapes with step times made by cost.predict at known
+    constants, gives those constants back and every step exactly; holding the host terms at 0 refits the rest."""
+    bench_cost = bench_script("bench_cost")
+    truth = dataclasses.replace(HARDWARE["cpu"], compute_efficiency=0.5, fetch_overhead_s=1e-3, comm_efficiency=0.2,
+                                host_per_passage_s=2e-3, multi_rank_step_s=0.1)
+    rows = json.loads((REPO / "bench" / "results" / "cost_rows.json").read_text())
+    assert len(rows) == 23 and {r["world"] for r in rows} == {1, 2}
+    for r in rows:
+        m = cost.Models(Arch(**r["reader"]), Arch(**r["reranker"]), "cross_encoder")
+        r["step_s"] = cost.predict(m, cost.StepShape(**r["shape"]), truth, r["world"], 1, "fp32",
+                                   reranker_states=0).step_s
+    x, predicted = bench_cost.fit(rows, HARDWARE["cpu"], "fp32")
+    assert x == pytest.approx([1 / 0.5, 1e-3, 1 / 0.2, 2e-3, 0.1], rel=1e-6)
+    assert predicted == pytest.approx([r["step_s"] for r in rows], rel=1e-9)
+    one_rank = [r for r in rows if r["world"] == 1]
+    for r in one_rank:
+        r["step_s"] -= 2e-3 * r["shape"]["B"] * r["shape"]["n"]
+    x, _ = bench_cost.fit(one_rank, HARDWARE["cpu"], "fp32", compute_efficiency=0.5, host=False)
+    assert x[0] == 2.0 and x[3:] == [0.0, 0.0] and x[1] == pytest.approx(1e-3, rel=1e-6)
