@@ -13,7 +13,8 @@ FlopCounterMode does: norms, softmax, activations and the optimizer's elementwis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -75,29 +76,22 @@ class StepShape:
 # -- FLOPs: counted on the real step -----------------------------------------------------------------------------------
 
 
-def count_step_flops(step: Callable[[], torch.Tensor], reader, reranker) -> dict[str, int]:
-    """Matmul FLOPs of one G-Rerank step by part, counted by torch.utils.flop_counter.FlopCounterMode on the real code:
-    `step()` runs the objective's forward and returns its loss (e.g. objectives.gumbel_rerank(...).loss); the loss's
-    backward runs here too.
+@contextmanager
+def marked_parts(reader, reranker, start: Callable[[str], None], end: Callable[[str], None],
+                 scores_grad: Callable[[], None]) -> Iterator[None]:
+    """While open, the step's parts announce themselves: start(part) and end(part) around reader.encode_passages
+    (prefill), reader.answer_loss (answer_fwd) and reranker.forward (reranker_fwd) on these instances, and
+    scores_grad() when backward reaches the scores w the reranker returned: autograd reaches w only after every
+    answer-pass node is done (w feeds them all), so backward before it is answer_bwd and after it reranker_bwd. The
+    instances' methods are wrapped for the duration and restored after (an instance's own override too)."""
 
-    The parts are told apart by wrapping, for the duration of the call, reader.encode_passages (prefill),
-    reader.answer_loss (answer_fwd) and reranker.forward (reranker_fwd) on these instances, and by a hook on the
-    scores w: autograd reaches w only after every answer-pass node is done (w feeds them all), so what backward counts
-    before w's gradient is answer_bwd and the rest reranker_bwd. Returns {part: FLOPs} for PARTS (FLOPs = 2 per
-    multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    parts = dict.fromkeys(PARTS, 0)
-    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA_FLOPS)
-    mark: list[int] = []
-
-    def timed(fn, part):
+    def wrap(fn, part):
         def wrapped(*args, **kwargs):
-            before = counter.get_total_flops()
+            start(part)
             out = fn(*args, **kwargs)
-            parts[part] += counter.get_total_flops() - before
+            end(part)
             if part == "reranker_fwd" and out.requires_grad:
-                out.register_hook(lambda grad: mark.append(counter.get_total_flops()))
+                out.register_hook(lambda grad: scores_grad())
             return out
         return wrapped
 
@@ -105,21 +99,42 @@ def count_step_flops(step: Callable[[], torch.Tensor], reader, reranker) -> dict
                (reranker, "forward", "reranker_fwd")]
     before = [obj.__dict__.get(name) for obj, name, _ in patched]  # an instance's own override, if it had one
     for obj, name, part in patched:
-        setattr(obj, name, timed(getattr(obj, name), part))
+        setattr(obj, name, wrap(getattr(obj, name), part))
     try:
-        with counter:
-            loss = step()
-            start = counter.get_total_flops()
-            loss.backward()
-            end = counter.get_total_flops()
+        yield
     finally:
         for (obj, name, _), old in zip(patched, before):
             if old is None:
                 delattr(obj, name)  # the class's method shows through again
             else:
                 setattr(obj, name, old)
-    boundary = mark[0] if mark else end
-    parts["answer_bwd"], parts["reranker_bwd"] = boundary - start, end - boundary
+
+
+def count_step_flops(step: Callable[[], torch.Tensor], reader, reranker) -> dict[str, int]:
+    """Matmul FLOPs of one G-Rerank step by part, counted by torch.utils.flop_counter.FlopCounterMode on the real code:
+    `step()` runs the objective's forward and returns its loss (e.g. objectives.gumbel_rerank(...).loss); the loss's
+    backward runs here too. The parts are told apart by marked_parts. Returns {part: FLOPs} for PARTS (FLOPs = 2 per
+    multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parts = dict.fromkeys(PARTS, 0)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA_FLOPS)
+    opened: list[int] = []  # a stack: a part's call may open inside another's
+    mark: list[int] = []
+
+    def start(part: str) -> None:
+        opened.append(counter.get_total_flops())
+
+    def end(part: str) -> None:
+        parts[part] += counter.get_total_flops() - opened.pop()
+
+    with marked_parts(reader, reranker, start, end, lambda: mark.append(counter.get_total_flops())), counter:
+        loss = step()
+        begin = counter.get_total_flops()
+        loss.backward()
+        finish = counter.get_total_flops()
+    boundary = mark[0] if mark else finish
+    parts["answer_bwd"], parts["reranker_bwd"] = boundary - begin, finish - boundary
     return parts
 
 
