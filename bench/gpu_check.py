@@ -4,6 +4,7 @@ sdpa, under ZeRO-3 on one GPU; the mask gradient checked against fp32; tokens/s 
     python bench/gpu_check.py --out runs/gpu_check.json          # CUDA: the full sizes (see BENCHMARKS.md)
     python bench/gpu_check.py --tiny --out /tmp/gpu_check.json   # anywhere: the same code at tiny sizes (a test)
     python bench/gpu_check.py --checkpointing off on             # also with the answer pass checkpointed
+    python bench/gpu_check.py --throughput --out runs/gpu_throughput.json   # realistic batches, time and MFU per part
 
 Readers (random weights, built from configs with the byte-level tokenizer, so no download):
   llama   Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192): 0.97B parameters with the
@@ -24,11 +25,23 @@ per second (passage + prompt + target tokens of a step / median step time), peak
 peak RSS of the process so far), then a hard top-k evaluation (evaluate.evaluate) on the same device: its recall,
 hard top-k loss, or the error it raised; ok. A case that raises is one JSON object with its error, not ok, and
 the next case runs. Exit status 1 when any case is not ok.
+
+--throughput (issue: the GPU step near the hardware limit): the 1B reader at realistic batches, 8 questions x 20
+passages x 256 tokens and 16 x 10 x 256 (THROUGHPUT), bf16, ZeRO-3 on one GPU, no fp32 reference. Per case, the
+median over the timed steps of each part's seconds (CUDA events on a GPU, read after the step's synchronize; the
+clock on CPU), the parts told apart as cost.count_step_flops tells them (cost.marked_parts): prefill, answer_fwd,
+reranker_fwd, answer_bwd, reranker_bwd, optimizer (runtime.step) and other (the rest of the step: the Gumbel mask,
+selection); each part's MFU = its matmul FLOPs (cost.step_flops, equal to FlopCounterMode's count of the real step)
+over its seconds x the device's dense bf16 peak (gr_train/hardware.py, by the device's name); the whole step's MFU;
+reader tokens/s; peak memory; the cost model's predicted step and parts on that hardware, and the error.
+--partition-reader on off: also with the frozen reader whole on the GPU (runtime.partition_reader=false), which the
+cost model says removes the reader's ZeRO-3 gathers, ~60% of the partitioned step at these batches on one GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -58,6 +71,9 @@ TINY = {
 }
 # questions per step, passages per question, passage tokens, training steps timed
 SIZES = {"full": dict(B=2, n=10, L=256, steps=3), "tiny": dict(B=2, n=3, L=128, steps=2)}
+THROUGHPUT = {"full": [dict(B=8, n=20, L=256, steps=3), dict(B=16, n=10, L=256, steps=3)],
+              "tiny": [dict(B=2, n=4, L=32, steps=2), dict(B=4, n=2, L=32, steps=2)]}
+STEP_PARTS = ("prefill", "answer_fwd", "reranker_fwd", "answer_bwd", "reranker_bwd", "optimizer", "other")
 WORDS = "the of river town born church record album band film village station founded king county player".split()
 
 
@@ -166,6 +182,146 @@ def run_case(name: str, spec: dict, folder: Path, attn: str, engine: str, size: 
             "ok": finite and err <= TOL and bool(torch.isfinite(out.loss)) and evaluated["eval_error"] is None}
 
 
+class StepClock:
+    """Named instants of one step: CUDA events on a GPU (read after torch.cuda.synchronize), perf_counter on CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+
+    def mark(self, label: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((label, event))
+        else:
+            self.marks.append((label, time.perf_counter()))
+
+    def seconds(self, a, b) -> float:
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+    def parts(self) -> dict[str, float]:
+        """Seconds of STEP_PARTS and the whole step ("step"): forward parts from their start/end marks, answer_bwd
+        from "backward" to "w_grad" (to "backward_end" when w has no gradient), reranker_bwd from "w_grad" to
+        "backward_end", optimizer from "backward_end" to "end", other = step - the rest."""
+        at = {}
+        out = dict.fromkeys(STEP_PARTS, 0.0)
+        opened: list[object] = []
+        for label, t in self.marks:
+            if label.endswith(":start"):
+                opened.append(t)
+            elif label.endswith(":end"):
+                out[label[:-4]] += self.seconds(opened.pop(), t)
+            else:
+                at.setdefault(label, t)
+        w_grad = at.get("w_grad", at["backward_end"])
+        out["answer_bwd"] = self.seconds(at["backward"], w_grad)
+        out["reranker_bwd"] = self.seconds(w_grad, at["backward_end"])
+        out["optimizer"] = self.seconds(at["backward_end"], at["end"])
+        out["step"] = self.seconds(at["start"], at["end"])
+        out["other"] = out["step"] - sum(out[p] for p in STEP_PARTS if p != "other")
+        return out
+
+
+def device_hardware(device):
+    """The gr_train/hardware.py entry of this device: by the CUDA device's name (H100, H200, A100), "cpu" on CPU
+    (peak per core times torch's threads); None for a GPU the table does not list."""
+    import dataclasses
+
+    from gr_train.hardware import HARDWARE
+
+    if device.type != "cuda":
+        cpu = HARDWARE["cpu"]
+        threads = torch.get_num_threads()
+        return dataclasses.replace(cpu, peak_flops={k: v * threads for k, v in cpu.peak_flops.items()})
+    name = torch.cuda.get_device_name(device)
+    return next((HARDWARE[k] for k in ("h200", "h100", "a100") if k.upper() in name.upper()), None)
+
+
+def run_throughput(name: str, spec: dict, folder: Path, attn: str, engine: str, size: dict, device, work: Path,
+                   partition_reader: str = "on") -> dict:
+    """Timed G-Rerank steps at a realistic batch, time and MFU per part (see the module docstring)."""
+    import dataclasses
+    import statistics
+
+    from gr_train import batching, cost, objectives, train
+    from gr_train.architectures import arch_from_config
+    from gr_train.config import load_config
+    from gr_train.models import build_models
+    from gr_train.plan import _reader_config
+    from gr_train.reranker import _family, _scratch_config
+    from gr_train.runtime import build_runtime
+
+    overrides = [f"reader.kind={spec['kind']}", f"reader.name_or_path={folder}", f"reader.attn_implementation={attn}",
+                 f"reader.passage_max_tokens={size['L']}", "reader.answer_max_tokens=8", "gumbel.k=2",
+                 "gumbel.estimator=straight_through", f"data.n_candidates={size['n']}",
+                 f"train.micro_batch_size={size['B']}", "reranker.max_tokens=64",
+                 "reranker.model_config={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+                 "intermediate_size: 128}", f"run.run_dir={work / 'run'}", f"run.device={device.type}",
+                 "run.progress=false", f"train.max_steps={size['steps'] + 1}",
+                 f"runtime.partition_reader={str(partition_reader == 'on').lower()}"]
+    overrides += (["runtime.engine=deepspeed", "runtime.precision=bf16"] if engine == "deepspeed"
+                  else ["runtime.engine=local", "reader.dtype=bf16"])
+    cfg = load_config(None, overrides)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    runtime = build_runtime(cfg)
+    reader, reranker = build_models(cfg, runtime)
+    reranker.train()
+    runtime.prepare(reranker, frozen=reader)
+    batch = batching.collate(records(size["B"], size["n"]), size["n"], reranker, reader, device=device)
+    parts = []
+    for step in range(size["steps"] + 1):  # the first step warms up (allocator, kernels) and is not timed
+        noise = train.step_noise(cfg, step, size["B"]).to(device)
+        clock = StepClock(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        clock.mark("start")
+        with cost.marked_parts(reader, reranker, lambda p: clock.mark(f"{p}:start"), lambda p: clock.mark(f"{p}:end"),
+                               lambda: clock.mark("w_grad")):
+            out = objectives.OBJECTIVES["gumbel"].compute(batch, reranker, reader, cfg, step, noise)
+            clock.mark("backward")
+            runtime.backward(out.loss)
+            clock.mark("backward_end")
+        runtime.step()
+        clock.mark("end")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        parts.append(clock.parts())
+    seconds = {p: statistics.median(x[p] for x in parts[1:]) for p in (*STEP_PARTS, "step")}
+    shape = cost.shape_of(batch, cfg)
+    models = cost.Models(arch_from_config(_reader_config(cfg)),
+                         arch_from_config(_scratch_config(cfg.reranker, _family(cfg.reranker), reader.tokenizer)
+                                          .to_dict()), cfg.reranker.kind)
+    flops = cost.step_flops(models, shape)
+    hw = device_hardware(device)
+    peak = hw.peak(cfg.runtime.precision) if hw else None
+    mfu = {p: flops[p] / (seconds[p] * peak) if peak and seconds[p] > 0 else None for p in flops}
+    mfu["step"] = sum(flops.values()) / (seconds["step"] * peak) if peak else None
+    predicted = cost.predict(models, shape, hw, 1, 1, cfg.runtime.precision) if hw else None
+    if predicted and partition_reader == "off":  # the whole reader on the rank: no reader all-gathers
+        sys.path.insert(0, str(Path(__file__).parent))
+        from scaling_table import without_reader_gathers
+
+        predicted = without_reader_gathers(predicted, 1, hw.peak(cfg.runtime.precision))
+    passages = batch.reader_inputs["passage_mask"] if "passage_mask" in batch.reader_inputs else None
+    return {"reader": name, "attn": attn, "engine": engine, "partition_reader": partition_reader,
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "hardware": hw.name if hw else None, **{k: size[k] for k in ("B", "n", "L", "steps")},
+            "reader_params": sum(getattr(p, "ds_numel", p.numel()) for p in reader.parameters()),
+            "shape": dataclasses.asdict(shape), "step_s": seconds["step"], "part_s": seconds, "flops": flops,
+            "mfu": mfu,
+            "reader_tokens_per_s": shape.reader_tokens() / seconds["step"],
+            "passage_padding": None if passages is None else float(1 - passages.float().mean()),
+            "peak_memory_mb": peak_memory_mb(device),
+            "predicted_step_s": predicted.step_s if predicted else None,
+            "predicted_part_s": predicted.part_seconds() if predicted else None,
+            "prediction_error": (predicted.step_s - seconds["step"]) / seconds["step"] if predicted else None,
+            "loss": float(out.loss), "ok": bool(torch.isfinite(out.loss))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny models and batch (CPU test); default on CPU")
@@ -174,6 +330,11 @@ def main() -> None:
     p.add_argument("--attn", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
     p.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
                    help="runtime.reader_checkpointing values to run (the answer pass recomputed in backward)")
+    p.add_argument("--throughput", action="store_true", help="realistic batches (THROUGHPUT), time and MFU per part; "
+                   "no fp32 reference")
+    p.add_argument("--partition-reader", nargs="+", default=["on"], choices=["on", "off"],
+                   help="--throughput: runtime.partition_reader values (off: the frozen reader whole on the GPU, no "
+                   "ZeRO-3 gathers of it)")
     p.add_argument("--engine", default="auto", choices=["auto", "deepspeed", "local"],
                    help="auto: ZeRO-3 when CUDA is there and deepspeed imports, else the local engine")
     args = p.parse_args()
@@ -213,6 +374,22 @@ def main() -> None:
             reader.model.to(torch.bfloat16).save_pretrained(folder)  # saved in bf16; loads in the configured dtype
             reader.tokenizer.save_pretrained(folder)
             del reader
+            if args.throughput:
+                cases = itertools.product(args.attn, args.partition_reader,
+                                          enumerate(THROUGHPUT["tiny" if tiny else "full"]))
+                for attn, partition, (i, tsize) in cases:
+                    try:
+                        row = run_throughput(name, spec, folder, attn, engine, tsize, device,
+                                             Path(tmp) / f"{name}-{attn}-{partition}-{i}", partition)
+                    except Exception as e:  # recorded; the other cases still run
+                        row = {"reader": name, "attn": attn, "engine": engine, "partition_reader": partition,
+                               **tsize, "error": f"{type(e).__name__}: {e}"[:500], "ok": False}
+                        if cuda:
+                            torch.cuda.empty_cache()
+                    row.update(engine_reason=why, sizes="tiny" if tiny else "full", mode="throughput")
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+                continue
             for attn in args.attn:
                 for ckpt in args.checkpointing:
                     try:
