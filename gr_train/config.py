@@ -208,6 +208,11 @@ class GumbelSection:
     # only (gumbel.estimator=score_function, or reranker.conditional); costs a no-grad reranker pass per step and a
     # copy of the reranker per rank. 0 = off
     kl_coef: float = 0.0
+    # pi_ref of the KL penalty for a conditional reranker: "conditional" = the start's own step policies (each step
+    # scored given the prefix, as the trained reranker is), "pointwise" = the start's step-1 scores at every step over
+    # the remaining candidates (the start read as the pointwise reranker it was pretrained as: the Plackett-Luce
+    # sequence of its ranking, whose top k is its hard top-k). The same for a pointwise reranker
+    kl_reference: str = "conditional"
 
     def sample_count(self) -> int:
         """The masks drawn per question per step: samples, or the estimator's own when 0 (4 for score_function, 1
@@ -565,6 +570,8 @@ def validate(cfg: RunConfig) -> None:
     rr = cfg.reranker
     if g.kl_coef < 0:
         raise ConfigError(f"gumbel.kl_coef: must be >= 0 (0 = off), got {g.kl_coef}")
+    if g.kl_reference not in ("conditional", "pointwise"):
+        raise ConfigError(f"gumbel.kl_reference: conditional or pointwise, got {g.kl_reference!r}")
     if g.kl_coef > 0 and cfg.objective.name == "gumbel" and not (rr.conditional or g.estimator == "score_function"):
         raise ConfigError(f"gumbel.kl_coef: the KL penalty is of the sequential path's step policies: set "
                           f"gumbel.estimator=score_function or reranker.conditional=true (estimator {g.estimator}, "

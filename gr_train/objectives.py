@@ -104,7 +104,8 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
       remaining candidates in gradient; the loss is the answer loss with log(M + eps) in the reader's attention.
 
     gumbel.kl_coef > 0 adds kl_coef * sum_t KL(p_t || q_t) (selection.kl_to_reference), mean over the questions and
-    draws: q_t the step policies of `reference` (the reranker as training started, frozen) on each draw's prefixes.
+    draws: q_t the step policies of `reference` (the reranker as training started, frozen) on each draw's prefixes, or
+    with gumbel.kl_reference=pointwise its step-1 scores at every step (over the candidates left).
     Raises ValueError when kl_coef > 0 and no reference is given.
     """
     g = cfg.gumbel
@@ -135,7 +136,7 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
             ref_base = reference.step_scorer(batch.reranker_inputs, questions, passages)
 
         def ref_step(chosen: torch.Tensor) -> torch.Tensor:
-            q = ref_base(chosen)
+            q = ref_base(chosen if g.kl_reference == "conditional" else chosen[:, :0])  # pointwise: step 1's scores
             return gumbel.spread_normalized(q, batch.valid) if g.kappa_relative else q
 
         kl = torch.stack([selection.kl_to_reference(d, ref_step, batch.valid, kappa) for d in draws]).mean()

@@ -49,6 +49,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("gumbel: {k: 1\n", r"x.yaml: not valid YAML"),
         ("run:\n  device: gpu\n", r"run.device: 'gpu' is not a torch device"),
         ("gumbel:\n  kl_coef: -0.1\n", r"gumbel.kl_coef: must be >= 0"),
+        ("gumbel:\n  kl_reference: start\n", r"gumbel.kl_reference: conditional or pointwise, got 'start'"),
         ("gumbel:\n  k_curriculum: [[100, 0]]\n",
          r"gumbel.k_curriculum\[0\]: expected \[steps >= 0, k >= 1\], got \[100, 0\]"),
         ("gumbel:\n  k_curriculum: [[100, 6], [50]]\n", r"gumbel.k_curriculum\[1\]: expected \[steps >= 0, k >= 1\]"),

@@ -314,6 +314,44 @@ def conditional_cfg(tmp_path, estimator: str, *overrides):
                     *overrides)
 
 
+def test_the_kl_penalty_reads_the_starts_step_policies_or_its_step_one_ranking(tmp_path):
+    """gumbel.kl_reference: the logged KL to the start is sum_t KL(p_t || q_t) over the drawn sequences, q_t the
+    start's step policy given the same prefix ("conditional"), or the start's step-1 scores over the candidates left
+    ("pointwise"); the two differ where the start's later steps differ from its first (weights perturbed here)."""
+    kls = {}
+    for kl_reference in ("conditional", "pointwise"):
+        cfg = conditional_cfg(tmp_path / kl_reference, "score_function", "gumbel.kl_coef=0.5",
+                              f"gumbel.kl_reference={kl_reference}")
+        recipe = train.setup(cfg, resume=False)
+        recipe.reranker.eval()  # dropout off, as in the frozen start: the replay below draws the same sequences
+        torch.manual_seed(0)
+        with torch.no_grad():  # both moved from the tiny random init (whose scores barely depend on the input), the
+            for p in (*recipe.reranker.parameters(), *recipe.reference.parameters()):  # same way in both runs
+                p.add_(0.5 * torch.randn_like(p))
+        batch = batching.collate(recipe.train_records[:4], cfg.data.n_candidates, recipe.reranker, recipe.reader)
+        noise = train.step_noise(cfg, 0, 4)
+        out = objectives.gumbel_rerank(batch, recipe.reranker, recipe.reader, cfg, 0, noise,
+                                       reference=recipe.reference)
+        questions, passages = batching.candidate_texts(batch)
+        tau, kappa = gumbel.gumbel_tau_kappa(cfg, 0)
+        replay = {}
+        with torch.no_grad():
+            step = recipe.reranker.step_scorer(batch.reranker_inputs, questions, passages)
+            start = recipe.reference.step_scorer(batch.reranker_inputs, questions, passages)
+            w0 = start(torch.empty(4, 0, dtype=torch.long))
+            for name, reference in (("conditional", start), ("pointwise", lambda chosen: w0)):
+                draws = [selection.sample(step, batch.valid, cfg.gumbel.k, kappa, tau, noise[s * 2 : (s + 1) * 2])
+                         for s in range(2)]
+                replay[name] = float(torch.stack([selection.kl_to_reference(d, reference, batch.valid, kappa).mean()
+                                                  for d in draws]).mean())
+        assert out.metrics["train/kl_to_start"] == pytest.approx(replay[kl_reference], rel=1e-5)
+        kls[kl_reference] = replay
+    assert kls["conditional"] == pytest.approx(kls["pointwise"], rel=1e-5)  # the same draws in both runs
+    assert kls["conditional"]["conditional"] > 0 and kls["conditional"]["pointwise"] > 0
+    gap = abs(kls["conditional"]["conditional"] - kls["conditional"]["pointwise"])
+    assert gap > 0.01 * kls["conditional"]["pointwise"], kls
+
+
 def test_score_function_loss_is_the_mean_answer_loss_of_exactly_the_sampled_passages(tmp_path):
     cfg = conditional_cfg(tmp_path, "score_function")
     recipe = train.setup(cfg, resume=False)
