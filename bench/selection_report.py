@@ -91,7 +91,8 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     lines = [f"## {name} (k={k}; {n_q} dev questions: " + ", ".join(
         f"{n} {kind.replace('_', '-')}" for kind, n in counts.items()
         if n or (kind != "three_hop" and not counts["three_hop"])) + ")", ""]
-    known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl", "emdr",
+    known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl",
+             "conditional_sf_klpw", "emdr",
              "conditional_emdr", "loop", "conditional_loop", "pdist", "conditional_pdist", "adist", "conditional_adist")
     order = [r for r in known if r in rows] + sorted(set(rows) - set(known))
     metrics = [("EM@k", "em", None), ("coverage@2", "coverage@2", None), ("coverage@2, binding", "coverage@2", binding),
@@ -125,7 +126,8 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     pairs += [(f"conditional_{r}", r) for r in ("emdr", "loop", "pdist", "adist")
               if {r, f"conditional_{r}"} <= set(rows)]
     pairs += [("pointwise_sf", "pointwise_st")] if {"pointwise_sf", "pointwise_st"} <= set(rows) else []
-    pairs += [("conditional_sf_kl", "conditional_sf")] if {"conditional_sf_kl", "conditional_sf"} <= set(rows) else []
+    # each variant of conditional_sf (a KL penalty, another kappa, ...) against it
+    pairs += [(r, "conditional_sf") for r in order if r.startswith("conditional_sf_") and "conditional_sf" in rows]
     for a, b in pairs:
         seeds = sorted(set(rows[a]) & set(rows[b]))
         if b == UNTRAINED:  # one untrained reranker per seed: pair with the seeds it has
