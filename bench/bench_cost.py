@@ -10,8 +10,9 @@ CPU rows: each a `torchrun --nproc_per_node R` run of the real recipe (gr_train.
 fp32, eager attention) on synthetic questions, a Llama-style causal_lm reader built from scratch and a BERT
 cross-encoder; measured = the median `time/step` of steps 2..S (step 1 pays one-off costs). Predicted =
 cost.predict on hardware "cpu", whose device is one core (every rank runs one thread).
-The fitted constants: compute_efficiency, fetch_overhead_s (per ZeRO-3 gather call), comm_efficiency, and the host's
-host_per_passage_s (per candidate passage) and multi_rank_step_s (per step with more than one rank). Figures on a
+The fitted constants: compute_efficiency, fetch_overhead_s (per ZeRO-3 collective call), comm_efficiency, and the
+host's host_per_passage_s (per candidate passage) and multi_rank_step_s (per step with more than one rank). Figures
+on a
 busy machine are meaningless: run it on an idle one (other jobs paused) and put the fitted constants into
 gr_train/hardware.py.
 """
@@ -43,9 +44,9 @@ READERS = {  # Llama-style readers built from scratch (random weights), byte-lev
 }
 RERANKER = ("{model_type: bert, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 128, "
             "max_position_embeddings: 128}")
-# (reader, n, L, B, ranks): each fitted constant has rows of its own: the small reader's steps (per-question and
-# per-gather host time: B and n varied at fixed size), the medium and large readers' (compute), 2 ranks at every
-# reader size (communication, and the fixed cost of a multi-rank step)
+# (reader, n, L, B, ranks): each fitted constant has rows of its own: the small reader's steps (the per-passage host
+# time and the per-call cost: B and n varied at a fixed size), the medium and large readers' (compute), 2 ranks at
+# every reader size (communication, and the fixed cost of a multi-rank step)
 ROWS = [("small", 4, 32, 2, 1), ("small", 8, 32, 2, 1), ("small", 4, 64, 2, 1), ("small", 4, 32, 4, 1),
         ("medium", 4, 64, 2, 1), ("medium", 8, 128, 4, 1), ("small", 4, 32, 2, 2), ("medium", 8, 128, 4, 2),
         ("small", 4, 32, 1, 1), ("small", 4, 32, 8, 1), ("small", 16, 32, 2, 1), ("medium", 4, 64, 1, 1),
@@ -121,12 +122,10 @@ def measure(rows, steps: int, port: int) -> list[dict]:
     return out
 
 
-CONSTANTS = ("compute_efficiency", "fetch_overhead_s", "comm_efficiency", "host_per_passage_s", "multi_rank_step_s")
-
-
 def terms(row: dict, hw, precision: str = "fp32") -> list[float]:
-    """The step's predicted seconds split by fitted constant: [compute at efficiency 1, collective calls, communication at
-    efficiency 1, candidate passages (B * n * accum), 1 if more than one rank, optimizer] (cost.predict with the
+    """The step's predicted seconds split by fitted constant: [compute at efficiency 1, collective calls,
+    communication at efficiency 1, candidate passages (B * n * accum), 1 if more than one rank, optimizer] (cost.predict
+    with the
     constants set to 1 and 0): predicted = x . terms[:5] + optimizer for x = [1 / compute_efficiency,
     fetch_overhead_s, 1 / comm_efficiency, host_per_passage_s, multi_rank_step_s]."""
     from gr_train import cost

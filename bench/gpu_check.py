@@ -308,7 +308,8 @@ def run_throughput(name: str, spec: dict, folder: Path, attn: str, engine: str, 
         predicted = without_reader_gathers(predicted, 1, hw.peak(cfg.runtime.precision))
     passages = batch.reader_inputs["passage_mask"] if "passage_mask" in batch.reader_inputs else None
     return {"reader": name, "attn": attn, "engine": engine, "partition_reader": partition_reader,
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "hardware": hw.name if hw else None, **{k: size[k] for k in ("B", "n", "L", "steps")},
             "reader_params": sum(getattr(p, "ds_numel", p.numel()) for p in reader.parameters()),
             "shape": dataclasses.asdict(shape), "step_s": seconds["step"], "part_s": seconds, "flops": flops,

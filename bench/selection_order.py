@@ -6,10 +6,10 @@ at step 2: a measurement for the selection study (the KL penalty to the start, d
 For each trained run folder (its config.yaml, whose reranker.name_or_path is the start, and final/reranker), on the
 dev questions of kind "shortcut" (synthetic.question_kind: two-hop, the answer passage names the work, so the bridge
 adds nothing the reader needs): the kinds (answer passage, bridge, other) of the trained reranker's greedy picks at
-steps 1 and 2, counted, and of its start's first pick; and, on the questions whose first pick is not the bridge, the mean step-2 probability of the
-bridge (softmax of the step-2 scores over the remaining candidates, kappa 1) under the trained reranker and under its
-start given the same first pick: the policy gumbel.kl_coef pulls step 2 towards. One thread; the labels are used by
-the report only.
+steps 1 and 2, counted, and of its start's first pick; and, on the questions whose first pick is not the bridge, the
+mean step-2 probability of the bridge (softmax of the step-2 scores over the remaining candidates, kappa 1) under
+the trained reranker and under its start given the same first pick: the policy gumbel.kl_coef pulls step 2 towards
+(with the default gumbel.kl_reference). One thread; the labels are used by the report only.
 """
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ def test_gpu_check_throughput_mode_runs_on_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "throughput.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny", "--throughput",
-                           "--engine", "deepspeed", "--readers", "llama", "--attn", "sdpa", "--partition-reader", "on", "off",
-                           "--out", str(out)],
+                           "--engine", "deepspeed", "--readers", "llama", "--attn", "sdpa",
+                           "--partition-reader", "on", "off", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())
