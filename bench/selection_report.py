@@ -72,6 +72,22 @@ def grid(runs: dict[int, dict], seeds: list[int], key: str, keep: list[bool] | N
     return torch.stack(rows)
 
 
+def start_line(runs: dict[int, dict]) -> str:
+    """What the `untrained` row is: the reranker every row of the dataset starts from, before this training."""
+    reranker = next(iter(runs.values()))["config"]["reranker"]
+    # a seed's own start (a continued run) is named once, with its seed as S; a path outside the repository (another
+    # suite's run folder) by its place in that suite's folder
+    paths = {str(run["config"]["reranker"].get("name_or_path") or "").replace(f"seed-{s}", "seed-S")
+             for s, run in runs.items()}
+    path = paths.pop() if len(paths) == 1 else ", ".join(sorted(paths))
+    if Path(path).is_absolute():
+        path = "<suite folder>/" + "/".join(Path(path).parts[-5:])
+    source = f"loaded from `{path}`" if path else "built from `reranker.model_config` (random initialisation)"
+    selection = "conditionally (greedy, step by step)" if reranker.get("conditional") else "pointwise (hard top-k)"
+    return (f"`{UNTRAINED}` is the {reranker['kind']} every row starts from, before this training: {source}; "
+            f"selected {selection}.")
+
+
 def cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} [{stat['lo']:.3f}, {stat['hi']:.3f}]"
 
@@ -91,6 +107,8 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     lines = [f"## {name} (k={k}; {n_q} dev questions: " + ", ".join(
         f"{n} {kind.replace('_', '-')}" for kind, n in counts.items()
         if n or (kind != "three_hop" and not counts["three_hop"])) + ")", ""]
+    if UNTRAINED in rows:
+        lines += [start_line(rows[UNTRAINED]), ""]
     known = (UNTRAINED, "pointwise_st", "pointwise_sf", "conditional_st", "conditional_sf", "conditional_sf_kl",
              "conditional_sf_klpw", "emdr",
              "conditional_emdr", "loop", "conditional_loop", "pdist", "conditional_pdist", "adist", "conditional_adist")
