@@ -146,6 +146,9 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     pairs += [("pointwise_sf", "pointwise_st")] if {"pointwise_sf", "pointwise_st"} <= set(rows) else []
     # each variant of conditional_sf (a KL penalty, another kappa, ...) against it
     pairs += [(r, "conditional_sf") for r in order if r.startswith("conditional_sf_") and "conditional_sf" in rows]
+    # the two references of the KL penalty, side by side
+    references = ("conditional_sf_klpw", "conditional_sf_kl")
+    pairs += [references] if set(references) <= set(rows) else []
     for a, b in pairs:
         seeds = sorted(set(rows[a]) & set(rows[b]))
         if b == UNTRAINED:  # one untrained reranker per seed: pair with the seeds it has
