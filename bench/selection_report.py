@@ -158,8 +158,11 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
         cells = [cell(paired_bootstrap(grid(rows[a], seeds, key, keep), grid(rows[b], seeds, key, keep)))
                  for _, key, keep in metrics]
         lines.append(f"| {a} − {b} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
-    lines += ["", f"Stability: dev indirect R@{k} at the last evaluation and its best over training (every 60 steps), "
-              "per seed; `no collapse` = every seed's last within 0.05 of its best.", "",
+    every = sorted({run["config"]["train"]["eval_every_steps"] for row, runs in rows.items() if row != UNTRAINED
+                    for run in runs.values()})
+    lines += ["", f"Stability: dev indirect R@{k} at the last evaluation and its best over training (every "
+              f"{' or '.join(map(str, every))} steps), per seed; `no collapse` = every seed's last within 0.05 of its "
+              "best.", "",
               "| row | per seed: last / best | no collapse |", "|---|---|---|"]
     for row in order:
         if row == UNTRAINED:
