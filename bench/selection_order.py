@@ -9,7 +9,7 @@ adds nothing the reader needs): the kinds (answer passage, bridge, other) of the
 steps 1 and 2, counted, and of its start's first pick; and, on the questions whose first pick is not the bridge, the
 mean step-2 probability of the bridge (softmax of the step-2 scores over the remaining candidates, kappa 1) under
 the trained reranker and under its start given the same first pick: the policy gumbel.kl_coef pulls step 2 towards
-(with the default gumbel.kl_reference). One thread; the labels are used by the report only.
+(with gumbel.kl_reference=conditional). One thread; the labels are used by the report only.
 """
 
 from __future__ import annotations

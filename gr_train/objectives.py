@@ -104,8 +104,9 @@ def sequential_rerank(batch: Batch, reranker, reader, cfg, step: int, noise: tor
       remaining candidates in gradient; the loss is the answer loss with log(M + eps) in the reader's attention.
 
     gumbel.kl_coef > 0 adds kl_coef * sum_t KL(p_t || q_t) (selection.kl_to_reference), mean over the questions and
-    draws: q_t the step policies of `reference` (the reranker as training started, frozen) on each draw's prefixes, or
-    with gumbel.kl_reference=pointwise its step-1 scores at every step (over the candidates left).
+    draws: q_t from `reference` (the reranker as training started, frozen): its step-1 scores at every step over the
+    candidates left (gumbel.kl_reference=pointwise, the default), or its step policies on each draw's prefixes
+    (gumbel.kl_reference=conditional).
     Raises ValueError when kl_coef > 0 and no reference is given.
     """
     g = cfg.gumbel
