@@ -160,9 +160,10 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
         lines.append(f"| {a} − {b} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     every = sorted({run["config"]["train"]["eval_every_steps"] for row, runs in rows.items() if row != UNTRAINED
                     for run in runs.values()})
-    lines += ["", f"Stability: dev indirect R@{k} at the last evaluation and its best over training (every "
-              f"{' or '.join(map(str, every))} steps), per seed; `no collapse` = every seed's last within 0.05 of its "
-              "best.", "",
+    stability = (f"Stability: dev indirect R@{k} at the last evaluation and its best over training (every "
+                 f"{' or '.join(map(str, every))} steps), per seed; `no collapse` = every seed's last within 0.05 of "
+                 "its best.")
+    lines += ["", stability, "",
               "| row | per seed: last / best | no collapse |", "|---|---|---|"]
     for row in order:
         if row == UNTRAINED:
