@@ -303,12 +303,29 @@ def comparable(cfg: RunConfig | dict) -> dict:
     return {k: v for k, v in d.items() if k not in NOT_COMPARED}
 
 
+# {section: {key: value}} for the keys whose default changed after they were added: the value a config recorded
+# without the key ran with (the key's first default), where the current default would misread it
+RECORDED_DEFAULTS = {"gumbel": {"kl_reference": "conditional"}}
+
+
 def with_defaults(recorded: dict) -> dict:
     """A recorded config with the keys it lacks set to their defaults: a key added to config.py after a run was
-    recorded keeps the old behaviour at its default (the rule for new keys), so the run still counts as finished."""
+    recorded keeps the old behaviour at its default (the rule for new keys), so the run still counts as finished; a
+    key whose default changed since (RECORDED_DEFAULTS) gets the default it had then."""
     defaults = json.loads(json.dumps(comparable(RunConfig())))
+    for sec, keys in RECORDED_DEFAULTS.items():
+        defaults[sec] = {**defaults[sec], **keys}
     return {sec: ({**defaults[sec], **vals} if isinstance(vals, dict) and sec in defaults else vals)
             for sec, vals in recorded.items()}
+
+
+def without_inert(d: dict) -> dict:
+    """The config without the settings that change nothing in it: gumbel.kl_reference while the KL penalty is off
+    (gumbel.kl_coef 0)."""
+    gumbel = d.get("gumbel")
+    if isinstance(gumbel, dict) and not gumbel.get("kl_coef"):
+        d = {**d, "gumbel": {k: v for k, v in gumbel.items() if k != "kl_reference"}}
+    return d
 
 
 def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
@@ -317,7 +334,8 @@ def load_result(run_dir: Path, cfg: RunConfig) -> dict | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if with_defaults(comparable(result.get("config") or {"run": {}})) != json.loads(json.dumps(comparable(cfg))):
+    recorded = without_inert(with_defaults(comparable(result.get("config") or {"run": {}})))
+    if recorded != without_inert(json.loads(json.dumps(comparable(cfg)))):
         raise ConfigError(f"{path}: was produced with a different config; delete {run_dir} to rerun it, or use "
                           "another --out")
     return result

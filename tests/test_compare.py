@@ -401,3 +401,35 @@ def test_unlabelled_compare_plots_answer_recall_and_the_dev_loss_logged_in_train
         assert recall[MAX_STEPS] == pytest.approx(final["answer_recall@2"], abs=1e-9)
         assert loss[MAX_STEPS] == pytest.approx(final["loss_hard"], abs=1e-5)
         assert not compare.eval_curve(run_dir, "eval/recall@2")
+
+
+def test_a_recorded_run_is_read_with_the_defaults_it_ran_with(done, monkeypatch):
+    """gumbel.kl_reference's default changed (conditional, then pointwise): a result recorded without the key ran
+    with the conditional reference, so it counts as finished for kl_reference=conditional and not for pointwise
+    while the KL penalty is on; with the penalty off the reference changes nothing and is not compared."""
+    cfg, out, _ = done
+    base = compare.base_config(cfg, {o: o for o in OBJECTIVES}, {})
+    cfg = compare.objective_config(base, OBJECTIVES[0], 0, out, [])
+    path = out / OBJECTIVES[0] / "seed-0" / compare.RESULT_FILE
+    original = path.read_text()
+    result = json.loads(original)
+    del result["config"]["gumbel"]["kl_reference"]
+    result["config"]["gumbel"]["kl_coef"] = cfg.gumbel.kl_coef = 0.1
+    path.write_text(json.dumps(result))
+    monkeypatch.setattr(compare.train, "setup", None)  # any retraining would fail
+    try:
+        cfg.gumbel.kl_reference = "conditional"
+        assert compare.load_result(path.parent, cfg)["metrics"] == result["metrics"]
+        cfg.gumbel.kl_reference = "pointwise"
+        with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+            compare.load_result(path.parent, cfg)
+        result["config"]["gumbel"]["kl_coef"] = cfg.gumbel.kl_coef = 0.0
+        path.write_text(json.dumps(result))
+        for reference in ("conditional", "pointwise"):
+            cfg.gumbel.kl_reference = reference
+            assert compare.load_result(path.parent, cfg)["metrics"] == result["metrics"]
+        cfg.gumbel.kl_coef = 0.1  # the penalty itself still counts
+        with pytest.raises(ConfigError, match=compare.RESULT_FILE):
+            compare.load_result(path.parent, cfg)
+    finally:
+        path.write_text(original)
