@@ -60,7 +60,22 @@ def collect(suite_dir: Path, dest: Path) -> list[Path]:
     return written
 
 
+def reroot(value, old: str, new: str):
+    """value (a config, nested) with every path under the folder `old` moved under `new`."""
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    if isinstance(value, list):
+        return [reroot(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: reroot(v, old, new) for k, v in value.items()}
+    return value
+
+
 def restore(suite_dir: Path, dest: Path) -> list[Path]:
+    """Each saved run written back as suite_dir/DATASET/ROW/seed-S/compare_result.json. Its config's paths under the
+    suite folder it ran in (the run folder, the generated data) are moved under suite_dir, as the suite run there will
+    set them: the suite compares the whole config before it skips a finished run, and a new machine's folder differs.
+    Paths outside that folder (another suite's run as a start) are kept."""
     written = []
     for saved in sorted(dest.glob("*/*/seed-*.json")):
         dataset, row, seed = saved.parts[-3], saved.parts[-2], saved.stem
@@ -69,6 +84,9 @@ def restore(suite_dir: Path, dest: Path) -> list[Path]:
             continue
         data = json.loads(saved.read_text())
         data.pop("curves", None)
+        if data.get("config", {}).get("run", {}).get("run_dir"):
+            old_root = str(Path(data["config"]["run"]["run_dir"]).parents[2])  # ROOT/DATASET/ROW/seed-S
+            data["config"] = reroot(data["config"], old_root, str(suite_dir.resolve()))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(data, indent=2))
         written.append(target)
