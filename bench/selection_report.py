@@ -147,6 +147,8 @@ def dataset_report(name: str, rows: dict[str, dict[int, dict]]) -> list[str]:
     # each variant of conditional_sf (a KL penalty, another kappa, ...) against it
     pairs += [(r, "conditional_sf") for r in order if r.startswith("conditional_sf_") and "conditional_sf" in rows]
     # the two references of the KL penalty, side by side
+    # each variant of conditional_sf against the pointwise reranker trained the same way
+    pairs += [(r, "pointwise_sf") for r in order if r.startswith("conditional_sf_") and "pointwise_sf" in rows]
     references = ("conditional_sf_klpw", "conditional_sf_kl")
     pairs += [references] if set(references) <= set(rows) else []
     for a, b in pairs:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 # The recipe of the tests written for the pointwise straight-through reranker (configs/demo.yaml's before the demo
-# moved to conditional selection with the score-function estimator): one mask per question, kappa 10, tau 0.5.
+# moved to conditional selection with the score-function estimator and the KL penalty): one mask per question,
+# kappa 10, tau 0.5, no KL penalty (it is of the sequential path).
 # Conditional selection has tests of its own (test_selection.py, test_distributed.py, test_demo.py).
 POINTWISE_STRAIGHT_THROUGH = ["reranker.conditional=false", "gumbel.estimator=straight_through", "gumbel.samples=1",
-                              "gumbel.kappa=10.0", "gumbel.tau=0.5"]
+                              "gumbel.kappa=10.0", "gumbel.tau=0.5", "gumbel.kl_coef=0"]
 
 
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
