@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 # The recipe of the tests written for the pointwise straight-through reranker (configs/demo.yaml's before the demo
@@ -68,3 +70,11 @@ def answers_once(pool, batches: list[list[tuple[str, str]]], k: int = 5, fault_a
         if done == fault_after:
             fault()
     return out
+
+
+def bench_script(name: str):
+    """bench/<name>.py as a module (bench/ is not a package; a dataclass in it needs it in sys.modules)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """bench/collect_study.py: a suite's finished runs saved into the repository and restored on another machine, in
 another folder, count as finished there (the suite compares the whole config, paths included, before it skips one)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +8,12 @@ import pytest
 
 from gr_train import compare
 from gr_train.config import ConfigError, RunConfig, to_dict
+from helpers import bench_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _collect_study():
-    spec = importlib.util.spec_from_file_location("collect_study", REPO / "bench" / "collect_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("collect_study")
 
 
 def _cfg(suite: Path, start: str) -> RunConfig:

@@ -20,6 +20,7 @@ from gr_train.data import Passage, Record, save_records
 from gr_train.hardware import HARDWARE
 from gr_train.models import build_reader
 from gr_train.reranker import build_reranker, build_word_tokenizer
+from helpers import bench_script
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a b c d e f g h yes no".split()
@@ -393,17 +394,6 @@ def test_plan_of_a_tiny_config_gives_the_flops_the_real_step_counts(tmp_path):
 
 
 # -- docs/scaling.md (bench/scaling_table.py) --------------------------------------------------------------------------
-
-
-def bench_script(name: str):
-    """bench/<name>.py as a module (bench/ is not a package; a dataclass in it needs it in sys.modules)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    module = sys.modules.setdefault(name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
 
 
 def scaling_table():

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import bench_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,12 +41,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes(engine, attns, checkpointing, tmp_p
 
 
 def _gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("gpu_check")
 
 
 def test_the_step_clock_splits_a_step_into_its_parts():

@@ -1,17 +1,11 @@
 """bench/selection_report.py says what each dataset's `untrained` row is: a reranker built from a config, a pretrained
 one loaded from a path, or (a continued run) each seed's own start, read conditionally."""
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import bench_script
 
 
 def _report():
-    spec = importlib.util.spec_from_file_location("selection_report", REPO / "bench" / "selection_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("selection_report")
 
 
 def _run(kind: str, name_or_path: str | None, conditional: bool) -> dict:
