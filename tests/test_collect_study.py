@@ -11,7 +11,6 @@ from gr_train.config import ConfigError, RunConfig, to_dict
 from helpers import bench_script
 
 
-
 def _collect_study():
     return bench_script("collect_study")
 
