@@ -40,9 +40,13 @@ ROWS = {
     # the step keeps for backward
     "conditional_sf_ckpt": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4",
                             "reranker.gradient_checkpointing=true"],
-    # the KL penalty to the start: a frozen copy of the reranker scores every sample's prefixes again (no grad)
+    # the KL penalty to the start: a frozen copy of the reranker scores the candidates again (no grad), once per
+    # question with the default pointwise reference (its step-1 scores), at every sample's prefixes with the
+    # conditional one
     "conditional_sf_kl": ["reranker.conditional=true", "gumbel.estimator=score_function", "gumbel.samples=4",
                           "gumbel.kl_coef=0.1"],
+    "conditional_sf_kl_conditional": ["reranker.conditional=true", "gumbel.estimator=score_function",
+                                      "gumbel.samples=4", "gumbel.kl_coef=0.1", "gumbel.kl_reference=conditional"],
 }
 MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
                 "max_position_embeddings": 512}
